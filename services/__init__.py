@@ -1,0 +1,1 @@
+"""Fugou's services. Each owns its data and talks to the others only through events."""

@@ -1,0 +1,1 @@
+"""Coupons: Coupon templates, rule-driven issuance, the wallet, redemption, expiry and ROI."""

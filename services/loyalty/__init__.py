@@ -1,0 +1,1 @@
+"""Loyalty: Points ledger, member levels, points mall and stored value."""

@@ -1,0 +1,5 @@
+from services.loyalty.spec import SPEC
+from shared.cli import service_main
+
+if __name__ == "__main__":
+    service_main(SPEC)

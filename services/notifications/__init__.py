@@ -1,0 +1,1 @@
+"""Notifications: WeChat subscribe messages, SMS and email, with consent, caps and quiet hours."""

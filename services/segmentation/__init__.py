@@ -1,0 +1,1 @@
+"""Segmentation: customer aggregates (R, F, M), levels, tiers, classes, lifecycle tags, audiences."""

@@ -1,0 +1,21 @@
+"""What the segmentation service is made of (see shared.runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.segmentation.adapters.tables import messaging, metadata
+from services.segmentation.entrypoints.api import router
+from services.segmentation.service_layer.handlers import handle
+from shared.runtime import ServiceSpec
+
+SPEC = ServiceSpec(
+    name="segmentation",
+    metadata=metadata,
+    tables=messaging,
+    migrations=Path(__file__).parent / "migrations",
+    routers=[router],
+    topics=["shop.orders", "shop.customers", "shop.behaviour"],
+    handler=handle,
+    description="Customer aggregates, RFM levels, tiers, classes, lifecycle tags and audiences.",
+)

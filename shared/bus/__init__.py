@@ -1,0 +1,3 @@
+from shared.bus.base import Bus, Message, Record, Subscriber
+
+__all__ = ["Bus", "Message", "Record", "Subscriber"]

@@ -1,0 +1,68 @@
+"""Command line for one service in distributed mode:
+
+    python -m services.<name> run [--host H] [--port P] [--roles api,consumer,relay]
+    python -m services.<name> migrate
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from shared.bus.factory import build_bus
+from shared.db import create_engine
+from shared.logging import configure_logging
+from shared.runtime import ServiceRuntime, ServiceSpec, migrate
+from shared.settings import Settings
+from shared.web import create_app
+
+
+def build_service_app(spec: ServiceSpec, settings: Settings, roles: set[str],
+                      on_started: Callable[[FastAPI], Awaitable[None]] | None = None) -> FastAPI:
+    bus = build_bus(settings, client_id=spec.name)
+    runtime = ServiceRuntime(spec, settings, bus)
+    return create_app(
+        title=f"Fugou {spec.name}", description=spec.description, runtimes=[runtime], bus=bus,
+        on_started=on_started,
+        start_kwargs={"run_migrations": "migrate" in roles, "relay": "relay" in roles,
+                      "consumer": "consumer" in roles})
+
+
+def serve(app: FastAPI, host: str, port: int, log_level: str = "warning") -> None:
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run()
+
+
+def service_main(spec: ServiceSpec, argv: Sequence[str] | None = None,
+                 on_started: Callable[[FastAPI], Awaitable[None]] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m services.{spec.name}", description=spec.description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve the API and run the consumer and outbox relay")
+    run.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    run.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    run.add_argument("--roles", default="api,consumer,relay",
+                     help="comma-separated: api, consumer, relay, migrate (migrate at start)")
+    sub.add_parser("migrate", help="upgrade this service's database to the latest schema")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if args.command == "migrate":
+        asyncio.run(_migrate(spec, settings))
+        return
+    roles = {r.strip() for r in args.roles.split(",") if r.strip()}
+    serve(build_service_app(spec, settings, roles, on_started), args.host, args.port)
+
+
+async def _migrate(spec: ServiceSpec, settings: Settings) -> None:
+    engine = create_engine(settings.database_url(spec.name))
+    try:
+        await migrate(engine, spec)
+    finally:
+        await engine.dispose()

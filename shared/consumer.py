@@ -1,0 +1,169 @@
+"""The consumer loop every service runs, on either bus.
+
+For each fetched batch:
+1. decode and validate every record; a malformed one is dead-lettered with the reason;
+2. in ONE database transaction: project merchant events, dead-letter events of unknown
+   merchants, claim the rest in the inbox (dropping redeliveries), apply the new ones;
+3. publish the dead letters, then commit the offsets (``last + 1`` per partition).
+
+So an offset is committed only after the database commit, and a crash anywhere before it means
+redelivery, which the inbox absorbs. An infrastructure error (database or bus down) retries the
+same batch with backoff, forever: nothing is skipped. Any other error is narrowed down by
+splitting the batch until the one event that fails is found and dead-lettered, so the
+partition keeps moving."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import structlog
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared import faults, metrics
+from shared.bus.base import Bus, Message, Record, Subscriber
+from shared.events import EnvelopeBase, InvalidEvent, parse_event
+from shared.inbox import Inbox
+from shared.tenancy import Tenancy
+from shared.topics import DEAD_LETTER
+
+log = structlog.get_logger("fugou.consumer")
+
+BatchHandler = Callable[[AsyncSession, list[EnvelopeBase]], Awaitable[None]]
+MERCHANT_EVENT = "merchant.upserted"
+
+
+@dataclass(slots=True)
+class _Item:
+    record: Record
+    event: EnvelopeBase
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that say 'the infrastructure is unwell', not 'this event is bad'."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError,
+                            ConnectionError, TimeoutError, asyncio.TimeoutError))
+
+
+def dead_letter(record: Record, reason: str, group_id: str) -> Message:
+    headers = (
+        ("reason", reason[:2000].encode()),
+        ("source_topic", record.topic.encode()),
+        ("source_partition", str(record.partition).encode()),
+        ("source_offset", str(record.offset).encode()),
+        ("consumer_group", group_id.encode()),
+        ("failed_at", datetime.now(timezone.utc).isoformat().encode()),
+    )
+    return Message(topic=DEAD_LETTER, key=record.key, value=record.value, headers=headers)
+
+
+class EventConsumer:
+    def __init__(self, *, service: str, group_id: str, subscriber: Subscriber, bus: Bus,
+                 sessions: async_sessionmaker[AsyncSession], inbox: Inbox, tenancy: Tenancy,
+                 handler: BatchHandler, batch: int = 2000, poll_ms: int = 200,
+                 on_applied: Callable[[], None] | None = None):
+        self.service = service
+        self.group_id = group_id
+        self.subscriber = subscriber
+        self.bus = bus
+        self.sessions = sessions
+        self.inbox = inbox
+        self.tenancy = tenancy
+        self.handler = handler
+        self.batch = batch
+        self.poll_ms = poll_ms
+        self.on_applied = on_applied
+        self.started = False
+
+    async def run(self) -> None:
+        await self._retry(self.subscriber.start, "subscriber.start")
+        self.started = True
+        try:
+            while True:
+                records = await self._retry(lambda: self.subscriber.fetch(self.batch, self.poll_ms), "fetch")
+                if records:
+                    await self.process(records)
+        finally:
+            self.started = False
+            await asyncio.shield(self.subscriber.stop())
+
+    async def process(self, records: Sequence[Record]) -> None:
+        """Apply one fetched batch, then commit its offsets."""
+        started = time.perf_counter()
+        dead: list[Message] = []
+        items: list[_Item] = []
+        for r in records:
+            try:
+                items.append(_Item(r, parse_event(r.value)))
+            except InvalidEvent as bad:
+                dead.append(dead_letter(r, f"invalid event: {bad.reason}", self.group_id))
+                metrics.EVENTS_CONSUMED.labels(self.service, r.topic, "dead_lettered").inc()
+        if items:
+            dead.extend(await self._apply_narrowing(items))
+        if dead:
+            await self._retry(lambda: self.bus.publish(dead), "dead_letter.publish")
+            log.warning("consumer.dead_lettered", service=self.service, count=len(dead),
+                        reasons=sorted({dict(m.headers)["reason"].decode()[:200] for m in dead})[:5])
+        faults.point("consumer.after_db_commit")
+        await self._retry(lambda: self.subscriber.commit(records), "offsets.commit")
+        metrics.CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+        if self.on_applied is not None:
+            self.on_applied()
+
+    async def _apply_narrowing(self, items: list[_Item]) -> list[Message]:
+        try:
+            return await self._retry(lambda: self._apply(items), "apply")
+        except Exception as exc:  # not transient: find the event at fault
+            if len(items) == 1:
+                log.error("consumer.event_failed", service=self.service, event_id=items[0].event.event_id,
+                          error=repr(exc))
+                metrics.EVENTS_CONSUMED.labels(self.service, items[0].record.topic, "dead_lettered").inc()
+                return [dead_letter(items[0].record, f"processing failed: {exc!r}", self.group_id)]
+            mid = len(items) // 2
+            return await self._apply_narrowing(items[:mid]) + await self._apply_narrowing(items[mid:])
+
+    async def _apply(self, items: list[_Item]) -> list[Message]:
+        dead: list[Message] = []
+        async with self.sessions() as session, session.begin():
+            merchant_events = [i.event for i in items if i.event.type == MERCHANT_EVENT]  # type: ignore[attr-defined]
+            if merchant_events:
+                await self.tenancy.apply(session, merchant_events)
+            others = [i for i in items if i.event.type != MERCHANT_EVENT]  # type: ignore[attr-defined]
+            known = await self.tenancy.known(session, {i.event.merchant_id for i in others})
+            accepted: list[_Item] = []
+            for i in others:
+                if i.event.merchant_id in known:
+                    accepted.append(i)
+                else:
+                    dead.append(dead_letter(i.record, f"unknown merchant {i.event.merchant_id!r}", self.group_id))
+                    metrics.EVENTS_CONSUMED.labels(self.service, i.record.topic, "dead_lettered").inc()
+            fresh = await self.inbox.claim(session, [i.event for i in accepted])
+            fresh_ids = {e.event_id for e in fresh}
+            new_events = [e for e in fresh if e.type != MERCHANT_EVENT]  # type: ignore[attr-defined]
+            if new_events:
+                await self.handler(session, new_events)
+        for i in accepted:
+            outcome = "applied" if i.event.event_id in fresh_ids else "duplicate"
+            metrics.EVENTS_CONSUMED.labels(self.service, i.record.topic, outcome).inc()
+        return dead
+
+    async def _retry(self, fn: Callable[[], Awaitable[object]], what: str) -> object:
+        backoff = 0.1
+        while True:
+            try:
+                return await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc) and what == "apply":
+                    raise
+                metrics.CONSUMER_RETRIES.labels(self.service).inc()
+                log.warning("consumer.retry", service=self.service, step=what, error=repr(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)

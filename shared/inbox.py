@@ -1,0 +1,54 @@
+"""The inbox: each applied ``event_id``, recorded in the same transaction as its effect.
+
+``claim`` inserts the batch's ids with ON CONFLICT DO NOTHING and returns the events whose ids
+were new. Redelivered events (a consumer restarted before its offset commit, a relay that
+published twice, a shop that sent the same event again) find their id taken and are skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from sqlalchemy import Column, MetaData, String, Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import UTCDateTime, insert_for
+from shared.events import EnvelopeBase
+
+_CHUNK = 5000  # keeps bound parameters far below both databases' limits
+
+
+def inbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "inbox", metadata,
+        Column("event_id", String(128), primary_key=True),
+        Column("merchant_id", String(128), nullable=False),
+        Column("type", String(64), nullable=False),
+        Column("applied_at", UTCDateTime, nullable=False),
+    )
+
+
+class Inbox:
+    def __init__(self, table: Table):
+        self.table = table
+
+    async def claim(self, session: AsyncSession, events: Sequence[EnvelopeBase]) -> list[EnvelopeBase]:
+        """Record the ids of events not applied before; return those events, in order."""
+        unique: dict[str, EnvelopeBase] = {}
+        for e in events:
+            unique.setdefault(e.event_id, e)
+        if not unique:
+            return []
+        now = datetime.now(timezone.utc)
+        t = self.table
+        fresh: set[str] = set()
+        items = list(unique.values())
+        for i in range(0, len(items), _CHUNK):
+            chunk = items[i:i + _CHUNK]
+            stmt = (insert_for(session, t)
+                    .values([{"event_id": e.event_id, "merchant_id": e.merchant_id,
+                              "type": e.type, "applied_at": now} for e in chunk])  # type: ignore[attr-defined]
+                    .on_conflict_do_nothing(index_elements=[t.c.event_id])
+                    .returning(t.c.event_id))
+            fresh.update((await session.execute(stmt)).scalars())
+        return [e for e in items if e.event_id in fresh]

@@ -1,0 +1,60 @@
+"""Typed settings, read from FUGOU_* environment variables (and a .env file if present).
+
+Defaults make `make run` work with nothing configured; outside development, the settings that
+would be unsafe to leave at their defaults (secrets) are refused at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DEV_SECRET = "fugou-development-only"
+SERVICES = ("gateway", "segmentation", "coupons", "loyalty", "notifications")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUGOU_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path("./data")
+    bus: Literal["inprocess", "kafka"] = "inprocess"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_client_prefix: str = "fugou"
+    # One URL per service; empty means SQLite under data_dir (embedded mode).
+    gateway_database_url: str = ""
+    segmentation_database_url: str = ""
+    coupons_database_url: str = ""
+    loyalty_database_url: str = ""
+    notifications_database_url: str = ""
+    # Secrets.
+    api_key_pepper: SecretStr = SecretStr(_DEV_SECRET)
+    admin_token: SecretStr = SecretStr(_DEV_SECRET)
+    bootstrap_api_key: SecretStr | None = None
+    # Messaging knobs.
+    consumer_batch: int = Field(2000, ge=1, le=50_000)
+    consumer_poll_ms: int = Field(200, ge=1)
+    relay_batch: int = Field(2000, ge=1, le=50_000)
+    relay_idle_ms: int = Field(100, ge=1)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> "Settings":
+        if self.env == "production":
+            for name in ("api_key_pepper", "admin_token"):
+                if getattr(self, name).get_secret_value() == _DEV_SECRET:
+                    raise ValueError(f"FUGOU_{name.upper()} must be set in production")
+        return self
+
+    def database_url(self, service: str) -> str:
+        url = getattr(self, f"{service}_database_url")
+        if url:
+            return url
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.sqlite').as_posix()}"
+
+    @property
+    def bus_path(self) -> Path:
+        return self.data_dir / "bus.sqlite"

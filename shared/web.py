@@ -1,0 +1,193 @@
+"""HTTP plumbing shared by every service: the app factory (lifespan, health, metrics, docs),
+error responses that name the field at fault, and the dependencies for sessions and auth."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from shared import metrics
+from shared.asyncapi import asyncapi_document
+from shared.bus.base import Bus
+from shared.events import json_schemas
+from shared.runtime import ServiceRuntime
+from shared.topics import all_topics
+from shared.tenancy import Customer, Merchant
+
+log = structlog.get_logger("fugou.http")
+
+
+class ApiError(HTTPException):
+    """A 4xx that says what is wrong and, where there is one, which field."""
+
+    def __init__(self, status_code: int, code: str, message: str, field: str | None = None):
+        super().__init__(status_code=status_code, detail=message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def _error(status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if fields:
+        body["error"]["fields"] = fields
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        fields = [{"field": exc.field, "message": exc.message}] if exc.field else None
+        return _error(exc.status_code, exc.code, exc.message, fields, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ())]
+            fields.append({"field": ".".join(loc), "message": err.get("msg", "invalid")})
+        first = fields[0] if fields else {"field": None, "message": "invalid request"}
+        return _error(422, "validation_error", f"{first['field']}: {first['message']}", fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                409: "conflict"}.get(exc.status_code, "error")
+        return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+# ---------------------------------------------------------------- dependencies
+
+_api_key = APIKeyHeader(name="X-Api-Key", auto_error=False, description="The merchant's API key (admin calls).")
+_bearer = HTTPBearer(auto_error=False, description="A customer token: a JWT signed with the merchant's secret.")
+
+
+def runtime_of(request: Request, service: str) -> ServiceRuntime:
+    return request.app.state.runtimes[service]  # type: ignore[no-any-return]
+
+
+def session_dependency(service: str) -> Callable[[Request], AsyncIterator[AsyncSession]]:
+    async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+        async with runtime_of(request, service).sessions() as session:
+            yield session
+
+    return _session
+
+
+def merchant_dependency(service: str) -> Callable[..., Awaitable[Merchant]]:
+    async def _merchant(request: Request, api_key: Annotated[str | None, Depends(_api_key)]) -> Merchant:
+        if not api_key:
+            raise ApiError(401, "unauthorized", "missing X-Api-Key header", field="header.X-Api-Key")
+        merchant = await runtime_of(request, service).tenancy.by_api_key(api_key)
+        if merchant is None:
+            raise ApiError(401, "unauthorized", "unknown or revoked API key", field="header.X-Api-Key")
+        return merchant
+
+    return _merchant
+
+
+def customer_dependency(service: str) -> Callable[..., Awaitable[Customer]]:
+    async def _customer(request: Request,
+                        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Customer:
+        if cred is None:
+            raise ApiError(401, "unauthorized", "missing customer token (Authorization: Bearer …)",
+                           field="header.Authorization")
+        customer = await runtime_of(request, service).tenancy.customer_from_token(cred.credentials)
+        if customer is None:
+            raise ApiError(401, "unauthorized", "invalid or expired customer token", field="header.Authorization")
+        return customer
+
+    return _customer
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(*, title: str, description: str, runtimes: Sequence[ServiceRuntime], bus: Bus,
+               on_started: Callable[[FastAPI], Awaitable[None]] | None = None,
+               start_kwargs: dict[str, Any] | None = None, version: str = "0.1.0") -> FastAPI:
+    """One FastAPI app serving the routers of the given services. Engines, bus clients and
+    background tasks are built in the lifespan, never at import time."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await bus.start()
+        await bus.ensure_topics(all_topics())
+        started: list[ServiceRuntime] = []
+        try:
+            for rt in runtimes:
+                await rt.start(**(start_kwargs or {}))
+                started.append(rt)
+            if on_started is not None:
+                await on_started(app)
+            log.info("app.started", services=[rt.name for rt in runtimes])
+            yield
+        finally:
+            for rt in reversed(started):
+                await rt.stop()
+            await bus.stop()
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app.state.runtimes = {rt.name: rt for rt in runtimes}
+    app.state.bus = bus
+    install_error_handlers(app)
+    for rt in runtimes:
+        for router in rt.spec.routers:
+            app.include_router(router)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        metrics.HTTP_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: databases and the bus answer",
+             responses={503: {"description": "a dependency is down"}})
+    async def readyz() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        try:
+            await bus.ping()
+            checks["bus"] = "ok"
+        except Exception as exc:
+            checks["bus"] = f"error: {type(exc).__name__}"
+        for rt in runtimes:
+            checks[rt.name] = await rt.check()
+        ok = checks["bus"] == "ok" and all(
+            v == "ok" for rt in runtimes for v in checks[rt.name].values())
+        return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "unavailable",
+                                                                      "checks": checks})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/event-schemas", tags=["events"], summary="JSON Schema of every event type")
+    async def event_schemas() -> dict[str, Any]:
+        return json_schemas()
+
+    @app.get("/asyncapi.json", tags=["events"], summary="AsyncAPI 3 document of every topic and payload")
+    async def asyncapi() -> dict[str, Any]:
+        return asyncapi_document()
+
+    return app
