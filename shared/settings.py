@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     bus: Literal["inprocess", "kafka"] = "inprocess"
     kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_client_prefix: str = "fugou"
+    # Put in front of every topic and consumer group name, to share one cluster between environments.
+    kafka_prefix: str = ""
     # One URL per service; empty means SQLite under data_dir (embedded mode).
     gateway_database_url: str = ""
     segmentation_database_url: str = ""

@@ -10,7 +10,7 @@ def build_bus(settings: Settings, client_id: str = "fugou") -> Bus:
     if settings.bus == "kafka":
         from shared.bus.kafka import KafkaBus
 
-        return KafkaBus(settings.kafka_bootstrap, client_id=f"{settings.kafka_client_prefix}-{client_id}")
+        return KafkaBus(settings.kafka_bootstrap, client_id=f"fugou-{client_id}", prefix=settings.kafka_prefix)
     from shared.bus.inprocess import InProcessBus
 
     return InProcessBus(settings.bus_path)

@@ -24,9 +24,12 @@ _TOPIC_ALREADY_EXISTS = 36
 
 
 class KafkaBus:
-    def __init__(self, bootstrap: str, client_id: str = "fugou"):
+    def __init__(self, bootstrap: str, client_id: str = "fugou", prefix: str = ""):
         self.bootstrap = bootstrap
         self.client_id = client_id
+        # Several environments (or test runs) can share one cluster: the prefix goes in front of
+        # every physical topic and group name; the code only ever sees logical names.
+        self.prefix = prefix
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -48,10 +51,11 @@ class KafkaBus:
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            missing = [t for t in topics if t not in existing]
+            missing = [self.prefix + t for t in topics if self.prefix + t not in existing]
             if missing:
                 resp = await admin.create_topics(
-                    [NewTopic(name=t, num_partitions=partitions(t), replication_factor=1) for t in missing])
+                    [NewTopic(name=t, num_partitions=partitions(t[len(self.prefix):]), replication_factor=1)
+                     for t in missing])
                 for topic, code, *_ in resp.topic_errors:
                     if code not in (0, _TOPIC_ALREADY_EXISTS):
                         raise RuntimeError(f"could not create topic {topic}: error {code}")
@@ -72,11 +76,12 @@ class KafkaBus:
         if self._producer is None:
             raise RuntimeError("kafka producer not started")
         send = self._producer.send
-        futures = [await send(m.topic, m.value, key=m.key, headers=list(m.headers) or None) for m in messages]
+        p = self.prefix
+        futures = [await send(p + m.topic, m.value, key=m.key, headers=list(m.headers) or None) for m in messages]
         await asyncio.gather(*futures)
 
     def subscriber(self, group_id: str, topics: Sequence[str]) -> KafkaSubscriber:
-        return KafkaSubscriber(self.bootstrap, group_id, topics, client_id=self.client_id)
+        return KafkaSubscriber(self.bootstrap, group_id, topics, client_id=self.client_id, prefix=self.prefix)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -93,11 +98,13 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class KafkaSubscriber:
-    def __init__(self, bootstrap: str, group_id: str, topics: Sequence[str], client_id: str = "fugou"):
+    def __init__(self, bootstrap: str, group_id: str, topics: Sequence[str], client_id: str = "fugou",
+                 prefix: str = ""):
         self.group_id = group_id
-        self.topics = list(topics)
+        self.prefix = prefix
+        self.topics = [prefix + t for t in topics]
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group_id, client_id=f"{client_id}-{group_id}",
+            bootstrap_servers=bootstrap, group_id=prefix + group_id, client_id=f"{client_id}-{group_id}",
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
             max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, session_timeout_ms=30000,
             heartbeat_interval_ms=3000, max_poll_interval_ms=300000)
@@ -112,15 +119,17 @@ class KafkaSubscriber:
     async def fetch(self, max_records: int, timeout_ms: int) -> list[Record]:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Record] = []
+        cut = len(self.prefix)
         for tp, msgs in batches.items():
+            topic = tp.topic[cut:]
             for m in msgs:
-                out.append(Record(topic=tp.topic, partition=tp.partition, offset=m.offset, key=m.key,
+                out.append(Record(topic=topic, partition=tp.partition, offset=m.offset, key=m.key,
                                   value=m.value, headers=tuple(m.headers or ())))
         return out
 
     async def commit(self, records: Sequence[Record]) -> None:
         assigned = self._consumer.assignment()
-        offsets = {TopicPartition(t, p): o for (t, p), o in committed_positions(records).items()}
+        offsets = {TopicPartition(self.prefix + t, p): o for (t, p), o in committed_positions(records).items()}
         offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
         if not offsets:
             return

@@ -1,0 +1,45 @@
+# Fugou — `make run` (embedded, Python only) and `make test` (real Kafka + PostgreSQL).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+HOST ?= 127.0.0.1
+RUN_DIR ?= $(CURDIR)/.run
+
+.PHONY: help venv run test test-unit bench up down migrate clean
+
+help:
+	@echo "make run    - the whole system in one process on http://$(HOST):$(PORT) (SQLite under ./data)"
+	@echo "make test   - unit, integration and end-to-end tests against real Kafka and PostgreSQL"
+	@echo "make bench  - benchmarks (starts Kafka and PostgreSQL), figures with their peers"
+	@echo "make up     - distributed mode: Kafka, PostgreSQL and one process per service; make down stops it"
+
+# The virtualenv is rebuilt only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	PORT=$(PORT) HOST=$(HOST) $(PY) -m services.embedded
+
+test: venv
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m bench $(BENCH_ARGS)
+
+up: venv
+	RUN_DIR=$(RUN_DIR) PY=$(PY) deploy/local/up.sh
+
+down:
+	RUN_DIR=$(RUN_DIR) deploy/local/down.sh
+
+clean:
+	rm -rf $(VENV) .run *.egg-info

@@ -1,0 +1,89 @@
+"""Fixtures. Unit tests need nothing; tests that ask for `kafka` or `postgres` get the real thing,
+started once per session on free loopback ports and stopped at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from shared.settings import SERVICES, Settings
+from tests.infra import Kafka, Postgres, remove, scratch_dir
+
+os.environ.setdefault("FUGOU_LOG_LEVEL", "WARNING")
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[Kafka]:
+    root = scratch_dir("fgk-")
+    broker = Kafka(root / "kafka").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        remove(root)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    root = scratch_dir("fgp-")
+    cluster = Postgres(root / "pg").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        remove(root)
+
+
+async def create_databases(pg: Postgres, names: list[str]) -> None:
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        for name in names:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def fresh_databases(pg: Postgres) -> dict[str, str]:
+    """A fresh database per service. Sync (its own loop in a thread), so sync fixtures can use it."""
+    tag = uuid.uuid4().hex[:10]
+    names = {svc: f"t_{tag}_{svc}" for svc in SERVICES}
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create_databases(pg, list(names.values()))).result()
+    return {svc: pg.url(db) for svc, db in names.items()}
+
+
+@pytest.fixture
+def pg_urls(postgres: Postgres) -> dict[str, str]:
+    return fresh_databases(postgres)
+
+
+def embedded_settings(tmp_path: Path, **overrides: object) -> Settings:
+    return Settings(env="test", data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN,  # type: ignore[arg-type]
+                    consumer_poll_ms=50, relay_idle_ms=20, **overrides)
+
+
+def kafka_pg_settings(tmp_path: Path, kafka: Kafka, pg_urls: dict[str, str], **overrides: object) -> Settings:
+    dbs = {f"{svc}_database_url": url for svc, url in pg_urls.items()}
+    return embedded_settings(tmp_path, bus="kafka", kafka_bootstrap=kafka.bootstrap,
+                             kafka_prefix=f"t{uuid.uuid4().hex[:8]}.", **dbs, **overrides)
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app's lifespan and give an HTTP client to it (no socket)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fugou.test", timeout=30) as client:
+            yield client
+
