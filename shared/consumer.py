@@ -2,8 +2,8 @@
 
 For each fetched batch:
 1. decode and validate every record; a malformed one is dead-lettered with the reason;
-2. in ONE database transaction: project merchant events, dead-letter events of unknown
-   merchants, claim the rest in the inbox (dropping redeliveries), apply the new ones;
+2. in ONE database transaction: dead-letter events of unknown merchants (once the merchant
+   follower has caught up), claim the rest in the inbox (dropping redeliveries), apply the new ones;
 3. publish the dead letters, then commit the offsets (``last + 1`` per partition).
 
 So an offset is committed only after the database commit, and a crash anywhere before it means
@@ -37,6 +37,10 @@ BatchHandler = Callable[[AsyncSession, list[EnvelopeBase]], Awaitable[None]]
 MERCHANT_EVENT = "merchant.upserted"
 
 
+class MerchantsNotSynced(Exception):
+    """Events name a merchant this service does not know yet, and its copy is still catching up."""
+
+
 @dataclass(slots=True)
 class _Item:
     record: Record
@@ -63,10 +67,75 @@ def dead_letter(record: Record, reason: str, group_id: str) -> Message:
     return Message(topic=DEAD_LETTER, key=record.key, value=record.value, headers=headers)
 
 
+class MerchantFollower:
+    """Keeps this service's copy of the merchants up to date from ``fugou.merchants``.
+
+    It runs apart from the main consumer so that the main consumer can ask whether the copy is
+    complete: a merchant is created (and its event published) before any event of its shop
+    exists, so once the follower has read everything on the topic, a merchant it does not know
+    is truly unknown and its events may be dead-lettered; before that, they wait."""
+
+    def __init__(self, *, service: str, subscriber: Subscriber, sessions: async_sessionmaker[AsyncSession],
+                 tenancy: Tenancy, poll_ms: int = 200):
+        self.service = service
+        self.subscriber = subscriber
+        self.sessions = sessions
+        self.tenancy = tenancy
+        self.poll_ms = poll_ms
+        self._busy = True
+        self.started = False
+
+    async def caught_up(self) -> bool:
+        return self.started and not self._busy and await self.subscriber.caught_up()
+
+    async def run(self) -> None:
+        await retry_forever(self.subscriber.start, self.service, "merchants.start")
+        self.started = True
+        try:
+            while True:
+                self._busy = False
+                records = await retry_forever(lambda: self.subscriber.fetch(500, self.poll_ms), self.service,
+                                              "merchants.fetch")
+                if not records:
+                    continue
+                self._busy = True
+                events = []
+                for r in records:
+                    try:
+                        events.append(parse_event(r.value))
+                    except InvalidEvent as bad:
+                        log.error("merchants.invalid_event", service=self.service, reason=bad.reason)
+                events = [e for e in events if e.type == MERCHANT_EVENT]  # type: ignore[attr-defined]
+                await retry_forever(lambda: self._apply(events), self.service, "merchants.apply")
+                await retry_forever(lambda: self.subscriber.commit(records), self.service, "merchants.commit")
+        finally:
+            self.started = False
+            await asyncio.shield(self.subscriber.stop())
+
+    async def _apply(self, events: list[EnvelopeBase]) -> None:
+        if events:
+            async with self.sessions() as session, session.begin():
+                await self.tenancy.apply(session, events)
+
+
+async def retry_forever(fn: Callable[[], Awaitable[object]], service: str, what: str) -> object:
+    backoff = 0.1
+    while True:
+        try:
+            return await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            metrics.CONSUMER_RETRIES.labels(service).inc()
+            log.warning("consumer.retry", service=service, step=what, error=repr(exc), retry_in=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
 class EventConsumer:
     def __init__(self, *, service: str, group_id: str, subscriber: Subscriber, bus: Bus,
                  sessions: async_sessionmaker[AsyncSession], inbox: Inbox, tenancy: Tenancy,
-                 handler: BatchHandler, batch: int = 2000, poll_ms: int = 200,
+                 handler: BatchHandler, merchants: MerchantFollower, batch: int = 2000, poll_ms: int = 200,
                  on_applied: Callable[[], None] | None = None):
         self.service = service
         self.group_id = group_id
@@ -76,6 +145,7 @@ class EventConsumer:
         self.inbox = inbox
         self.tenancy = tenancy
         self.handler = handler
+        self.merchants = merchants
         self.batch = batch
         self.poll_ms = poll_ms
         self.on_applied = on_applied
@@ -131,23 +201,22 @@ class EventConsumer:
     async def _apply(self, items: list[_Item]) -> list[Message]:
         dead: list[Message] = []
         async with self.sessions() as session, session.begin():
-            merchant_events = [i.event for i in items if i.event.type == MERCHANT_EVENT]  # type: ignore[attr-defined]
-            if merchant_events:
-                await self.tenancy.apply(session, merchant_events)
-            others = [i for i in items if i.event.type != MERCHANT_EVENT]  # type: ignore[attr-defined]
-            known = await self.tenancy.known(session, {i.event.merchant_id for i in others})
+            merchant_ids = {i.event.merchant_id for i in items}
+            known = await self.tenancy.known(session, merchant_ids)
+            if known != merchant_ids and not await self.merchants.caught_up():
+                # Maybe a merchant created a moment ago: wait for the copy, do not dead-letter.
+                raise MerchantsNotSynced(sorted(merchant_ids - known))
             accepted: list[_Item] = []
-            for i in others:
+            for i in items:
                 if i.event.merchant_id in known:
                     accepted.append(i)
                 else:
                     dead.append(dead_letter(i.record, f"unknown merchant {i.event.merchant_id!r}", self.group_id))
                     metrics.EVENTS_CONSUMED.labels(self.service, i.record.topic, "dead_lettered").inc()
             fresh = await self.inbox.claim(session, [i.event for i in accepted])
-            fresh_ids = {e.event_id for e in fresh}
-            new_events = [e for e in fresh if e.type != MERCHANT_EVENT]  # type: ignore[attr-defined]
-            if new_events:
-                await self.handler(session, new_events)
+            if fresh:
+                await self.handler(session, fresh)
+        fresh_ids = {e.event_id for e in fresh}
         for i in accepted:
             outcome = "applied" if i.event.event_id in fresh_ids else "duplicate"
             metrics.EVENTS_CONSUMED.labels(self.service, i.record.topic, outcome).inc()
@@ -161,7 +230,7 @@ class EventConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not is_transient(exc) and what == "apply":
+                if what == "apply" and not (is_transient(exc) or isinstance(exc, MerchantsNotSynced)):
                     raise
                 metrics.CONSUMER_RETRIES.labels(self.service).inc()
                 log.warning("consumer.retry", service=self.service, step=what, error=repr(exc), retry_in=backoff)

@@ -20,7 +20,7 @@ from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.bus.base import Bus
-from shared.consumer import BatchHandler, EventConsumer
+from shared.consumer import BatchHandler, EventConsumer, MerchantFollower
 from shared.db import create_engine, session_factory
 from shared.events import EnvelopeBase
 from shared.inbox import Inbox, inbox_table
@@ -65,12 +65,6 @@ class ServiceSpec:
     def group_id(self) -> str:
         return f"fugou-{self.name}"
 
-    @property
-    def subscribed_topics(self) -> list[str]:
-        topics = list(self.topics)
-        if self.follows_merchants and MERCHANTS_TOPIC not in topics:
-            topics.append(MERCHANTS_TOPIC)
-        return topics
 
 
 def alembic_config(spec: ServiceSpec) -> Config:
@@ -108,6 +102,7 @@ class ServiceRuntime:
         self.tenancy: Tenancy = None  # type: ignore[assignment]
         self.relay: OutboxRelay | None = None
         self.consumer: EventConsumer | None = None
+        self.merchants: MerchantFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -125,12 +120,17 @@ class ServiceRuntime:
                                  batch=self.settings.relay_batch, idle_ms=self.settings.relay_idle_ms)
         if relay:
             self._spawn(self.relay.run(), "relay")
-        if consumer and (self.spec.handler is not None or self.spec.follows_merchants):
+        if consumer and self.spec.follows_merchants:
+            self.merchants = MerchantFollower(
+                service=self.name, subscriber=self.bus.subscriber(f"{self.spec.group_id}-merchants", [MERCHANTS_TOPIC]),
+                sessions=self.sessions, tenancy=self.tenancy, poll_ms=self.settings.consumer_poll_ms)
+            self._spawn(self.merchants.run(), "merchants")
+        if consumer and self.spec.handler is not None and self.spec.topics and self.merchants is not None:
             self.consumer = EventConsumer(
                 service=self.name, group_id=self.spec.group_id,
-                subscriber=self.bus.subscriber(self.spec.group_id, self.spec.subscribed_topics), bus=self.bus,
-                sessions=self.sessions, inbox=self.inbox, tenancy=self.tenancy,
-                handler=self.spec.handler or _ignore, batch=self.settings.consumer_batch,
+                subscriber=self.bus.subscriber(self.spec.group_id, list(self.spec.topics)), bus=self.bus,
+                sessions=self.sessions, inbox=self.inbox, tenancy=self.tenancy, handler=self.spec.handler,
+                merchants=self.merchants, batch=self.settings.consumer_batch,
                 poll_ms=self.settings.consumer_poll_ms, on_applied=self.relay.wake)
             self._spawn(self.consumer.run(), "consumer")
 
@@ -166,15 +166,11 @@ class ServiceRuntime:
             out["database"] = "ok"
         except Exception as exc:
             out["database"] = f"error: {type(exc).__name__}"
-        for role in ("relay", "consumer"):
+        for role in ("relay", "merchants", "consumer"):
             task = next((t for t in self._tasks if t.get_name() == f"{self.name}-{role}"), None)
             if task is not None:
                 out[role] = "ok" if not task.done() else "stopped"
         return out
-
-
-async def _ignore(session: AsyncSession, events: list[EnvelopeBase]) -> None:
-    return None
 
 
 def _report_crash(task: asyncio.Task[None], service: str, role: str) -> None:

@@ -36,3 +36,14 @@ async def eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], boo
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
         await asyncio.sleep(interval)
+
+
+def merchant_upserted(merchant_id: str, api_key: str, pepper: str = "fugou-development-only",
+                      jwt_secret: str = "test-jwt-secret-0123456789") -> dict[str, Any]:
+    """What the gateway publishes when a merchant is created (for tests that run without it)."""
+    from shared.tenancy import hash_api_key
+
+    return {"event_id": str(uuid.uuid4()), "type": "merchant.upserted", "merchant_id": merchant_id,
+            "occurred_at": datetime.now(timezone.utc).isoformat(),
+            "data": {"name": merchant_id, "timezone": "Asia/Shanghai",
+                     "api_key_hashes": [hash_api_key(api_key, pepper)], "jwt_secret": jwt_secret, "active": True}}

@@ -41,6 +41,10 @@ class Subscriber(Protocol):
         """Mark everything up to these records as processed, per partition."""
         ...
 
+    async def caught_up(self) -> bool:
+        """True when every record that existed in the subscribed topics when asked has been fetched."""
+        ...
+
 
 class Bus(Protocol):
     async def start(self) -> None: ...

@@ -122,6 +122,15 @@ class InProcessBus:
             await cur.close()
         return {t: int(rows.get(t, 0)) for t in topics}
 
+    async def _ends(self, topics: Sequence[str]) -> dict[str, int]:
+        async with self._lock:
+            cur = await self.db.execute(
+                f'SELECT topic, max("offset") + 1 FROM bus_log WHERE topic IN ({",".join("?" * len(topics))}) '
+                f"GROUP BY topic", tuple(topics))
+            rows = dict(await cur.fetchall())  # type: ignore[arg-type]
+            await cur.close()
+        return {t: int(rows.get(t, 0)) for t in topics}
+
     async def _commit(self, group_id: str, positions: dict[str, int]) -> None:
         async with self._lock:
             await self.db.executemany(
@@ -185,6 +194,10 @@ class InProcessSubscriber:
         for r in records:
             self._positions[r.topic] = max(self._positions[r.topic], r.offset + 1)
         return records
+
+    async def caught_up(self) -> bool:
+        ends = await self.bus._ends(sorted(self.topics))
+        return all(self._positions.get(t, 0) >= end for t, end in ends.items())
 
     async def commit(self, records: Sequence[Record]) -> None:
         if records:

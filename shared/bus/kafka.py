@@ -127,6 +127,16 @@ class KafkaSubscriber:
                                   value=m.value, headers=tuple(m.headers or ())))
         return out
 
+    async def caught_up(self) -> bool:
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return False
+        ends = await self._consumer.end_offsets(assigned)
+        for tp in assigned:
+            if await self._consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
     async def commit(self, records: Sequence[Record]) -> None:
         assigned = self._consumer.assignment()
         offsets = {TopicPartition(self.prefix + t, p): o for (t, p), o in committed_positions(records).items()}
