@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -217,9 +218,10 @@ class EventConsumer:
             if fresh:
                 await self.handler(session, fresh)
         fresh_ids = {e.event_id for e in fresh}
-        for i in accepted:
-            outcome = "applied" if i.event.event_id in fresh_ids else "duplicate"
-            metrics.EVENTS_CONSUMED.labels(self.service, i.record.topic, outcome).inc()
+        outcomes = Counter((i.record.topic, "applied" if i.event.event_id in fresh_ids else "duplicate")
+                           for i in accepted)
+        for (topic, outcome), n in outcomes.items():
+            metrics.EVENTS_CONSUMED.labels(self.service, topic, outcome).inc(n)
         return dead
 
     async def _retry(self, fn: Callable[[], Awaitable[object]], what: str) -> object:

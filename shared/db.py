@@ -106,3 +106,103 @@ def insert_for(session_or_dialect: Any, table: Any) -> Any:
 
 def dialect_name(session: AsyncSession) -> str:
     return session.bind.dialect.name  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- bulk statements
+#
+# SQLAlchemy compiles a multi-row VALUES anew for every batch (hundreds of thousands of bind
+# parameters), which costs far more than running it. Hot paths use these instead: on PostgreSQL
+# one INSERT … SELECT FROM unnest(arrays) with a constant number of parameters (one per column),
+# on SQLite one multi-row VALUES with positional parameters; both through the session's own
+# connection, so they are part of its transaction.
+
+_PG_ARRAY_TYPES = {"String": "text", "BigInteger": "bigint", "Integer": "integer", "UTCDateTime": "timestamptz",
+                   "LargeBinary": "bytea", "Boolean": "boolean"}
+_SQLITE_CHUNK_PARAMS = 30_000
+
+
+def _type_name(column: Any) -> str:
+    t = column.type
+    if isinstance(t, UTCDateTime):
+        return "UTCDateTime"
+    for name in ("BigInteger", "Integer", "String", "LargeBinary", "Boolean"):
+        if type(t).__name__ == name or any(c.__name__ == name for c in type(t).__mro__[:2]):
+            return name
+    if hasattr(t, "impl") or type(t).__name__ == "Variant":
+        return "BigInteger"
+    raise TypeError(f"no bulk mapping for {column.name}: {t!r}")
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: times must carry their offset")
+        v = value.astimezone(timezone.utc)
+        return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+                f".{v.microsecond:06d}")
+    return value
+
+
+def _sqlite_result(value: Any, type_name: str) -> Any:
+    if type_name == "UTCDateTime" and isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    if type_name == "Boolean" and value is not None:
+        return bool(value)
+    return value
+
+
+async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], rows: list[tuple[Any, ...]], *,
+                      conflict: list[str] | None = None, update: dict[str, str] | None = None,
+                      returning: list[str] | None = None) -> list[tuple[Any, ...]]:
+    """INSERT many rows in one statement (chunked on SQLite).
+
+    ``conflict`` names the unique columns for ON CONFLICT; with no ``update`` the row is skipped
+    (DO NOTHING), else ``update`` maps a column to an SQL expression where ``{t}`` is the table,
+    ``excluded`` the proposed row, and ``{least}``/``{greatest}`` the dialect's two-argument
+    min/max. ``returning`` lists columns to return (for the rows inserted or updated)."""
+    if not rows:
+        return []
+    conn = await session.connection()
+    dialect = conn.dialect.name
+    name = table.name
+    cols = ", ".join(columns)
+    tail = ""
+    if conflict is not None:
+        target = ", ".join(conflict)
+        if update:
+            fn = {"least": "least", "greatest": "greatest"} if dialect == "postgresql" else {"least": "min",
+                                                                                               "greatest": "max"}
+            sets = ", ".join(f"{c} = {expr.format(t=name, **fn)}" for c, expr in update.items())
+            tail = f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
+        else:
+            tail = f" ON CONFLICT ({target}) DO NOTHING"
+    if returning:
+        tail += " RETURNING " + ", ".join(returning)
+    raw = (await conn.get_raw_connection()).driver_connection
+    if dialect == "postgresql":
+        if not raw.is_in_transaction():  # type: ignore[union-attr]
+            # SQLAlchemy's asyncpg adapter opens the transaction lazily, at its first statement.
+            await conn.exec_driver_sql("SELECT 1")
+        types = [_PG_ARRAY_TYPES[_type_name(table.c[c])] for c in columns]
+        args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+        sql = f"INSERT INTO {name} ({cols}) SELECT * FROM unnest({args}){tail}"
+        arrays = [list(col) for col in zip(*rows)]
+        if returning:
+            return [tuple(r) for r in await raw.fetch(sql, *arrays)]  # type: ignore[union-attr]
+        await raw.execute(sql, *arrays)  # type: ignore[union-attr]
+        return []
+    out: list[tuple[Any, ...]] = []
+    per_row = len(columns)
+    chunk = max(1, _SQLITE_CHUNK_PARAMS // per_row)
+    one = "(" + ", ".join("?" * per_row) + ")"
+    result_types = [_type_name(table.c[c]) for c in returning or []]
+    for i in range(0, len(rows), chunk):
+        part = rows[i:i + chunk]
+        sql = f"INSERT INTO {name} ({cols}) VALUES {', '.join([one] * len(part))}{tail}"
+        params = [_sqlite_value(v) for row in part for v in row]
+        cursor = await raw.execute(sql, params)  # type: ignore[union-attr]
+        if returning:
+            out.extend(tuple(_sqlite_result(v, t) for v, t in zip(r, result_types))
+                       for r in await cursor.fetchall())
+        await cursor.close()
+    return out

@@ -12,10 +12,8 @@ from datetime import datetime, timezone
 from sqlalchemy import Column, MetaData, String, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import UTCDateTime, insert_for
+from shared.db import UTCDateTime, bulk_insert
 from shared.events import EnvelopeBase
-
-_CHUNK = 5000  # keeps bound parameters far below both databases' limits
 
 
 def inbox_table(metadata: MetaData) -> Table:
@@ -40,15 +38,7 @@ class Inbox:
         if not unique:
             return []
         now = datetime.now(timezone.utc)
-        t = self.table
-        fresh: set[str] = set()
-        items = list(unique.values())
-        for i in range(0, len(items), _CHUNK):
-            chunk = items[i:i + _CHUNK]
-            stmt = (insert_for(session, t)
-                    .values([{"event_id": e.event_id, "merchant_id": e.merchant_id,
-                              "type": e.type, "applied_at": now} for e in chunk])  # type: ignore[attr-defined]
-                    .on_conflict_do_nothing(index_elements=[t.c.event_id])
-                    .returning(t.c.event_id))
-            fresh.update((await session.execute(stmt)).scalars())
-        return [e for e in items if e.event_id in fresh]
+        rows = [(e.event_id, e.merchant_id, e.type, now) for e in unique.values()]  # type: ignore[attr-defined]
+        fresh = {r[0] for r in await bulk_insert(session, self.table, ["event_id", "merchant_id", "type", "applied_at"],
+                                                 rows, conflict=["event_id"], returning=["event_id"])}
+        return [e for e in unique.values() if e.event_id in fresh]

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import faults, metrics
 from shared.bus.base import Bus, Message
-from shared.db import BigId, UTCDateTime
+from shared.db import BigId, UTCDateTime, bulk_insert
 from shared.events import EnvelopeBase
 from shared.topics import topic_for
 
@@ -46,11 +46,9 @@ class Outbox:
         if not events:
             return
         now = datetime.now(timezone.utc)
-        await session.execute(self.table.insert(), [
-            {"merchant_id": e.merchant_id, "topic": topic_for(e.type), "key": e.key,  # type: ignore[attr-defined]
-             "payload": e.to_json(), "created_at": now}
-            for e in events
-        ])
+        await bulk_insert(session, self.table, ["merchant_id", "topic", "key", "payload", "created_at"], [
+            (e.merchant_id, topic_for(e.type), e.key, e.to_json(), now)  # type: ignore[attr-defined]
+            for e in events])
 
 
 class OutboxRelay:

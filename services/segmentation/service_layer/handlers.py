@@ -5,77 +5,54 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.adapters.tables import customers, messaging, orders
 from services.segmentation.domain.stats import PaidOrder, fold
-from shared.db import dialect_name, insert_for
+from shared.db import bulk_insert
 from shared.events import EnvelopeBase, new_event
 from shared.outbox import Outbox
 
 outbox = Outbox(messaging.outbox)
-_CHUNK = 4000  # rows per statement: 7 columns stay well under the bound-parameter limits
 
 
 async def record_paid_orders(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     """Store newly paid orders and add them to their customers' aggregates.
 
     An order already stored (the same order paid twice under two event ids) adds nothing."""
-    candidates = {}
+    candidates: dict[tuple[str, str], PaidOrder] = {}
     for e in events:
-        key = (e.merchant_id, e.data.order_id)  # type: ignore[attr-defined]
-        candidates.setdefault(key, PaidOrder(e.merchant_id, e.customer_id, e.data.order_id,  # type: ignore
-                                             e.data.amount_fen, e.occurred_at))  # type: ignore[attr-defined]
-    rows = list(candidates.values())
-    new_orders: list[PaidOrder] = []
-    for i in range(0, len(rows), _CHUNK):
-        chunk = rows[i:i + _CHUNK]
-        stmt = (insert_for(session, orders).values([
-            {"merchant_id": o.merchant_id, "order_id": o.order_id, "customer_id": o.customer_id,
-             "status": "paid", "amount_fen": o.amount_fen, "paid_at": o.paid_at} for o in chunk])
-            .on_conflict_do_nothing(index_elements=[orders.c.merchant_id, orders.c.order_id])
-            .returning(orders.c.merchant_id, orders.c.order_id))
-        inserted = {(r.merchant_id, r.order_id) for r in await session.execute(stmt)}
-        new_orders.extend(o for o in chunk if (o.merchant_id, o.order_id) in inserted)
+        d = e.data  # type: ignore[attr-defined]
+        candidates.setdefault((e.merchant_id, d.order_id),
+                              PaidOrder(e.merchant_id, e.customer_id, d.order_id, d.amount_fen,  # type: ignore
+                                        e.occurred_at))
+    inserted = {(m, o) for m, o in await bulk_insert(
+        session, orders, ["merchant_id", "order_id", "customer_id", "status", "amount_fen", "paid_at"],
+        [(o.merchant_id, o.order_id, o.customer_id, "paid", o.amount_fen, o.paid_at) for o in candidates.values()],
+        conflict=["merchant_id", "order_id"], returning=["merchant_id", "order_id"])}
+    new_orders = [o for key, o in candidates.items() if key in inserted]
     if not new_orders:
         return
-    deltas = fold(new_orders)
     now = datetime.now(timezone.utc)
-    least, greatest = (func.least, func.greatest) if dialect_name(session) == "postgresql" else (func.min, func.max)
-    items = list(deltas.items())
-    changed: list[EnvelopeBase] = []
-    for i in range(0, len(items), _CHUNK):
-        chunk = items[i:i + _CHUNK]
-        ins = insert_for(session, customers).values([
-            {"merchant_id": m, "customer_id": c, "paid_orders": d.orders, "paid_amount_fen": d.amount_fen,
-             "first_order_at": d.first_at, "last_order_at": d.last_at, "updated_at": now}
-            for (m, c), d in chunk])
-        stmt = ins.on_conflict_do_update(
-            index_elements=[customers.c.merchant_id, customers.c.customer_id],
-            set_={
-                "paid_orders": customers.c.paid_orders + ins.excluded.paid_orders,
-                "paid_amount_fen": customers.c.paid_amount_fen + ins.excluded.paid_amount_fen,
-                "first_order_at": least(func.coalesce(customers.c.first_order_at, ins.excluded.first_order_at),
-                                        ins.excluded.first_order_at),
-                "last_order_at": greatest(func.coalesce(customers.c.last_order_at, ins.excluded.last_order_at),
-                                          ins.excluded.last_order_at),
-                "updated_at": ins.excluded.updated_at,
-            }).returning(customers.c.merchant_id, customers.c.customer_id, customers.c.paid_orders,
-                         customers.c.paid_amount_fen, customers.c.first_order_at, customers.c.last_order_at)
-        for r in await session.execute(stmt):
-            changed.append(new_event("customer.stats.changed", r.merchant_id, customer_id=r.customer_id, data={
-                "frequency": r.paid_orders, "monetary_fen": r.paid_amount_fen,
-                "first_order_at": _iso(r.first_order_at), "last_order_at": _iso(r.last_order_at)}))
-    await outbox.stage(session, changed)
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # RETURNING on SQLite bypasses the column type's result processing
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat()
+    rows = [(m, c, d.orders, d.amount_fen, d.first_at, d.last_at, now) for (m, c), d in fold(new_orders).items()]
+    changed = await bulk_insert(
+        session, customers,
+        ["merchant_id", "customer_id", "paid_orders", "paid_amount_fen", "first_order_at", "last_order_at",
+         "updated_at"], rows,
+        conflict=["merchant_id", "customer_id"],
+        update={
+            "paid_orders": "{t}.paid_orders + excluded.paid_orders",
+            "paid_amount_fen": "{t}.paid_amount_fen + excluded.paid_amount_fen",
+            "first_order_at": "{least}(coalesce({t}.first_order_at, excluded.first_order_at), excluded.first_order_at)",
+            "last_order_at": "{greatest}(coalesce({t}.last_order_at, excluded.last_order_at), excluded.last_order_at)",
+            "updated_at": "excluded.updated_at",
+        },
+        returning=["merchant_id", "customer_id", "paid_orders", "paid_amount_fen", "first_order_at", "last_order_at"])
+    await outbox.stage(session, [
+        new_event("customer.stats.changed", m, customer_id=c, data={
+            "frequency": n, "monetary_fen": amount, "first_order_at": first.isoformat() if first else None,
+            "last_order_at": last.isoformat() if last else None})
+        for m, c, n, amount, first, last in changed])
 
 
 HANDLERS = {
