@@ -23,13 +23,16 @@ from shared.settings import Settings
 from shared.web import create_app
 
 
+ROLES = frozenset({"api", "consumer", "relay", "migrate"})
+
+
 def build_service_app(spec: ServiceSpec, settings: Settings, roles: set[str],
                       on_started: Callable[[FastAPI], Awaitable[None]] | None = None) -> FastAPI:
     bus = build_bus(settings, client_id=spec.name)
     runtime = ServiceRuntime(spec, settings, bus)
     return create_app(
         title=f"Fugou {spec.name}", description=spec.description, runtimes=[runtime], bus=bus,
-        on_started=on_started,
+        on_started=on_started, serve_api="api" in roles,
         start_kwargs={"run_migrations": "migrate" in roles, "relay": "relay" in roles,
                       "consumer": "consumer" in roles})
 
@@ -57,6 +60,8 @@ def service_main(spec: ServiceSpec, argv: Sequence[str] | None = None,
         asyncio.run(_migrate(spec, settings))
         return
     roles = {r.strip() for r in args.roles.split(",") if r.strip()}
+    if not roles or roles - ROLES:
+        parser.error(f"--roles: unknown role(s) {sorted(roles - ROLES)}; choose from {sorted(ROLES)}")
     serve(build_service_app(spec, settings, roles, on_started), args.host, args.port)
 
 

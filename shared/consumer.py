@@ -87,7 +87,11 @@ class MerchantFollower:
         self.started = False
 
     async def caught_up(self) -> bool:
-        return self.started and not self._busy and await self.subscriber.caught_up()
+        if not self.started or self._busy:
+            return False
+        at_end = await self.subscriber.caught_up()
+        # A fetch may have returned while we asked: then its merchants are not applied yet.
+        return at_end and not self._busy
 
     async def run(self) -> None:
         await retry_forever(self.subscriber.start, self.service, "merchants.start")
@@ -204,9 +208,12 @@ class EventConsumer:
         async with self.sessions() as session, session.begin():
             merchant_ids = {i.event.merchant_id for i in items}
             known = await self.tenancy.known(session, merchant_ids)
-            if known != merchant_ids and not await self.merchants.caught_up():
-                # Maybe a merchant created a moment ago: wait for the copy, do not dead-letter.
-                raise MerchantsNotSynced(sorted(merchant_ids - known))
+            if known != merchant_ids:
+                if not await self.merchants.caught_up():
+                    # Maybe a merchant created a moment ago: wait for the copy, do not dead-letter.
+                    raise MerchantsNotSynced(sorted(merchant_ids - known))
+                # The copy is complete now; it may have become so while we asked.
+                known = await self.tenancy.known(session, merchant_ids)
             accepted: list[_Item] = []
             for i in items:
                 if i.event.merchant_id in known:
@@ -217,8 +224,9 @@ class EventConsumer:
             fresh = await self.inbox.claim(session, [i.event for i in accepted])
             if fresh:
                 await self.handler(session, fresh)
-        fresh_ids = {e.event_id for e in fresh}
-        outcomes = Counter((i.record.topic, "applied" if i.event.event_id in fresh_ids else "duplicate")
+        fresh_ids = {(e.merchant_id, e.event_id) for e in fresh}
+        outcomes = Counter((i.record.topic, "applied" if (i.event.merchant_id, i.event.event_id) in fresh_ids
+                            else "duplicate")
                            for i in accepted)
         for (topic, outcome), n in outcomes.items():
             metrics.EVENTS_CONSUMED.labels(self.service, topic, outcome).inc(n)

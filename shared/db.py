@@ -3,7 +3,6 @@ types every service uses, and the few statements whose SQL differs between the t
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, app_name: str = "fugou") -> AsyncEngine:
     """Build an engine; call it in a lifespan, never at import time."""
     if is_sqlite(url):
         database = make_url(url).database
@@ -69,7 +68,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         return engine
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": os.environ.get("FUGOU_APP_NAME", "fugou")}},
+        connect_args={"server_settings": {"application_name": app_name}},
     )
 
 

@@ -24,7 +24,9 @@ from pydantic import (
 )
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
-Fen = Annotated[int, Field(ge=0, description="Money in integer fen (分). 100 fen = ¥1.")]
+# Bounded so every amount fits a BIGINT with room for sums: ¥10 trillion.
+MAX_FEN = 10**15
+Fen = Annotated[int, Field(ge=0, le=MAX_FEN, description="Money in integer fen (分). 100 fen = ¥1.")]
 
 
 class Payload(BaseModel):
@@ -66,7 +68,7 @@ class OrderCancelledData(Payload):
 class OrderRefundedData(Payload):
     order_id: Id
     refund_id: Id
-    amount_fen: Annotated[int, Field(gt=0)]
+    amount_fen: Annotated[int, Field(gt=0, le=MAX_FEN)]
     full: bool = False
     items: list[OrderItem] = Field(default_factory=list)
 
@@ -236,14 +238,35 @@ def _first_error(exc: ValidationError) -> InvalidEvent:
 def parse_event(raw: bytes | str | dict[str, Any]) -> EnvelopeBase:
     """Validate one envelope; raise InvalidEvent naming the field at fault."""
     try:
-        if isinstance(raw, dict):
-            return _adapter.validate_python(raw)
-        return _adapter.validate_json(raw)
+        event = _adapter.validate_python(raw) if isinstance(raw, dict) else _adapter.validate_json(raw)
+        ensure_serializable(event)
+        return event
     except ValidationError as exc:
         bad = _first_error(exc)
         if isinstance(raw, dict):
             bad.event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
         raise bad from None
+
+
+def ensure_serializable(event: EnvelopeBase) -> None:
+    """Refuse what parses but cannot be carried on: a shop's extra payload fields may hold values
+    (integers beyond 64 bits, lone surrogates) that JSON allows and the bus cannot encode."""
+    try:
+        event.to_json()
+    except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
+        field = "data"
+        for key, value in event.model_dump(mode="json").items():
+            items = value.items() if key == "data" and isinstance(value, dict) else [(None, value)]
+            for sub, v in items:
+                try:
+                    orjson.dumps(v)
+                except (TypeError, ValueError, orjson.JSONEncodeError):
+                    field = f"{key}.{sub}" if sub is not None else key
+                    break
+            else:
+                continue
+            break
+        raise InvalidEvent(f"{field}: cannot be encoded ({exc})", field, event.event_id) from None
 
 
 def new_event(type_: str, merchant_id: str, data: dict[str, Any] | Payload, customer_id: str | None = None,

@@ -1,4 +1,4 @@
-"""The inbox: each applied ``event_id``, recorded in the same transaction as its effect.
+"""The inbox: each applied ``(merchant_id, event_id)``, recorded in the same transaction as its effect.
 
 ``claim`` inserts the batch's ids with ON CONFLICT DO NOTHING and returns the events whose ids
 were new. Redelivered events (a consumer restarted before its offset commit, a relay that
@@ -19,8 +19,9 @@ from shared.events import EnvelopeBase
 def inbox_table(metadata: MetaData) -> Table:
     return Table(
         "inbox", metadata,
+        # Keyed per merchant: one tenant reusing another's event_id must not swallow its event.
+        Column("merchant_id", String(128), primary_key=True),
         Column("event_id", String(128), primary_key=True),
-        Column("merchant_id", String(128), nullable=False),
         Column("type", String(64), nullable=False),
         Column("applied_at", UTCDateTime, nullable=False),
     )
@@ -32,13 +33,14 @@ class Inbox:
 
     async def claim(self, session: AsyncSession, events: Sequence[EnvelopeBase]) -> list[EnvelopeBase]:
         """Record the ids of events not applied before; return those events, in order."""
-        unique: dict[str, EnvelopeBase] = {}
+        unique: dict[tuple[str, str], EnvelopeBase] = {}
         for e in events:
-            unique.setdefault(e.event_id, e)
+            unique.setdefault((e.merchant_id, e.event_id), e)
         if not unique:
             return []
         now = datetime.now(timezone.utc)
-        rows = [(e.event_id, e.merchant_id, e.type, now) for e in unique.values()]  # type: ignore[attr-defined]
-        fresh = {r[0] for r in await bulk_insert(session, self.table, ["event_id", "merchant_id", "type", "applied_at"],
-                                                 rows, conflict=["event_id"], returning=["event_id"])}
-        return [e for e in unique.values() if e.event_id in fresh]
+        rows = [(e.merchant_id, e.event_id, e.type, now) for e in unique.values()]  # type: ignore[attr-defined]
+        fresh = {(r[0], r[1]) for r in await bulk_insert(
+            session, self.table, ["merchant_id", "event_id", "type", "applied_at"], rows,
+            conflict=["merchant_id", "event_id"], returning=["merchant_id", "event_id"])}
+        return [e for key, e in unique.items() if key in fresh]

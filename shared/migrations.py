@@ -53,8 +53,8 @@ def create_messaging_tables_v1() -> None:
     op.create_index("ix_outbox_merchant_id", "outbox", ["merchant_id"])
     op.create_table(
         "inbox",
+        sa.Column("merchant_id", sa.String(128), primary_key=True),
         sa.Column("event_id", sa.String(128), primary_key=True),
-        sa.Column("merchant_id", sa.String(128), nullable=False),
         sa.Column("type", sa.String(64), nullable=False),
         sa.Column("applied_at", UTCDateTime, nullable=False),
     )

@@ -110,7 +110,7 @@ class ServiceRuntime:
         return self.spec.name
 
     async def start(self, *, run_migrations: bool = True, relay: bool = True, consumer: bool = True) -> None:
-        self.engine = create_engine(self.database_url)
+        self.engine = create_engine(self.database_url, app_name=f"fugou-{self.name}")
         self.sessions = session_factory(self.engine)
         self.tenancy = Tenancy(self.spec.tables.merchants, self.spec.tables.merchant_keys, self.sessions,
                                self.settings.api_key_pepper.get_secret_value())

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Put in front of every topic and consumer group name, to share one cluster between environments.
     kafka_prefix: str = ""
+    # Replication factor of topics the services create when missing (a topics job may create them first).
+    kafka_replication_factor: int = Field(1, ge=1)
     # One URL per service; empty means SQLite under data_dir (embedded mode).
     gateway_database_url: str = ""
     segmentation_database_url: str = ""

@@ -64,9 +64,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                409: "conflict"}.get(exc.status_code, "error")
-        return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict"}.get(exc.status_code, "error")
+        # FastAPI's only own 400 is a body it could not decode.
+        fields = [{"field": "body", "message": str(exc.detail)}] if exc.status_code == 400 else None
+        return _error(exc.status_code, code, str(exc.detail), fields, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: log it whole, answer in the same shape without internals.
+        log.error("http.unhandled_error", method=request.method, path=request.url.path, error=repr(exc),
+                  exc_info=exc)
+        return _error(500, "internal_error", "internal error; it has been logged")
 
 
 # ---------------------------------------------------------------- dependencies
@@ -118,8 +127,10 @@ def customer_dependency(service: str) -> Callable[..., Awaitable[Customer]]:
 
 def create_app(*, title: str, description: str, runtimes: Sequence[ServiceRuntime], bus: Bus,
                on_started: Callable[[FastAPI], Awaitable[None]] | None = None,
-               start_kwargs: dict[str, Any] | None = None, version: str = "0.1.0") -> FastAPI:
-    """One FastAPI app serving the routers of the given services. Engines, bus clients and
+               start_kwargs: dict[str, Any] | None = None, version: str = "0.1.0",
+               serve_api: bool = True) -> FastAPI:
+    """One FastAPI app serving the routers of the given services (health, readiness, metrics and
+    docs always; the services' own API unless serve_api is off). Engines, bus clients and
     background tasks are built in the lifespan, never at import time."""
 
     @asynccontextmanager
@@ -144,7 +155,7 @@ def create_app(*, title: str, description: str, runtimes: Sequence[ServiceRuntim
     app.state.runtimes = {rt.name: rt for rt in runtimes}
     app.state.bus = bus
     install_error_handlers(app)
-    for rt in runtimes:
+    for rt in runtimes if serve_api else ():
         for router in rt.spec.routers:
             app.include_router(router)
 

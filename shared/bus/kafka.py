@@ -24,12 +24,13 @@ _TOPIC_ALREADY_EXISTS = 36
 
 
 class KafkaBus:
-    def __init__(self, bootstrap: str, client_id: str = "fugou", prefix: str = ""):
+    def __init__(self, bootstrap: str, client_id: str = "fugou", prefix: str = "", replication_factor: int = 1):
         self.bootstrap = bootstrap
         self.client_id = client_id
         # Several environments (or test runs) can share one cluster: the prefix goes in front of
         # every physical topic and group name; the code only ever sees logical names.
         self.prefix = prefix
+        self.replication_factor = replication_factor
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -54,7 +55,7 @@ class KafkaBus:
             missing = [self.prefix + t for t in topics if self.prefix + t not in existing]
             if missing:
                 resp = await admin.create_topics(
-                    [NewTopic(name=t, num_partitions=partitions(t[len(self.prefix):]), replication_factor=1)
+                    [NewTopic(name=t, num_partitions=partitions(t[len(self.prefix):]), replication_factor=self.replication_factor)
                      for t in missing])
                 for topic, code, *_ in resp.topic_errors:
                     if code not in (0, _TOPIC_ALREADY_EXISTS):

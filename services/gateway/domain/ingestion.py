@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.events import INBOUND_TYPES, EnvelopeBase, InvalidEvent, parse_event
+from shared.events import INBOUND_TYPES, EnvelopeBase, InvalidEvent, ensure_serializable, parse_event
 
 MAX_BATCH = 1000
 
@@ -31,6 +31,7 @@ def validate_batch(raw: list[Any], merchant_id: str) -> list[Outcome]:
             continue
         try:
             event = parse_event(item)
+            ensure_serializable(event)
         except InvalidEvent as bad:
             out.append(Outcome(i, bad.event_id, "rejected", bad.reason, bad.field))
             continue

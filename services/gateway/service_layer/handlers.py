@@ -93,7 +93,7 @@ async def ingest(session: AsyncSession, merchant_id: str, raw: list[Any]) -> lis
     if valid:
         async with session.begin():
             fresh = await inbox.claim(session, [o.event for o in valid if o.event is not None])
-            fresh_ids = {e.event_id for e in fresh}
+            fresh_ids = {e.event_id for e in fresh}  # one merchant per call
             for o in valid:
                 if o.event_id not in fresh_ids:
                     o.status, o.reason, o.field = "duplicate", "event_id already received", "event_id"

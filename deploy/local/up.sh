@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Distributed mode on this machine (`make up`): a single-node Kafka, a PostgreSQL cluster with
+# one database per service, and one process per service on ports 8000-8004.
+#
+# Env: RUN_DIR (<repo>/.run), PY (python with the project installed), KAFKA_PORT (9092),
+#      PG_PORT (55432), FUGOU_BOOTSTRAP_API_KEY (generated and kept in $RUN_DIR/demo-api-key).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+RUN_DIR="${RUN_DIR:-$repo/.run}"
+PY="${PY:-$repo/.venv/bin/python}"
+export KAFKA_PORT="${KAFKA_PORT:-9092}" KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+export KAFKA_RUN_DIR="$RUN_DIR/kafka" PG_PORT="${PG_PORT:-55432}" PG_RUN_DIR="$RUN_DIR/postgres"
+services=(gateway segmentation coupons loyalty notifications)
+cd "$repo"
+mkdir -p "$RUN_DIR/logs" "$RUN_DIR/pids"
+
+bootstrap="$("$repo/deploy/kafka/start.sh" | tail -n1)"
+pg_user="$("$repo/deploy/postgres/start.sh" | tail -n1)"
+
+key_file="$RUN_DIR/demo-api-key"
+if [[ -z "${FUGOU_BOOTSTRAP_API_KEY:-}" ]]; then
+  [[ -s "$key_file" ]] || "$PY" -c 'import secrets; print("fg_" + secrets.token_urlsafe(32))' >"$key_file"
+  FUGOU_BOOTSTRAP_API_KEY="$(cat "$key_file")"
+fi
+chmod 600 "$key_file" 2>/dev/null || true
+
+export FUGOU_BUS=kafka FUGOU_KAFKA_BOOTSTRAP="$bootstrap" FUGOU_BOOTSTRAP_API_KEY
+for svc in "${services[@]}"; do
+  db="fugou_$svc"
+  if [[ -z "$(psql -h 127.0.0.1 -p "$PG_PORT" -U "$pg_user" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
+    psql -h 127.0.0.1 -p "$PG_PORT" -U "$pg_user" -d postgres -qc "CREATE DATABASE $db" >/dev/null
+  fi
+  export "FUGOU_${svc^^}_DATABASE_URL=postgresql+asyncpg://$pg_user@127.0.0.1:$PG_PORT/$db"
+done
+
+port=8000
+for svc in "${services[@]}"; do
+  pid_file="$RUN_DIR/pids/$svc.pid"
+  if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    echo "up.sh: $svc already running (pid $(cat "$pid_file"))" >&2
+  else
+    "$PY" -m "services.$svc" migrate
+    # No subshell: $! must be the service's own pid, and nothing may hold our stdout open.
+    nohup "$PY" -m "services.$svc" run --port "$port" >>"$RUN_DIR/logs/$svc.log" 2>&1 </dev/null &
+    echo $! >"$pid_file"
+  fi
+  port=$((port + 1))
+done
+
+port=8000
+for svc in "${services[@]}"; do
+  for _ in $(seq 1 120); do
+    if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then break; fi
+    sleep 0.5
+  done
+  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "up.sh: $svc not ready; see $RUN_DIR/logs/$svc.log" >&2; exit 1; }
+  printf '  %-14s http://127.0.0.1:%s  (log %s)\n' "$svc" "$port" "$RUN_DIR/logs/$svc.log"
+  port=$((port + 1))
+done
+echo "  kafka          $bootstrap"
+echo "  postgresql     postgresql://$pg_user@127.0.0.1:$PG_PORT/fugou_<service>"
+echo "  merchant 'demo' API key in $key_file; events go to the gateway: POST http://127.0.0.1:8000/v1/events"
