@@ -107,7 +107,7 @@ class MerchantFollower:
                 events = []
                 for r in records:
                     try:
-                        events.append(parse_event(r.value))
+                        events.append(parse_event(r.value, check_encodable=False))
                     except InvalidEvent as bad:
                         log.error("merchants.invalid_event", service=self.service, reason=bad.reason)
                 events = [e for e in events if e.type == MERCHANT_EVENT]  # type: ignore[attr-defined]
@@ -175,7 +175,7 @@ class EventConsumer:
         items: list[_Item] = []
         for r in records:
             try:
-                items.append(_Item(r, parse_event(r.value)))
+                items.append(_Item(r, parse_event(r.value, check_encodable=False)))
             except InvalidEvent as bad:
                 dead.append(dead_letter(r, f"invalid event: {bad.reason}", self.group_id))
                 metrics.EVENTS_CONSUMED.labels(self.service, r.topic, "dead_lettered").inc()

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared import faults, metrics
 from shared.bus.base import Bus, Message
 from shared.db import BigId, UTCDateTime, bulk_insert
-from shared.events import EnvelopeBase
+from shared.events import EnvelopeBase, OutboundEvent
 from shared.topics import topic_for
 
 log = structlog.get_logger("fugou.outbox")
@@ -41,7 +41,7 @@ class Outbox:
     def __init__(self, table: Table):
         self.table = table
 
-    async def stage(self, session: AsyncSession, events: Sequence[EnvelopeBase]) -> None:
+    async def stage(self, session: AsyncSession, events: Sequence[EnvelopeBase | OutboundEvent]) -> None:
         """Record events to publish, inside the caller's transaction."""
         if not events:
             return

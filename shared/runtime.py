@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.bus.base import Bus
 from shared.consumer import BatchHandler, EventConsumer, MerchantFollower
 from shared.db import create_engine, session_factory
-from shared.events import EnvelopeBase
+from shared.events import EnvelopeBase, OutboundEvent
 from shared.inbox import Inbox, inbox_table
 from shared.outbox import Outbox, OutboxRelay, outbox_table
 from shared.settings import Settings
@@ -148,7 +148,7 @@ class ServiceRuntime:
             await self.engine.dispose()
             self.engine = None
 
-    async def stage(self, session: AsyncSession, events: Sequence[EnvelopeBase]) -> None:
+    async def stage(self, session: AsyncSession, events: Sequence[EnvelopeBase | OutboundEvent]) -> None:
         """Record outbound events in the caller's transaction; the relay publishes them."""
         await self.outbox.stage(session, events)
 

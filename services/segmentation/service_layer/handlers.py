@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.segmentation.adapters.tables import customers, messaging, orders
 from services.segmentation.domain.stats import PaidOrder, fold
 from shared.db import bulk_insert
-from shared.events import EnvelopeBase, new_event
+from shared.events import EnvelopeBase, OutboundEvent
 from shared.outbox import Outbox
 
 outbox = Outbox(messaging.outbox)
@@ -49,9 +49,8 @@ async def record_paid_orders(session: AsyncSession, events: list[EnvelopeBase]) 
         },
         returning=["merchant_id", "customer_id", "paid_orders", "paid_amount_fen", "first_order_at", "last_order_at"])
     await outbox.stage(session, [
-        new_event("customer.stats.changed", m, customer_id=c, data={
-            "frequency": n, "monetary_fen": amount, "first_order_at": first.isoformat() if first else None,
-            "last_order_at": last.isoformat() if last else None})
+        OutboundEvent("customer.stats.changed", m, customer_id=c, data={
+            "frequency": n, "monetary_fen": amount, "first_order_at": first, "last_order_at": last})
         for m, c, n, amount, first, last in changed])
 
 

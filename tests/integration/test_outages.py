@@ -1,0 +1,211 @@
+"""Outages of the infrastructure itself, against real servers: when Kafka or PostgreSQL is down,
+/readyz fails and names what is down, the consumers and relays retry with backoff (the processes
+stay up), and nothing is lost or applied twice when it comes back.
+
+These tests stop their servers, so each starts its OWN broker or cluster (never the session-wide
+ones), restarts it on the same ports and data dir, and removes it at the end."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import create_databases
+from tests.factories import eventually, order_paid
+from tests.infra import Kafka, Postgres, remove, scratch_dir
+from tests.integration.test_reliability import env_for, expected_totals, plain_dsn, publish, scalar, totals
+from tests.processes import ServiceProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(240)]
+KEY = "fg_outage_key"
+MERCHANT = "demo"  # the merchant the gateway creates from FUGOU_BOOTSTRAP_API_KEY
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    root = scratch_dir("fgo-")
+    cluster = Postgres(root / "pg").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        remove(root)
+
+
+@pytest.fixture
+def own_kafka() -> Iterator[Kafka]:
+    root = scratch_dir("fgok-")
+    broker = Kafka(root / "kafka").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        remove(root)
+
+
+def orders(start: int, n: int, customers: int = 15) -> list[dict]:
+    return [order_paid(MERCHANT, f"c-{i % customers}", f"o-{i}", 100 + i) for i in range(start, start + n)]
+
+
+async def readyz(svc: ServiceProcess) -> tuple[int, dict]:
+    try:
+        async with httpx.AsyncClient(timeout=15) as client:
+            r = await client.get(svc.url + "/readyz")
+        return r.status_code, r.json()
+    except httpx.HTTPError as exc:
+        return -1, {"error": repr(exc)}
+
+
+async def rfm(svc: ServiceProcess, customer_id: str) -> dict:
+    async with httpx.AsyncClient(timeout=15) as client:
+        r = await client.get(f"{svc.url}/v1/customers/{customer_id}/rfm", headers={"X-Api-Key": KEY})
+    return r.json() if r.status_code == 200 else {"status": r.status_code}
+
+
+async def all_rfm(svc: ServiceProcess, want: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int] | dict]:
+    got: dict[str, tuple[int, int] | dict] = {}
+    for customer in want:
+        body = await rfm(svc, customer)
+        got[customer] = (body["frequency"], body["monetary_fen"]) if "frequency" in body else body
+    return got
+
+
+async def consumer_retries(svc: ServiceProcess, service: str) -> float:
+    async with httpx.AsyncClient(timeout=15) as client:
+        text = (await client.get(svc.url + "/metrics")).text
+    m = re.search(rf'^fugou_consumer_retries_total{{service="{service}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def post_events(gateway: ServiceProcess, events: list[dict]) -> dict:
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"X-Api-Key": KEY}, timeout=30) as client:
+        r = await client.post("/v1/events", json=events)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def alive(*procs: ServiceProcess) -> None:
+    for p in procs:
+        assert p.proc is not None and p.proc.poll() is None, f"{p.module} died: {p.tail()}"
+
+
+def start_gateway_and_segmentation(env: dict[str, str], tmp_path: Path) -> tuple[ServiceProcess, ServiceProcess]:
+    gateway = ServiceProcess("services.gateway run", env | {"FUGOU_BOOTSTRAP_API_KEY": KEY},
+                             args=["--roles", "migrate,api,relay"], log_path=tmp_path / "gateway.log").start()
+    seg = ServiceProcess("services.segmentation run", env, args=["--roles", "migrate,api,consumer,relay"],
+                         log_path=tmp_path / "segmentation.log").start()
+    gateway.wait_http()
+    seg.wait_http()
+    return gateway, seg
+
+
+async def test_postgresql_down(kafka: Kafka, own_postgres: Postgres, tmp_path: Path) -> None:
+    pg = own_postgres
+    tag = uuid.uuid4().hex[:8]
+    dbs = {svc: f"o_{tag}_{svc}" for svc in ("gateway", "segmentation")}
+    await create_databases(pg, list(dbs.values()))
+    urls = {svc: pg.url(db) for svc, db in dbs.items()}
+    seg_dsn = plain_dsn(urls["segmentation"])
+    prefix = f"o{tag}."
+    env = env_for(kafka, urls, prefix)
+    first, second = orders(0, 60), orders(60, 90)
+    gateway, seg = start_gateway_and_segmentation(env, tmp_path)
+    try:
+        # 1. Everything up: a first batch goes through the gateway and reaches segmentation.
+        assert (await post_events(gateway, first))["accepted"] == len(first)
+        want1 = expected_totals(first)
+        await eventually(lambda: all_rfm(seg, want1), lambda v: v == want1, timeout=60, interval=0.3)
+        status, body = await readyz(seg)
+        assert status == 200, body
+
+        # 2. PostgreSQL goes down: readiness fails and names the database.
+        pg.stop()
+        status, body = await eventually(
+            lambda: readyz(seg),
+            lambda v: v[0] == 503 and v[1]["checks"]["segmentation"]["database"].startswith("error"), timeout=30)
+        assert body["status"] == "unavailable"
+        assert body["checks"]["bus"] == "ok", body  # only the database is blamed
+        status, body = await readyz(gateway)
+        assert status == 503 and body["checks"]["gateway"]["database"].startswith("error"), body
+
+        # 3. The shop keeps publishing to Kafka (the gateway is down with its database); some twice.
+        retries_before = await consumer_retries(seg, "segmentation")
+        await publish(kafka, prefix, second + second[:20])
+        # The consumer fetches them, cannot apply them, and retries with backoff: it stays up.
+        await eventually(lambda: consumer_retries(seg, "segmentation"), lambda n: n >= retries_before + 2,
+                         timeout=30, interval=0.3)
+        await eventually(lambda: readyz(seg), lambda v: v[0] == 503, timeout=5)
+        status, body = await readyz(seg)
+        assert body["checks"]["segmentation"]["consumer"] == "ok", body  # the consumer task is still running
+        alive(gateway, seg)
+
+        # 4. PostgreSQL comes back on the same port and data dir: everything is applied exactly once.
+        pg.start()
+        await eventually(lambda: readyz(seg), lambda v: v[0] == 200, timeout=60, interval=0.3)
+        await eventually(lambda: readyz(gateway), lambda v: v[0] == 200, timeout=60, interval=0.3)
+        want = expected_totals(first + second)
+        got = await eventually(lambda: totals(seg_dsn, MERCHANT), lambda v: v == want, timeout=60, interval=0.3)
+        assert got == want
+        distinct = len({e["event_id"] for e in first + second})
+        await eventually(lambda: scalar(seg_dsn, f"SELECT count(*) FROM inbox WHERE merchant_id = '{MERCHANT}'"),
+                         lambda n: n == distinct, timeout=30)
+        assert await all_rfm(seg, want) == want  # and the API serves them again
+        alive(gateway, seg)
+    finally:
+        gateway.stop()
+        seg.stop()
+
+
+async def test_kafka_down(own_kafka: Kafka, pg_urls: dict[str, str], tmp_path: Path) -> None:
+    kafka = own_kafka
+    prefix = f"o{uuid.uuid4().hex[:8]}."
+    env = env_for(kafka, pg_urls, prefix)
+    seg_dsn, gw_dsn = plain_dsn(pg_urls["segmentation"]), plain_dsn(pg_urls["gateway"])
+    first, second = orders(0, 60), orders(60, 90)
+    gateway, seg = start_gateway_and_segmentation(env, tmp_path)
+    try:
+        # 1. Everything up.
+        assert (await post_events(gateway, first))["accepted"] == len(first)
+        want1 = expected_totals(first)
+        await eventually(lambda: all_rfm(seg, want1), lambda v: v == want1, timeout=60, interval=0.3)
+        await eventually(lambda: scalar(gw_dsn, "SELECT count(*) FROM outbox"), lambda n: n == 0, timeout=30)
+
+        # 2. Kafka goes down: readiness fails on both services and names the bus.
+        kafka.stop()
+        status, body = await eventually(
+            lambda: readyz(seg), lambda v: v[0] == 503 and v[1]["checks"]["bus"].startswith("error"), timeout=30)
+        assert body["checks"]["segmentation"]["database"] == "ok", body  # only the bus is blamed
+        await eventually(lambda: readyz(gateway),
+                         lambda v: v[0] == 503 and v[1]["checks"]["bus"].startswith("error"), timeout=30)
+
+        # 3. The gateway still takes events: they wait in its outbox (PostgreSQL), the relay retries.
+        assert (await post_events(gateway, second))["accepted"] == len(second)
+        assert (await post_events(gateway, second[:20]))["duplicates"] == 20
+        assert await scalar(gw_dsn, "SELECT count(*) FROM outbox") == len(second)
+        status, body = await readyz(seg)
+        assert status == 503 and body["checks"]["segmentation"]["consumer"] == "ok", body
+        alive(gateway, seg)
+        assert await totals(seg_dsn, MERCHANT) == want1
+
+        # 4. Kafka comes back on the same ports and data dir: everything arrives exactly once.
+        kafka.start()
+        await eventually(lambda: readyz(seg), lambda v: v[0] == 200, timeout=60, interval=0.3)
+        await eventually(lambda: readyz(gateway), lambda v: v[0] == 200, timeout=60, interval=0.3)
+        await eventually(lambda: scalar(gw_dsn, "SELECT count(*) FROM outbox"), lambda n: n == 0, timeout=60,
+                         interval=0.3)
+        want = expected_totals(first + second)
+        got = await eventually(lambda: totals(seg_dsn, MERCHANT), lambda v: v == want, timeout=60, interval=0.3)
+        assert got == want
+        distinct = len({e["event_id"] for e in first + second})
+        await eventually(lambda: scalar(seg_dsn, f"SELECT count(*) FROM inbox WHERE merchant_id = '{MERCHANT}'"),
+                         lambda n: n == distinct, timeout=30)
+        assert await all_rfm(seg, want) == want
+        alive(gateway, seg)
+    finally:
+        gateway.stop()
+        seg.stop()

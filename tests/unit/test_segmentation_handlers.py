@@ -1,0 +1,69 @@
+"""Segmentation's order.paid handler on SQLite: aggregates, order-level idempotency, and the
+events it stages (which must be valid envelopes of the registered schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from services.segmentation.adapters.tables import customers, messaging
+from services.segmentation.domain.stats import PaidOrder, fold, recency_days
+from services.segmentation.service_layer.handlers import handle
+from services.segmentation.spec import SPEC
+from shared.bus.inprocess import InProcessBus
+from shared.events import parse_event
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings
+from tests.factories import CST, order_paid
+
+
+async def runtime(tmp_path: Path) -> tuple[ServiceRuntime, InProcessBus]:
+    bus = InProcessBus(tmp_path / "bus.sqlite")
+    await bus.start()
+    rt = ServiceRuntime(SPEC, Settings(data_dir=tmp_path), bus)
+    await rt.start(relay=False, consumer=False)
+    return rt, bus
+
+
+def test_fold_keeps_the_earliest_and_latest_payment_whatever_the_order() -> None:
+    late = PaidOrder("m", "c", "o-2", 300, datetime(2026, 3, 1, tzinfo=CST))
+    early = PaidOrder("m", "c", "o-1", 200, datetime(2026, 1, 1, tzinfo=CST))
+    delta = fold([late, early])[("m", "c")]
+    assert (delta.orders, delta.amount_fen, delta.first_at, delta.last_at) == (2, 500, early.paid_at, late.paid_at)
+
+
+def test_recency_counts_calendar_days_in_the_merchants_time_zone() -> None:
+    # 23:30 on the 1st in Shanghai is still the 1st there, though it is the 1st 15:30 UTC.
+    last = datetime(2026, 11, 1, 23, 30, tzinfo=CST)
+    now = datetime(2026, 11, 2, 0, 10, tzinfo=CST)
+    assert recency_days(last, now, "Asia/Shanghai") == 1
+    assert recency_days(last, now, "UTC") == 0
+
+
+async def test_the_same_order_paid_under_two_event_ids_counts_once_and_stages_valid_events(tmp_path: Path) -> None:
+    rt, bus = await runtime(tmp_path)
+    try:
+        first = parse_event(order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, tzinfo=CST)))
+        second = parse_event(order_paid("demo", "u-1", "o-2", 2000, at=datetime(2026, 10, 5, 9, tzinfo=CST)))
+        again = parse_event(order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, tzinfo=CST)))
+        async with rt.sessions() as session, session.begin():
+            await handle(session, [first, second])
+        async with rt.sessions() as session, session.begin():
+            await handle(session, [again])
+        async with rt.sessions() as session:
+            row = (await session.execute(select(customers))).one()
+            staged = (await session.execute(select(messaging.outbox.c.topic, messaging.outbox.c.payload)
+                                            .order_by(messaging.outbox.c.id))).all()
+        assert (row.paid_orders, row.paid_amount_fen) == (2, 10000)
+        assert row.first_order_at == first.occurred_at and row.last_order_at == second.occurred_at
+        # One event for the batch that changed the customer; none for the repeat that changed nothing.
+        assert len(staged) == 1 and staged[0].topic == "fugou.segments"
+        event = parse_event(staged[0].payload)
+        assert event.type == "customer.stats.changed" and event.customer_id == "u-1"  # type: ignore[attr-defined]
+        assert (event.data.frequency, event.data.monetary_fen) == (2, 10000)  # type: ignore[attr-defined]
+        assert event.data.last_order_at == second.occurred_at  # type: ignore[attr-defined]
+    finally:
+        await rt.stop()
+        await bus.stop()
