@@ -45,3 +45,17 @@ def asyncapi_document() -> dict[str, Any]:
         "channels": channels,
         "components": {"messages": messages, "schemas": schemas},
     }
+
+
+def event_table_markdown() -> str:
+    """The table of event types in docs/events.md."""
+    lines = ["| type | topic | schema version | direction | what |", "| --- | --- | --- | --- | --- |"]
+    for name, t in REGISTRY.items():
+        lines.append(f"| `{name}` | `{t.topic}` | {t.schema_version} | {t.direction} | {t.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m shared.asyncapi > docs/asyncapi.json
+    import json
+
+    print(json.dumps(asyncapi_document(), indent=2, ensure_ascii=False))
