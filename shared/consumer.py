@@ -123,7 +123,9 @@ class MerchantFollower:
                 await self.tenancy.apply(session, events)
 
 
-async def retry_forever(fn: Callable[[], Awaitable[object]], service: str, what: str) -> object:
+async def retry_forever(fn: Callable[[], Awaitable[object]], service: str, what: str,
+                        only: Callable[[Exception], bool] | None = None) -> object:
+    """Call fn until it succeeds, backing off exponentially to 30 s; re-raise errors `only` rejects."""
     backoff = 0.1
     while True:
         try:
@@ -131,6 +133,8 @@ async def retry_forever(fn: Callable[[], Awaitable[object]], service: str, what:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if only is not None and not only(exc):
+                raise
             metrics.CONSUMER_RETRIES.labels(service).inc()
             log.warning("consumer.retry", service=service, step=what, error=repr(exc), retry_in=backoff)
             await asyncio.sleep(backoff)
@@ -233,16 +237,7 @@ class EventConsumer:
         return dead
 
     async def _retry(self, fn: Callable[[], Awaitable[object]], what: str) -> object:
-        backoff = 0.1
-        while True:
-            try:
-                return await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if what == "apply" and not (is_transient(exc) or isinstance(exc, MerchantsNotSynced)):
-                    raise
-                metrics.CONSUMER_RETRIES.labels(self.service).inc()
-                log.warning("consumer.retry", service=self.service, step=what, error=repr(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+        # Applying a batch retries only what says "the infrastructure is unwell" (or "the
+        # merchant copy is catching up"); anything else is the batch's own fault: narrow it down.
+        only = (lambda exc: is_transient(exc) or isinstance(exc, MerchantsNotSynced)) if what == "apply" else None
+        return await retry_forever(fn, self.service, what, only=only)
