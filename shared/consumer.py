@@ -48,10 +48,21 @@ class _Item:
     event: EnvelopeBase
 
 
+# SQLSTATE classes and codes that say "try again", whatever the statement: connection
+# exceptions, insufficient resources, operator intervention (starting up, shutting down, admin
+# shutdown), serialization failures and deadlocks.
+_RETRY_SQLSTATE_CLASSES = ("08", "53", "57P")
+_RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors that say 'the infrastructure is unwell', not 'this event is bad'."""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if isinstance(state, str) and (state in _RETRY_SQLSTATES or state.startswith(_RETRY_SQLSTATE_CLASSES)):
+            return True
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError,
                             ConnectionError, TimeoutError, asyncio.TimeoutError))
 

@@ -215,12 +215,6 @@ def start_not_accepting_connections(pg: Postgres) -> None:
     _pg_ctl(pg, "start", "-w", "-t", "60", "-l", str(pg.run_dir / "postgres.log"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: shared/consumer.py is_transient() does not treat SQLSTATE 57P03 (the database system is "
-    "starting up / not accepting connections) as an infrastructure error: SQLAlchemy raises it at connect as "
-    "a plain DBAPIError with connection_invalidated=False, so EventConsumer._apply_narrowing dead-letters "
-    "every event of the batch ('processing failed: DBAPIError(...)') instead of retrying, and they are "
-    "never applied when PostgreSQL is back"))
 async def test_postgresql_coming_back_through_startup_loses_nothing(kafka: Kafka, own_postgres: Postgres,
                                                                     tmp_path: Path) -> None:
     pg = own_postgres
