@@ -4,16 +4,19 @@ error responses that name the field at fault, and the dependencies for sessions 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -202,3 +205,40 @@ def create_app(*, title: str, description: str, runtimes: Sequence[ServiceRuntim
         return asyncapi_document()
 
     return app
+
+
+# ---------------------------------------------------------------- per-service status
+
+
+class ServiceStatus(BaseModel):
+    service: str
+    merchant_id: str
+    events_applied: int = Field(description="Events of this merchant this service has applied (its inbox).")
+    outbox_pending: int = Field(description="Events of this merchant raised here and not yet published.")
+    last_applied_at: datetime | None
+
+
+def status_router(service: str) -> APIRouter:
+    """``GET /v1/<service>/status``: what one service holds for the calling merchant, so an
+    integrator can see where an event got to without reading logs. Answering at all means the
+    service's copy of the merchant (and of this key) is in place."""
+    router = APIRouter(tags=[service])
+    merchant_dep = merchant_dependency(service)
+
+    @router.get(f"/v1/{service}/status", response_model=ServiceStatus,
+                summary=f"What the {service} service holds for this merchant")
+    async def status(request: Request, merchant: Merchant = Depends(merchant_dep)) -> ServiceStatus:  # noqa: B008
+        rt = runtime_of(request, service)
+        inbox, outbox = rt.spec.tables.inbox, rt.spec.tables.outbox
+        mid = merchant.merchant_id
+        async with rt.sessions() as session:
+            applied, last = (await session.execute(
+                select(func.count(), func.max(inbox.c.applied_at)).where(inbox.c.merchant_id == mid))).one()
+            pending = (await session.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.merchant_id == mid))).scalar_one()
+        if isinstance(last, str):  # an aggregate over SQLite bypasses the column type
+            last = datetime.fromisoformat(last).replace(tzinfo=timezone.utc)
+        return ServiceStatus(service=service, merchant_id=mid, events_applied=applied,
+                             outbox_pending=pending, last_applied_at=last)
+
+    return router

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from services.loyalty.adapters.tables import messaging, metadata
 from shared.runtime import ServiceSpec
+from shared.web import status_router
 
 # No domain topics yet: a service subscribes to a topic only when it has a handler for it, or
 # its inbox would mark events as applied that it never applied.
@@ -14,7 +15,7 @@ SPEC = ServiceSpec(
     metadata=metadata,
     tables=messaging,
     migrations=Path(__file__).parent / "migrations",
-    routers=[],
+    routers=[status_router("loyalty")],
     topics=(),
     handler=None,
     description="Points ledger, member levels, points mall and stored value.",

@@ -8,13 +8,14 @@ from services.segmentation.adapters.tables import messaging, metadata
 from services.segmentation.entrypoints.api import router
 from services.segmentation.service_layer.handlers import handle
 from shared.runtime import ServiceSpec
+from shared.web import status_router
 
 SPEC = ServiceSpec(
     name="segmentation",
     metadata=metadata,
     tables=messaging,
     migrations=Path(__file__).parent / "migrations",
-    routers=[router],
+    routers=[router, status_router("segmentation")],
     topics=["shop.orders", "shop.customers", "shop.behaviour"],
     handler=handle,
     description="Customer aggregates, RFM levels, tiers, classes, lifecycle tags and audiences.",
