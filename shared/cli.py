@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI

@@ -21,7 +21,7 @@ from sqlalchemy import insert, select
 from services.segmentation.adapters.tables import customers, import_jobs, messaging, orders
 from services.segmentation.entrypoints import importer
 from services.segmentation.entrypoints.importer import ImportResult, import_orders
-from services.segmentation.service_layer.handlers import record_paid_orders
+from services.segmentation.service_layer.handlers import apply_order_events
 from services.segmentation.spec import SPEC
 from shared.db import create_engine, session_factory
 from shared.events import parse_event
@@ -103,7 +103,9 @@ async def _state(url: str) -> dict[str, list[tuple[Any, ...]]]:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            o = (await conn.execute(select(orders).order_by(orders.c.merchant_id, orders.c.order_id))).all()
+            o = (await conn.execute(select(orders.c.merchant_id, orders.c.order_id, orders.c.customer_id,
+                                           orders.c.status, orders.c.amount_fen, orders.c.paid_at)
+                                    .order_by(orders.c.merchant_id, orders.c.order_id))).all()
             c = (await conn.execute(select(customers.c.merchant_id, customers.c.customer_id, customers.c.paid_orders,
                                            customers.c.paid_amount_fen, customers.c.first_order_at,
                                            customers.c.last_order_at)
@@ -135,7 +137,7 @@ async def receive_live(url: str, events: list[dict[str, Any]]) -> None:
     try:
         await migrate(engine, SPEC)
         async with session_factory(engine)() as session, session.begin():
-            await record_paid_orders(session, [parse_event(e) for e in events])
+            await apply_order_events(session, [parse_event(e) for e in events])
     finally:
         await engine.dispose()
 
@@ -427,7 +429,7 @@ def test_the_postgresql_statements_render(tmp_path: Path) -> None:
     sql = importer._Statements.build(_Conn(), "demo")  # type: ignore[arg-type]
     assert "ON CONFLICT DO NOTHING" in sql.stage and "$1" in sql.stage
     fold = str(sql.fold.compile(dialect=_Conn.dialect))
-    assert "least(" in fold and "greatest(" in fold and "GROUP BY" in fold
+    assert "GROUP BY" in fold and "IS DISTINCT FROM" in fold and "FILTER (WHERE" in fold
     assert sql.lock and "orders" in sql.lock
 
 

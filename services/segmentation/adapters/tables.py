@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, String, Table
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, String, Table, false, text
 
 from shared.db import UTCDateTime, new_metadata
 from shared.runtime import MessagingTables
@@ -10,6 +10,9 @@ from shared.runtime import MessagingTables
 metadata = new_metadata()
 messaging = MessagingTables.on(metadata)
 
+# One row per order, whatever order its events arrive in: each event fills in its own facts
+# (created_at, paid_at, cancelled_at) and refunds are summed from `refunds`, so the row, and the
+# aggregates recomputed from it, end the same for any delivery order.
 orders = Table(
     "orders", metadata,
     Column("merchant_id", String(128), primary_key=True),
@@ -18,7 +21,58 @@ orders = Table(
     Column("status", String(16), nullable=False),
     Column("amount_fen", BigInteger, nullable=False),
     Column("paid_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=True),
+    Column("cancelled_at", UTCDateTime, nullable=True),
+    Column("refunded_fen", BigInteger, nullable=False, server_default=text("0")),
+    Column("fully_refunded", Boolean, nullable=False, server_default=false()),
     Index("ix_orders_merchant_customer", "merchant_id", "customer_id"),
+)
+
+order_items = Table(
+    "order_items", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("order_id", String(128), primary_key=True),
+    Column("line", Integer, primary_key=True),
+    Column("sku", String(128), nullable=False),
+    Column("category", String(128), nullable=True),
+    Column("quantity", Integer, nullable=False),
+    Column("amount_fen", BigInteger, nullable=False),
+)
+
+refunds = Table(
+    "refunds", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("refund_id", String(128), primary_key=True),
+    Column("order_id", String(128), nullable=False),
+    Column("amount_fen", BigInteger, nullable=False),
+    Column("full", Boolean, nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Index("ix_refunds_merchant_order", "merchant_id", "order_id"),
+)
+
+# What each customer bought per category: the basis of repurchase cycles.
+customer_categories = Table(
+    "customer_categories", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("customer_id", String(128), primary_key=True),
+    Column("category", String(128), primary_key=True),
+    Column("orders", Integer, nullable=False),
+    Column("amount_fen", BigInteger, nullable=False),
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
+)
+
+# Carts and favourites, for "interested but not bought".
+behaviours = Table(
+    "behaviours", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("customer_id", String(128), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("sku", String(128), primary_key=True),
+    Column("category", String(128), nullable=True),
+    Column("count", Integer, nullable=False),
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
 )
 
 customers = Table(
@@ -29,6 +83,7 @@ customers = Table(
     Column("paid_amount_fen", BigInteger, nullable=False),
     Column("first_order_at", UTCDateTime, nullable=True),
     Column("last_order_at", UTCDateTime, nullable=True),
+    Column("unpaid_orders", Integer, nullable=False, server_default=text("0")),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 

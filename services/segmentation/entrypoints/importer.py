@@ -48,12 +48,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import (BigInteger, Column, MetaData, String, Table, bindparam, delete, event, func, insert,
+from sqlalchemy import (BigInteger, Column, MetaData, String, Table, delete, event, func, insert,
                         literal, select, true)
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, URL, make_url
 
-from services.segmentation.adapters.tables import customers, import_jobs, messaging, orders
+from services.segmentation.adapters.aggregates import recompute_categories, recompute_customers
+from services.segmentation.adapters.tables import import_jobs, messaging, orders
 from shared import faults
 from shared.db import UTCDateTime, create_engine, insert_for
 from shared.runtime import migrate
@@ -256,33 +257,22 @@ class _Statements:
                  else insert_for(dialect, staged).on_conflict_do_nothing())
         compiled = stage.compile(dialect=conn.dialect, column_keys=["order_id", "customer_id", "amount_fen",
                                                                     "paid_at"])
+        # An order already paid stays as it is; one known only from a live refund or cancellation
+        # (a row without payment) takes the payment from the file.
         purge = delete(staged).where(
-            select(literal(1)).where(orders.c.merchant_id == merchant_id,
-                                     orders.c.order_id == staged.c.order_id).exists())
-        copy = insert(orders).from_select(
+            select(literal(1)).where(orders.c.merchant_id == merchant_id, orders.c.order_id == staged.c.order_id,
+                                     orders.c.paid_at.isnot(None)).exists())
+        copy_ins = insert_for(dialect, orders).from_select(
             ["merchant_id", "order_id", "customer_id", "status", "amount_fen", "paid_at"],
             select(literal(merchant_id, String), staged.c.order_id, staged.c.customer_id, literal("paid", String),
-                   staged.c.amount_fen, staged.c.paid_at))
-        # The live handler's upsert (services.segmentation.service_layer.handlers), fed by a GROUP BY.
-        # SQLite wants a WHERE in an INSERT ... SELECT ... ON CONFLICT (parsing ambiguity).
-        least, greatest = (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
-        ins = insert_for(dialect, customers).from_select(
-            ["merchant_id", "customer_id", "paid_orders", "paid_amount_fen", "first_order_at", "last_order_at",
-             "updated_at"],
-            select(literal(merchant_id, String), staged.c.customer_id, func.count(), func.sum(staged.c.amount_fen),
-                   func.min(staged.c.paid_at), func.max(staged.c.paid_at), bindparam("now", type_=UTCDateTime))
-            .where(true()).group_by(staged.c.customer_id))
-        fold = ins.on_conflict_do_update(
-            index_elements=[customers.c.merchant_id, customers.c.customer_id],
-            set_={
-                "paid_orders": customers.c.paid_orders + ins.excluded.paid_orders,
-                "paid_amount_fen": customers.c.paid_amount_fen + ins.excluded.paid_amount_fen,
-                "first_order_at": least(func.coalesce(customers.c.first_order_at, ins.excluded.first_order_at),
-                                        ins.excluded.first_order_at),
-                "last_order_at": greatest(func.coalesce(customers.c.last_order_at, ins.excluded.last_order_at),
-                                          ins.excluded.last_order_at),
-                "updated_at": ins.excluded.updated_at,
-            })
+                   staged.c.amount_fen, staged.c.paid_at).where(true()))
+        copy = copy_ins.on_conflict_do_update(
+            index_elements=[orders.c.merchant_id, orders.c.order_id],
+            set_={"status": copy_ins.excluded.status, "amount_fen": copy_ins.excluded.amount_fen,
+                  "paid_at": copy_ins.excluded.paid_at},
+            where=orders.c.paid_at.is_(None))
+        # The live handler's definition of the aggregates, recomputed for the chunk's customers.
+        fold = recompute_customers(dialect, merchant_id, select(staged.c.customer_id))
         lock = "LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE" if dialect == "postgresql" else None
         return cls(stage=str(compiled), purge=purge, copy=copy, fold=fold, lock=lock)
 
@@ -494,6 +484,8 @@ def _commit_chunk(conn: Connection, sql: _Statements, job: _Job, source: str,
             if imported:
                 conn.execute(sql.copy)
                 conn.execute(sql.fold, {"now": datetime.now(_UTC)})
+                for stmt in recompute_categories(job.merchant_id, select(staged.c.customer_id)):
+                    conn.execute(stmt)
             present = len(batch) - imported  # duplicates in the chunk, or orders already stored
         else:
             present = 0

@@ -7,64 +7,61 @@ from datetime import datetime, timezone
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.adapters.tables import customers, messaging, orders
-from services.segmentation.domain.stats import PaidOrder, fold
-from shared.db import bulk_insert
+from services.segmentation.adapters.aggregates import (
+    record_refunds,
+    recompute_categories,
+    recompute_customers,
+    upsert_behaviours,
+    upsert_orders,
+)
+from services.segmentation.adapters.tables import messaging
+from services.segmentation.domain.orders import BEHAVIOUR_KINDS, ORDER_TYPES, fold
+from shared.db import dialect_name
 from shared.events import EnvelopeBase, OutboundEvent
 from shared.outbox import Outbox
 
 outbox = Outbox(messaging.outbox)
+_CHUNK = 5000  # customers per recompute statement (bound parameters stay far below the limits)
 
 
-async def record_paid_orders(session: AsyncSession, events: list[EnvelopeBase]) -> None:
-    """Store newly paid orders and add them to their customers' aggregates.
+async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) -> None:
+    """Store the facts of a batch of order and behaviour events, recompute the aggregates of the
+    customers they touch, and raise customer.stats.changed for those whose aggregates moved.
 
-    An order already stored (the same order paid twice under two event ids) adds nothing."""
-    candidates: dict[tuple[str, str], PaidOrder] = {}
-    for e in events:
-        d = e.data  # type: ignore[attr-defined]
-        candidates.setdefault((e.merchant_id, d.order_id),
-                              PaidOrder(e.merchant_id, e.customer_id, d.order_id, d.amount_fen,  # type: ignore
-                                        e.occurred_at))
-    inserted = {(m, o) for m, o in await bulk_insert(
-        session, orders, ["merchant_id", "order_id", "customer_id", "status", "amount_fen", "paid_at"],
-        [(o.merchant_id, o.order_id, o.customer_id, "paid", o.amount_fen, o.paid_at) for o in candidates.values()],
-        conflict=["merchant_id", "order_id"], returning=["merchant_id", "order_id"])}
-    new_orders = [o for key, o in candidates.items() if key in inserted]
-    if not new_orders:
+    The same order paid under two event ids, a refund before its payment, a cancellation
+    delivered twice: each ends in the state in-order, exactly-once delivery would give."""
+    folded = fold(events)
+    if folded.orders:
+        await upsert_orders(session, folded.orders.values())
+    await record_refunds(session, folded.refunds.values())
+    if folded.behaviours:
+        await upsert_behaviours(session, folded.behaviours.values())
+    by_merchant: dict[str, list[str]] = {}
+    for merchant_id, customer_id in folded.customers:
+        by_merchant.setdefault(merchant_id, []).append(customer_id)
+    if not by_merchant:
         return
+    dialect = dialect_name(session)
     now = datetime.now(timezone.utc)
-    rows = [(m, c, d.orders, d.amount_fen, d.first_at, d.last_at, now) for (m, c), d in fold(new_orders).items()]
-    changed = await bulk_insert(
-        session, customers,
-        ["merchant_id", "customer_id", "paid_orders", "paid_amount_fen", "first_order_at", "last_order_at",
-         "updated_at"], rows,
-        conflict=["merchant_id", "customer_id"],
-        update={
-            "paid_orders": "{t}.paid_orders + excluded.paid_orders",
-            "paid_amount_fen": "{t}.paid_amount_fen + excluded.paid_amount_fen",
-            "first_order_at": "{least}(coalesce({t}.first_order_at, excluded.first_order_at), excluded.first_order_at)",
-            "last_order_at": "{greatest}(coalesce({t}.last_order_at, excluded.last_order_at), excluded.last_order_at)",
-            "updated_at": "excluded.updated_at",
-        },
-        returning=["merchant_id", "customer_id", "paid_orders", "paid_amount_fen", "first_order_at", "last_order_at"])
-    await outbox.stage(session, [
-        OutboundEvent("customer.stats.changed", m, customer_id=c, data={
-            "frequency": n, "monetary_fen": amount, "first_order_at": first, "last_order_at": last})
-        for m, c, n, amount, first, last in changed])
+    changed: list[OutboundEvent] = []
+    for merchant_id, ids in by_merchant.items():
+        ids.sort()
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i:i + _CHUNK]
+            for r in await session.execute(recompute_customers(dialect, merchant_id, chunk, now)):
+                changed.append(OutboundEvent("customer.stats.changed", r.merchant_id, customer_id=r.customer_id, data={
+                    "frequency": r.paid_orders, "monetary_fen": r.paid_amount_fen,
+                    "first_order_at": r.first_order_at, "last_order_at": r.last_order_at}))
+            for stmt in recompute_categories(merchant_id, chunk):
+                await session.execute(stmt)
+    await outbox.stage(session, changed)
 
 
-HANDLERS = {
-    "order.paid": record_paid_orders,
-}
+FACT_TYPES = ORDER_TYPES | set(BEHAVIOUR_KINDS)
 
 
 async def handle(session: AsyncSession, events: list[EnvelopeBase]) -> None:
-    """Dispatch a batch by type, keeping each type's events in their delivered order."""
-    by_type: dict[str, list[EnvelopeBase]] = {}
-    for e in events:
-        by_type.setdefault(e.type, []).append(e)  # type: ignore[attr-defined]
-    for type_, batch in by_type.items():
-        handler = HANDLERS.get(type_)
-        if handler is not None:
-            await handler(session, batch)
+    """The consumer's entry: one transaction per batch (the consumer's), facts first."""
+    facts = [e for e in events if e.type in FACT_TYPES]  # type: ignore[attr-defined]
+    if facts:
+        await apply_order_events(session, facts)
