@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, String, Table, false, text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, String, Table, Text, false, text
 
 from shared.db import UTCDateTime, new_metadata
 from shared.runtime import MessagingTables
@@ -96,4 +96,22 @@ import_jobs = Table(
     Column("rows_imported", BigInteger, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Every version a merchant saved; the highest is in force.
+rfm_configs = Table(
+    "rfm_configs", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Quantile boundaries and averages of the merchant's customers, as last computed.
+rfm_stats = Table(
+    "rfm_stats", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("config_version", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("computed_at", UTCDateTime, nullable=False),
 )

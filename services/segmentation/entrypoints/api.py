@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel
-from sqlalchemy import select
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.segmentation.adapters.tables import customers
-from services.segmentation.domain.stats import recency_days
+from services.segmentation.domain.config import RfmConfig
+from services.segmentation.service_layer.rfm import current_config, explain_customer, save_config
 from shared.events import Id
 from shared.tenancy import Customer, Merchant
 from shared.web import ApiError, customer_dependency, merchant_dependency, session_dependency
@@ -24,34 +23,99 @@ MeCustomer = Annotated[Customer, Depends(customer_dependency(SERVICE))]
 router = APIRouter(tags=["segmentation"])
 
 
+class RfmClassView(BaseModel):
+    code: str
+    zh_cn: str
+    en: str
+
+
+class BoundariesView(BaseModel):
+    recency_days: list[float]
+    frequency: list[float]
+    monetary_fen: list[float]
+
+
+class SplitView(BaseModel):
+    mode: str
+    recency_days: float
+    frequency: float
+    monetary_fen: float
+
+
+class Why(BaseModel):
+    config_version: int = Field(description="0 is the default configuration nobody saved yet.")
+    period_days: int | None
+    levels: int
+    boundaries_source: str = Field(description="fixed (set by the merchant) or quantile (of the merchant's customers)")
+    boundaries: BoundariesView
+    class_split: SplitView
+    stats_computed_at: datetime
+    customers_in_stats: int
+
+
 class CustomerRfm(BaseModel):
     merchant_id: str
     customer_id: str
     recency_days: int | None
-    frequency: int
-    monetary_fen: int
+    frequency: int = Field(description="Paid orders in the period (not cancelled, not wholly refunded).")
+    monetary_fen: int = Field(description="Paid amount in the period, net of refunds.")
     first_order_at: datetime | None
     last_order_at: datetime | None
+    r_level: int
+    f_level: int
+    m_level: int
+    cell: str = Field(description="R-F-M levels, e.g. 3-2-1")
+    tier: str = Field(description="S, A, B or C")
+    rfm_class: RfmClassView
+    why: Why
 
 
 async def _load(session: AsyncSession, merchant_id: str, customer_id: str, tz: str) -> CustomerRfm:
-    row = (await session.execute(select(customers).where(
-        customers.c.merchant_id == merchant_id, customers.c.customer_id == customer_id))).first()
-    if row is None:
+    found = await explain_customer(session, merchant_id, customer_id, tz)
+    await session.commit()  # statistics refreshed on the way are kept
+    if found is None or found.score is None:
         raise ApiError(404, "not_found", f"no customer {customer_id!r} with paid orders", field="path.customer_id")
+    v, sc, cfg = found.values, found.score, found.config
     return CustomerRfm(
-        merchant_id=merchant_id, customer_id=customer_id,
-        recency_days=recency_days(row.last_order_at, datetime.now(timezone.utc), tz),
-        frequency=row.paid_orders, monetary_fen=row.paid_amount_fen,
-        first_order_at=row.first_order_at, last_order_at=row.last_order_at)
+        merchant_id=merchant_id, customer_id=customer_id, recency_days=v.recency_days, frequency=v.frequency,
+        monetary_fen=v.monetary_fen, first_order_at=v.first_order_at, last_order_at=v.last_order_at,
+        r_level=sc.r_level, f_level=sc.f_level, m_level=sc.m_level, cell=sc.cell, tier=sc.tier,
+        rfm_class=RfmClassView(code=sc.rfm_class.code, zh_cn=sc.rfm_class.zh_cn, en=sc.rfm_class.en),
+        why=Why(config_version=found.version, period_days=cfg.period_days, levels=cfg.levels,
+                boundaries_source=cfg.boundaries.mode,
+                boundaries=BoundariesView(recency_days=list(found.boundaries.recency_days),
+                                          frequency=list(found.boundaries.frequency),
+                                          monetary_fen=list(found.boundaries.monetary_fen)),
+                class_split=SplitView(mode=cfg.class_split.mode, recency_days=found.split.recency_days,
+                                      frequency=found.split.frequency, monetary_fen=found.split.monetary_fen),
+                stats_computed_at=found.stats.computed_at, customers_in_stats=found.stats.customers))
 
 
 @router.get("/v1/customers/{customer_id}/rfm", response_model=CustomerRfm,
-            summary="One customer's R, F and M (admin)", responses={404: {"description": "no such customer"}})
+            summary="One customer's R, F, M, levels, cell, tier and class, with the boundaries applied (admin)",
+            responses={404: {"description": "no such customer"}})
 async def get_rfm(customer_id: Annotated[Id, Path()], merchant: AdminMerchant, session: Session) -> CustomerRfm:
     return await _load(session, merchant.merchant_id, customer_id, merchant.timezone)
 
 
-@router.get("/v1/me/rfm", response_model=CustomerRfm, summary="My own R, F and M (customer token)")
+@router.get("/v1/me/rfm", response_model=CustomerRfm, summary="My own RFM (customer token)")
 async def get_my_rfm(me: MeCustomer, session: Session) -> CustomerRfm:
     return await _load(session, me.merchant_id, me.customer_id, me.merchant.timezone)
+
+
+class ConfigView(BaseModel):
+    version: int
+    config: RfmConfig
+
+
+@router.get("/v1/segmentation/config", response_model=ConfigView, summary="The RFM configuration in force")
+async def get_config(merchant: AdminMerchant, session: Session) -> ConfigView:
+    version, config = await current_config(session, merchant.merchant_id)
+    return ConfigView(version=version, config=config)
+
+
+@router.put("/v1/segmentation/config", response_model=ConfigView,
+            summary="Save a new version of the RFM configuration (validated as a whole)")
+async def put_config(body: RfmConfig, merchant: AdminMerchant, session: Session) -> ConfigView:
+    version = await save_config(session, merchant.merchant_id, body, merchant.timezone)
+    return ConfigView(version=version, config=body)

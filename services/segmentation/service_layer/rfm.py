@@ -1,0 +1,159 @@
+"""Use cases of RFM scoring: the merchant's configuration (versioned), the statistics that
+quantile boundaries and the average split need, and one customer's explained score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.segmentation.adapters.aggregates import counts
+from services.segmentation.adapters.tables import customers, orders, rfm_configs, rfm_stats
+from services.segmentation.domain.config import RfmConfig
+from services.segmentation.domain.rfm import Boundaries, Score, Split, quantile_bounds, score
+from services.segmentation.domain.stats import recency_days
+
+STATS_MAX_AGE = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class Values:
+    recency_days: int | None
+    frequency: int
+    monetary_fen: int
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    config_version: int
+    computed_at: datetime
+    customers: int
+    boundaries: dict[int, Boundaries]  # quantile boundaries for 3 and 5 levels
+    averages: Split
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "customers": self.customers,
+            "boundaries": {str(k): {"recency_days": b.recency_days, "frequency": b.frequency,
+                                    "monetary_fen": b.monetary_fen} for k, b in self.boundaries.items()},
+            "averages": {"recency_days": self.averages.recency_days, "frequency": self.averages.frequency,
+                         "monetary_fen": self.averages.monetary_fen}})
+
+    @classmethod
+    def from_row(cls, row: Any) -> Stats:
+        body = orjson.loads(row.body)
+        return cls(config_version=row.config_version, computed_at=row.computed_at, customers=body["customers"],
+                   boundaries={int(k): Boundaries(tuple(v["recency_days"]), tuple(v["frequency"]),
+                                                  tuple(v["monetary_fen"])) for k, v in body["boundaries"].items()},
+                   averages=Split(**body["averages"]))
+
+
+async def current_config(session: AsyncSession, merchant_id: str) -> tuple[int, RfmConfig]:
+    """(version, configuration) in force; version 0 is the default nobody saved."""
+    row = (await session.execute(select(rfm_configs.c.version, rfm_configs.c.body)
+                                 .where(rfm_configs.c.merchant_id == merchant_id)
+                                 .order_by(rfm_configs.c.version.desc()).limit(1))).first()
+    if row is None:
+        return 0, RfmConfig()
+    return row.version, RfmConfig.model_validate_json(row.body)
+
+
+async def save_config(session: AsyncSession, merchant_id: str, config: RfmConfig, tz: str) -> int:
+    """Store a new version and the statistics it needs; one transaction."""
+    async with session.begin():
+        version, _ = await current_config(session, merchant_id)
+        version += 1
+        await session.execute(rfm_configs.insert().values(
+            merchant_id=merchant_id, version=version, body=config.model_dump_json(),
+            created_at=datetime.now(timezone.utc)))
+        await refresh_stats(session, merchant_id, version, config, tz)
+    return version
+
+
+async def customer_values(session: AsyncSession, merchant_id: str, customer_ids: list[str] | None,
+                          config: RfmConfig, tz: str, now: datetime) -> dict[str, Values]:
+    """R, F, M of the given customers (all when None) under the configuration's period."""
+    c = customers
+    where = [c.c.merchant_id == merchant_id, c.c.last_order_at.isnot(None)]
+    if customer_ids is not None:
+        where.append(c.c.customer_id.in_(customer_ids))
+    rows = (await session.execute(select(c.c.customer_id, c.c.paid_orders, c.c.paid_amount_fen, c.c.first_order_at,
+                                         c.c.last_order_at).where(*where))).all()
+    period: dict[str, tuple[int, int]] | None = None
+    if config.period_days is not None and rows:
+        since = now - timedelta(days=config.period_days)
+        o = orders
+        q = (select(o.c.customer_id, func.count(), func.sum(o.c.amount_fen - o.c.refunded_fen))
+             .where(o.c.merchant_id == merchant_id, counts(o), o.c.paid_at >= since)
+             .group_by(o.c.customer_id))
+        if customer_ids is not None:
+            q = q.where(o.c.customer_id.in_(customer_ids))
+        period = {r[0]: (int(r[1]), int(r[2] or 0)) for r in await session.execute(q)}
+    out: dict[str, Values] = {}
+    for r in rows:
+        f, m = (r.paid_orders, r.paid_amount_fen) if period is None else period.get(r.customer_id, (0, 0))
+        out[r.customer_id] = Values(recency_days(r.last_order_at, now, tz), f, m, r.first_order_at, r.last_order_at)
+    return out
+
+
+async def refresh_stats(session: AsyncSession, merchant_id: str, version: int, config: RfmConfig, tz: str,
+                        now: datetime | None = None) -> Stats:
+    now = now or datetime.now(timezone.utc)
+    values = list((await customer_values(session, merchant_id, None, config, tz, now)).values())
+    rec = sorted(float(v.recency_days or 0) for v in values)
+    freq = sorted(float(v.frequency) for v in values)
+    mon = sorted(float(v.monetary_fen) for v in values)
+    n = len(values)
+    stats = Stats(
+        config_version=version, computed_at=now, customers=n,
+        boundaries={lv: Boundaries(quantile_bounds(rec, lv), quantile_bounds(freq, lv), quantile_bounds(mon, lv))
+                    for lv in (3, 5)},
+        averages=Split(sum(rec) / n if n else 0.0, sum(freq) / n if n else 0.0, sum(mon) / n if n else 0.0))
+    await session.execute(rfm_stats.delete().where(rfm_stats.c.merchant_id == merchant_id))
+    await session.execute(rfm_stats.insert().values(merchant_id=merchant_id, config_version=version,
+                                                    body=stats.to_json().decode(), computed_at=now))
+    return stats
+
+
+async def stats_for(session: AsyncSession, merchant_id: str, version: int, config: RfmConfig, tz: str) -> Stats:
+    """The stored statistics, recomputed when missing, stale, or made for another version (in the
+    caller's transaction: the caller commits)."""
+    row = (await session.execute(select(rfm_stats).where(rfm_stats.c.merchant_id == merchant_id))).first()
+    if row is not None:
+        stats = Stats.from_row(row)
+        if stats.config_version == version and datetime.now(timezone.utc) - stats.computed_at < STATS_MAX_AGE:
+            return stats
+    return await refresh_stats(session, merchant_id, version, config, tz)
+
+
+@dataclass(frozen=True, slots=True)
+class Explained:
+    values: Values
+    score: Score | None
+    boundaries: Boundaries
+    split: Split
+    version: int
+    config: RfmConfig
+    stats: Stats
+
+
+async def explain_customer(session: AsyncSession, merchant_id: str, customer_id: str, tz: str) -> Explained | None:
+    version, config = await current_config(session, merchant_id)
+    now = datetime.now(timezone.utc)
+    found = await customer_values(session, merchant_id, [customer_id], config, tz, now)
+    if customer_id not in found:
+        return None
+    stats = await stats_for(session, merchant_id, version, config, tz)
+    bounds = config.fixed() or stats.boundaries[config.levels]
+    split = stats.averages if config.class_split.mode == "average" else config.class_split.as_split()
+    v = found[customer_id]
+    s = score(v.recency_days or 0, v.frequency, v.monetary_fen, boundaries=bounds, levels=config.levels,
+              split=split, tier_overrides=config.tier_overrides)
+    return Explained(v, s, bounds, split, version, config, stats)
+

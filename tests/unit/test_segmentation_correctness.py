@@ -1,0 +1,228 @@
+"""Segmentation's aggregates against a plain pandas computation from the raw events (issue 3,
+item 7), on SQLite: a generated history of thousands of customers fed through handle() in
+batches, and Hypothesis showing that reordering, duplicating and re-batching the events leave
+customers and customer_categories unchanged. Also the pure fold: any permutation of one order's
+events gives the same facts.
+
+Rules under test (services/segmentation): an order counts toward F and M iff it is paid, never
+cancelled (before or after payment) and not wholly refunded (a refund flagged full, or refunds
+adding up to the paid amount); it contributes the paid amount minus its refunds. The paid amount
+and lines are the (earliest) payment's; F/M dates are the payment times; unpaid orders are created,
+unpaid and not cancelled; per category: distinct counting orders with a line in it, the sum of
+those lines, and the first and last payment times."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.segmentation.domain.orders import fold
+from services.segmentation.service_layer.handlers import handle
+from services.segmentation.spec import SPEC
+from shared.bus.inprocess import InProcessBus
+from shared.events import parse_event
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings
+from tests.factories import CST
+from tests.segmentation_history import (
+    MERCHANT,
+    batches,
+    diff,
+    expected_tables,
+    generate_history,
+    read_tables,
+    records,
+    redeliver,
+)
+
+COMPARED = ("customers", "customer_categories")
+
+
+@asynccontextmanager
+async def segmentation(data_dir: Path) -> AsyncIterator[ServiceRuntime]:
+    """The segmentation service's runtime on a fresh SQLite database (migrated; no consumer, no relay)."""
+    bus = InProcessBus(data_dir / "bus.sqlite")
+    await bus.start()
+    rt = ServiceRuntime(SPEC, Settings(data_dir=data_dir), bus)
+    try:
+        await rt.start(relay=False, consumer=False)
+        yield rt
+    finally:
+        await rt.stop()
+        await bus.stop()
+
+
+async def feed(rt: ServiceRuntime, parts: Sequence[Sequence[dict[str, Any]]]) -> None:
+    """What the consumer does: one handle() per batch, each in its own transaction."""
+    for part in parts:
+        events = [parse_event(e) for e in part]
+        async with rt.sessions() as session, session.begin():
+            await handle(session, events)
+
+
+async def tables(rt: ServiceRuntime, merchant_id: str = MERCHANT) -> dict[str, Any]:
+    async with rt.sessions() as session:
+        return await read_tables(session, merchant_id)
+
+
+def in_batches(events: Sequence[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    return [list(events[i:i + size]) for i in range(0, len(events), size)]
+
+
+# ---------------------------------------------------------------- thousands of customers vs pandas
+
+
+async def test_thousands_of_customers_equal_a_plain_pandas_computation(tmp_path: Path) -> None:
+    events = generate_history(2000, seed=20260301)
+    assert len(events) > 20_000
+    started = time.perf_counter()
+    expected = expected_tables(events)
+    pandas_s = time.perf_counter() - started
+    async with segmentation(tmp_path) as rt:
+        started = time.perf_counter()
+        await feed(rt, in_batches(events, 500))
+        feed_s = time.perf_counter() - started
+        actual = await tables(rt)
+    # The history exercises every rule, not only the happy path.
+    c = expected["customers"]
+    assert len(c) > 1500 and (c.paid_orders >= 5).sum() > 300 and (c.unpaid_orders > 0).sum() > 100
+    assert (c.paid_orders == 0).sum() > 10 and len(expected["customer_categories"]) > 3000
+    problems = [p for name in (*COMPARED, "behaviours") for p in diff(name, expected[name], actual[name])]
+    assert not problems, "\n".join(problems)
+    print(f"\n{len(events)} events, {len(c)} customers: handle() {feed_s:.2f}s on SQLite, pandas {pandas_s:.2f}s")
+
+
+# ---------------------------------------------------------------- order and duplicates do not matter
+
+
+def _run(coro: Any) -> Any:
+    # Hypothesis and pytest-asyncio's loop do not mix; each example runs on a loop of its own.
+    return asyncio.run(coro)
+
+
+async def _final_tables(data_dir: Path, parts: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
+    async with segmentation(data_dir) as rt:
+        await feed(rt, parts)
+        return await tables(rt)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), customers=st.integers(3, 6), rnd=st.randoms(use_true_random=False),
+       duplicate=st.sampled_from([0.0, 0.2, 0.5]), max_batch=st.sampled_from([1, 3, 10, 40, 1000]))
+def test_reordering_duplicating_and_rebatching_leave_the_tables_unchanged(
+        seed: int, customers: int, rnd: random.Random, duplicate: float, max_batch: int) -> None:
+    history = generate_history(customers, seed)
+    delivered = redeliver(history, rnd, duplicate=duplicate)
+    parts = batches(delivered, rnd, max_batch)
+    with tempfile.TemporaryDirectory(prefix="fg-seg-") as root:
+        in_order = _run(_final_tables(Path(root) / "in-order", in_batches(history, 25)))
+        shuffled = _run(_final_tables(Path(root) / "shuffled", parts))
+    expected = expected_tables(history)
+    problems = [p for name in COMPARED for p in diff(name, in_order[name], shuffled[name])]
+    assert not problems, "shuffled/duplicated delivery differs from in-order:\n" + "\n".join(problems)
+    problems = [p for name in COMPARED for p in diff(name, expected[name], in_order[name])]
+    assert not problems, "in-order delivery differs from pandas:\n" + "\n".join(problems)
+
+
+# ---------------------------------------------------------------- the pure fold
+
+
+def _single_orders(history: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    by_order: dict[str, list[dict[str, Any]]] = {}
+    for e in history:
+        if "order_id" in e["data"]:
+            by_order.setdefault(e["data"]["order_id"], []).append(e)
+    yield from by_order.values()
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rnd=st.randoms(use_true_random=False))
+def test_fold_of_any_permutation_of_an_orders_events_gives_the_same_facts(seed: int, rnd: random.Random) -> None:
+    history = generate_history(3, seed)
+    for events in _single_orders(history):
+        reference = fold(parse_event(e) for e in events)
+        delivered = redeliver(events, rnd, duplicate=0.5)
+        folded = fold(parse_event(e) for e in delivered)
+        assert folded.orders == reference.orders
+        # The same refunds (by id, amount, flag); a re-send may carry a later time, which no aggregate uses.
+        assert {k: (r.order_id, r.amount_fen, r.full) for k, r in folded.refunds.items()} == \
+            {k: (r.order_id, r.amount_fen, r.full) for k, r in reference.refunds.items()}
+
+
+def test_fold_of_every_permutation_of_a_refunded_then_cancelled_order() -> None:
+    """Exhaustively, for one order with creation, payment, a re-sent payment, two refunds and a
+    cancellation (720 orders of delivery)."""
+    t = datetime(2026, 3, 1, 10, tzinfo=CST)
+    items = [{"sku": "mp-a2-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 36800},
+             {"sku": "sn-puffs", "category": "snacks", "quantity": 2, "amount_fen": 1980}]
+
+    def ev(type_: str, at: datetime, **data: Any) -> dict[str, Any]:
+        return {"event_id": f"e-{type_}-{at.isoformat()}", "type": type_, "merchant_id": MERCHANT,
+                "customer_id": "u-1", "occurred_at": at.isoformat(), "data": {"order_id": "o-1", **data}}
+
+    events = [
+        ev("order.created", t, amount_fen=38780, items=items),
+        ev("order.paid", t + timedelta(minutes=2), amount_fen=37000, items=items),
+        ev("order.paid", t + timedelta(days=1), amount_fen=37000, items=items),  # re-sent later
+        ev("order.refunded", t + timedelta(days=3), refund_id="r-1", amount_fen=1980, full=False),
+        ev("order.refunded", t + timedelta(days=4), refund_id="r-2", amount_fen=500, full=False),
+        ev("order.cancelled", t + timedelta(days=5)),
+    ]
+    parsed = [parse_event(e) for e in events]
+    reference = fold(parsed)
+    facts = reference.orders[(MERCHANT, "o-1")]
+    assert (facts.amount_fen, facts.paid_at, facts.created_at, facts.cancelled_at, facts.items_from_payment) == \
+        (37000, t + timedelta(minutes=2), t, t + timedelta(days=5), True)
+    for perm in itertools.permutations(parsed):
+        folded = fold(perm)
+        assert folded.orders == reference.orders and folded.refunds == reference.refunds
+
+
+# ---------------------------------------------------------------- rules one at a time, end to end
+
+
+LINES_BUG = ("BUG: order_items are upserted line by line (ON CONFLICT (merchant_id, order_id, line)), so when a "
+             "payment has fewer lines than its creation and the two arrive in different batches, the creation's "
+             "extra lines stay (creation first) or are inserted (payment first) and count in customer_categories; "
+             "the payment's lines should replace the order's lines as a whole (services/segmentation/adapters/"
+             "aggregates.py upsert_orders)")
+
+
+@pytest.mark.parametrize("delivery", [
+    "one batch",
+    pytest.param("created first", marks=pytest.mark.xfail(strict=True, reason=LINES_BUG)),
+    pytest.param("paid first", marks=pytest.mark.xfail(strict=True, reason=LINES_BUG)),
+])
+async def test_payment_lines_replace_creation_lines_whatever_the_batching(tmp_path: Path, delivery: str) -> None:
+    """The merchant edited the order before payment (a line removed, a price changed): the
+    payment's lines alone count in customer_categories, whether the creation came in the same
+    batch, an earlier one or a later one."""
+    t = datetime(2026, 3, 1, 10, tzinfo=CST)
+    created = {"event_id": "e-c", "type": "order.created", "merchant_id": MERCHANT, "customer_id": "u-1",
+               "occurred_at": t.isoformat(), "data": {"order_id": "o-1", "amount_fen": 40780, "items": [
+                   {"sku": "mp-a2-900g", "category": "milk-powder", "amount_fen": 36800},
+                   {"sku": "ty-bath-duck", "category": "toys", "amount_fen": 3980}]}}
+    paid_at = t + timedelta(minutes=5)
+    paid = {"event_id": "e-p", "type": "order.paid", "merchant_id": MERCHANT, "customer_id": "u-1",
+            "occurred_at": paid_at.isoformat(), "data": {"order_id": "o-1", "amount_fen": 35000, "items": [
+                {"sku": "mp-a2-900g", "category": "milk-powder", "amount_fen": 35000}]}}
+    parts = {"one batch": [[created, paid]], "created first": [[created], [paid]],
+             "paid first": [[paid], [created]]}[delivery]
+    async with segmentation(tmp_path) as rt:
+        await feed(rt, parts)
+        got = await tables(rt)
+    assert records("customers", got["customers"]) == {("u-1",): (1, 35000, paid_at, paid_at, 0)}
+    assert records("customer_categories", got["customer_categories"]) == {
+        ("u-1", "milk-powder"): (1, 35000, paid_at, paid_at)}
