@@ -114,8 +114,11 @@ class CustomerStatsData(Payload):
 
 
 class SegmentChangedData(Payload):
+    """A customer's segment before and after (null: no segment, i.e. no paid order)."""
+
     before: dict[str, Any] | None
-    after: dict[str, Any]
+    after: dict[str, Any] | None
+    config_version: int = 0
 
 
 class EventType(BaseModel):

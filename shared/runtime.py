@@ -7,7 +7,7 @@ settings and a bus: the concrete adapters are picked here and nowhere else."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,8 @@ class ServiceSpec:
     # Every service but the gateway (which owns merchants) follows fugou.merchants.
     follows_merchants: bool = True
     description: str = ""
+    # Long-running tasks of the service (scheduled jobs), started with the consumer role.
+    background: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -133,6 +135,9 @@ class ServiceRuntime:
                 merchants=self.merchants, batch=self.settings.consumer_batch,
                 poll_ms=self.settings.consumer_poll_ms, on_applied=self.relay.wake)
             self._spawn(self.consumer.run(), "consumer")
+        if consumer:
+            for i, task in enumerate(self.spec.background):
+                self._spawn(task(self), f"background-{i}")
 
     def _spawn(self, coro: Any, role: str) -> None:
         task = asyncio.create_task(coro, name=f"{self.name}-{role}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from services.segmentation.adapters.tables import messaging, metadata
 from services.segmentation.entrypoints.api import router
 from services.segmentation.service_layer.handlers import handle
+from services.segmentation.service_layer.segments import rescore_worker
 from shared.runtime import ServiceSpec
 from shared.web import status_router
 
@@ -19,4 +20,5 @@ SPEC = ServiceSpec(
     topics=["shop.orders", "shop.customers", "shop.behaviour"],
     handler=handle,
     description="Customer aggregates, RFM levels, tiers, classes, lifecycle tags and audiences.",
+    background=[lambda rt: rescore_worker(rt.sessions)],
 )

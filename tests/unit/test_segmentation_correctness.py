@@ -193,17 +193,11 @@ def test_fold_of_every_permutation_of_a_refunded_then_cancelled_order() -> None:
 # ---------------------------------------------------------------- rules one at a time, end to end
 
 
-LINES_BUG = ("BUG: order_items are upserted line by line (ON CONFLICT (merchant_id, order_id, line)), so when a "
-             "payment has fewer lines than its creation and the two arrive in different batches, the creation's "
-             "extra lines stay (creation first) or are inserted (payment first) and count in customer_categories; "
-             "the payment's lines should replace the order's lines as a whole (services/segmentation/adapters/"
-             "aggregates.py upsert_orders)")
-
 
 @pytest.mark.parametrize("delivery", [
     "one batch",
-    pytest.param("created first", marks=pytest.mark.xfail(strict=True, reason=LINES_BUG)),
-    pytest.param("paid first", marks=pytest.mark.xfail(strict=True, reason=LINES_BUG)),
+    "created first",
+    "paid first",
 ])
 async def test_payment_lines_replace_creation_lines_whatever_the_batching(tmp_path: Path, delivery: str) -> None:
     """The merchant edited the order before payment (a line removed, a price changed): the

@@ -42,14 +42,25 @@ async def upsert_orders(session: AsyncSession, facts: Iterable[OrderFacts]) -> N
          for f in facts],
         conflict=["merchant_id", "order_id"], update=_ORDER_UPDATE)
     columns = ["merchant_id", "order_id", "line", "sku", "category", "quantity", "amount_fen"]
-    for from_payment in (True, False):
+    by_merchant: dict[str, tuple[list[OrderFacts], list[OrderFacts]]] = {}
+    for f in facts:
+        if f.items:
+            by_merchant.setdefault(f.merchant_id, ([], []))[0 if f.items_from_payment else 1].append(f)
+    for merchant_id, (paid, created) in by_merchant.items():
+        if paid:
+            # A payment's lines replace the order's lines as a whole.
+            await session.execute(delete(order_items).where(
+                order_items.c.merchant_id == merchant_id,
+                order_items.c.order_id.in_(sorted({f.order_id for f in paid}))))
+        if created:
+            # A creation's lines only stand for an order not paid (as far as we know now).
+            unpaid = set((await session.execute(select(orders.c.order_id).where(
+                orders.c.merchant_id == merchant_id, orders.c.order_id.in_(sorted({f.order_id for f in created})),
+                orders.c.paid_at.is_(None)))).scalars())
+            created = [f for f in created if f.order_id in unpaid]
         rows = [(f.merchant_id, f.order_id, i.line, i.sku, i.category, i.quantity, i.amount_fen)
-                for f in facts if f.items_from_payment is from_payment for i in f.items]
-        if rows:
-            # A payment's lines replace a creation's; a creation never overwrites a payment's.
-            await bulk_insert(session, order_items, columns, rows, conflict=["merchant_id", "order_id", "line"],
-                              update={c: f"excluded.{c}" for c in ("sku", "category", "quantity", "amount_fen")}
-                              if from_payment else None)
+                for f in (*paid, *created) for i in f.items]
+        await bulk_insert(session, order_items, columns, rows, conflict=["merchant_id", "order_id", "line"])
 
 
 async def record_refunds(session: AsyncSession, found: Iterable[Refund]) -> None:

@@ -115,3 +115,38 @@ rfm_stats = Table(
     Column("body", Text, nullable=False),
     Column("computed_at", UTCDateTime, nullable=False),
 )
+
+# Each scored customer's segment, as of the configuration version that scored it.
+segments = Table(
+    "segments", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("customer_id", String(128), primary_key=True),
+    Column("config_version", Integer, nullable=False),
+    Column("r_level", Integer, nullable=False),
+    Column("f_level", Integer, nullable=False),
+    Column("m_level", Integer, nullable=False),
+    Column("cell", String(8), nullable=False),
+    Column("tier", String(1), nullable=False),
+    Column("rfm_class", String(32), nullable=False),
+    Column("scored_at", UTCDateTime, nullable=False),
+    Index("ix_segments_merchant_tier", "merchant_id", "tier"),
+    Index("ix_segments_merchant_cell", "merchant_id", "cell"),
+    Index("ix_segments_merchant_class", "merchant_id", "rfm_class"),
+)
+
+# Re-scoring every customer after a configuration change: a resumable background job.
+rescore_jobs = Table(
+    "rescore_jobs", metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("merchant_id", String(128), nullable=False),
+    Column("config_version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("changed", Integer, nullable=False),
+    Column("cursor", String(128), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Index("ix_rescore_jobs_merchant_id", "merchant_id"),
+    Index("ix_rescore_jobs_status", "status"),
+)

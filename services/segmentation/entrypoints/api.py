@@ -7,10 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.domain.config import RfmConfig
-from services.segmentation.service_layer.rfm import current_config, explain_customer, save_config
+from services.segmentation.adapters.tables import rescore_jobs
+from services.segmentation.service_layer.rfm import current_config, explain_customer, save_config, summary
+from services.segmentation.service_layer.segments import start_rescore
 from shared.events import Id
 from shared.tenancy import Customer, Merchant
 from shared.web import ApiError, customer_dependency, merchant_dependency, session_dependency
@@ -106,6 +109,7 @@ async def get_my_rfm(me: MeCustomer, session: Session) -> CustomerRfm:
 class ConfigView(BaseModel):
     version: int
     config: RfmConfig
+    job_id: str | None = Field(None, description="The re-scoring job this change started (GET /v1/segmentation/jobs/{id}).")
 
 
 @router.get("/v1/segmentation/config", response_model=ConfigView, summary="The RFM configuration in force")
@@ -117,5 +121,48 @@ async def get_config(merchant: AdminMerchant, session: Session) -> ConfigView:
 @router.put("/v1/segmentation/config", response_model=ConfigView,
             summary="Save a new version of the RFM configuration (validated as a whole)")
 async def put_config(body: RfmConfig, merchant: AdminMerchant, session: Session) -> ConfigView:
-    version = await save_config(session, merchant.merchant_id, body, merchant.timezone)
-    return ConfigView(version=version, config=body)
+    async with session.begin():
+        version = await save_config(session, merchant.merchant_id, body, merchant.timezone)
+        job_id = await start_rescore(session, merchant.merchant_id, version)
+    return ConfigView(version=version, config=body, job_id=job_id)
+
+
+class JobView(BaseModel):
+    job_id: str
+    config_version: int
+    status: str = Field(description="pending, running, done, or superseded (a later change re-scores everyone)")
+    total: int
+    done: int
+    changed: int = Field(description="Customers whose segment changed (each announced by segment.changed).")
+    progress: float
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@router.get("/v1/segmentation/jobs/{job_id}", response_model=JobView, summary="Progress of a re-scoring job")
+async def get_job(job_id: str, merchant: AdminMerchant, session: Session) -> JobView:
+    row = (await session.execute(select(rescore_jobs).where(
+        rescore_jobs.c.job_id == job_id, rescore_jobs.c.merchant_id == merchant.merchant_id))).first()
+    if row is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}", field="path.job_id")
+    return JobView(job_id=row.job_id, config_version=row.config_version, status=row.status, total=row.total,
+                   done=row.done, changed=row.changed,
+                   progress=1.0 if row.status == "done" else (row.done / row.total if row.total else 0.0),
+                   created_at=row.created_at, finished_at=row.finished_at)
+
+
+class Summary(BaseModel):
+    config_version: int
+    customers: int = Field(description="Customers with a segment (at least one paid order).")
+    cells: dict[str, int] = Field(description="Customers per R-F-M cell, every cell listed (3x3x3 or 5x5x5).")
+    tiers: dict[str, int]
+    classes: dict[str, int]
+    class_names: dict[str, dict[str, str]]
+    repurchase_rate: float = Field(description="Share of customers with 2+ paid orders in the period, among those with 1+.")
+    repeat_customers: int
+    buying_customers: int
+
+
+@router.get("/v1/segments/summary", response_model=Summary, summary="Counts per cell, tier and class; repurchase rate")
+async def get_summary(merchant: AdminMerchant, session: Session) -> Summary:
+    return Summary(**await summary(session, merchant.merchant_id))

@@ -16,6 +16,7 @@ from services.segmentation.adapters.aggregates import (
 )
 from services.segmentation.adapters.tables import messaging
 from services.segmentation.domain.orders import BEHAVIOUR_KINDS, ORDER_TYPES, fold
+from services.segmentation.service_layer.segments import merchant_timezone, rescore, scoring_for
 from shared.db import dialect_name
 from shared.events import EnvelopeBase, OutboundEvent
 from shared.outbox import Outbox
@@ -46,14 +47,20 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
     changed: list[OutboundEvent] = []
     for merchant_id, ids in by_merchant.items():
         ids.sort()
+        moved: list[str] = []
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i:i + _CHUNK]
             for r in await session.execute(recompute_customers(dialect, merchant_id, chunk, now)):
+                moved.append(r.customer_id)
                 changed.append(OutboundEvent("customer.stats.changed", r.merchant_id, customer_id=r.customer_id, data={
                     "frequency": r.paid_orders, "monetary_fen": r.paid_amount_fen,
                     "first_order_at": r.first_order_at, "last_order_at": r.last_order_at}))
             for stmt in recompute_categories(merchant_id, chunk):
                 await session.execute(stmt)
+        if moved:
+            # Segments move only where aggregates moved (time moves the rest: the sweep).
+            scoring = await scoring_for(session, merchant_id, await merchant_timezone(session, merchant_id))
+            await rescore(session, merchant_id, moved, scoring, now)
     await outbox.stage(session, changed)
 
 

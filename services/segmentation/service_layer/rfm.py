@@ -65,14 +65,13 @@ async def current_config(session: AsyncSession, merchant_id: str) -> tuple[int, 
 
 
 async def save_config(session: AsyncSession, merchant_id: str, config: RfmConfig, tz: str) -> int:
-    """Store a new version and the statistics it needs; one transaction."""
-    async with session.begin():
-        version, _ = await current_config(session, merchant_id)
-        version += 1
-        await session.execute(rfm_configs.insert().values(
-            merchant_id=merchant_id, version=version, body=config.model_dump_json(),
-            created_at=datetime.now(timezone.utc)))
-        await refresh_stats(session, merchant_id, version, config, tz)
+    """Store a new version and the statistics it needs (in the caller's transaction)."""
+    version, _ = await current_config(session, merchant_id)
+    version += 1
+    await session.execute(rfm_configs.insert().values(
+        merchant_id=merchant_id, version=version, body=config.model_dump_json(),
+        created_at=datetime.now(timezone.utc)))
+    await refresh_stats(session, merchant_id, version, config, tz)
     return version
 
 
@@ -157,3 +156,41 @@ async def explain_customer(session: AsyncSession, merchant_id: str, customer_id:
               split=split, tier_overrides=config.tier_overrides)
     return Explained(v, s, bounds, split, version, config, stats)
 
+
+
+async def summary(session: AsyncSession, merchant_id: str) -> dict[str, Any]:
+    """Counts of stored segments per cell, tier and class, and the repurchase rate."""
+    from itertools import product
+
+    from services.segmentation.adapters.tables import segments
+    from services.segmentation.domain.rfm import CLASSES, TIERS
+
+    version, config = await current_config(session, merchant_id)
+    sg = segments
+    mine = sg.c.merchant_id == merchant_id
+    levels = range(1, config.levels + 1)
+    cells = {f"{r}-{f}-{m}": 0 for r, f, m in product(levels, levels, levels)}
+    cells.update({k: int(n) for k, n in await session.execute(
+        select(sg.c.cell, func.count()).where(mine).group_by(sg.c.cell))})
+    tiers = dict.fromkeys(TIERS, 0)
+    tiers.update({k: int(n) for k, n in await session.execute(
+        select(sg.c.tier, func.count()).where(mine).group_by(sg.c.tier))})
+    classes = {c.code: 0 for c in CLASSES.values()}
+    classes.update({k: int(n) for k, n in await session.execute(
+        select(sg.c.rfm_class, func.count()).where(mine).group_by(sg.c.rfm_class))})
+    if config.period_days is None:
+        c = customers
+        buying, repeat = (await session.execute(select(
+            func.count().filter(c.c.paid_orders >= 1), func.count().filter(c.c.paid_orders >= 2))
+            .where(c.c.merchant_id == merchant_id))).one()
+    else:
+        o = orders
+        since = datetime.now(timezone.utc) - timedelta(days=config.period_days)
+        per = (select(func.count().label("n")).where(o.c.merchant_id == merchant_id, counts(o), o.c.paid_at >= since)
+               .group_by(o.c.customer_id).subquery())
+        buying, repeat = (await session.execute(select(func.count(), func.count().filter(per.c.n >= 2)))).one()
+    return {"config_version": version, "customers": sum(tiers.values()), "cells": cells, "tiers": tiers,
+            "classes": classes,
+            "class_names": {c.code: {"zh_cn": c.zh_cn, "en": c.en} for c in CLASSES.values()},
+            "repurchase_rate": round(repeat / buying, 4) if buying else 0.0,
+            "repeat_customers": int(repeat or 0), "buying_customers": int(buying or 0)}

@@ -1,0 +1,79 @@
+"""Stored segments: scored as orders arrive, re-scored by a background job after a configuration
+change (announcing only the customers whose segment changed), and summarised."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from sqlalchemy import select
+
+from services.embedded import build_embedded_app
+from services.segmentation.adapters.tables import messaging
+from shared.events import parse_event
+from tests.conftest import embedded_settings, running
+from tests.factories import eventually, order_paid
+
+KEY = "fg_segments_key"
+H = {"X-Api-Key": KEY}
+FIXED = {"period_days": None, "levels": 3,
+         "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4], "monetary_fen": [10_000, 50_000]},
+         "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000}}
+
+
+async def segment_events(app) -> list:  # type: ignore[no-untyped-def]
+    """segment.changed events staged or already published by segmentation, from its outbox and the bus."""
+    bus = app.state.bus
+    cur = await bus.db.execute("SELECT value FROM bus_log WHERE topic = 'fugou.segments'")
+    rows = [parse_event(r[0]) for r in await cur.fetchall()]
+    await cur.close()
+    rt = app.state.runtimes["segmentation"]
+    async with rt.sessions() as session:
+        rows += [parse_event(p) for p in (await session.execute(select(messaging.outbox.c.payload))).scalars()]
+    return [e for e in rows if e.type == "segment.changed"]
+
+
+async def test_a_configuration_change_rescores_everyone_and_announces_only_the_changes(tmp_path: Path) -> None:
+    app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=KEY), announce=False)
+    now = datetime.now(timezone.utc)
+    async with running(app) as client:
+        assert (await client.put("/v1/segmentation/config", json=FIXED, headers=H)).status_code == 200
+        events = []
+        for i in range(30):  # 30 customers: c-0..c-9 buy 5 times, c-10..c-29 once
+            n = 5 if i < 10 else 1
+            events += [order_paid("demo", f"c-{i}", f"o-{i}-{k}", 12_000, at=now - timedelta(days=5 + k))
+                       for k in range(n)]
+        assert (await client.post("/v1/events", json=events, headers=H)).json()["accepted"] == len(events)
+
+        async def summary() -> dict:
+            return (await client.get("/v1/segments/summary", headers=H)).json()
+
+        s = await eventually(summary, lambda v: v["customers"] == 30)
+        assert s["tiers"] == {"S": 10, "A": 0, "B": 20, "C": 0}  # 3-3-3 (sum 9) and 3-1-2 (sum 6)
+        assert s["cells"]["3-3-3"] == 10 and s["cells"]["3-1-2"] == 20 and len(s["cells"]) == 27
+        assert s["classes"]["important_value"] == 10 and s["classes"]["general_development"] == 20
+        assert (s["repeat_customers"], s["buying_customers"], s["repurchase_rate"]) == (10, 30, 0.3333)
+        first = len(await segment_events(app))
+        assert first == 30  # each customer's first segment
+
+        # Raise the frequency boundaries: the five-time buyers drop to F level 2, the others stay.
+        changed = FIXED | {"boundaries": FIXED["boundaries"] | {"frequency": [2, 6]}}
+        job = (await client.put("/v1/segmentation/config", json=changed, headers=H)).json()["job_id"]
+
+        async def progress() -> dict:
+            return (await client.get(f"/v1/segmentation/jobs/{job}", headers=H)).json()
+
+        done = await eventually(progress, lambda j: j["status"] == "done")
+        assert (done["total"], done["done"], done["changed"], done["progress"]) == (30, 30, 10, 1.0)
+        after = await segment_events(app)
+        moved = after[first:]
+        assert len(moved) == 10 and {e.customer_id for e in moved} == {f"c-{i}" for i in range(10)}
+        assert all(e.data.before["cell"] == "3-3-3" and e.data.after["cell"] == "3-2-3" for e in moved)
+        s = await summary()
+        assert s["cells"]["3-2-3"] == 10 and s["config_version"] == 2
+
+        # The same configuration again: a full re-score that changes nothing announces nothing.
+        job = (await client.put("/v1/segmentation/config", json=changed, headers=H)).json()["job_id"]
+        done = await eventually(progress, lambda j: j["status"] == "done")
+        assert done["changed"] == 0 and len(await segment_events(app)) == len(after)
+        assert (await client.get("/v1/segmentation/jobs/nope", headers=H)).status_code == 404
