@@ -116,22 +116,37 @@ rfm_stats = Table(
     Column("computed_at", UTCDateTime, nullable=False),
 )
 
-# Each scored customer's segment, as of the configuration version that scored it.
+# Each customer's segment (levels, cell, tier, class: null before a first paid order) and tags,
+# as of the configuration version that scored it; next_change_at is when time alone would
+# change any of it (a recency boundary, an order leaving the period, a tag's window): the sweep
+# re-scores exactly the rows whose moment has come.
 segments = Table(
     "segments", metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("config_version", Integer, nullable=False),
-    Column("r_level", Integer, nullable=False),
-    Column("f_level", Integer, nullable=False),
-    Column("m_level", Integer, nullable=False),
-    Column("cell", String(8), nullable=False),
-    Column("tier", String(1), nullable=False),
-    Column("rfm_class", String(32), nullable=False),
+    Column("r_level", Integer, nullable=True),
+    Column("f_level", Integer, nullable=True),
+    Column("m_level", Integer, nullable=True),
+    Column("cell", String(8), nullable=True),
+    Column("tier", String(1), nullable=True),
+    Column("rfm_class", String(32), nullable=True),
+    Column("tags", Text, nullable=False),
+    Column("next_change_at", UTCDateTime, nullable=True),
     Column("scored_at", UTCDateTime, nullable=False),
     Index("ix_segments_merchant_tier", "merchant_id", "tier"),
     Index("ix_segments_merchant_cell", "merchant_id", "cell"),
     Index("ix_segments_merchant_class", "merchant_id", "rfm_class"),
+    Index("ix_segments_next_change_at", "next_change_at"),
+)
+
+# One row per tag a customer has now (the lifecycle tags, later the merchant's own).
+customer_tags = Table(
+    "customer_tags", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("customer_id", String(128), primary_key=True),
+    Column("tag", String(160), primary_key=True),
+    Index("ix_customer_tags_merchant_tag", "merchant_id", "tag"),
 )
 
 # Re-scoring every customer after a configuration change: a resumable background job.

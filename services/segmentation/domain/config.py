@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.segmentation.domain.lifecycle import LifecycleConfig
 from services.segmentation.domain.rfm import DIMENSIONS, TIERS, Boundaries, Split
 
 _CELL = re.compile(r"^[1-3]-[1-3]-[1-3]$")
@@ -62,6 +63,7 @@ class RfmConfig(BaseModel):
     tier_overrides: dict[str, Literal["S", "A", "B", "C"]] = Field(
         default_factory=dict, description='Per-cell tiers over the default, e.g. {"3-1-3": "A"} (R-F-M on 3 levels).')
     class_split: ClassSplit = Field(default_factory=ClassSplit)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
 
     @field_validator("tier_overrides", mode="before")
     @classmethod

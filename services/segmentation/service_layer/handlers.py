@@ -40,6 +40,11 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
     by_merchant: dict[str, list[str]] = {}
     for merchant_id, customer_id in folded.customers:
         by_merchant.setdefault(merchant_id, []).append(customer_id)
+    interested: dict[str, set[str]] = {}
+    for b in folded.behaviours.values():
+        interested.setdefault(b.merchant_id, set()).add(b.customer_id)
+    for merchant_id in interested:
+        by_merchant.setdefault(merchant_id, [])
     if not by_merchant:
         return
     dialect = dialect_name(session)
@@ -57,8 +62,10 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
                     "first_order_at": r.first_order_at, "last_order_at": r.last_order_at}))
             for stmt in recompute_categories(merchant_id, chunk):
                 await session.execute(stmt)
+        moved.extend(interested.get(merchant_id, ()))
         if moved:
-            # Segments move only where aggregates moved (time moves the rest: the sweep).
+            # Segments and tags move only where aggregates or interest moved (time moves the rest:
+            # the sweep).
             scoring = await scoring_for(session, merchant_id, await merchant_timezone(session, merchant_id))
             await rescore(session, merchant_id, moved, scoring, now)
     await outbox.stage(session, changed)

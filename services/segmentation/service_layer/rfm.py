@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.adapters.aggregates import counts
@@ -27,6 +27,8 @@ class Values:
     monetary_fen: int
     first_order_at: datetime | None
     last_order_at: datetime | None
+    paid_orders: int = 0  # all history (F is over the period)
+    oldest_in_period: datetime | None = None  # the next order to leave the period
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +90,26 @@ async def customer_values(session: AsyncSession, merchant_id: str, customer_ids:
     if config.period_days is not None and rows:
         since = now - timedelta(days=config.period_days)
         o = orders
-        q = (select(o.c.customer_id, func.count(), func.sum(o.c.amount_fen - o.c.refunded_fen))
+        q = (select(o.c.customer_id, func.count(), func.sum(o.c.amount_fen - o.c.refunded_fen), func.min(o.c.paid_at))
              .where(o.c.merchant_id == merchant_id, counts(o), o.c.paid_at >= since)
              .group_by(o.c.customer_id))
         if customer_ids is not None:
             q = q.where(o.c.customer_id.in_(customer_ids))
-        period = {r[0]: (int(r[1]), int(r[2] or 0)) for r in await session.execute(q)}
+        period = {r[0]: (int(r[1]), int(r[2] or 0), _aware(r[3])) for r in await session.execute(q)}
     out: dict[str, Values] = {}
     for r in rows:
-        f, m = (r.paid_orders, r.paid_amount_fen) if period is None else period.get(r.customer_id, (0, 0))
-        out[r.customer_id] = Values(recency_days(r.last_order_at, now, tz), f, m, r.first_order_at, r.last_order_at)
+        f, m, oldest = ((r.paid_orders, r.paid_amount_fen, None) if period is None
+                        else period.get(r.customer_id, (0, 0, None)))
+        out[r.customer_id] = Values(recency_days(r.last_order_at, now, tz), f, m, r.first_order_at, r.last_order_at,
+                                    r.paid_orders, oldest)
     return out
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """min() over a column comes back as text on SQLite (no column type to convert it)."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    return value
 
 
 async def refresh_stats(session: AsyncSession, merchant_id: str, version: int, config: RfmConfig, tz: str,
@@ -167,7 +178,7 @@ async def summary(session: AsyncSession, merchant_id: str) -> dict[str, Any]:
 
     version, config = await current_config(session, merchant_id)
     sg = segments
-    mine = sg.c.merchant_id == merchant_id
+    mine = and_(sg.c.merchant_id == merchant_id, sg.c.tier.isnot(None))  # rows with tags only have no tier
     levels = range(1, config.levels + 1)
     cells = {f"{r}-{f}-{m}": 0 for r, f, m in product(levels, levels, levels)}
     cells.update({k: int(n) for k, n in await session.execute(

@@ -13,14 +13,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.segmentation.adapters.tables import customers, messaging, rescore_jobs, rfm_stats, segments
+from services.segmentation.adapters.tables import (
+    behaviours,
+    customer_categories,
+    customer_tags,
+    customers,
+    messaging,
+    rescore_jobs,
+    rfm_stats,
+    segments,
+)
 from services.segmentation.domain.config import RfmConfig
+from services.segmentation.domain.lifecycle import CategoryHistory, TagInputs, lifecycle_tags, next_recency_change
 from services.segmentation.domain.rfm import Boundaries, Split, score
-from services.segmentation.service_layer.rfm import Stats, current_config, customer_values, refresh_stats
+from services.segmentation.service_layer.rfm import Stats, _aware, current_config, customer_values, refresh_stats
 from shared.db import bulk_insert
 from shared.events import OutboundEvent
 from shared.outbox import Outbox
@@ -58,46 +69,107 @@ async def scoring_for(session: AsyncSession, merchant_id: str, tz: str) -> Scori
     return Scoring(version, config, stats, bounds, split, tz)
 
 
-def _view(row: Any) -> dict[str, Any]:
-    return {f: getattr(row, f) if not isinstance(row, dict) else row[f] for f in FIELDS}
+async def tag_inputs(session: AsyncSession, merchant_id: str, customer_ids: list[str]
+                     ) -> tuple[dict[str, datetime], dict[str, list[CategoryHistory]]]:
+    """Last interest (cart, favourite) and per-category history of these customers."""
+    b, cc = behaviours, customer_categories
+    interest = {r[0]: _aware(r[1]) for r in await session.execute(
+        select(b.c.customer_id, func.max(b.c.last_at))
+        .where(b.c.merchant_id == merchant_id, b.c.customer_id.in_(customer_ids)).group_by(b.c.customer_id))}
+    cats: dict[str, list[CategoryHistory]] = {}
+    for r in await session.execute(select(cc.c.customer_id, cc.c.category, cc.c.orders, cc.c.first_at, cc.c.last_at)
+                                   .where(cc.c.merchant_id == merchant_id, cc.c.customer_id.in_(customer_ids))):
+        cats.setdefault(r.customer_id, []).append(CategoryHistory(r.category, r.orders, r.first_at, r.last_at))
+    return interest, cats  # type: ignore[return-value]
+
+
+def _state(row: Any) -> dict[str, Any]:
+    out = {f: getattr(row, f) for f in FIELDS}
+    out["tags"] = orjson.loads(row.tags)
+    return out
 
 
 async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[str], scoring: Scoring,
                   now: datetime) -> int:
-    """Score these customers, store and announce the segments that changed; return how many."""
+    """Score these customers, store what changed (and when time will next change it), announce
+    the changed segments; return how many changed."""
     if not customer_ids:
         return 0
-    values = await customer_values(session, merchant_id, customer_ids, scoring.config, scoring.tz, now)
-    old = {r.customer_id: _view(r) for r in await session.execute(
-        select(segments.c.customer_id, *[segments.c[f] for f in FIELDS])
-        .where(segments.c.merchant_id == merchant_id, segments.c.customer_id.in_(customer_ids)))}
+    customer_ids = sorted(set(customer_ids))
     cfg = scoring.config
-    rows, events, gone = [], [], []
+    values = await customer_values(session, merchant_id, customer_ids, cfg, scoring.tz, now)
+    interest, cats = await tag_inputs(session, merchant_id, customer_ids)
+    old = {r.customer_id: (r, _state(r)) for r in await session.execute(
+        select(segments.c.customer_id, segments.c.next_change_at, segments.c.tags, *[segments.c[f] for f in FIELDS])
+        .where(segments.c.merchant_id == merchant_id, segments.c.customer_id.in_(customer_ids)))}
+    thresholds = (*scoring.bounds.recency_days, scoring.split.recency_days)
+    rows, events, gone, retag = [], [], [], []
     for cid in customer_ids:
         v = values.get(cid)
-        before = old.get(cid)
-        if v is None:
-            if before is not None:  # no paid order left (refunded, cancelled): no segment
+        tags, tags_change = lifecycle_tags(TagInputs(
+            paid_orders=v.paid_orders if v else 0, first_order_at=v.first_order_at if v else None,
+            last_order_at=v.last_order_at if v else None, last_interest_at=interest.get(cid),
+            categories=tuple(cats.get(cid, ()))), cfg.lifecycle, now)
+        prev_row, before = old.get(cid, (None, None))
+        if v is None and not tags:
+            if before is not None:  # no paid order and no tag left: nothing to hold
                 gone.append(cid)
                 events.append(_changed(merchant_id, cid, before, None, scoring.version))
             continue
-        s = score(v.recency_days or 0, v.frequency, v.monetary_fen, boundaries=scoring.bounds, levels=cfg.levels,
-                  split=scoring.split, tier_overrides=cfg.tier_overrides)
-        after = {"r_level": s.r_level, "f_level": s.f_level, "m_level": s.m_level, "cell": s.cell, "tier": s.tier,
-                 "rfm_class": s.rfm_class.code}
+        after: dict[str, Any] = dict.fromkeys(FIELDS)
+        moments = [tags_change]
+        if v is not None:
+            sc = score(v.recency_days or 0, v.frequency, v.monetary_fen, boundaries=scoring.bounds,
+                       levels=cfg.levels, split=scoring.split, tier_overrides=cfg.tier_overrides)
+            after.update(r_level=sc.r_level, f_level=sc.f_level, m_level=sc.m_level, cell=sc.cell, tier=sc.tier,
+                         rfm_class=sc.rfm_class.code)
+            moments.append(next_recency_change(v.last_order_at, now, scoring.tz, thresholds)
+                           if v.last_order_at else None)
+            if cfg.period_days is not None and v.oldest_in_period is not None:
+                moments.append(v.oldest_in_period + timedelta(days=cfg.period_days))
+        after["tags"] = tags
+        next_change = min((m for m in moments if m is not None), default=None)
+        if after != before or prev_row is None or prev_row.next_change_at != next_change:
+            rows.append((merchant_id, cid, scoring.version, after["r_level"], after["f_level"], after["m_level"],
+                         after["cell"], after["tier"], after["rfm_class"], orjson.dumps(tags).decode(), next_change,
+                         now))
         if after != before:
-            rows.append((merchant_id, cid, scoring.version, s.r_level, s.f_level, s.m_level, s.cell, s.tier,
-                         s.rfm_class.code, now))
             events.append(_changed(merchant_id, cid, before, after, scoring.version))
+            if before is None or before["tags"] != tags:
+                retag.append((cid, tags))
     if rows:
-        await bulk_insert(session, segments, ["merchant_id", "customer_id", "config_version", *FIELDS, "scored_at"],
+        await bulk_insert(session, segments, ["merchant_id", "customer_id", "config_version", *FIELDS, "tags",
+                                              "next_change_at", "scored_at"],
                           rows, conflict=["merchant_id", "customer_id"],
-                          update={c: f"excluded.{c}" for c in ("config_version", *FIELDS, "scored_at")})
+                          update={c: f"excluded.{c}" for c in ("config_version", *FIELDS, "tags", "next_change_at",
+                                                               "scored_at")})
     if gone:
         await session.execute(delete(segments).where(segments.c.merchant_id == merchant_id,
                                                      segments.c.customer_id.in_(gone)))
+        retag.extend((cid, []) for cid in gone)
+    if retag:
+        await session.execute(delete(customer_tags).where(customer_tags.c.merchant_id == merchant_id,
+                                                          customer_tags.c.customer_id.in_([c for c, _ in retag])))
+        await bulk_insert(session, customer_tags, ["merchant_id", "customer_id", "tag"],
+                          [(merchant_id, cid, t) for cid, tags in retag for t in tags])
     await outbox.stage(session, events)
     return len(events)
+
+
+async def sweep(session: AsyncSession, now: datetime, limit: int = JOB_CHUNK) -> int:
+    """Re-score the customers whose next_change_at has come (one chunk); return how many were
+    looked at. Cost follows the customers crossing a boundary, not all customers; running it again
+    finds nothing to do, because each re-scored row gets its next moment."""
+    due = (await session.execute(select(segments.c.merchant_id, segments.c.customer_id)
+                                 .where(segments.c.next_change_at <= now)
+                                 .order_by(segments.c.next_change_at).limit(limit))).all()
+    by_merchant: dict[str, list[str]] = {}
+    for merchant_id, customer_id in due:
+        by_merchant.setdefault(merchant_id, []).append(customer_id)
+    for merchant_id, ids in by_merchant.items():
+        tz = await merchant_timezone(session, merchant_id)
+        await rescore(session, merchant_id, ids, await scoring_for(session, merchant_id, tz), now)
+    return len(due)
 
 
 def _changed(merchant_id: str, customer_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
@@ -182,6 +254,10 @@ async def rescore_worker(sessions: async_sessionmaker[AsyncSession], poll_s: flo
                 while more:
                     async with sessions() as session, session.begin():
                         more = await run_rescore_step(session, job_id)
+            swept = JOB_CHUNK
+            while swept == JOB_CHUNK:
+                async with sessions() as session, session.begin():
+                    swept = await sweep(session, datetime.now(timezone.utc))
             if not pending:
                 await asyncio.sleep(poll_s)
         except asyncio.CancelledError:

@@ -1,4 +1,4 @@
-"""segmentation: stored segments and re-scoring jobs
+"""segmentation: stored segments, tags and re-scoring jobs
 
 Revision ID: seg_0004
 Revises: seg_0003
@@ -21,17 +21,27 @@ def upgrade() -> None:
         sa.Column("merchant_id", sa.String(128), primary_key=True),
         sa.Column("customer_id", sa.String(128), primary_key=True),
         sa.Column("config_version", sa.Integer, nullable=False),
-        sa.Column("r_level", sa.Integer, nullable=False),
-        sa.Column("f_level", sa.Integer, nullable=False),
-        sa.Column("m_level", sa.Integer, nullable=False),
-        sa.Column("cell", sa.String(8), nullable=False),
-        sa.Column("tier", sa.String(1), nullable=False),
-        sa.Column("rfm_class", sa.String(32), nullable=False),
+        sa.Column("r_level", sa.Integer, nullable=True),
+        sa.Column("f_level", sa.Integer, nullable=True),
+        sa.Column("m_level", sa.Integer, nullable=True),
+        sa.Column("cell", sa.String(8), nullable=True),
+        sa.Column("tier", sa.String(1), nullable=True),
+        sa.Column("rfm_class", sa.String(32), nullable=True),
+        sa.Column("tags", sa.Text, nullable=False),
+        sa.Column("next_change_at", UTCDateTime, nullable=True),
         sa.Column("scored_at", UTCDateTime, nullable=False),
     )
     op.create_index("ix_segments_merchant_tier", "segments", ["merchant_id", "tier"])
     op.create_index("ix_segments_merchant_cell", "segments", ["merchant_id", "cell"])
     op.create_index("ix_segments_merchant_class", "segments", ["merchant_id", "rfm_class"])
+    op.create_index("ix_segments_next_change_at", "segments", ["next_change_at"])
+    op.create_table(
+        "customer_tags",
+        sa.Column("merchant_id", sa.String(128), primary_key=True),
+        sa.Column("customer_id", sa.String(128), primary_key=True),
+        sa.Column("tag", sa.String(160), primary_key=True),
+    )
+    op.create_index("ix_customer_tags_merchant_tag", "customer_tags", ["merchant_id", "tag"])
     op.create_table(
         "rescore_jobs",
         sa.Column("job_id", sa.String(36), primary_key=True),
@@ -51,4 +61,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rescore_jobs")
+    op.drop_table("customer_tags")
     op.drop_table("segments")
