@@ -131,6 +131,8 @@ segments = Table(
     Column("cell", String(8), nullable=True),
     Column("tier", String(1), nullable=True),
     Column("rfm_class", String(32), nullable=True),
+    Column("frequency", Integer, nullable=True),  # F and M over the period, as scored
+    Column("monetary_fen", BigInteger, nullable=True),
     Column("tags", Text, nullable=False),
     Column("next_change_at", UTCDateTime, nullable=True),
     Column("scored_at", UTCDateTime, nullable=False),
@@ -164,4 +166,27 @@ rescore_jobs = Table(
     Column("finished_at", UTCDateTime, nullable=True),
     Index("ix_rescore_jobs_merchant_id", "merchant_id"),
     Index("ix_rescore_jobs_status", "status"),
+)
+
+# What the shop tells about a customer (customer.registered / customer.updated).
+profiles = Table(
+    "profiles", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("customer_id", String(128), primary_key=True),
+    Column("region", String(128), nullable=True),
+    Column("birthday", String(10), nullable=True),
+    Column("registered_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_profiles_merchant_region", "merchant_id", "region"),
+)
+
+# Audiences merchants saved, for the other services to reference by id.
+audiences = Table(
+    "audiences", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("audience_id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("filter", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )

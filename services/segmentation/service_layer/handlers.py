@@ -14,10 +14,10 @@ from services.segmentation.adapters.aggregates import (
     upsert_behaviours,
     upsert_orders,
 )
-from services.segmentation.adapters.tables import messaging
+from services.segmentation.adapters.tables import messaging, profiles
 from services.segmentation.domain.orders import BEHAVIOUR_KINDS, ORDER_TYPES, fold
 from services.segmentation.service_layer.segments import merchant_timezone, rescore, scoring_for
-from shared.db import dialect_name
+from shared.db import bulk_insert, dialect_name
 from shared.events import EnvelopeBase, OutboundEvent
 from shared.outbox import Outbox
 
@@ -72,10 +72,40 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
 
 
 FACT_TYPES = ORDER_TYPES | set(BEHAVIOUR_KINDS)
+PROFILE_TYPES = frozenset({"customer.registered", "customer.updated"})
+
+
+async def apply_profiles(session: AsyncSession, events: list[EnvelopeBase]) -> None:
+    """Keep what the shop says of each customer: the latest statement wins, whatever the delivery
+    order (ties broken by event_id); registration time is the earliest registration seen."""
+    latest: dict[tuple[str, str], EnvelopeBase] = {}
+    registered: dict[tuple[str, str], datetime] = {}
+    for e in events:
+        key = (e.merchant_id, e.customer_id)  # type: ignore[arg-type]
+        cur = latest.get(key)
+        if cur is None or (e.occurred_at, e.event_id) > (cur.occurred_at, cur.event_id):
+            latest[key] = e
+        if e.type == "customer.registered":  # type: ignore[attr-defined]
+            registered[key] = min(registered.get(key, e.occurred_at), e.occurred_at)
+    await bulk_insert(
+        session, profiles, ["merchant_id", "customer_id", "region", "birthday", "registered_at", "updated_at"],
+        [(m, c, e.data.region, e.data.birthday, registered.get((m, c)), e.occurred_at)  # type: ignore[attr-defined]
+         for (m, c), e in latest.items()],
+        conflict=["merchant_id", "customer_id"],
+        update={
+            "region": "CASE WHEN excluded.updated_at >= {t}.updated_at THEN excluded.region ELSE {t}.region END",
+            "birthday": "CASE WHEN excluded.updated_at >= {t}.updated_at THEN excluded.birthday ELSE {t}.birthday END",
+            "registered_at": "{least}(coalesce({t}.registered_at, excluded.registered_at), "
+                             "coalesce(excluded.registered_at, {t}.registered_at))",
+            "updated_at": "{greatest}({t}.updated_at, excluded.updated_at)",
+        })
 
 
 async def handle(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     """The consumer's entry: one transaction per batch (the consumer's), facts first."""
+    said = [e for e in events if e.type in PROFILE_TYPES]  # type: ignore[attr-defined]
+    if said:
+        await apply_profiles(session, said)
     facts = [e for e in events if e.type in FACT_TYPES]  # type: ignore[attr-defined]
     if facts:
         await apply_order_events(session, facts)

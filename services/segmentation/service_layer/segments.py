@@ -100,7 +100,8 @@ async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[st
     values = await customer_values(session, merchant_id, customer_ids, cfg, scoring.tz, now)
     interest, cats = await tag_inputs(session, merchant_id, customer_ids)
     old = {r.customer_id: (r, _state(r)) for r in await session.execute(
-        select(segments.c.customer_id, segments.c.next_change_at, segments.c.tags, *[segments.c[f] for f in FIELDS])
+        select(segments.c.customer_id, segments.c.next_change_at, segments.c.tags, segments.c.frequency,
+               segments.c.monetary_fen, *[segments.c[f] for f in FIELDS])
         .where(segments.c.merchant_id == merchant_id, segments.c.customer_id.in_(customer_ids)))}
     thresholds = (*scoring.bounds.recency_days, scoring.split.recency_days)
     rows, events, gone, retag = [], [], [], []
@@ -129,20 +130,20 @@ async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[st
                 moments.append(v.oldest_in_period + timedelta(days=cfg.period_days))
         after["tags"] = tags
         next_change = min((m for m in moments if m is not None), default=None)
-        if after != before or prev_row is None or prev_row.next_change_at != next_change:
+        fm = (v.frequency, v.monetary_fen) if v else (None, None)
+        if (after != before or prev_row is None or prev_row.next_change_at != next_change
+                or (prev_row.frequency, prev_row.monetary_fen) != fm):
             rows.append((merchant_id, cid, scoring.version, after["r_level"], after["f_level"], after["m_level"],
-                         after["cell"], after["tier"], after["rfm_class"], orjson.dumps(tags).decode(), next_change,
-                         now))
+                         after["cell"], after["tier"], after["rfm_class"], v.frequency if v else None,
+                         v.monetary_fen if v else None, orjson.dumps(tags).decode(), next_change, now))
         if after != before:
             events.append(_changed(merchant_id, cid, before, after, scoring.version))
             if before is None or before["tags"] != tags:
                 retag.append((cid, tags))
     if rows:
-        await bulk_insert(session, segments, ["merchant_id", "customer_id", "config_version", *FIELDS, "tags",
-                                              "next_change_at", "scored_at"],
-                          rows, conflict=["merchant_id", "customer_id"],
-                          update={c: f"excluded.{c}" for c in ("config_version", *FIELDS, "tags", "next_change_at",
-                                                               "scored_at")})
+        stored = ("config_version", *FIELDS, "frequency", "monetary_fen", "tags", "next_change_at", "scored_at")
+        await bulk_insert(session, segments, ["merchant_id", "customer_id", *stored], rows,
+                          conflict=["merchant_id", "customer_id"], update={c: f"excluded.{c}" for c in stored})
     if gone:
         await session.execute(delete(segments).where(segments.c.merchant_id == merchant_id,
                                                      segments.c.customer_id.in_(gone)))

@@ -27,6 +27,8 @@ def upgrade() -> None:
         sa.Column("cell", sa.String(8), nullable=True),
         sa.Column("tier", sa.String(1), nullable=True),
         sa.Column("rfm_class", sa.String(32), nullable=True),
+        sa.Column("frequency", sa.Integer, nullable=True),
+        sa.Column("monetary_fen", sa.BigInteger, nullable=True),
         sa.Column("tags", sa.Text, nullable=False),
         sa.Column("next_change_at", UTCDateTime, nullable=True),
         sa.Column("scored_at", UTCDateTime, nullable=False),

@@ -1,0 +1,107 @@
+"""Segmentation's aggregates on PostgreSQL against a plain pandas computation from the raw events
+(issue 3, item 7): a generated history of a thousand customers fed through handle() in batches,
+in order, then shuffled, duplicated and cut into uneven batches; both end exactly as pandas says."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.segmentation.service_layer.handlers import handle
+from services.segmentation.spec import SPEC
+from shared.bus.inprocess import InProcessBus
+from shared.events import parse_event
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings
+from tests.segmentation_history import (
+    MERCHANT,
+    batches,
+    diff,
+    expected_tables,
+    generate_history,
+    read_tables,
+    redeliver,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(600)]
+COMPARED = ("customers", "customer_categories")
+
+FULL_BUG = ('BUG: shared.db.bulk_insert writes column names into raw SQL unquoted, and refunds has a column named '
+            '"full", a reserved word in PostgreSQL: record_refunds (services/segmentation/adapters/aggregates.py) '
+            'fails with \'syntax error at or near "full"\', so on PostgreSQL every batch holding an order.refunded '
+            'fails as a whole')
+HISTORIES = pytest.mark.parametrize("refunds", [
+    pytest.param(True, id="with-refunds", marks=pytest.mark.xfail(strict=True, reason=FULL_BUG)),
+    # Everything but refunds, so the rest stays checked on PostgreSQL while the above fails.
+    pytest.param(False, id="without-refunds"),
+])
+
+
+def history(customers: int, seed: int, refunds: bool) -> list[dict[str, Any]]:
+    events = generate_history(customers, seed)
+    return events if refunds else [e for e in events if e["type"] != "order.refunded"]
+
+
+@asynccontextmanager
+async def segmentation(tmp_path: Path, database_url: str) -> AsyncIterator[ServiceRuntime]:
+    bus = InProcessBus(tmp_path / "bus.sqlite")
+    await bus.start()
+    rt = ServiceRuntime(SPEC, Settings(data_dir=tmp_path), bus, database_url=database_url)
+    try:
+        await rt.start(relay=False, consumer=False)
+        yield rt
+    finally:
+        await rt.stop()
+        await bus.stop()
+
+
+async def feed(rt: ServiceRuntime, parts: Sequence[Sequence[dict[str, Any]]]) -> None:
+    for part in parts:
+        events = [parse_event(e) for e in part]
+        async with rt.sessions() as session, session.begin():
+            await handle(session, events)
+
+
+async def compare(rt: ServiceRuntime, expected: dict[str, Any], names: Sequence[str]) -> None:
+    async with rt.sessions() as session:
+        actual = await read_tables(session, MERCHANT)
+    problems = [p for name in names for p in diff(name, expected[name], actual[name])]
+    assert not problems, "\n".join(problems)
+
+
+@HISTORIES
+async def test_a_thousand_customers_equal_a_plain_pandas_computation(pg_urls: dict[str, str], tmp_path: Path,
+                                                                     refunds: bool) -> None:
+    events = history(1000, 8080, refunds)
+    expected = expected_tables(events)
+    assert len(expected["customers"]) > 800 and len(expected["customer_categories"]) > 1500
+    async with segmentation(tmp_path, pg_urls["segmentation"]) as rt:
+        started = time.perf_counter()
+        await feed(rt, [events[i:i + 500] for i in range(0, len(events), 500)])
+        elapsed = time.perf_counter() - started
+        await compare(rt, expected, (*COMPARED, "behaviours"))
+    print(f"\n{len(events)} events in batches of 500 on PostgreSQL: {elapsed:.2f}s")
+
+
+@HISTORIES
+async def test_shuffled_duplicated_rebatched_delivery_ends_equal(pg_urls: dict[str, str], tmp_path: Path,
+                                                                 refunds: bool) -> None:
+    events = history(1000, 4242, refunds)
+    rng = random.Random(4242)
+    delivered = redeliver(events, rng, duplicate=0.3)
+    assert len(delivered) > len(events) * 1.25
+    parts = batches(delivered, rng, 200)
+    async with segmentation(tmp_path, pg_urls["segmentation"]) as rt:
+        started = time.perf_counter()
+        await feed(rt, parts)
+        elapsed = time.perf_counter() - started
+        # Exactly-once, in-order delivery gives pandas' tables (the test above); so must this.
+        await compare(rt, expected_tables(events), COMPARED)
+    print(f"\n{len(delivered)} events ({len(events)} distinct) in {len(parts)} shuffled batches on PostgreSQL: "
+          f"{elapsed:.2f}s")
