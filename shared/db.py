@@ -164,19 +164,20 @@ async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], row
     conn = await session.connection()
     dialect = conn.dialect.name
     name = table.name
-    cols = ", ".join(columns)
+    q = conn.dialect.identifier_preparer.quote  # columns named like keywords ("full")
+    cols = ", ".join(q(c) for c in columns)
     tail = ""
     if conflict is not None:
-        target = ", ".join(conflict)
+        target = ", ".join(q(c) for c in conflict)
         if update:
             fn = {"least": "least", "greatest": "greatest"} if dialect == "postgresql" else {"least": "min",
                                                                                                "greatest": "max"}
-            sets = ", ".join(f"{c} = {expr.format(t=name, **fn)}" for c, expr in update.items())
+            sets = ", ".join(f"{q(c)} = {expr.format(t=name, **fn)}" for c, expr in update.items())
             tail = f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
         else:
             tail = f" ON CONFLICT ({target}) DO NOTHING"
     if returning:
-        tail += " RETURNING " + ", ".join(returning)
+        tail += " RETURNING " + ", ".join(q(c) for c in returning)
     raw = (await conn.get_raw_connection()).driver_connection
     if dialect == "postgresql":
         if not raw.is_in_transaction():  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from services.segmentation.adapters.tables import messaging, metadata
 from services.segmentation.entrypoints.api import router
+from services.segmentation.entrypoints.audiences import router as audiences_router
 from services.segmentation.service_layer.handlers import handle
 from services.segmentation.service_layer.segments import rescore_worker
 from shared.runtime import ServiceSpec
@@ -16,7 +17,7 @@ SPEC = ServiceSpec(
     metadata=metadata,
     tables=messaging,
     migrations=Path(__file__).parent / "migrations",
-    routers=[router, status_router("segmentation")],
+    routers=[router, audiences_router, status_router("segmentation")],
     topics=["shop.orders", "shop.customers", "shop.behaviour"],
     handler=handle,
     description="Customer aggregates, RFM levels, tiers, classes, lifecycle tags and audiences.",

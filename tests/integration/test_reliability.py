@@ -6,7 +6,6 @@ no outbox delete, no cleanup."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections import Counter
 from pathlib import Path

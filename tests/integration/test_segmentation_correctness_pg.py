@@ -31,14 +31,8 @@ from tests.segmentation_history import (
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(600)]
 COMPARED = ("customers", "customer_categories")
-
-FULL_BUG = ('BUG: shared.db.bulk_insert writes column names into raw SQL unquoted, and refunds has a column named '
-            '"full", a reserved word in PostgreSQL: record_refunds (services/segmentation/adapters/aggregates.py) '
-            'fails with \'syntax error at or near "full"\', so on PostgreSQL every batch holding an order.refunded '
-            'fails as a whole')
 HISTORIES = pytest.mark.parametrize("refunds", [
-    pytest.param(True, id="with-refunds", marks=pytest.mark.xfail(strict=True, reason=FULL_BUG)),
-    # Everything but refunds, so the rest stays checked on PostgreSQL while the above fails.
+    pytest.param(True, id="with-refunds"),
     pytest.param(False, id="without-refunds"),
 ])
 

@@ -222,22 +222,11 @@ async def test_payment_lines_replace_creation_lines_whatever_the_batching(tmp_pa
         ("u-1", "milk-powder"): (1, 35000, paid_at, paid_at)}
 
 
-LATER_PAYMENT_LINES_BUG = (
-    "BUG: upsert_orders deletes and re-inserts an order's lines for every batch holding an order.paid, "
-    "without checking that this payment is the earliest known, so a later re-sent payment delivered in a "
-    "later batch replaces the earliest payment's lines (customer_categories follow it) while the order's "
-    "amount stays the earliest payment's (services/segmentation/adapters/aggregates.py upsert_orders)")
-
-
-@pytest.mark.parametrize("delivery", [
-    "one batch",
-    pytest.param("earliest first", marks=pytest.mark.xfail(strict=True, reason=LATER_PAYMENT_LINES_BUG)),
-    "earliest last",
-])
+@pytest.mark.parametrize("delivery", ["one batch", "earliest first", "earliest last"])
 async def test_the_earliest_payments_lines_win_like_its_amount(tmp_path: Path, delivery: str) -> None:
     """Two order.paid for one order that disagree (the shop re-sent the payment after the order's
     lines were edited): the earliest payment's amount counts, and so must its lines, whichever
-    arrives last."""
+    arrives last. (Once a bug: a later re-sent payment in a later batch replaced the lines.)"""
     t = datetime(2026, 3, 1, 10, tzinfo=CST)
 
     def paid(event_id: str, at: datetime, lines: list[tuple[str, str, int]]) -> dict[str, Any]:

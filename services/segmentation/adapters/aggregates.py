@@ -48,7 +48,13 @@ async def upsert_orders(session: AsyncSession, facts: Iterable[OrderFacts]) -> N
             by_merchant.setdefault(f.merchant_id, ([], []))[0 if f.items_from_payment else 1].append(f)
     for merchant_id, (paid, created) in by_merchant.items():
         if paid:
-            # A payment's lines replace the order's lines as a whole.
+            # The earliest payment's lines replace the order's lines as a whole; a later re-sent
+            # payment (the stored paid_at is earlier than its own) changes nothing.
+            stored = dict((await session.execute(select(orders.c.order_id, orders.c.paid_at).where(
+                orders.c.merchant_id == merchant_id,
+                orders.c.order_id.in_(sorted({f.order_id for f in paid}))))).all())
+            paid = [f for f in paid if stored.get(f.order_id) == f.paid_at]
+        if paid:
             await session.execute(delete(order_items).where(
                 order_items.c.merchant_id == merchant_id,
                 order_items.c.order_id.in_(sorted({f.order_id for f in paid}))))

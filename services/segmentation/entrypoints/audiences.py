@@ -1,0 +1,225 @@
+"""Audiences: query customers by segment, tags, R/F/M, dates, region, categories and behaviour;
+save a query and reference it by id (the other services fetch its members over HTTP)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.segmentation.adapters.audience_sql import Compiler
+from services.segmentation.adapters.tables import audiences
+from services.segmentation.domain.audience import Filter, depth
+from shared.tenancy import Merchant
+from shared.web import ApiError, merchant_dependency, runtime_of, session_dependency
+
+SERVICE = "segmentation"
+Session = Annotated[AsyncSession, Depends(session_dependency(SERVICE))]
+AdminMerchant = Annotated[Merchant, Depends(merchant_dependency(SERVICE))]
+MAX_PAGE = 1000
+MAX_DEPTH = 12
+
+router = APIRouter(tags=["audiences"])
+
+
+class AudienceQuery(BaseModel):
+    filter: Filter
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 100
+    after: str | None = Field(None, description="The next_after of the previous page (pages are by customer_id).")
+
+
+class Member(BaseModel):
+    customer_id: str
+    tier: str | None
+    cell: str | None
+    rfm_class: str | None
+    frequency: int | None
+    monetary_fen: int | None
+    last_order_at: datetime | None
+    region: str | None
+    tags: list[str]
+
+
+class AudiencePage(BaseModel):
+    count: int = Field(description="Customers matching, in all.")
+    customers: list[Member]
+    next_after: str | None = Field(description="Pass as `after` for the next page; null on the last.")
+
+
+def _compiler(request: Request, merchant: Merchant) -> Compiler:
+    return Compiler(merchant.merchant_id, datetime.now(timezone.utc), merchant.timezone)
+
+
+def _check(f: Any) -> None:
+    if depth(f) > MAX_DEPTH:
+        raise ApiError(422, "validation_error", f"filter nested deeper than {MAX_DEPTH} levels", field="body.filter")
+
+
+def _member(r: Any) -> Member:
+    tags = orjson.loads(r.tags) if r.tags else []
+    last = r.last_order_at
+    if isinstance(last, str):
+        last = datetime.fromisoformat(last).replace(tzinfo=timezone.utc)
+    return Member(customer_id=r.customer_id, tier=r.tier, cell=r.cell, rfm_class=r.rfm_class, frequency=r.frequency,
+                  monetary_fen=r.monetary_fen, last_order_at=last, region=r.region, tags=tags)
+
+
+async def run_query(session: AsyncSession, comp: Compiler, f: Any, limit: int, after: str | None) -> AudiencePage:
+    _check(f)
+    count = (await session.execute(select(func.count()).select_from(comp.select(f).subquery()))).scalar_one()
+    q = comp.rows(f)
+    if after is not None:
+        q = q.where(comp.u.c.customer_id > after)
+    rows = (await session.execute(q.order_by(comp.u.c.customer_id).limit(limit + 1))).all()
+    page = [_member(r) for r in rows[:limit]]
+    return AudiencePage(count=count, customers=page, next_after=page[-1].customer_id if len(rows) > limit else None)
+
+
+async def stream_csv(sessions: Any, comp: Compiler, f: Any) -> AsyncIterator[bytes]:
+    """Every member, page by page (keyset on customer_id), so memory stays flat at any size."""
+    header = ["customer_id", "tier", "cell", "rfm_class", "frequency", "monetary_fen", "last_order_at", "region",
+              "tags"]
+    yield ("\ufeff" + ",".join(header) + "\n").encode()  # BOM: Excel in zh-CN opens UTF-8 correctly
+    after: str | None = None
+    while True:
+        async with sessions() as session:
+            q = comp.rows(f)
+            if after is not None:
+                q = q.where(comp.u.c.customer_id > after)
+            rows = (await session.execute(q.order_by(comp.u.c.customer_id).limit(5000))).all()
+        if not rows:
+            return
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        for r in rows:
+            m = _member(r)
+            w.writerow([m.customer_id, m.tier or "", m.cell or "", m.rfm_class or "",
+                        "" if m.frequency is None else m.frequency, "" if m.monetary_fen is None else m.monetary_fen,
+                        m.last_order_at.isoformat() if m.last_order_at else "", m.region or "", " ".join(m.tags)])
+        yield buf.getvalue().encode()
+        after = rows[-1].customer_id
+
+
+@router.post("/v1/audiences/query", response_model=AudiencePage,
+             summary="Count and page through the customers a filter selects")
+async def query(body: AudienceQuery, request: Request, merchant: AdminMerchant, session: Session) -> AudiencePage:
+    return await run_query(session, _compiler(request, merchant), body.filter, body.limit, body.after)
+
+
+class CsvQuery(BaseModel):
+    filter: Filter
+
+
+@router.post("/v1/audiences/query.csv", summary="Every customer a filter selects, streamed as CSV",
+             response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}})
+async def query_csv(body: CsvQuery, request: Request, merchant: AdminMerchant) -> StreamingResponse:
+    _check(body.filter)
+    sessions = runtime_of(request, SERVICE).sessions
+    return StreamingResponse(stream_csv(sessions, _compiler(request, merchant), body.filter), media_type="text/csv",
+                             headers={"Content-Disposition": 'attachment; filename="audience.csv"'})
+
+
+class NewAudience(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    filter: Filter
+
+
+class SavedAudience(BaseModel):
+    audience_id: str
+    name: str
+    filter: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+def _saved(row: Any) -> SavedAudience:
+    return SavedAudience(audience_id=row.audience_id, name=row.name, filter=orjson.loads(row.filter),
+                         created_at=row.created_at, updated_at=row.updated_at)
+
+
+async def _load(session: AsyncSession, merchant_id: str, audience_id: str) -> Any:
+    row = (await session.execute(select(audiences).where(audiences.c.merchant_id == merchant_id,
+                                                         audiences.c.audience_id == audience_id))).first()
+    if row is None:
+        raise ApiError(404, "not_found", f"no audience {audience_id!r}", field="path.audience_id")
+    return row
+
+
+@router.post("/v1/audiences", response_model=SavedAudience, status_code=201, summary="Save an audience")
+async def save(body: NewAudience, merchant: AdminMerchant, session: Session) -> SavedAudience:
+    _check(body.filter)
+    now = datetime.now(timezone.utc)
+    audience_id = str(uuid.uuid4())
+    async with session.begin():
+        await session.execute(audiences.insert().values(
+            merchant_id=merchant.merchant_id, audience_id=audience_id, name=body.name,
+            filter=body.filter.model_dump_json(by_alias=True, exclude_none=True), created_at=now, updated_at=now))
+    return _saved(await _load(session, merchant.merchant_id, audience_id))
+
+
+@router.get("/v1/audiences", response_model=list[SavedAudience], summary="The merchant's saved audiences")
+async def list_saved(merchant: AdminMerchant, session: Session) -> list[SavedAudience]:
+    rows = await session.execute(select(audiences).where(audiences.c.merchant_id == merchant.merchant_id)
+                                 .order_by(audiences.c.created_at))
+    return [_saved(r) for r in rows]
+
+
+AudienceId = Annotated[str, Path(min_length=1, max_length=36)]
+
+
+@router.get("/v1/audiences/{audience_id}", response_model=SavedAudience, summary="One saved audience")
+async def get_saved(audience_id: AudienceId, merchant: AdminMerchant, session: Session) -> SavedAudience:
+    return _saved(await _load(session, merchant.merchant_id, audience_id))
+
+
+@router.put("/v1/audiences/{audience_id}", response_model=SavedAudience, summary="Change a saved audience")
+async def update_saved(audience_id: AudienceId, body: NewAudience, merchant: AdminMerchant,
+                       session: Session) -> SavedAudience:
+    _check(body.filter)
+    async with session.begin():
+        await _load(session, merchant.merchant_id, audience_id)
+        await session.execute(audiences.update().where(
+            audiences.c.merchant_id == merchant.merchant_id, audiences.c.audience_id == audience_id).values(
+            name=body.name, filter=body.filter.model_dump_json(by_alias=True, exclude_none=True),
+            updated_at=datetime.now(timezone.utc)))
+    return _saved(await _load(session, merchant.merchant_id, audience_id))
+
+
+@router.delete("/v1/audiences/{audience_id}", status_code=204, summary="Delete a saved audience")
+async def delete_saved(audience_id: AudienceId, merchant: AdminMerchant, session: Session) -> None:
+    async with session.begin():
+        await _load(session, merchant.merchant_id, audience_id)
+        await session.execute(audiences.delete().where(audiences.c.merchant_id == merchant.merchant_id,
+                                                       audiences.c.audience_id == audience_id))
+
+
+@router.get("/v1/audiences/{audience_id}/members", response_model=AudiencePage,
+            summary="A page of a saved audience's members, as of now (for the other services)")
+async def members(audience_id: AudienceId, request: Request, merchant: AdminMerchant, session: Session,
+                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+                  after: Annotated[str | None, Query()] = None) -> AudiencePage:
+    row = await _load(session, merchant.merchant_id, audience_id)
+    f = AudienceQuery.model_validate({"filter": orjson.loads(row.filter)}).filter
+    return await run_query(session, _compiler(request, merchant), f, limit, after)
+
+
+@router.get("/v1/audiences/{audience_id}/members.csv", summary="All of a saved audience's members as CSV",
+            response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}})
+async def members_csv(audience_id: AudienceId, request: Request, merchant: AdminMerchant,
+                      session: Session) -> StreamingResponse:
+    row = await _load(session, merchant.merchant_id, audience_id)
+    await session.rollback()  # end this read before streaming: the stream reads with sessions of its own
+    f = AudienceQuery.model_validate({"filter": orjson.loads(row.filter)}).filter
+    sessions = runtime_of(request, SERVICE).sessions
+    return StreamingResponse(stream_csv(sessions, _compiler(request, merchant), f), media_type="text/csv",
+                             headers={"Content-Disposition": f'attachment; filename="audience-{audience_id}.csv"'})
