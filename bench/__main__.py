@@ -28,10 +28,10 @@ async def _create_db(pg: Postgres, name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--only", action="append", help="run only these benches (ingest, import)")
+    parser.add_argument("--only", action="append", help="run only these benches (ingest, import, segmentation)")
     parser.add_argument("--scale", type=float, default=1.0, help="scale every workload (e.g. 0.1 for a smoke run)")
     args = parser.parse_args()
-    wanted = set(args.only or ["ingest", "import"])
+    wanted = set(args.only or ["ingest", "import", "segmentation"])
     say(f"machine: {machine()}")
     lines: list[str] = []
 
@@ -51,6 +51,10 @@ def main() -> None:
                  "--customers", str(int(200_000 * args.scale)), "--kafka", kafka.bootstrap, "--pg-dsn", dsn])
         if "import" in wanted:
             run(["-m", "bench.bench_import", "--orders", str(int(1_000_000 * args.scale))])
+        if "segmentation" in wanted:
+            pg = pg or Postgres(root / "pg").start()
+            dsn = asyncio.run(_create_db(pg, "bench_segmentation"))
+            run(["-m", "bench.bench_segmentation", "--customers", str(int(1_000_000 * args.scale)), "--pg-dsn", dsn])
     finally:
         if kafka:
             kafka.stop()

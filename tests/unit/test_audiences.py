@@ -172,3 +172,23 @@ async def test_pages_are_bounded_and_filters_cannot_nest_without_end(client: htt
         deep = {"not": deep}
     r = await client.post("/v1/audiences/query", json={"filter": deep}, headers=H)
     assert r.status_code == 422 and "deeper" in r.json()["error"]["message"]
+
+
+async def test_a_custom_tag_follows_its_rule_and_feeds_audiences(client: httpx.AsyncClient) -> None:
+    rule = {"filter": {"and": [{"bought_category": {"category": "milk-powder"}}, {"recency_days": {"lte": 30}}]}}
+    r = await client.put("/v1/tags/milk-recent", json=rule, headers=H)
+    assert r.status_code == 200 and r.json()["tag"] == "custom:milk-recent"
+
+    async def holders() -> set[str]:
+        return await ids(client, {"tag": ["custom:milk-recent"]})
+
+    assert await eventually(holders, lambda v: v == {"milk-10", "milk-toys"})
+    # A new purchase moves a customer into the tag at once (scored with the order, not by the timer).
+    later = paid("milk-200", "m200b", 8_000, 1, "milk-powder")
+    assert (await client.post("/v1/events", json=[later], headers=H)).json()["accepted"] == 1
+    assert await eventually(holders, lambda v: v == {"milk-10", "milk-toys", "milk-200"})
+    assert [t["name"] for t in (await client.get("/v1/tags", headers=H)).json()] == ["milk-recent"]
+    assert (await client.delete("/v1/tags/milk-recent", headers=H)).status_code == 204
+    assert await eventually(holders, lambda v: v == set()) == set()
+    bad = await client.put("/v1/tags/Bad Name", json=rule, headers=H)
+    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "path.name"

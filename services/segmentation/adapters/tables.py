@@ -190,3 +190,13 @@ audiences = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Merchants' own tags: a customer has tag custom:<name> while the rule's audience filter holds.
+tag_rules = Table(
+    "tag_rules", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("filter", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

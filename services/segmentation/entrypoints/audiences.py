@@ -18,8 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.adapters.audience_sql import Compiler
-from services.segmentation.adapters.tables import audiences
+from services.segmentation.adapters.tables import audiences, tag_rules
 from services.segmentation.domain.audience import Filter, depth
+from services.segmentation.service_layer.segments import custom_requested
+from shared.db import bulk_insert
 from shared.tenancy import Merchant
 from shared.web import ApiError, merchant_dependency, runtime_of, session_dependency
 
@@ -223,3 +225,52 @@ async def members_csv(audience_id: AudienceId, request: Request, merchant: Admin
     sessions = runtime_of(request, SERVICE).sessions
     return StreamingResponse(stream_csv(sessions, _compiler(request, merchant), f), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="audience-{audience_id}.csv"'})
+
+
+# ---------------------------------------------------------------- custom tags
+
+
+class TagRule(BaseModel):
+    filter: Filter
+
+
+class TagRuleView(BaseModel):
+    name: str
+    tag: str = Field(description="What customers carry: custom:<name>")
+    filter: dict[str, Any]
+    updated_at: datetime
+
+
+TagName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="lowercase letters, digits, _ and -")]
+
+
+@router.put("/v1/tags/{name}", response_model=TagRuleView, tags=["audiences"],
+            summary="Define (or change) a custom tag: customers carry custom:<name> while the filter holds")
+async def put_tag_rule(name: TagName, body: TagRule, merchant: AdminMerchant, session: Session) -> TagRuleView:
+    _check(body.filter)
+    now = datetime.now(timezone.utc)
+    encoded = body.filter.model_dump_json(by_alias=True, exclude_none=True)
+    async with session.begin():
+        await bulk_insert(session, tag_rules, ["merchant_id", "name", "filter", "created_at", "updated_at"],
+                          [(merchant.merchant_id, name, encoded, now, now)], conflict=["merchant_id", "name"],
+                          update={"filter": "excluded.filter", "updated_at": "excluded.updated_at"})
+    custom_requested.set()
+    return TagRuleView(name=name, tag=f"custom:{name}", filter=orjson.loads(encoded), updated_at=now)
+
+
+@router.get("/v1/tags", response_model=list[TagRuleView], tags=["audiences"], summary="The merchant's custom tags")
+async def list_tag_rules(merchant: AdminMerchant, session: Session) -> list[TagRuleView]:
+    rows = await session.execute(select(tag_rules).where(tag_rules.c.merchant_id == merchant.merchant_id)
+                                 .order_by(tag_rules.c.name))
+    return [TagRuleView(name=r.name, tag=f"custom:{r.name}", filter=orjson.loads(r.filter), updated_at=r.updated_at)
+            for r in rows]
+
+
+@router.delete("/v1/tags/{name}", status_code=204, tags=["audiences"], summary="Delete a custom tag")
+async def delete_tag_rule(name: TagName, merchant: AdminMerchant, session: Session) -> None:
+    async with session.begin():
+        result = await session.execute(tag_rules.delete().where(tag_rules.c.merchant_id == merchant.merchant_id,
+                                                                tag_rules.c.name == name))
+    if not result.rowcount:
+        raise ApiError(404, "not_found", f"no custom tag {name!r}", field="path.name")
+    custom_requested.set()

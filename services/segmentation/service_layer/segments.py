@@ -15,9 +15,11 @@ from typing import Any
 
 import orjson
 import structlog
+from pydantic import TypeAdapter
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.segmentation.adapters.audience_sql import Compiler
 from services.segmentation.adapters.tables import (
     behaviours,
     customer_categories,
@@ -27,7 +29,9 @@ from services.segmentation.adapters.tables import (
     rescore_jobs,
     rfm_stats,
     segments,
+    tag_rules,
 )
+from services.segmentation.domain.audience import Filter
 from services.segmentation.domain.config import RfmConfig
 from services.segmentation.domain.lifecycle import CategoryHistory, TagInputs, lifecycle_tags, next_recency_change
 from services.segmentation.domain.rfm import Boundaries, Split, score
@@ -41,6 +45,9 @@ outbox = Outbox(messaging.outbox)
 FIELDS = ("r_level", "f_level", "m_level", "cell", "tier", "rfm_class")
 JOB_CHUNK = 5000
 STATS_REFRESH = timedelta(hours=1)
+_FILTER: TypeAdapter[Any] = TypeAdapter(Filter)
+# Set by the API when a tag rule changes, so the worker applies it without waiting a minute.
+custom_requested = asyncio.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +90,62 @@ async def tag_inputs(session: AsyncSession, merchant_id: str, customer_ids: list
     return interest, cats  # type: ignore[return-value]
 
 
+CUSTOM = "custom:"
+
+
+async def tag_rule_filters(session: AsyncSession, merchant_id: str) -> dict[str, Any]:
+    rows = await session.execute(select(tag_rules.c.name, tag_rules.c.filter).where(
+        tag_rules.c.merchant_id == merchant_id))
+    return {name: _FILTER.validate_json(body) for name, body in rows}
+
+
+async def custom_tags(session: AsyncSession, merchant_id: str, customer_ids: list[str], tz: str,
+                      now: datetime) -> dict[str, list[str]]:
+    """custom:<name> for each of these customers that the merchant's rule <name> selects.
+    A rule sees the other tags as of the last scoring (rules do not chain within one pass)."""
+    out: dict[str, list[str]] = {}
+    rules = await tag_rule_filters(session, merchant_id)
+    if not rules:
+        return out
+    comp = Compiler(merchant_id, now, tz)
+    for name, f in rules.items():
+        q = comp.select(f).where(comp.u.c.customer_id.in_(customer_ids))
+        for (cid,) in await session.execute(q):
+            out.setdefault(cid, []).append(CUSTOM + name)
+    return out
+
+
+async def refresh_custom_tags(session: AsyncSession, now: datetime) -> int:
+    """Re-score the customers entering or leaving a custom tag since it was last computed (rules
+    may depend on time or on other tables); return how many."""
+    touched = 0
+    merchants = set((await session.execute(select(tag_rules.c.merchant_id).distinct())).scalars())
+    merchants |= set((await session.execute(select(customer_tags.c.merchant_id).where(
+        customer_tags.c.tag.like(CUSTOM + "%")).distinct())).scalars())  # rules deleted, holders left
+    for merchant_id in merchants:
+        tz = await merchant_timezone(session, merchant_id)
+        comp = Compiler(merchant_id, now, tz)
+        rules = await tag_rule_filters(session, merchant_id)
+        moved: set[str] = set()
+        for name, f in rules.items():
+            want = set((await session.execute(comp.select(f))).scalars())
+            have = set((await session.execute(select(customer_tags.c.customer_id).where(
+                customer_tags.c.merchant_id == merchant_id, customer_tags.c.tag == CUSTOM + name))).scalars())
+            moved |= want ^ have
+        # Holders of tags whose rule was deleted.
+        stale = select(customer_tags.c.customer_id).where(
+            customer_tags.c.merchant_id == merchant_id, customer_tags.c.tag.like(CUSTOM + "%"),
+            customer_tags.c.tag.notin_([CUSTOM + n for n in rules]) if rules else customer_tags.c.tag.isnot(None))
+        moved |= set((await session.execute(stale)).scalars())
+        ids = sorted(moved)
+        if ids:
+            scoring = await scoring_for(session, merchant_id, tz)
+            for i in range(0, len(ids), JOB_CHUNK):
+                await rescore(session, merchant_id, ids[i:i + JOB_CHUNK], scoring, now)
+        touched += len(ids)
+    return touched
+
+
 def _state(row: Any) -> dict[str, Any]:
     out = {f: getattr(row, f) for f in FIELDS}
     out["tags"] = orjson.loads(row.tags)
@@ -99,6 +162,7 @@ async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[st
     cfg = scoring.config
     values = await customer_values(session, merchant_id, customer_ids, cfg, scoring.tz, now)
     interest, cats = await tag_inputs(session, merchant_id, customer_ids)
+    custom = await custom_tags(session, merchant_id, customer_ids, scoring.tz, now)
     old = {r.customer_id: (r, _state(r)) for r in await session.execute(
         select(segments.c.customer_id, segments.c.next_change_at, segments.c.tags, segments.c.frequency,
                segments.c.monetary_fen, *[segments.c[f] for f in FIELDS])
@@ -111,6 +175,7 @@ async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[st
             paid_orders=v.paid_orders if v else 0, first_order_at=v.first_order_at if v else None,
             last_order_at=v.last_order_at if v else None, last_interest_at=interest.get(cid),
             categories=tuple(cats.get(cid, ()))), cfg.lifecycle, now)
+        tags = sorted([*tags, *custom.get(cid, ())])
         prev_row, before = old.get(cid, (None, None))
         if v is None and not tags:
             if before is not None:  # no paid order and no tag left: nothing to hold
@@ -238,7 +303,7 @@ async def refresh_due_stats(session: AsyncSession, now: datetime) -> list[str]:
 async def rescore_worker(sessions: async_sessionmaker[AsyncSession], poll_s: float = 1.0) -> None:
     """Background: run pending re-score jobs chunk by chunk, and refresh statistics hourly.
     Each step commits its progress, so a restart resumes where it stopped."""
-    last_refresh = datetime.min.replace(tzinfo=timezone.utc)
+    last_refresh = last_custom = datetime.min.replace(tzinfo=timezone.utc)
     while True:
         try:
             now = datetime.now(timezone.utc)
@@ -255,6 +320,11 @@ async def rescore_worker(sessions: async_sessionmaker[AsyncSession], poll_s: flo
                 while more:
                     async with sessions() as session, session.begin():
                         more = await run_rescore_step(session, job_id)
+            if now - last_custom > timedelta(seconds=60) or custom_requested.is_set():
+                custom_requested.clear()
+                async with sessions() as session, session.begin():
+                    await refresh_custom_tags(session, now)
+                last_custom = now
             swept = JOB_CHUNK
             while swept == JOB_CHUNK:
                 async with sessions() as session, session.begin():
