@@ -7,7 +7,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import ARRAY, BigInteger, Boolean, DateTime, Integer, MetaData, any_, bindparam, event
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -68,7 +70,9 @@ def create_engine(url: str, *, pool_size: int = 10, app_name: str = "fugou") -> 
         return engine
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": app_name}},
+        # Batches bind their ids as one array: plan each execution with the actual values
+        # (a generic plan cannot see how few rows an id array selects).
+        connect_args={"server_settings": {"application_name": app_name, "plan_cache_mode": "force_custom_plan"}},
     )
 
 
@@ -206,3 +210,27 @@ async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], row
                        for r in await cursor.fetchall())
         await cursor.close()
     return out
+
+
+class in_values(ColumnElement[bool]):  # noqa: N801 - reads as the SQL it stands for
+    """``column IN (values)``: on PostgreSQL ``column = ANY($1)`` with the values as one array
+    parameter, so a batch of thousands of ids is not rendered value by value at every statement;
+    elsewhere an ordinary expanding IN."""
+
+    inherit_cache = False  # the values are data, not part of the statement's shape
+    type = Boolean()
+
+    def __init__(self, column: Any, values: Any):
+        self.column = column
+        self.values = list(values)
+
+
+@compiles(in_values)
+def _in_values_default(element: in_values, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.column.in_(element.values), **kw)  # type: ignore[no-any-return]
+
+
+@compiles(in_values, "postgresql")
+def _in_values_postgresql(element: in_values, compiler: Any, **kw: Any) -> str:
+    array = bindparam(None, element.values, type_=ARRAY(element.column.type))
+    return compiler.process(element.column == any_(array), **kw)  # type: ignore[no-any-return]

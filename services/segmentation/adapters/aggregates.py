@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.adapters.tables import behaviours, customer_categories, customers, order_items, orders, refunds
 from services.segmentation.domain.orders import Behaviour, OrderFacts, Refund
-from shared.db import UTCDateTime, bulk_insert, insert_for
+from shared.db import UTCDateTime, bulk_insert, in_values, insert_for
 
 _EARLIEST = "{least}(coalesce({t}.%s, excluded.%s), coalesce(excluded.%s, {t}.%s))"
 _ORDER_UPDATE = {
@@ -52,16 +52,16 @@ async def upsert_orders(session: AsyncSession, facts: Iterable[OrderFacts]) -> N
             # payment (the stored paid_at is earlier than its own) changes nothing.
             stored = dict((await session.execute(select(orders.c.order_id, orders.c.paid_at).where(
                 orders.c.merchant_id == merchant_id,
-                orders.c.order_id.in_(sorted({f.order_id for f in paid}))))).all())
+                in_values(orders.c.order_id, sorted({f.order_id for f in paid}))))).all())
             paid = [f for f in paid if stored.get(f.order_id) == f.paid_at]
         if paid:
             await session.execute(delete(order_items).where(
                 order_items.c.merchant_id == merchant_id,
-                order_items.c.order_id.in_(sorted({f.order_id for f in paid}))))
+                in_values(order_items.c.order_id, sorted({f.order_id for f in paid}))))
         if created:
             # A creation's lines only stand for an order not paid (as far as we know now).
             unpaid = set((await session.execute(select(orders.c.order_id).where(
-                orders.c.merchant_id == merchant_id, orders.c.order_id.in_(sorted({f.order_id for f in created})),
+                orders.c.merchant_id == merchant_id, in_values(orders.c.order_id, sorted({f.order_id for f in created})),
                 orders.c.paid_at.is_(None)))).scalars())
             created = [f for f in created if f.order_id in unpaid]
         rows = [(f.merchant_id, f.order_id, i.line, i.sku, i.category, i.quantity, i.amount_fen)
@@ -83,7 +83,7 @@ async def record_refunds(session: AsyncSession, found: Iterable[Refund]) -> None
         mine = and_(refunds.c.merchant_id == orders.c.merchant_id, refunds.c.order_id == orders.c.order_id)
         await session.execute(
             update(orders)
-            .where(orders.c.merchant_id == merchant_id, orders.c.order_id.in_(sorted(order_ids)))
+            .where(orders.c.merchant_id == merchant_id, in_values(orders.c.order_id, sorted(order_ids)))
             .values(refunded_fen=select(func.coalesce(func.sum(refunds.c.amount_fen), 0)).where(mine)
                     .scalar_subquery(),
                     fully_refunded=select(func.coalesce(func.max(case((refunds.c.full, 1), else_=0)), 0) == 1)
@@ -99,8 +99,8 @@ def counts(o: Any = orders) -> Any:
 AGGREGATES = ("paid_orders", "paid_amount_fen", "first_order_at", "last_order_at", "unpaid_orders")
 
 
-def _ids(customer_ids: Sequence[str] | Select[Any]) -> Any:
-    return customer_ids if isinstance(customer_ids, Select) else list(customer_ids)
+def _in(column: Any, customer_ids: Sequence[str] | Select[Any]) -> Any:
+    return column.in_(customer_ids) if isinstance(customer_ids, Select) else in_values(column, customer_ids)
 
 
 def recompute_customers(dialect: str, merchant_id: str, customer_ids: Sequence[str] | Select[Any],
@@ -117,7 +117,7 @@ def recompute_customers(dialect: str, merchant_id: str, customer_ids: Sequence[s
                      func.coalesce(func.sum(o.c.amount_fen - o.c.refunded_fen).filter(ok), 0),
                      func.min(o.c.paid_at).filter(ok), func.max(o.c.paid_at).filter(ok),
                      func.count().filter(unpaid), stamp)
-              .where(o.c.merchant_id == merchant_id, o.c.customer_id.in_(_ids(customer_ids)))
+              .where(o.c.merchant_id == merchant_id, _in(o.c.customer_id, customer_ids))
               .group_by(o.c.merchant_id, o.c.customer_id))
     ins = insert_for(dialect, customers).from_select(["merchant_id", "customer_id", *AGGREGATES, "updated_at"], source)
     return ins.on_conflict_do_update(
@@ -129,17 +129,16 @@ def recompute_customers(dialect: str, merchant_id: str, customer_ids: Sequence[s
 
 def recompute_categories(merchant_id: str, customer_ids: Sequence[str] | Select[Any]) -> list[Any]:
     """Statements that rebuild the customers' per-category history from their counting orders."""
-    ids = _ids(customer_ids)
     o, i = orders, order_items
     source = (select(o.c.merchant_id, o.c.customer_id, i.c.category,
                      func.count(func.distinct(o.c.order_id)).cast(Integer), func.sum(i.c.amount_fen),
                      func.min(o.c.paid_at), func.max(o.c.paid_at))
               .select_from(o.join(i, and_(i.c.merchant_id == o.c.merchant_id, i.c.order_id == o.c.order_id)))
-              .where(o.c.merchant_id == merchant_id, o.c.customer_id.in_(ids), counts(o), i.c.category.isnot(None))
+              .where(o.c.merchant_id == merchant_id, _in(o.c.customer_id, customer_ids), counts(o), i.c.category.isnot(None))
               .group_by(o.c.merchant_id, o.c.customer_id, i.c.category))
     return [
         delete(customer_categories).where(customer_categories.c.merchant_id == merchant_id,
-                                          customer_categories.c.customer_id.in_(ids)),
+                                          _in(customer_categories.c.customer_id, customer_ids)),
         customer_categories.insert().from_select(
             ["merchant_id", "customer_id", "category", "orders", "amount_fen", "first_at", "last_at"], source),
     ]

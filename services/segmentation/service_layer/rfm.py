@@ -16,6 +16,7 @@ from services.segmentation.adapters.tables import customers, orders, rfm_configs
 from services.segmentation.domain.config import RfmConfig
 from services.segmentation.domain.rfm import Boundaries, Score, Split, quantile_bounds, score
 from services.segmentation.domain.stats import recency_days
+from shared.db import in_values
 
 STATS_MAX_AGE = timedelta(hours=24)
 
@@ -83,7 +84,7 @@ async def customer_values(session: AsyncSession, merchant_id: str, customer_ids:
     c = customers
     where = [c.c.merchant_id == merchant_id, c.c.last_order_at.isnot(None)]
     if customer_ids is not None:
-        where.append(c.c.customer_id.in_(customer_ids))
+        where.append(in_values(c.c.customer_id, customer_ids))
     rows = (await session.execute(select(c.c.customer_id, c.c.paid_orders, c.c.paid_amount_fen, c.c.first_order_at,
                                          c.c.last_order_at).where(*where))).all()
     period: dict[str, tuple[int, int]] | None = None
@@ -94,7 +95,7 @@ async def customer_values(session: AsyncSession, merchant_id: str, customer_ids:
              .where(o.c.merchant_id == merchant_id, counts(o), o.c.paid_at >= since)
              .group_by(o.c.customer_id))
         if customer_ids is not None:
-            q = q.where(o.c.customer_id.in_(customer_ids))
+            q = q.where(in_values(o.c.customer_id, customer_ids))
         period = {r[0]: (int(r[1]), int(r[2] or 0), _aware(r[3])) for r in await session.execute(q)}
     out: dict[str, Values] = {}
     for r in rows:

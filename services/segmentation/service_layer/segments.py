@@ -36,7 +36,7 @@ from services.segmentation.domain.config import RfmConfig
 from services.segmentation.domain.lifecycle import CategoryHistory, TagInputs, lifecycle_tags, next_recency_change
 from services.segmentation.domain.rfm import Boundaries, Split, score
 from services.segmentation.service_layer.rfm import Stats, _aware, current_config, customer_values, refresh_stats
-from shared.db import bulk_insert
+from shared.db import bulk_insert, in_values
 from shared.events import OutboundEvent
 from shared.outbox import Outbox
 
@@ -82,10 +82,10 @@ async def tag_inputs(session: AsyncSession, merchant_id: str, customer_ids: list
     b, cc = behaviours, customer_categories
     interest = {r[0]: _aware(r[1]) for r in await session.execute(
         select(b.c.customer_id, func.max(b.c.last_at))
-        .where(b.c.merchant_id == merchant_id, b.c.customer_id.in_(customer_ids)).group_by(b.c.customer_id))}
+        .where(b.c.merchant_id == merchant_id, in_values(b.c.customer_id, customer_ids)).group_by(b.c.customer_id))}
     cats: dict[str, list[CategoryHistory]] = {}
     for r in await session.execute(select(cc.c.customer_id, cc.c.category, cc.c.orders, cc.c.first_at, cc.c.last_at)
-                                   .where(cc.c.merchant_id == merchant_id, cc.c.customer_id.in_(customer_ids))):
+                                   .where(cc.c.merchant_id == merchant_id, in_values(cc.c.customer_id, customer_ids))):
         cats.setdefault(r.customer_id, []).append(CategoryHistory(r.category, r.orders, r.first_at, r.last_at))
     return interest, cats  # type: ignore[return-value]
 
@@ -109,7 +109,7 @@ async def custom_tags(session: AsyncSession, merchant_id: str, customer_ids: lis
         return out
     comp = Compiler(merchant_id, now, tz)
     for name, f in rules.items():
-        q = comp.select(f).where(comp.u.c.customer_id.in_(customer_ids))
+        q = comp.select(f).where(in_values(comp.u.c.customer_id, customer_ids))
         for (cid,) in await session.execute(q):
             out.setdefault(cid, []).append(CUSTOM + name)
     return out
@@ -166,7 +166,7 @@ async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[st
     old = {r.customer_id: (r, _state(r)) for r in await session.execute(
         select(segments.c.customer_id, segments.c.next_change_at, segments.c.tags, segments.c.frequency,
                segments.c.monetary_fen, *[segments.c[f] for f in FIELDS])
-        .where(segments.c.merchant_id == merchant_id, segments.c.customer_id.in_(customer_ids)))}
+        .where(segments.c.merchant_id == merchant_id, in_values(segments.c.customer_id, customer_ids)))}
     thresholds = (*scoring.bounds.recency_days, scoring.split.recency_days)
     rows, events, gone, retag = [], [], [], []
     for cid in customer_ids:
