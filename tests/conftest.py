@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from shared.settings import SERVICES, Settings
-from tests.infra import Kafka, Postgres, remove, scratch_dir
+from tests.infra import Kafka, Postgres, running_kafka, running_postgres
 
 os.environ.setdefault("FUGOU_LOG_LEVEL", "WARNING")
 ADMIN_TOKEN = "test-admin-token"
@@ -25,24 +25,14 @@ ADMIN_TOKEN = "test-admin-token"
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[Kafka]:
-    root = scratch_dir("fgk-")
-    broker = Kafka(root / "kafka").start()
-    try:
+    with running_kafka() as broker:
         yield broker
-    finally:
-        broker.stop()
-        remove(root)
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    root = scratch_dir("fgp-")
-    cluster = Postgres(root / "pg").start()
-    try:
+    with running_postgres() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        remove(root)
 
 
 async def create_databases(pg: Postgres, names: list[str]) -> None:

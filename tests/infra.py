@@ -9,6 +9,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,3 +81,27 @@ def scratch_dir(prefix: str) -> Path:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def running_kafka(prefix: str = "fgk-") -> Iterator[Kafka]:
+    """A broker of our own for the duration of the block, in a fresh run directory."""
+    root = scratch_dir(prefix)
+    broker = Kafka(root / "kafka").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        remove(root)
+
+
+@contextmanager
+def running_postgres(prefix: str = "fgp-") -> Iterator[Postgres]:
+    """A PostgreSQL cluster of our own for the duration of the block."""
+    root = scratch_dir(prefix)
+    cluster = Postgres(root / "pg").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        remove(root)

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import create_databases
 from tests.factories import eventually, order_paid
-from tests.infra import Kafka, Postgres, remove, scratch_dir
+from tests.infra import Kafka, Postgres, running_kafka, running_postgres
 from tests.integration.test_reliability import env_for, expected_totals, plain_dsn, publish, scalar, totals
 from tests.processes import ServiceProcess
 
@@ -31,24 +31,14 @@ MERCHANT = "demo"  # the merchant the gateway creates from FUGOU_BOOTSTRAP_API_K
 
 @pytest.fixture
 def own_postgres() -> Iterator[Postgres]:
-    root = scratch_dir("fgo-")
-    cluster = Postgres(root / "pg").start()
-    try:
+    with running_postgres("fgo-") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        remove(root)
 
 
 @pytest.fixture
 def own_kafka() -> Iterator[Kafka]:
-    root = scratch_dir("fgok-")
-    broker = Kafka(root / "kafka").start()
-    try:
+    with running_kafka("fgok-") as broker:
         yield broker
-    finally:
-        broker.stop()
-        remove(root)
 
 
 def orders(start: int, n: int, customers: int = 15) -> list[dict]:
