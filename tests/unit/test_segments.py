@@ -77,3 +77,31 @@ async def test_a_configuration_change_rescores_everyone_and_announces_only_the_c
         done = await eventually(progress, lambda j: j["status"] == "done")
         assert done["changed"] == 0 and len(await segment_events(app)) == len(after)
         assert (await client.get("/v1/segmentation/jobs/nope", headers=H)).status_code == 404
+
+
+async def test_an_imported_history_is_queued_for_scoring_and_scored(tmp_path: Path) -> None:
+    import asyncio
+
+    from services.segmentation.adapters.tables import rescore_jobs, segments
+    from services.segmentation.entrypoints.importer import import_orders
+
+    csv_path = tmp_path / "orders.csv"
+    paid = (datetime.now(timezone.utc) - timedelta(days=3)).isoformat()
+    csv_path.write_text("order_id,customer_id,paid_at,amount_fen\n" +
+                        "".join(f"o-{i},c-{i % 7},{paid},{1000 + i}\n" for i in range(50)))
+    settings = embedded_settings(tmp_path, bootstrap_api_key=KEY)
+    app = build_embedded_app(settings, announce=False)
+    async with running(app) as client:
+        url = settings.database_url("segmentation")
+        await asyncio.to_thread(import_orders, csv_path, "demo", database_url=url)
+        rt = app.state.runtimes["segmentation"]
+        async with rt.sessions() as session:
+            jobs = (await session.execute(select(rescore_jobs.c.total))).scalars().all()
+        assert jobs == [7]
+
+        async def scored() -> int:
+            async with rt.sessions() as session:
+                return len((await session.execute(select(segments.c.customer_id))).all())
+
+        assert await eventually(scored, lambda n: n == 7) == 7
+        assert (await client.get("/v1/segments/summary", headers=H)).json()["customers"] == 7

@@ -41,6 +41,7 @@ import hashlib
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -54,7 +55,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, URL, make_url
 
 from services.segmentation.adapters.aggregates import recompute_categories, recompute_customers
-from services.segmentation.adapters.tables import import_jobs, messaging, orders
+from services.segmentation.adapters.tables import customers, import_jobs, messaging, orders, rescore_jobs, rfm_configs
 from shared import faults
 from shared.db import UTCDateTime, create_engine, insert_for
 from shared.runtime import migrate
@@ -294,6 +295,15 @@ def _checkpoint(conn: Connection, merchant_id: str, source: str, position: int, 
         set_={"position": ins.excluded.position, "rows_done": ins.excluded.rows_done,
               "rows_imported": ins.excluded.rows_imported, "finished_at": ins.excluded.finished_at,
               "updated_at": ins.excluded.updated_at}))
+    if finished and rows_imported:
+        # History changes segments: have the service's worker re-score the merchant's customers.
+        total = conn.execute(select(func.count()).select_from(customers).where(
+            customers.c.merchant_id == merchant_id)).scalar_one()
+        version = conn.execute(select(func.coalesce(func.max(rfm_configs.c.version), 0)).where(
+            rfm_configs.c.merchant_id == merchant_id)).scalar_one()
+        conn.execute(rescore_jobs.insert().values(
+            job_id=str(uuid.uuid4()), merchant_id=merchant_id, config_version=version, status="pending",
+            total=total, done=0, changed=0, cursor=None, created_at=now))
 
 
 # -- the import -------------------------------------------------------------------------------------

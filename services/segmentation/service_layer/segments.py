@@ -288,6 +288,17 @@ async def refresh_due_stats(session: AsyncSession, now: datetime) -> list[str]:
     """Recompute statistics older than STATS_REFRESH for merchants whose boundaries or split
     depend on them, and queue a re-score for each (quantiles move as customers do)."""
     due = []
+    # Merchants never scored (data from before segments existed, or only imported so far).
+    merchants = messaging.merchants
+    for merchant_id in (await session.execute(select(merchants.c.merchant_id).where(
+            ~select(segments.c.customer_id).where(segments.c.merchant_id == merchants.c.merchant_id).exists(),
+            ~select(rescore_jobs.c.job_id).where(rescore_jobs.c.merchant_id == merchants.c.merchant_id,
+                                                 rescore_jobs.c.status.in_(("pending", "running"))).exists(),
+            select(customers.c.customer_id).where(customers.c.merchant_id == merchants.c.merchant_id)
+            .exists()))).scalars().all():
+        version, config = await current_config(session, merchant_id)
+        await refresh_stats(session, merchant_id, version, config, await merchant_timezone(session, merchant_id), now)
+        due.append(await start_rescore(session, merchant_id, version))
     rows = (await session.execute(select(rfm_stats.c.merchant_id).where(
         rfm_stats.c.computed_at < now - STATS_REFRESH))).scalars().all()
     for merchant_id in rows:
