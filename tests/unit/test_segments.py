@@ -11,7 +11,10 @@ from sqlalchemy import select
 from services.embedded import build_embedded_app
 from services.segmentation.adapters.tables import messaging
 from shared.events import parse_event
-from tests.conftest import embedded_settings, running
+import pytest
+
+from shared.settings import Settings
+from tests.conftest import embedded_settings, kafka_pg_settings, running
 from tests.factories import eventually, order_paid
 
 KEY = "fg_segments_key"
@@ -24,17 +27,42 @@ FIXED = {"period_days": None, "levels": 3,
 async def segment_events(app) -> list:  # type: ignore[no-untyped-def]
     """segment.changed events staged or already published by segmentation, from its outbox and the bus."""
     bus = app.state.bus
-    cur = await bus.db.execute("SELECT value FROM bus_log WHERE topic = 'fugou.segments'")
-    rows = [parse_event(r[0]) for r in await cur.fetchall()]
-    await cur.close()
+    if hasattr(bus, "db"):
+        cur = await bus.db.execute("SELECT value FROM bus_log WHERE topic = 'fugou.segments'")
+        rows = [parse_event(r[0]) for r in await cur.fetchall()]
+        await cur.close()
+    else:  # Kafka: read the topic from the start
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(bus.prefix + "fugou.segments", bootstrap_servers=bus.bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        rows = []
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1500)
+                if not batch:
+                    break
+                rows += [parse_event(m.value) for msgs in batch.values() for m in msgs]
+        finally:
+            await consumer.stop()
     rt = app.state.runtimes["segmentation"]
     async with rt.sessions() as session:
         rows += [parse_event(p) for p in (await session.execute(select(messaging.outbox.c.payload))).scalars()]
     return [e for e in rows if e.type == "segment.changed"]
 
 
-async def test_a_configuration_change_rescores_everyone_and_announces_only_the_changes(tmp_path: Path) -> None:
-    app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=KEY), announce=False)
+@pytest.fixture(params=["inprocess-sqlite", pytest.param("kafka-postgres", marks=[pytest.mark.kafka,
+                                                                                    pytest.mark.postgres])])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "inprocess-sqlite":
+        return embedded_settings(tmp_path, bootstrap_api_key=KEY)
+    return kafka_pg_settings(tmp_path, request.getfixturevalue("kafka"), request.getfixturevalue("pg_urls"),
+                             bootstrap_api_key=KEY)
+
+
+async def test_a_configuration_change_rescores_everyone_and_announces_only_the_changes(settings: Settings) -> None:
+    app = build_embedded_app(settings, announce=False)
     now = datetime.now(timezone.utc)
     async with running(app) as client:
         assert (await client.put("/v1/segmentation/config", json=FIXED, headers=H)).status_code == 200
@@ -53,8 +81,10 @@ async def test_a_configuration_change_rescores_everyone_and_announces_only_the_c
         assert s["cells"]["3-3-3"] == 10 and s["cells"]["3-1-2"] == 20 and len(s["cells"]) == 27
         assert s["classes"]["important_value"] == 10 and s["classes"]["general_development"] == 20
         assert (s["repeat_customers"], s["buying_customers"], s["repurchase_rate"]) == (10, 30, 0.3333)
-        first = len(await segment_events(app))
-        assert first == 30  # each customer's first segment
+        def of_version(events: list, v: int) -> list:  # noqa: ANN001 - events of one configuration
+            return [e for e in events if e.data.config_version == v]
+
+        assert len(of_version(await segment_events(app), 1)) == 30  # each customer's first segment
 
         # Raise the frequency boundaries: the five-time buyers drop to F level 2, the others stay.
         changed = FIXED | {"boundaries": FIXED["boundaries"] | {"frequency": [2, 6]}}
@@ -65,8 +95,7 @@ async def test_a_configuration_change_rescores_everyone_and_announces_only_the_c
 
         done = await eventually(progress, lambda j: j["status"] == "done")
         assert (done["total"], done["done"], done["changed"], done["progress"]) == (30, 30, 10, 1.0)
-        after = await segment_events(app)
-        moved = after[first:]
+        moved = of_version(await segment_events(app), 2)
         assert len(moved) == 10 and {e.customer_id for e in moved} == {f"c-{i}" for i in range(10)}
         assert all(e.data.before["cell"] == "3-3-3" and e.data.after["cell"] == "3-2-3" for e in moved)
         s = await summary()
@@ -75,7 +104,7 @@ async def test_a_configuration_change_rescores_everyone_and_announces_only_the_c
         # The same configuration again: a full re-score that changes nothing announces nothing.
         job = (await client.put("/v1/segmentation/config", json=changed, headers=H)).json()["job_id"]
         done = await eventually(progress, lambda j: j["status"] == "done")
-        assert done["changed"] == 0 and len(await segment_events(app)) == len(after)
+        assert done["changed"] == 0 and of_version(await segment_events(app), 3) == []
         assert (await client.get("/v1/segmentation/jobs/nope", headers=H)).status_code == 404
 
 

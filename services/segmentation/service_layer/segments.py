@@ -228,7 +228,8 @@ async def sweep(session: AsyncSession, now: datetime, limit: int = JOB_CHUNK) ->
     finds nothing to do, because each re-scored row gets its next moment."""
     due = (await session.execute(select(segments.c.merchant_id, segments.c.customer_id)
                                  .where(segments.c.next_change_at <= now)
-                                 .order_by(segments.c.next_change_at).limit(limit))).all()
+                                 .order_by(segments.c.next_change_at).limit(limit)
+                                 .with_for_update(skip_locked=True))).all()  # one sweeper per row
     by_merchant: dict[str, list[str]] = {}
     for merchant_id, customer_id in due:
         by_merchant.setdefault(merchant_id, []).append(customer_id)
@@ -260,8 +261,10 @@ async def start_rescore(session: AsyncSession, merchant_id: str, version: int) -
 
 async def run_rescore_step(session: AsyncSession, job_id: str) -> bool:
     """Re-score the job's next chunk and record progress, in one transaction. False when done."""
-    job = (await session.execute(select(rescore_jobs).where(rescore_jobs.c.job_id == job_id))).one()
-    if job.status in ("done", "superseded"):
+    # Several segmentation processes may run the worker: one takes a job's step at a time.
+    job = (await session.execute(select(rescore_jobs).where(rescore_jobs.c.job_id == job_id)
+                                 .with_for_update(skip_locked=True))).first()
+    if job is None or job.status in ("done", "superseded"):
         return False
     newer = (await session.execute(select(func.count()).select_from(rescore_jobs).where(
         rescore_jobs.c.merchant_id == job.merchant_id, rescore_jobs.c.created_at > job.created_at,
