@@ -19,11 +19,20 @@ from __future__ import annotations
 import copy
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from services.segmentation.service_layer.handlers import handle
+from services.segmentation.spec import SPEC
+from shared.bus.inprocess import InProcessBus
+from shared.events import parse_event
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings
 
 CST = timezone(timedelta(hours=8))
 MERCHANT = "demo"
@@ -353,3 +362,26 @@ async def read_tables(session: Any, merchant_id: str = MERCHANT) -> dict[str, pd
                                       .where(table.c.merchant_id == merchant_id))).all()
         out[name] = pd.DataFrame([tuple(r) for r in rows], columns=columns)
     return out
+
+
+@asynccontextmanager
+async def segmentation(data_dir: Path, database_url: str | None = None) -> AsyncIterator[ServiceRuntime]:
+    """The segmentation service's runtime on a fresh database (migrated; no consumer, no relay):
+    SQLite under data_dir unless a database URL is given."""
+    bus = InProcessBus(data_dir / "bus.sqlite")
+    await bus.start()
+    rt = ServiceRuntime(SPEC, Settings(data_dir=data_dir), bus, database_url=database_url)
+    try:
+        await rt.start(relay=False, consumer=False)
+        yield rt
+    finally:
+        await rt.stop()
+        await bus.stop()
+
+
+async def feed(rt: ServiceRuntime, parts: Sequence[Sequence[dict[str, Any]]]) -> None:
+    """What the consumer does: one handle() per batch, each in its own transaction."""
+    for part in parts:
+        events = [parse_event(e) for e in part]
+        async with rt.sessions() as session, session.begin():
+            await handle(session, events)

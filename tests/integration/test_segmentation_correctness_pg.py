@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.segmentation.service_layer.handlers import handle
-from services.segmentation.spec import SPEC
-from shared.bus.inprocess import InProcessBus
-from shared.events import parse_event
 from shared.runtime import ServiceRuntime
-from shared.settings import Settings
 from tests.segmentation_history import (
+    feed,
+    segmentation,
     MERCHANT,
     batches,
     diff,
@@ -40,26 +36,6 @@ HISTORIES = pytest.mark.parametrize("refunds", [
 def history(customers: int, seed: int, refunds: bool) -> list[dict[str, Any]]:
     events = generate_history(customers, seed)
     return events if refunds else [e for e in events if e["type"] != "order.refunded"]
-
-
-@asynccontextmanager
-async def segmentation(tmp_path: Path, database_url: str) -> AsyncIterator[ServiceRuntime]:
-    bus = InProcessBus(tmp_path / "bus.sqlite")
-    await bus.start()
-    rt = ServiceRuntime(SPEC, Settings(data_dir=tmp_path), bus, database_url=database_url)
-    try:
-        await rt.start(relay=False, consumer=False)
-        yield rt
-    finally:
-        await rt.stop()
-        await bus.stop()
-
-
-async def feed(rt: ServiceRuntime, parts: Sequence[Sequence[dict[str, Any]]]) -> None:
-    for part in parts:
-        events = [parse_event(e) for e in part]
-        async with rt.sessions() as session, session.begin():
-            await handle(session, events)
 
 
 async def compare(rt: ServiceRuntime, expected: dict[str, Any], names: Sequence[str]) -> None:

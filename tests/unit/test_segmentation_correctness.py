@@ -19,24 +19,21 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.segmentation.domain.orders import fold
-from services.segmentation.service_layer.handlers import handle
-from services.segmentation.spec import SPEC
-from shared.bus.inprocess import InProcessBus
 from shared.events import parse_event
 from shared.runtime import ServiceRuntime
-from shared.settings import Settings
 from tests.factories import CST
 from tests.segmentation_history import (
+    feed,
+    segmentation,
     MERCHANT,
     batches,
     diff,
@@ -48,28 +45,6 @@ from tests.segmentation_history import (
 )
 
 COMPARED = ("customers", "customer_categories")
-
-
-@asynccontextmanager
-async def segmentation(data_dir: Path) -> AsyncIterator[ServiceRuntime]:
-    """The segmentation service's runtime on a fresh SQLite database (migrated; no consumer, no relay)."""
-    bus = InProcessBus(data_dir / "bus.sqlite")
-    await bus.start()
-    rt = ServiceRuntime(SPEC, Settings(data_dir=data_dir), bus)
-    try:
-        await rt.start(relay=False, consumer=False)
-        yield rt
-    finally:
-        await rt.stop()
-        await bus.stop()
-
-
-async def feed(rt: ServiceRuntime, parts: Sequence[Sequence[dict[str, Any]]]) -> None:
-    """What the consumer does: one handle() per batch, each in its own transaction."""
-    for part in parts:
-        events = [parse_event(e) for e in part]
-        async with rt.sessions() as session, session.begin():
-            await handle(session, events)
 
 
 async def tables(rt: ServiceRuntime, merchant_id: str = MERCHANT) -> dict[str, Any]:
