@@ -18,7 +18,6 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -26,6 +25,7 @@ from bench.common import result, say
 from shared.bus.kafka import KafkaBus
 from shared.events import new_event
 from shared.tenancy import hash_api_key
+from tests.infra import pg_scalar
 
 MERCHANT = "bench"
 TOPIC = "shop.orders"
@@ -81,22 +81,11 @@ async def raw_consume(bootstrap: str, topic: str, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def count(dsn: str, sql: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval(sql))
-    except asyncpg.UndefinedTableError:
-        return -1
-    finally:
-        await conn.close()
-
-
 async def run(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str) -> None:
     prefix = f"b{uuid.uuid4().hex[:6]}."
     bus = KafkaBus(bootstrap, prefix=prefix)
     await bus.start()
     await bus.ensure_topics([TOPIC, "fugou.merchants", "fugou.segments", "fugou.dlq"])
-    await bus.publish([])
     merchant = new_event("merchant.upserted", MERCHANT, data={
         "name": "bench", "timezone": "Asia/Shanghai", "api_key_hashes": [hash_api_key("k", "p")],
         "jwt_secret": "s", "active": True})
@@ -127,8 +116,8 @@ async def run(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str) 
         last = -1
         while True:
             await asyncio.sleep(0.5)
-            applied = await count(pg_dsn, "SELECT count(*) FROM inbox")
-            if applied >= n and await count(pg_dsn, "SELECT count(*) FROM outbox") == 0:
+            applied = await pg_scalar(pg_dsn, "SELECT count(*) FROM inbox")
+            if applied >= n and await pg_scalar(pg_dsn, "SELECT count(*) FROM outbox") == 0:
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"segmentation exited with {proc.returncode}")
@@ -139,8 +128,8 @@ async def run(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str) 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    customers_rows = await count(pg_dsn, "SELECT count(*) FROM customers")
-    total_orders = await count(pg_dsn, "SELECT sum(paid_orders) FROM customers")
+    customers_rows = await pg_scalar(pg_dsn, "SELECT count(*) FROM customers")
+    total_orders = await pg_scalar(pg_dsn, "SELECT sum(paid_orders) FROM customers")
     assert total_orders == n, f"aggregates hold {total_orders} orders, expected {n}"
     result("segmentation.ingest", "events_per_s", n / elapsed, "events/s",
            "raw aiokafka consumption of the same topic", n / peer_s, events=n, customers=customers_rows,

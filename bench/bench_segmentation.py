@@ -324,7 +324,7 @@ async def audience_peer(dsn: str, now: datetime) -> tuple[float, int, list[str]]
 # ---------------------------------------------------------------- sweep
 
 
-async def sweep_bench(sessions: Any, dsn: str, n_customers: int) -> tuple[float, float, int, int, int]:
+async def sweep_bench(sessions: Any, dsn: str) -> tuple[float, float, int, int, int]:
     from services.segmentation.service_layer.segments import JOB_CHUNK, sweep
 
     now = datetime.now(timezone.utc)
@@ -556,11 +556,6 @@ async def run(n: int, dsn: str, url: str, http_seconds: float, skip_http: bool) 
         # 3. the audience query.
         aud_now = datetime.now(timezone.utc)
         aud_s, count, page = await audience(sessions, aud_now)
-        try:
-            import duckdb  # noqa: F401  (not a project dependency)
-            say("duckdb importable, but the peer is pandas")
-        except ImportError:
-            pass
         peer_s, peer_count, peer_page = await audience_peer(dsn, aud_now)
         result("segmentation.audience_1m", "seconds", aud_s, "s",
                "pandas (DuckDB not importable) on DataFrames already in memory: count and first page, median of 3",
@@ -568,7 +563,7 @@ async def run(n: int, dsn: str, url: str, http_seconds: float, skip_http: bool) 
                filter=AUDIENCE, **scaled)
 
         # 4. the recency sweep.
-        sweep_s, peer_s, due, looked, again = await sweep_bench(sessions, dsn, n)
+        sweep_s, peer_s, due, looked, again = await sweep_bench(sessions, dsn)
         result("segmentation.sweep_1m", "seconds", sweep_s, "s",
                "bare SELECT count(*) FROM segments WHERE next_change_at <= now (median of 3)", peer_s, due=due,
                swept=looked, second_sweep=again, **scaled)

@@ -218,9 +218,6 @@ class InvalidEvent(ValueError):
         self.field = field
         self.event_id = event_id
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "field": self.field}
-
 
 def _first_error(exc: ValidationError) -> InvalidEvent:
     err = exc.errors(include_url=False)[0]

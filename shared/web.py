@@ -4,7 +4,7 @@ error responses that name the field at fault, and the dependencies for sessions 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -236,8 +236,6 @@ def status_router(service: str) -> APIRouter:
                 select(func.count(), func.max(inbox.c.applied_at)).where(inbox.c.merchant_id == mid))).one()
             pending = (await session.execute(
                 select(func.count()).select_from(outbox).where(outbox.c.merchant_id == mid))).scalar_one()
-        if isinstance(last, str):  # an aggregate over SQLite bypasses the column type
-            last = datetime.fromisoformat(last).replace(tzinfo=timezone.utc)
         return ServiceStatus(service=service, merchant_id=mid, events_applied=applied,
                              outbox_pending=pending, last_applied_at=last)
 

@@ -105,3 +105,16 @@ def running_postgres(prefix: str = "fgp-") -> Iterator[Postgres]:
     finally:
         cluster.stop()
         remove(root)
+
+
+async def pg_scalar(dsn: str, sql: str) -> int:
+    """One number from PostgreSQL (-1 while the table does not exist yet: not migrated)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(sql))
+    except asyncpg.UndefinedTableError:
+        return -1
+    finally:
+        await conn.close()

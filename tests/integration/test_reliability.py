@@ -21,6 +21,7 @@ from shared.events import parse_event
 from shared.topics import DEAD_LETTER, partitions
 from tests.factories import eventually, merchant_upserted, order_paid
 from tests.infra import Kafka
+from tests.infra import pg_scalar as scalar  # also used by test_outages
 from tests.processes import ServiceProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -67,16 +68,6 @@ async def totals(dsn: str, merchant_id: str) -> dict[str, tuple[int, int]]:
     finally:
         await conn.close()
     return {r["customer_id"]: (r["paid_orders"], r["paid_amount_fen"]) for r in rows}
-
-
-async def scalar(dsn: str, sql: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval(sql))
-    except asyncpg.UndefinedTableError:
-        return -1
-    finally:
-        await conn.close()
 
 
 async def committed_offsets(kafka: Kafka, group: str, topic: str) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from services.segmentation.adapters.tables import customers, messaging
-from services.segmentation.domain.stats import PaidOrder, fold, recency_days
+from services.segmentation.domain.stats import recency_days
 from services.segmentation.service_layer.handlers import handle
 from services.segmentation.spec import SPEC
 from shared.bus.inprocess import InProcessBus
@@ -25,13 +25,6 @@ async def runtime(tmp_path: Path) -> tuple[ServiceRuntime, InProcessBus]:
     rt = ServiceRuntime(SPEC, Settings(data_dir=tmp_path), bus)
     await rt.start(relay=False, consumer=False)
     return rt, bus
-
-
-def test_fold_keeps_the_earliest_and_latest_payment_whatever_the_order() -> None:
-    late = PaidOrder("m", "c", "o-2", 300, datetime(2026, 3, 1, tzinfo=CST))
-    early = PaidOrder("m", "c", "o-1", 200, datetime(2026, 1, 1, tzinfo=CST))
-    delta = fold([late, early])[("m", "c")]
-    assert (delta.orders, delta.amount_fen, delta.first_at, delta.last_at) == (2, 500, early.paid_at, late.paid_at)
 
 
 def test_recency_counts_calendar_days_in_the_merchants_time_zone() -> None:

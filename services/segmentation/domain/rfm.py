@@ -11,7 +11,6 @@ recency is a high level. Boundaries are ascending numbers, one fewer than the le
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 DIMENSIONS = ("recency_days", "frequency", "monetary_fen")
 TIERS = ("S", "A", "B", "C")
@@ -113,5 +112,3 @@ def quantile_bounds(sorted_values: list[float], levels: int) -> tuple[float, ...
         out.append(v)
     return tuple(out)
 
-
-Mode = Literal["fixed", "quantile"]

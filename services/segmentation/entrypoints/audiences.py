@@ -69,11 +69,8 @@ def _check(f: Any) -> None:
 
 def _member(r: Any) -> Member:
     tags = orjson.loads(r.tags) if r.tags else []
-    last = r.last_order_at
-    if isinstance(last, str):
-        last = datetime.fromisoformat(last).replace(tzinfo=timezone.utc)
     return Member(customer_id=r.customer_id, tier=r.tier, cell=r.cell, rfm_class=r.rfm_class, frequency=r.frequency,
-                  monetary_fen=r.monetary_fen, last_order_at=last, region=r.region, tags=tags)
+                  monetary_fen=r.monetary_fen, last_order_at=r.last_order_at, region=r.region, tags=tags)
 
 
 async def run_query(session: AsyncSession, comp: Compiler, f: Any, limit: int, after: str | None) -> AudiencePage:

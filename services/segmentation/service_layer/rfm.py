@@ -96,7 +96,7 @@ async def customer_values(session: AsyncSession, merchant_id: str, customer_ids:
              .group_by(o.c.customer_id))
         if customer_ids is not None:
             q = q.where(in_values(o.c.customer_id, customer_ids))
-        period = {r[0]: (int(r[1]), int(r[2] or 0), _aware(r[3])) for r in await session.execute(q)}
+        period = {r[0]: (int(r[1]), int(r[2] or 0), r[3]) for r in await session.execute(q)}
     out: dict[str, Values] = {}
     for r in rows:
         f, m, oldest = ((r.paid_orders, r.paid_amount_fen, None) if period is None
@@ -105,12 +105,6 @@ async def customer_values(session: AsyncSession, merchant_id: str, customer_ids:
                                     r.paid_orders, oldest)
     return out
 
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """min() over a column comes back as text on SQLite (no column type to convert it)."""
-    if isinstance(value, str):
-        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
-    return value
 
 
 async def refresh_stats(session: AsyncSession, merchant_id: str, version: int, config: RfmConfig, tz: str,
@@ -143,6 +137,14 @@ async def stats_for(session: AsyncSession, merchant_id: str, version: int, confi
     return await refresh_stats(session, merchant_id, version, config, tz)
 
 
+def applied(config: RfmConfig, stats: Stats) -> tuple[Boundaries, Split]:
+    """The boundaries and class split a configuration applies: its own numbers where it sets
+    them, the merchant's statistics (quantiles, averages) where it does not."""
+    bounds = config.fixed() or stats.boundaries[config.levels]
+    split = stats.averages if config.class_split.mode == "average" else config.class_split.as_split()
+    return bounds, split
+
+
 @dataclass(frozen=True, slots=True)
 class Explained:
     values: Values
@@ -161,8 +163,7 @@ async def explain_customer(session: AsyncSession, merchant_id: str, customer_id:
     if customer_id not in found:
         return None
     stats = await stats_for(session, merchant_id, version, config, tz)
-    bounds = config.fixed() or stats.boundaries[config.levels]
-    split = stats.averages if config.class_split.mode == "average" else config.class_split.as_split()
+    bounds, split = applied(config, stats)
     v = found[customer_id]
     s = score(v.recency_days or 0, v.frequency, v.monetary_fen, boundaries=bounds, levels=config.levels,
               split=split, tier_overrides=config.tier_overrides)

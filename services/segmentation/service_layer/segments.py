@@ -35,7 +35,13 @@ from services.segmentation.domain.audience import Filter
 from services.segmentation.domain.config import RfmConfig
 from services.segmentation.domain.lifecycle import CategoryHistory, TagInputs, lifecycle_tags, next_recency_change
 from services.segmentation.domain.rfm import Boundaries, Split, score
-from services.segmentation.service_layer.rfm import Stats, _aware, current_config, customer_values, refresh_stats
+from services.segmentation.service_layer.rfm import (
+    Stats,
+    applied,
+    current_config,
+    customer_values,
+    refresh_stats,
+)
 from shared.db import bulk_insert, in_values
 from shared.events import OutboundEvent
 from shared.outbox import Outbox
@@ -71,8 +77,7 @@ async def scoring_for(session: AsyncSession, merchant_id: str, tz: str) -> Scori
     version, config = await current_config(session, merchant_id)
     row = (await session.execute(select(rfm_stats).where(rfm_stats.c.merchant_id == merchant_id))).first()
     stats = Stats.from_row(row) if row is not None else await refresh_stats(session, merchant_id, version, config, tz)
-    bounds = config.fixed() or stats.boundaries[config.levels]
-    split = stats.averages if config.class_split.mode == "average" else config.class_split.as_split()
+    bounds, split = applied(config, stats)
     return Scoring(version, config, stats, bounds, split, tz)
 
 
@@ -80,14 +85,14 @@ async def tag_inputs(session: AsyncSession, merchant_id: str, customer_ids: list
                      ) -> tuple[dict[str, datetime], dict[str, list[CategoryHistory]]]:
     """Last interest (cart, favourite) and per-category history of these customers."""
     b, cc = behaviours, customer_categories
-    interest = {r[0]: _aware(r[1]) for r in await session.execute(
+    interest = {r[0]: r[1] for r in await session.execute(
         select(b.c.customer_id, func.max(b.c.last_at))
         .where(b.c.merchant_id == merchant_id, in_values(b.c.customer_id, customer_ids)).group_by(b.c.customer_id))}
     cats: dict[str, list[CategoryHistory]] = {}
     for r in await session.execute(select(cc.c.customer_id, cc.c.category, cc.c.orders, cc.c.first_at, cc.c.last_at)
                                    .where(cc.c.merchant_id == merchant_id, in_values(cc.c.customer_id, customer_ids))):
         cats.setdefault(r.customer_id, []).append(CategoryHistory(r.category, r.orders, r.first_at, r.last_at))
-    return interest, cats  # type: ignore[return-value]
+    return interest, cats
 
 
 CUSTOM = "custom:"
