@@ -28,10 +28,11 @@ async def _create_db(pg: Postgres, name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--only", action="append", help="run only these benches (ingest, import, segmentation)")
+    parser.add_argument("--only", action="append",
+                        help="run only these benches (ingest, import, segmentation, coupons, loyalty)")
     parser.add_argument("--scale", type=float, default=1.0, help="scale every workload (e.g. 0.1 for a smoke run)")
     args = parser.parse_args()
-    wanted = set(args.only or ["ingest", "import", "segmentation"])
+    wanted = set(args.only or ["ingest", "import", "segmentation", "coupons", "loyalty"])
     say(f"machine: {machine()}")
     lines: list[str] = []
 
@@ -55,6 +56,21 @@ def main() -> None:
             pg = pg or Postgres(root / "pg").start()
             dsn = asyncio.run(_create_db(pg, "bench_segmentation"))
             run(["-m", "bench.bench_segmentation", "--customers", str(int(1_000_000 * args.scale)), "--pg-dsn", dsn])
+        if "coupons" in wanted:
+            pg = pg or Postgres(root / "pg").start()
+            dsn = asyncio.run(_create_db(pg, "bench_coupons_wallet"))
+            run(["-m", "bench.bench_coupons_wallet", "--customers", str(int(100_000 * args.scale)), "--pg-dsn", dsn])
+            dsn = asyncio.run(_create_db(pg, "bench_coupons_issue"))
+            run(["-m", "bench.bench_coupons_issue", "--customers", str(int(100_000 * args.scale)), "--pg-dsn", dsn])
+        if "loyalty" in wanted:
+            kafka = kafka or Kafka(root / "kafka").start()
+            pg = pg or Postgres(root / "pg").start()
+            dsn = asyncio.run(_create_db(pg, "bench_loyalty_ledger"))
+            run(["-m", "bench.bench_loyalty", "ledger", "--events", str(int(200_000 * args.scale)),
+                 "--customers", str(int(50_000 * args.scale)), "--kafka", kafka.bootstrap, "--pg-dsn", dsn])
+            dsn = asyncio.run(_create_db(pg, "bench_loyalty_points"))
+            run(["-m", "bench.bench_loyalty", "points", "--customers", str(int(100_000 * args.scale)),
+                 "--pg-dsn", dsn, "--seconds", "15"])
     finally:
         if kafka:
             kafka.stop()

@@ -184,7 +184,7 @@ async def rescore_fixed(sessions: Any) -> tuple[float, int]:
     started = time.perf_counter()
     async with sessions() as session, session.begin():
         version = await save_config(session, MERCHANT, config, TZ)
-        job_id = await start_rescore(session, MERCHANT, version)
+        job_id = await start_rescore(session, MERCHANT, version, config_change=True)
     await run_job(sessions, job_id)
     elapsed = time.perf_counter() - started
     async with sessions() as session:
@@ -288,7 +288,7 @@ async def audience(sessions: Any, now: datetime) -> tuple[float, int, list[str]]
     for _ in range(3):
         started = time.perf_counter()
         async with sessions() as session:
-            comp = Compiler(MERCHANT, now, TZ)  # as the API does, per request
+            comp = Compiler(MERCHANT, now, TZ, for_filter=f)  # as the API does, per request
             count = (await session.execute(select(func.count()).select_from(comp.select(f).subquery()))).scalar_one()
             rows = (await session.execute(comp.rows(f).order_by(comp.u.c.customer_id).limit(101))).all()
             page = [r.customer_id for r in rows[:100]]

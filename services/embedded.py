@@ -48,7 +48,10 @@ def build_embedded_app(settings: Settings, announce: bool = True) -> FastAPI:
             elif not key and key_file.exists():
                 print(f"\n  Merchant '{DEMO}': API key in {key_file}\n", file=sys.stderr, flush=True)
 
-    return create_app(title="Fugou", description=DESCRIPTION, runtimes=runtimes, bus=bus, on_started=on_started)
+    app = create_app(title="Fugou", description=DESCRIPTION, runtimes=runtimes, bus=bus, on_started=on_started)
+    for rt in runtimes:  # one process: a service calls another's API through the app, in memory
+        rt.local_api = app
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:

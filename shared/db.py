@@ -3,15 +3,19 @@ types every service uses, and the few statements whose SQL differs between the t
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import uuid
+from time import monotonic as time_monotonic
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ARRAY, BigInteger, Boolean, DateTime, Integer, MetaData, any_, bindparam, event
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
@@ -68,12 +72,38 @@ def create_engine(url: str, *, pool_size: int = 10, app_name: str = "fugou") -> 
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _sqlite_pragmas(engine)
         return engine
-    return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+    engine = create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size,
         # Batches bind their ids as one array: plan each execution with the actual values
         # (a generic plan cannot see how few rows an id array selects).
         connect_args={"server_settings": {"application_name": app_name, "plan_cache_mode": "force_custom_plan"}},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+IDLE_PING_S = 2.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection before use only when it sat idle for a while (a server restart
+    or a dropped link since then is caught, and the pool opens a fresh one). A connection
+    reused at once, as under load, goes without: ``pool_pre_ping`` would cost three round trips
+    (BEGIN, the ping, ROLLBACK) on every checkout, about half of a one-row read."""
+    pool_events = engine.sync_engine.pool
+
+    @event.listens_for(pool_events, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time_monotonic()
+
+    @event.listens_for(pool_events, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is not None and time_monotonic() - since > IDLE_PING_S:
+            try:
+                dbapi_conn.ping()
+            except Exception as exc:  # dead: the pool discards it and connects again
+                raise DisconnectionError() from exc
 
 
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
@@ -91,6 +121,8 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+        dbapi_conn.create_function(DAY_START_PLUS, 3, _day_start_plus_sqlite, deterministic=True)
+        dbapi_conn.create_function("fugou_uuid4", 0, lambda: str(uuid.uuid4()))
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -156,13 +188,16 @@ def _sqlite_result(value: Any, type_name: str) -> Any:
 
 async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], rows: list[tuple[Any, ...]], *,
                       conflict: list[str] | None = None, update: dict[str, str] | None = None,
-                      returning: list[str] | None = None) -> list[tuple[Any, ...]]:
+                      update_where: str | None = None, returning: list[str] | None = None
+                      ) -> list[tuple[Any, ...]]:
     """INSERT many rows in one statement (chunked on SQLite).
 
     ``conflict`` names the unique columns for ON CONFLICT; with no ``update`` the row is skipped
     (DO NOTHING), else ``update`` maps a column to an SQL expression where ``{t}`` is the table,
     ``excluded`` the proposed row, and ``{least}``/``{greatest}`` the dialect's two-argument
-    min/max. ``returning`` lists columns to return (for the rows inserted or updated)."""
+    min/max; ``update_where`` (same placeholders) updates only the conflicting rows it holds for
+    (the others are neither updated nor returned). ``returning`` lists columns to return (for the
+    rows inserted or updated)."""
     if not rows:
         return []
     conn = await session.connection()
@@ -178,6 +213,8 @@ async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], row
                                                                                                "greatest": "max"}
             sets = ", ".join(f"{q(c)} = {expr.format(t=name, **fn)}" for c, expr in update.items())
             tail = f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
+            if update_where:
+                tail += f" WHERE {update_where.format(t=name, **fn)}"
         else:
             tail = f" ON CONFLICT ({target}) DO NOTHING"
     if returning:
@@ -234,3 +271,130 @@ def _in_values_default(element: in_values, compiler: Any, **kw: Any) -> str:
 def _in_values_postgresql(element: in_values, compiler: Any, **kw: Any) -> str:
     array = bindparam(None, element.values, type_=ARRAY(element.column.type))
     return compiler.process(element.column == any_(array), **kw)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- calendar days in SQL
+#
+# Set-based statements need "the start of the local day of ts, plus N days" in a merchant's zone
+# (exact across DST changes). PostgreSQL has it in SQL (the function below, created by the
+# migrations of the services that use it); SQLite gets the same function from Python at connect.
+
+DAY_START_PLUS = "fugou_day_start_plus"
+PG_DAY_START_PLUS = f"""
+CREATE OR REPLACE FUNCTION {DAY_START_PLUS}(ts timestamptz, tz text, days integer)
+RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE AS
+$$ SELECT (date_trunc('day', ts AT TIME ZONE tz) + make_interval(days => days)) AT TIME ZONE tz $$
+"""
+
+
+def _day_start_plus_sqlite(ts: str | None, tz: str, days: int) -> str | None:
+    if ts is None:
+        return None
+    zone = ZoneInfo(tz)
+    local = datetime.fromisoformat(ts).replace(tzinfo=timezone.utc).astimezone(zone)
+    return _sqlite_value(datetime.combine(local.date() + timedelta(days=days), time.min, tzinfo=zone))
+
+
+def day_start_plus(ts: Any, tz: str, days: int) -> Any:
+    """SQL: the instant the local day (in ``tz``) of ``ts`` starts, plus ``days`` days."""
+    from sqlalchemy import func
+
+    return getattr(func, DAY_START_PLUS)(ts, tz, days, type_=UTCDateTime())
+
+
+class earliest(FunctionElement[datetime]):  # noqa: N801 - reads as the SQL it stands for
+    """The earliest of several nullable instants (NULL only when all are NULL)."""
+
+    inherit_cache = True
+    type = UTCDateTime()
+    name = "earliest"
+
+
+_SQLITE_END_OF_TIME = "9999-12-31 23:59:59.999999"
+
+
+@compiles(earliest)
+def _earliest_sqlite(element: earliest, compiler: Any, **kw: Any) -> str:
+    if len(element.clauses) == 1:  # min() of one argument is SQLite's aggregate
+        return compiler.process(element.clauses, **kw)  # type: ignore[no-any-return]
+    args = ", ".join(f"coalesce({compiler.process(a, **kw)}, '{_SQLITE_END_OF_TIME}')" for a in element.clauses)
+    return f"nullif(min({args}), '{_SQLITE_END_OF_TIME}')"
+
+
+@compiles(earliest, "postgresql")
+def _earliest_postgresql(element: earliest, compiler: Any, **kw: Any) -> str:
+    return f"least({compiler.process(element.clauses, **kw)})"
+
+
+# ---------------------------------------------------------------- JSON built by the database
+#
+# Statements that announce thousands of changes at once build their events in SQL (see
+# shared.outbox.Outbox.stage_select) instead of fetching every row into Python.
+
+
+class json_object(FunctionElement[Any]):  # noqa: N801
+    """A JSON object from alternating keys and values (values may be nested json_object)."""
+
+    inherit_cache = True
+    name = "json_object"
+
+
+@compiles(json_object)
+def _json_object_sqlite(element: json_object, compiler: Any, **kw: Any) -> str:
+    return f"json_object({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_object, "postgresql")
+def _json_object_postgresql(element: json_object, compiler: Any, **kw: Any) -> str:
+    return f"json_build_object({compiler.process(element.clauses, **kw)})"
+
+
+class json_text(FunctionElement[Any]):  # noqa: N801
+    """Text that holds JSON, embedded as JSON (not as a string) in a json_object."""
+
+    inherit_cache = True
+    name = "json_text"
+
+
+@compiles(json_text)
+def _json_text_sqlite(element: json_text, compiler: Any, **kw: Any) -> str:
+    return f"json({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_text, "postgresql")
+def _json_text_postgresql(element: json_text, compiler: Any, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS json)"
+
+
+class utf8_bytes(FunctionElement[bytes]):  # noqa: N801
+    """Text (JSON included) as UTF-8 bytes, for LargeBinary columns."""
+
+    inherit_cache = True
+    name = "utf8_bytes"
+
+
+@compiles(utf8_bytes)
+def _utf8_bytes_sqlite(element: utf8_bytes, compiler: Any, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS BLOB)"
+
+
+@compiles(utf8_bytes, "postgresql")
+def _utf8_bytes_postgresql(element: utf8_bytes, compiler: Any, **kw: Any) -> str:
+    return f"convert_to(CAST({compiler.process(element.clauses, **kw)} AS text), 'UTF8')"
+
+
+class new_uuid(FunctionElement[str]):  # noqa: N801
+    """A random UUID (version 4) as text, one per row."""
+
+    inherit_cache = True
+    name = "new_uuid"
+
+
+@compiles(new_uuid)
+def _new_uuid_sqlite(element: new_uuid, compiler: Any, **kw: Any) -> str:
+    return "fugou_uuid4()"
+
+
+@compiles(new_uuid, "postgresql")
+def _new_uuid_postgresql(element: new_uuid, compiler: Any, **kw: Any) -> str:
+    return "CAST(gen_random_uuid() AS text)"

@@ -106,19 +106,123 @@ class MerchantData(Payload):
 # ---------------------------------------------------------------- outbound (Fugou's facts)
 
 
-class CustomerStatsData(Payload):
-    frequency: int
-    monetary_fen: Fen
-    first_order_at: AwareDatetime | None
-    last_order_at: AwareDatetime | None
-
-
 class SegmentChangedData(Payload):
     """A customer's segment before and after (null: no segment, i.e. no paid order)."""
 
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     config_version: int = 0
+
+
+class CouponIssuedData(Payload):
+    """A coupon landed in the customer's wallet."""
+
+    coupon_id: Id
+    template_id: Id
+    template_name: str
+    rule_id: Id | None = Field(None, description="The campaign rule that issued it; null when claimed.")
+    kind: str = Field(description="percent, amount_off, no_threshold or free_shipping")
+    face_value_fen: Fen | None = Field(None, description="The most it can take off (null: a percentage with no cap).")
+    starts_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+class CouponRedeemedData(Payload):
+    coupon_id: Id
+    template_id: Id
+    rule_id: Id | None = None
+    order_id: Id
+    discount_fen: Fen
+    order_amount_fen: Fen
+
+
+class CouponStateData(Payload):
+    """A coupon's state moved (released from an order, restored after a refund, expired)."""
+
+    coupon_id: Id
+    template_id: Id
+    rule_id: Id | None = None
+    state: str
+    order_id: Id | None = None
+
+
+class CouponExpiringData(Payload):
+    coupon_id: Id
+    template_id: Id
+    template_name: str
+    rule_id: Id | None = None
+    expires_at: AwareDatetime
+    days_left: int
+
+
+class PointsEarnedData(Payload):
+    """Points credited: an order's points while its return window is open (``pending``), the same
+    points when the window closes, a bonus, or a positive manual adjustment (``available``)."""
+
+    cause: Literal["order", "maturity", "bonus", "adjustment"]
+    points: int = Field(ge=1)
+    status: Literal["pending", "available"]
+    order_id: Id | None = None
+    bonus: str | None = Field(None, description="first_order, birthday_month, sign_in or review (cause bonus).")
+    lot_id: str | None = Field(None, description="The lot the points went into (available points).")
+    expires_at: AwareDatetime | None = Field(None, description="When the lot expires (null: never, or pending).")
+    matures_at: AwareDatetime | None = Field(None, description="Pending points: when the return window closes.")
+    capped_by: int = Field(0, ge=0, description="Points the daily cap took off.")
+    balance: int = Field(ge=0, description="Available points after the change.")
+    pending: int = Field(ge=0, description="Pending points after the change.")
+
+
+class PointsRedeemedData(Payload):
+    """Points spent: a cash offset at checkout, or a points-mall item. A mall item whose reward is
+    a coupon names its template: the coupons service issues it when it sees this event."""
+
+    redemption_id: Id
+    kind: Literal["offset", "mall"]
+    points: int = Field(ge=1)
+    order_id: Id | None = Field(None, description="offset: the order the points pay for.")
+    offset_fen: Fen | None = Field(None, description="offset: what the points take off the order.")
+    item_id: Id | None = Field(None, description="mall: the item redeemed.")
+    quantity: int | None = Field(None, ge=1)
+    reward: dict[str, Any] | None = Field(None, description='mall: {"type": "coupon", "template_id": …} or '
+                                                            '{"type": "gift", "sku": …}')
+    balance: int = Field(ge=0, description="Available points after the redemption.")
+
+
+class PointsExpiringData(Payload):
+    """A lot's unspent points expire soon (once per lot, ``notice_days`` before)."""
+
+    lot_id: str
+    points: int = Field(ge=1)
+    expires_at: AwareDatetime
+    days_left: int = Field(ge=0, description="Local calendar days until the last valid day (0: today).")
+
+
+class PointsExpiredData(Payload):
+    lot_id: str
+    points: int = Field(ge=1)
+    expired_at: AwareDatetime
+    balance: int = Field(ge=0, description="Available points after the expiry.")
+
+
+class LevelChangedData(Payload):
+    """A member's level moved: an upgrade as soon as the growth reaches it, a downgrade at a review
+    after the grace period."""
+
+    from_level: str | None = Field(description="null: the member had no level yet.")
+    to_level: str
+    direction: Literal["upgrade", "downgrade"]
+    growth: int = Field(description="Growth value in the merchant's window when it changed.")
+
+
+class StoredValueChangedData(Payload):
+    """Stored value (储值) moved: signed changes of the paid and the bonus balance, and the balances after."""
+
+    kind: Literal["top_up", "spend", "spend_refund", "top_up_refund"]
+    ref: str = Field(description="The top-up id (top_up, top_up_refund) or the order id (spend, spend_refund).")
+    paid_fen: int
+    bonus_fen: int
+    balance_paid_fen: Fen
+    balance_bonus_fen: Fen
 
 
 class EventType(BaseModel):
@@ -161,12 +265,39 @@ _TYPES: list[EventType] = [
     EventType(name="merchant.upserted", topic="fugou.merchants", payload=MerchantData, schema_version=1,
               customer_scoped=False, direction="platform",
               description="A merchant was created or changed (keys, secret, time zone). Compacted by merchant."),
-    EventType(name="customer.stats.changed", topic="fugou.segments", payload=CustomerStatsData,
-              schema_version=1, customer_scoped=True, direction="outbound",
-              description="A customer's paid order count, amount or dates changed."),
     EventType(name="segment.changed", topic="fugou.segments", payload=SegmentChangedData, schema_version=1,
               customer_scoped=True, direction="outbound",
               description="A customer's tier, cell, class or tags changed (before and after)."),
+    EventType(name="coupon.issued", topic="fugou.coupons", payload=CouponIssuedData, schema_version=1,
+              customer_scoped=True, direction="outbound",
+              description="A coupon was issued to the customer (by a rule, or claimed)."),
+    EventType(name="coupon.redeemed", topic="fugou.coupons", payload=CouponRedeemedData, schema_version=1,
+              customer_scoped=True, direction="outbound", description="A coupon was used on a paid order."),
+    EventType(name="coupon.released", topic="fugou.coupons", payload=CouponStateData, schema_version=1,
+              customer_scoped=True, direction="outbound",
+              description="A coupon is available again: its order was cancelled, or refunded under a restore policy."),
+    EventType(name="coupon.expiring", topic="fugou.coupons", payload=CouponExpiringData, schema_version=1,
+              customer_scoped=True, direction="outbound",
+              description="An unused coupon expires within the merchant's reminder window (once per coupon)."),
+    EventType(name="coupon.expired", topic="fugou.coupons", payload=CouponStateData, schema_version=1,
+              customer_scoped=True, direction="outbound", description="An unused coupon expired."),
+    EventType(name="points.earned", topic="fugou.loyalty", payload=PointsEarnedData, schema_version=1,
+              customer_scoped=True, direction="outbound",
+              description="Points credited: pending from a paid order, available when its return window closes, a bonus or an adjustment."),
+    EventType(name="points.redeemed", topic="fugou.loyalty", payload=PointsRedeemedData, schema_version=1,
+              customer_scoped=True, direction="outbound",
+              description="Points spent on a checkout offset or a points-mall item (a coupon item names the template to issue)."),
+    EventType(name="points.expiring", topic="fugou.loyalty", payload=PointsExpiringData, schema_version=1,
+              customer_scoped=True, direction="outbound",
+              description="A lot of points expires within the merchant's notice days (once per lot)."),
+    EventType(name="points.expired", topic="fugou.loyalty", payload=PointsExpiredData, schema_version=1,
+              customer_scoped=True, direction="outbound", description="A lot's unspent points expired."),
+    EventType(name="level.changed", topic="fugou.loyalty", payload=LevelChangedData, schema_version=1,
+              customer_scoped=True, direction="outbound",
+              description="A member's level changed: an upgrade at once, a downgrade at a review after the grace period."),
+    EventType(name="stored_value.changed", topic="fugou.loyalty", payload=StoredValueChangedData, schema_version=1,
+              customer_scoped=True, direction="outbound",
+              description="Stored value was topped up, spent or refunded (paid and bonus parts, balances after)."),
 ]
 
 REGISTRY: dict[str, EventType] = {t.name: t for t in _TYPES}

@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 import structlog
-from sqlalchemy import Column, Index, LargeBinary, MetaData, String, Table, delete, func, select, text
+from sqlalchemy import Column, Index, LargeBinary, MetaData, Select, String, Table, delete, func, insert, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import faults, metrics
 from shared.bus.base import Bus, Message
-from shared.db import BigId, UTCDateTime, bulk_insert
-from shared.events import EnvelopeBase, OutboundEvent
+from shared.db import BigId, UTCDateTime, bulk_insert, json_object, json_text, new_uuid, utf8_bytes
+from shared.events import REGISTRY, EnvelopeBase, OutboundEvent
 from shared.topics import topic_for
 
 log = structlog.get_logger("fugou.outbox")
@@ -40,6 +41,23 @@ def outbox_table(metadata: MetaData) -> Table:
 class Outbox:
     def __init__(self, table: Table):
         self.table = table
+
+    async def stage_select(self, session: AsyncSession, type_: str, rows: Select[Any]) -> int:
+        """Stage one ``type_`` event per row of ``rows`` (columns ``merchant_id``, ``customer_id``
+        and ``data``, a json_object), the envelope built by the database in one INSERT … SELECT:
+        for statements that announce thousands of changes at once. Returns how many."""
+        now = datetime.now(timezone.utc)
+        r = rows.subquery("announced")
+        envelope = json_object(
+            "event_id", new_uuid(), "type", literal(type_), "merchant_id", r.c.merchant_id,
+            "customer_id", r.c.customer_id, "occurred_at", literal(now.isoformat()),
+            "schema_version", literal(REGISTRY[type_].schema_version), "data", json_text(r.c.data))
+        key = utf8_bytes(r.c.merchant_id + literal(":") + func.coalesce(r.c.customer_id, literal("")))
+        result = await session.execute(insert(self.table).from_select(
+            ["merchant_id", "topic", "key", "payload", "created_at"],
+            select(r.c.merchant_id, literal(topic_for(type_)), key, utf8_bytes(envelope),
+                   literal(now, UTCDateTime()))))
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def stage(self, session: AsyncSession, events: Sequence[EnvelopeBase | OutboundEvent]) -> None:
         """Record events to publish, inside the caller's transaction."""

@@ -106,6 +106,9 @@ class ServiceRuntime:
         self.consumer: EventConsumer | None = None
         self.merchants: MerchantFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # The ASGI app serving every service of this process when they run in one (embedded
+        # mode): how a service calls another's API in memory when no URL is configured.
+        self.local_api: Any = None
 
     @property
     def name(self) -> str:

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     # Secrets.
     api_key_pepper: SecretStr = SecretStr(_DEV_SECRET)
     admin_token: SecretStr = SecretStr(_DEV_SECRET)
+    # Services calling each other's admin APIs on a merchant's behalf (X-Fugou-Internal-Token
+    # with X-Merchant-Id); never given to merchants.
+    internal_token: SecretStr = SecretStr(_DEV_SECRET)
+    # Where other services reach segmentation's API; empty in embedded mode (called in process).
+    segmentation_url: str = ""
     bootstrap_api_key: SecretStr | None = None
     # Messaging knobs.
     consumer_batch: int = Field(2000, ge=1, le=50_000)
@@ -47,7 +52,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> "Settings":
         if self.env == "production":
-            for name in ("api_key_pepper", "admin_token"):
+            for name in ("api_key_pepper", "admin_token", "internal_token"):
                 if getattr(self, name).get_secret_value() == _DEV_SECRET:
                     raise ValueError(f"FUGOU_{name.upper()} must be set in production")
         return self

@@ -3,7 +3,9 @@
 # one database per service, and one process per service on ports 8000-8004.
 #
 # Env: RUN_DIR (<repo>/.run), PY (python with the project installed), KAFKA_PORT (9092),
-#      PG_PORT (55432), FUGOU_BOOTSTRAP_API_KEY (generated and kept in $RUN_DIR/demo-api-key).
+#      PG_PORT (55432), FUGOU_BOOTSTRAP_API_KEY (generated and kept in $RUN_DIR/demo-api-key),
+#      FUGOU_INTERNAL_TOKEN (services calling each other's admin APIs; generated and kept in
+#      $RUN_DIR/internal-token, so processes started by an earlier run keep agreeing with new ones).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -25,7 +27,13 @@ if [[ -z "${FUGOU_BOOTSTRAP_API_KEY:-}" ]]; then
 fi
 chmod 600 "$key_file" 2>/dev/null || true
 
-export FUGOU_BUS=kafka FUGOU_KAFKA_BOOTSTRAP="$bootstrap" FUGOU_BOOTSTRAP_API_KEY
+token_file="$RUN_DIR/internal-token"
+if [[ -z "${FUGOU_INTERNAL_TOKEN:-}" ]]; then
+  [[ -s "$token_file" ]] || (umask 077 && "$PY" -c 'import secrets; print(secrets.token_hex(32))' >"$token_file")
+  FUGOU_INTERNAL_TOKEN="$(cat "$token_file")"
+fi
+
+export FUGOU_BUS=kafka FUGOU_KAFKA_BOOTSTRAP="$bootstrap" FUGOU_BOOTSTRAP_API_KEY FUGOU_INTERNAL_TOKEN
 for svc in "${services[@]}"; do
   db="fugou_$svc"
   if [[ -z "$(psql -h 127.0.0.1 -p "$PG_PORT" -U "$pg_user" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
@@ -34,12 +42,24 @@ for svc in "${services[@]}"; do
   export "FUGOU_${svc^^}_DATABASE_URL=postgresql+asyncpg://$pg_user@127.0.0.1:$PG_PORT/$db"
 done
 
+# Service i listens on 8000 + i; coupons and notifications call segmentation's API there.
+segmentation_url=""
+port=8000
+for svc in "${services[@]}"; do
+  if [[ "$svc" == segmentation ]]; then segmentation_url="http://127.0.0.1:$port"; fi
+  port=$((port + 1))
+done
+
 port=8000
 for svc in "${services[@]}"; do
   pid_file="$RUN_DIR/pids/$svc.pid"
   if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
     echo "up.sh: $svc already running (pid $(cat "$pid_file"))" >&2
   else
+    case "$svc" in
+      coupons | notifications) export FUGOU_SEGMENTATION_URL="$segmentation_url" ;;
+      *) unset FUGOU_SEGMENTATION_URL ;;
+    esac
     "$PY" -m "services.$svc" migrate
     # No subshell: $! must be the service's own pid, and nothing may hold our stdout open.
     nohup "$PY" -m "services.$svc" run --port "$port" >>"$RUN_DIR/logs/$svc.log" 2>&1 </dev/null &

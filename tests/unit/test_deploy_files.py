@@ -682,6 +682,48 @@ def test_kubernetes_probes_and_metrics_annotations_name_routes_of_the_app(app_ro
             assert {"cpu", "memory"} <= set(requests), f"{where}: {container['name']} wants cpu and memory requests"
 
 
+# ------------------------------------------------------------------ calls between services
+
+# The services that call segmentation's HTTP API (FUGOU_SEGMENTATION_URL).
+SEGMENTATION_CLIENTS = {"coupons", "notifications"}
+
+
+def test_the_services_that_call_segmentation_are_pointed_at_its_api() -> None:
+    """coupons and notifications reach segmentation at FUGOU_SEGMENTATION_URL: in compose the
+    segmentation service on the port it listens on inside the network, in Kubernetes a Service
+    that selects the segmentation pods, on one of its ports."""
+    assert SEGMENTATION_CLIENTS <= set(SPECS) and "segmentation" in SPECS
+    compose_ports = {p.name: p.call.option("--port") for p in compose_fugou_processes()
+                     if p.call and p.call.subcommand == "run"}
+    segmentation_pods = [d["spec"]["template"]["metadata"]["labels"] for d in k8s_of_kind("Deployment")
+                         if d["metadata"]["name"] == "fugou-segmentation"]
+    assert len(segmentation_pods) == 1
+    k8s_services = {s["metadata"]["name"]: s for s in k8s_of_kind("Service")
+                    if s["spec"].get("selector", {}).items() <= segmentation_pods[0].items()}
+    seen = set()
+    for p in all_fugou_processes():
+        call = p.call
+        if call is None or call.service not in SEGMENTATION_CLIENTS or call.subcommand != "run":
+            continue
+        url = p.env.get("FUGOU_SEGMENTATION_URL", "")
+        m = re.fullmatch(r"http://([a-z0-9.-]+):(\d+)/?", url)
+        assert m, f"{p.where}: FUGOU_SEGMENTATION_URL={url!r}, want http://<host>:<port>"
+        host, port = m.group(1), m.group(2)
+        if p.where.startswith("compose"):
+            assert host == "segmentation" and port == compose_ports.get("segmentation"), \
+                f"{p.where}: {url}; segmentation listens on segmentation:{compose_ports.get('segmentation')}"
+        else:
+            name = host.split(".")[0]
+            assert name in k8s_services, f"{p.where}: {url}; no Service {name!r} selects the segmentation pods"
+            if "." in host:
+                assert host.split(".")[1] == "fugou", f"{p.where}: {url} is not in the namespace fugou"
+            ports = {str(x["port"]) for x in k8s_services[name]["spec"]["ports"]}
+            assert port in ports, f"{p.where}: {url}; Service {name} has ports {sorted(ports)}"
+        seen.add((p.where.startswith("compose"), call.service))
+    wanted = {(source, s) for source in (True, False) for s in SEGMENTATION_CLIENTS}
+    assert seen == wanted, f"no `run` process for {sorted(wanted - seen)} (compose=True)"
+
+
 # ------------------------------------------------------------------ kubernetes consistency
 
 
@@ -709,7 +751,7 @@ def test_the_secret_template_holds_only_placeholders_marked_change_me() -> None:
     docs = [d for d in yaml.safe_load_all(SECRET_TEMPLATE.read_text(encoding="utf-8")) if d]
     assert [d["kind"] for d in docs] == ["Secret"]
     values = {**(docs[0].get("stringData") or {}), **(docs[0].get("data") or {})}
-    assert {"FUGOU_API_KEY_PEPPER", "FUGOU_ADMIN_TOKEN"} <= set(values)
+    assert {"FUGOU_API_KEY_PEPPER", "FUGOU_ADMIN_TOKEN", "FUGOU_INTERNAL_TOKEN"} <= set(values)
     for key, value in values.items():
         assert PLACEHOLDER in str(value), f"{SECRET_TEMPLATE.name}: {key} must be a {PLACEHOLDER} placeholder"
     for other in K8S_DIR.glob("*.yaml"):

@@ -55,9 +55,9 @@ async def runtime(tmp_path: Path, bus: InProcessBus) -> AsyncIterator[ServiceRun
         await rt.stop()
 
 
-def stats_event(customer_id: str, n: int) -> EnvelopeBase:
-    return new_event("customer.stats.changed", "m1", customer_id=customer_id,
-                     data={"frequency": n, "monetary_fen": 100 * n, "first_order_at": None, "last_order_at": None})
+def segment_event(customer_id: str, n: int) -> EnvelopeBase:
+    return new_event("segment.changed", "m1", customer_id=customer_id,
+                     data={"before": None, "after": {"tier": "C", "frequency": n}, "config_version": n})
 
 
 async def stage(rt: ServiceRuntime, *events: EnvelopeBase) -> None:
@@ -78,7 +78,7 @@ async def read_all(bus: InProcessBus, topic: str) -> list[EnvelopeBase]:
 
 async def test_staged_events_are_published_in_commit_order_and_then_deleted(
         runtime: ServiceRuntime, bus: InProcessBus) -> None:
-    events = [stats_event(f"u{i}", i + 1) for i in range(5)]
+    events = [segment_event(f"u{i}", i + 1) for i in range(5)]
     # Three transactions: the bus must see them in the order they were committed.
     await stage(runtime, *events[:2])
     await stage(runtime, events[2])
@@ -99,7 +99,7 @@ async def test_staged_events_are_published_in_commit_order_and_then_deleted(
 
 
 async def test_a_published_row_keeps_its_topic_and_customer_key(runtime: ServiceRuntime, bus: InProcessBus) -> None:
-    event = stats_event("u42", 1)
+    event = segment_event("u42", 1)
     await stage(runtime, event)
     await OutboxRelay("segmentation", SPEC.tables.outbox, runtime.sessions, bus).publish_once()
     sub = bus.subscriber("keys", ["fugou.segments"])
@@ -111,7 +111,7 @@ async def test_a_published_row_keeps_its_topic_and_customer_key(runtime: Service
 
 async def test_nothing_is_deleted_when_publish_fails_and_the_next_try_publishes_it(
         runtime: ServiceRuntime, bus: InProcessBus) -> None:
-    events = [stats_event(f"u{i}", 1) for i in range(3)]
+    events = [segment_event(f"u{i}", 1) for i in range(3)]
     await stage(runtime, *events)
     broken = FailingBus(bus, failures=1)
     relay = OutboxRelay("segmentation", SPEC.tables.outbox, runtime.sessions, broken)  # type: ignore[arg-type]
@@ -128,7 +128,7 @@ async def test_nothing_is_deleted_when_publish_fails_and_the_next_try_publishes_
 
 async def test_the_relay_loop_rides_out_an_outage_and_publishes_everything_once(
         runtime: ServiceRuntime, bus: InProcessBus) -> None:
-    events = [stats_event(f"u{i}", 1) for i in range(4)]
+    events = [segment_event(f"u{i}", 1) for i in range(4)]
     await stage(runtime, *events)
     broken = FailingBus(bus, failures=2)
     relay = OutboxRelay("segmentation", SPEC.tables.outbox, runtime.sessions, broken,  # type: ignore[arg-type]
@@ -142,7 +142,7 @@ async def test_the_relay_loop_rides_out_an_outage_and_publishes_everything_once(
         assert await pending(runtime) == 0
         assert broken.attempts >= 3
         # Rows staged while the relay idles are picked up too.
-        late = stats_event("late", 1)
+        late = segment_event("late", 1)
         await stage(runtime, late)
         relay.wake()
         for _ in range(200):

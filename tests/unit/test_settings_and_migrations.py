@@ -49,10 +49,12 @@ def test_production_with_both_secrets_from_the_environment_starts(clean_env: Non
     monkeypatch.setenv("FUGOU_ENV", "production")
     monkeypatch.setenv("FUGOU_API_KEY_PEPPER", "a-real-pepper")
     monkeypatch.setenv("FUGOU_ADMIN_TOKEN", "a-real-admin-token")
+    monkeypatch.setenv("FUGOU_INTERNAL_TOKEN", "a-real-internal-token")
     s = Settings()
     assert s.env == "production"
     assert s.api_key_pepper.get_secret_value() == "a-real-pepper"
     assert s.admin_token.get_secret_value() == "a-real-admin-token"
+    assert s.internal_token.get_secret_value() == "a-real-internal-token"
     # Secrets stay out of reprs and logs.
     assert "a-real-pepper" not in repr(s)
 

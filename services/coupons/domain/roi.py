@@ -181,7 +181,8 @@ def proportion_diff(x1: int, n1: int, x2: int, n2: int, confidence: float = 0.95
     d = a.estimate - b.estimate
     low = d - math.sqrt((a.estimate - a.low) ** 2 + (b.high - b.estimate) ** 2)
     high = d + math.sqrt((a.high - a.estimate) ** 2 + (b.estimate - b.low) ** 2)
-    return Interval(d, low, high, confidence, "newcombe")
+    # A difference of proportions lies in [-1, 1]; clamp the float error at the extremes.
+    return Interval(d, max(-1.0, low), min(1.0, high), confidence, "newcombe")
 
 
 def _betacf(a: float, b: float, x: float) -> float:

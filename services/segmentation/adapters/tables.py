@@ -135,10 +135,9 @@ segments = Table(
     Column("monetary_fen", BigInteger, nullable=True),
     Column("tags", Text, nullable=False),
     Column("next_change_at", UTCDateTime, nullable=True),
+    Column("tags_change_at", UTCDateTime, nullable=True),  # the parts of next_change_at that the
+    Column("period_change_at", UTCDateTime, nullable=True),  # configuration's boundaries do not move
     Column("scored_at", UTCDateTime, nullable=False),
-    Index("ix_segments_merchant_tier", "merchant_id", "tier"),
-    Index("ix_segments_merchant_cell", "merchant_id", "cell"),
-    Index("ix_segments_merchant_class", "merchant_id", "rfm_class"),
     Index("ix_segments_next_change_at", "next_change_at"),
 )
 
@@ -162,6 +161,8 @@ rescore_jobs = Table(
     Column("done", Integer, nullable=False),
     Column("changed", Integer, nullable=False),
     Column("cursor", String(128), nullable=True),
+    # full: every customer through the whole path; scores: levels, cell, tier and class only, in SQL
+    Column("mode", String(16), nullable=False, server_default=text("'full'")),
     Column("created_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
     Index("ix_rescore_jobs_merchant_id", "merchant_id"),

@@ -85,14 +85,18 @@ class Score:
     rfm_class: RfmClass
 
 
+def tier_of(r: int, f: int, m: int, levels: int, tier_overrides: dict[str, str] | None = None) -> str:
+    """The tier of a cell: the merchant's override of its 27-cell fold, else the default."""
+    r3, f3, m3 = to_three(r, levels), to_three(f, levels), to_three(m, levels)
+    return (tier_overrides or {}).get(f"{r3}-{f3}-{m3}") or default_tier(r3, f3, m3)
+
+
 def score(recency_days: int, frequency: int, monetary_fen: int, *, boundaries: Boundaries, levels: int,
           split: Split, tier_overrides: dict[str, str] | None = None) -> Score:
     r = level_recency(recency_days, boundaries.recency_days)
     f = level_up(frequency, boundaries.frequency)
     m = level_up(monetary_fen, boundaries.monetary_fen)
-    r3, f3, m3 = to_three(r, levels), to_three(f, levels), to_three(m, levels)
-    cell27 = f"{r3}-{f3}-{m3}"
-    tier = (tier_overrides or {}).get(cell27) or default_tier(r3, f3, m3)
+    tier = tier_of(r, f, m, levels, tier_overrides)
     klass = CLASSES[(recency_days <= split.recency_days, frequency >= split.frequency,
                      monetary_fen >= split.monetary_fen)]
     return Score(r, f, m, f"{r}-{f}-{m}", tier, klass)

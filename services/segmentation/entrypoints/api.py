@@ -5,18 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.segmentation.domain.config import RfmConfig
 from services.segmentation.adapters.tables import rescore_jobs
 from services.segmentation.service_layer.rfm import current_config, explain_customer, save_config, summary
+from services.segmentation.service_layer.rfm_read import COVERAGE_TTL_S, InForceCache, StoredReads
 from services.segmentation.service_layer.segments import start_rescore
 from shared.events import Id
 from shared.tenancy import Customer, Merchant
-from shared.web import ApiError, customer_dependency, merchant_dependency, session_dependency
+from shared.web import ApiError, customer_dependency, merchant_dependency, runtime_of, session_dependency
 
 SERVICE = "segmentation"
 Session = Annotated[AsyncSession, Depends(session_dependency(SERVICE))]
@@ -70,20 +71,54 @@ class CustomerRfm(BaseModel):
     cell: str = Field(description="R-F-M levels, e.g. 3-2-1")
     tier: str = Field(description="S, A, B or C")
     rfm_class: RfmClassView
+    tags: list[str] = Field(description="Lifecycle and custom tags, as of the customer's last scoring.")
     why: Why
 
 
-async def _load(session: AsyncSession, merchant_id: str, customer_id: str, tz: str) -> CustomerRfm:
-    found = await explain_customer(session, merchant_id, customer_id, tz)
-    await session.commit()  # statistics refreshed on the way are kept
+def _reads(request: Request) -> StoredReads:
+    """The app's reads of stored segments and its cache of each merchant's configuration and
+    statistics (made on first use: one per app, so apps in one process, as in tests, share nothing)."""
+    state = request.app.state
+    reads: StoredReads | None = getattr(state, "segmentation_reads", None)
+    if reads is None:
+        rt = runtime_of(request, SERVICE)
+
+        def connect() -> AsyncConnection:
+            assert rt.engine is not None
+            return rt.engine.connect()
+
+        assert rt.engine is not None
+        pool = rt.engine.pool
+        reads = state.segmentation_reads = StoredReads(connect, pool.size() if hasattr(pool, "size") else 5)
+    return reads
+
+
+def in_force_cache(request: Request) -> InForceCache:
+    return _reads(request).cache
+
+
+async def _load(request: Request, merchant_id: str, customer_id: str, tz: str) -> CustomerRfm:
+    missing = ApiError(404, "not_found", f"no customer {customer_id!r} with paid orders", field="path.customer_id")
+    reads = _reads(request)
+    read = await reads.read(merchant_id, customer_id, tz)  # no session: a connection, shared by a batch
+    if not read.found:
+        raise missing
+    found = read.explained
+    if found is None:  # the stored segment is not current (see the endpoint's description): compute
+        async with runtime_of(request, SERVICE).sessions() as session:
+            found = await explain_customer(session, merchant_id, customer_id, tz)
+            if found is not None and found.wrote:
+                await session.commit()  # statistics refreshed on the way are kept
+                reads.cache.invalidate(merchant_id)
     if found is None or found.score is None:
-        raise ApiError(404, "not_found", f"no customer {customer_id!r} with paid orders", field="path.customer_id")
+        raise missing
     v, sc, cfg = found.values, found.score, found.config
     return CustomerRfm(
         merchant_id=merchant_id, customer_id=customer_id, recency_days=v.recency_days, frequency=v.frequency,
         monetary_fen=v.monetary_fen, first_order_at=v.first_order_at, last_order_at=v.last_order_at,
         r_level=sc.r_level, f_level=sc.f_level, m_level=sc.m_level, cell=sc.cell, tier=sc.tier,
         rfm_class=RfmClassView(code=sc.rfm_class.code, zh_cn=sc.rfm_class.zh_cn, en=sc.rfm_class.en),
+        tags=list(read.tags),
         why=Why(config_version=found.version, period_days=cfg.period_days, levels=cfg.levels,
                 boundaries_source=cfg.boundaries.mode,
                 boundaries=BoundariesView(recency_days=list(found.boundaries.recency_days),
@@ -94,16 +129,32 @@ async def _load(session: AsyncSession, merchant_id: str, customer_id: str, tz: s
                 stats_computed_at=found.stats.computed_at, customers_in_stats=found.stats.customers))
 
 
+RFM_READ = f"""Answered from the customer's stored segment (levels, cell, tier, class, F and M over the
+period, tags), with recency_days counted now in the merchant's time zone and `why` from the
+configuration and statistics in force. The stored segment is not used, and R, F and M are computed
+from the orders and scored now instead (the same answer a finished re-score will store), while:
+a re-scoring job or a history import of the merchant is pending or running; the segment was scored
+under an older configuration that no re-scoring job has covered; its next change in time
+(`next_change_at`: a recency boundary or the period edge at the merchant's midnight, a tag's
+window) has come and the sweep has not re-scored it yet; the statistics the configuration scores
+with are newer than the segment and no re-score has followed them; or there is no segment yet for a
+customer with paid orders. Tags are always as of the last scoring. The configuration version in
+force, the statistics' time and whether a job is running are read with the segment, in the same
+query, so a change made by any process shows at the next read (a job that started and ended
+between two reads may keep this process computing for up to {COVERAGE_TTL_S:g} s more)."""
+
+
 @router.get("/v1/customers/{customer_id}/rfm", response_model=CustomerRfm,
             summary="One customer's R, F, M, levels, cell, tier and class, with the boundaries applied (admin)",
-            responses={404: {"description": "no such customer"}})
-async def get_rfm(customer_id: Annotated[Id, Path()], merchant: AdminMerchant, session: Session) -> CustomerRfm:
-    return await _load(session, merchant.merchant_id, customer_id, merchant.timezone)
+            description=RFM_READ, responses={404: {"description": "no such customer"}})
+async def get_rfm(customer_id: Annotated[Id, Path()], request: Request, merchant: AdminMerchant) -> CustomerRfm:
+    # No session dependency: most reads take one connection for one statement (see _load).
+    return await _load(request, merchant.merchant_id, customer_id, merchant.timezone)
 
 
-@router.get("/v1/me/rfm", response_model=CustomerRfm, summary="My own RFM (customer token)")
-async def get_my_rfm(me: MeCustomer, session: Session) -> CustomerRfm:
-    return await _load(session, me.merchant_id, me.customer_id, me.merchant.timezone)
+@router.get("/v1/me/rfm", response_model=CustomerRfm, summary="My own RFM (customer token)", description=RFM_READ)
+async def get_my_rfm(request: Request, me: MeCustomer) -> CustomerRfm:
+    return await _load(request, me.merchant_id, me.customer_id, me.merchant.timezone)
 
 
 class ConfigView(BaseModel):
@@ -120,10 +171,11 @@ async def get_config(merchant: AdminMerchant, session: Session) -> ConfigView:
 
 @router.put("/v1/segmentation/config", response_model=ConfigView,
             summary="Save a new version of the RFM configuration (validated as a whole)")
-async def put_config(body: RfmConfig, merchant: AdminMerchant, session: Session) -> ConfigView:
+async def put_config(body: RfmConfig, request: Request, merchant: AdminMerchant, session: Session) -> ConfigView:
     async with session.begin():
         version = await save_config(session, merchant.merchant_id, body, merchant.timezone)
-        job_id = await start_rescore(session, merchant.merchant_id, version)
+        job_id = await start_rescore(session, merchant.merchant_id, version, config_change=True)
+    in_force_cache(request).invalidate(merchant.merchant_id)  # (reads would see the new version anyway)
     return ConfigView(version=version, config=body, job_id=job_id)
 
 

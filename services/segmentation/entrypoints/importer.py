@@ -28,8 +28,9 @@ SQLite (the embedded store) is written through a synchronous engine on the file;
 runs the very same statements through the service's async engine (``run_sync``), with a
 ``SHARE ROW EXCLUSIVE`` lock on ``orders`` per chunk so that a live consumer inserting the same
 order cannot slip in between steps 2 and 3 (on SQLite, ``BEGIN IMMEDIATE`` already serialises
-writers). Importing does not emit ``customer.stats.changed`` events: a bulk back-fill would
-flood the outbox with one event per customer per chunk.
+writers). Importing scores nobody per chunk: a bulk back-fill would announce each customer once
+per chunk. When the import finishes, one re-score job scores everyone (and announces each
+segment once).
 """
 
 from __future__ import annotations

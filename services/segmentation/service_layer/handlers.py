@@ -14,20 +14,19 @@ from services.segmentation.adapters.aggregates import (
     upsert_behaviours,
     upsert_orders,
 )
-from services.segmentation.adapters.tables import messaging, profiles
+from services.segmentation.adapters.tables import profiles
 from services.segmentation.domain.orders import BEHAVIOUR_KINDS, ORDER_TYPES, fold
 from services.segmentation.service_layer.segments import merchant_timezone, rescore, scoring_for
 from shared.db import bulk_insert, dialect_name
-from shared.events import EnvelopeBase, OutboundEvent
-from shared.outbox import Outbox
+from shared.events import EnvelopeBase
 
-outbox = Outbox(messaging.outbox)
 _CHUNK = 5000  # customers per recompute statement (bound parameters stay far below the limits)
 
 
 async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     """Store the facts of a batch of order and behaviour events, recompute the aggregates of the
-    customers they touch, and raise customer.stats.changed for those whose aggregates moved.
+    customers they touch, and re-score those whose aggregates or interest moved (segment.changed
+    for those whose segment did).
 
     The same order paid under two event ids, a refund before its payment, a cancellation
     delivered twice: each ends in the state in-order, exactly-once delivery would give."""
@@ -49,17 +48,13 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
         return
     dialect = dialect_name(session)
     now = datetime.now(timezone.utc)
-    changed: list[OutboundEvent] = []
     for merchant_id, ids in by_merchant.items():
         ids.sort()
         moved: list[str] = []
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i:i + _CHUNK]
-            for r in await session.execute(recompute_customers(dialect, merchant_id, chunk, now)):
-                moved.append(r.customer_id)
-                changed.append(OutboundEvent("customer.stats.changed", r.merchant_id, customer_id=r.customer_id, data={
-                    "frequency": r.paid_orders, "monetary_fen": r.paid_amount_fen,
-                    "first_order_at": r.first_order_at, "last_order_at": r.last_order_at}))
+            moved.extend(r.customer_id for r in await session.execute(
+                recompute_customers(dialect, merchant_id, chunk, now)))
             for stmt in recompute_categories(merchant_id, chunk):
                 await session.execute(stmt)
         moved.extend(interested.get(merchant_id, ()))
@@ -68,7 +63,6 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
             # the sweep).
             scoring = await scoring_for(session, merchant_id, await merchant_timezone(session, merchant_id))
             await rescore(session, merchant_id, moved, scoring, now)
-    await outbox.stage(session, changed)
 
 
 FACT_TYPES = ORDER_TYPES | set(BEHAVIOUR_KINDS)

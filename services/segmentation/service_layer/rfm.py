@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.segmentation.adapters.aggregates import counts
 from services.segmentation.adapters.tables import customers, orders, rfm_configs, rfm_stats
@@ -57,7 +57,7 @@ class Stats:
                    averages=Split(**body["averages"]))
 
 
-async def current_config(session: AsyncSession, merchant_id: str) -> tuple[int, RfmConfig]:
+async def current_config(session: AsyncSession | AsyncConnection, merchant_id: str) -> tuple[int, RfmConfig]:
     """(version, configuration) in force; version 0 is the default nobody saved."""
     row = (await session.execute(select(rfm_configs.c.version, rfm_configs.c.body)
                                  .where(rfm_configs.c.merchant_id == merchant_id)
@@ -74,8 +74,15 @@ async def save_config(session: AsyncSession, merchant_id: str, config: RfmConfig
     await session.execute(rfm_configs.insert().values(
         merchant_id=merchant_id, version=version, body=config.model_dump_json(),
         created_at=datetime.now(timezone.utc)))
-    await refresh_stats(session, merchant_id, version, config, tz)
+    if needs_stats(config):
+        await refresh_stats(session, merchant_id, version, config, tz)
     return version
+
+
+def needs_stats(config: RfmConfig) -> bool:
+    """Whether scoring under this configuration depends on the merchant's statistics
+    (quantile boundaries, or the class split at the averages)."""
+    return config.fixed() is None or config.class_split.mode == "average"
 
 
 async def customer_values(session: AsyncSession, merchant_id: str, customer_ids: list[str] | None,
@@ -126,15 +133,28 @@ async def refresh_stats(session: AsyncSession, merchant_id: str, version: int, c
     return stats
 
 
+def stats_current(stats: Stats, version: int, config: RfmConfig, now: datetime) -> bool:
+    """Whether stored statistics may be used as they are: always when the configuration does not
+    score with them (they are only reported), else when made for this version and fresh."""
+    return not needs_stats(config) or (stats.config_version == version and now - stats.computed_at < STATS_MAX_AGE)
+
+
 async def stats_for(session: AsyncSession, merchant_id: str, version: int, config: RfmConfig, tz: str) -> Stats:
-    """The stored statistics, recomputed when missing, stale, or made for another version (in the
-    caller's transaction: the caller commits)."""
+    """The stored statistics, recomputed when missing, or when the configuration scores with
+    them and they are stale or made for another version (in the caller's transaction: the
+    caller commits)."""
+    return (await _stats_for(session, merchant_id, version, config, tz))[0]
+
+
+async def _stats_for(session: AsyncSession, merchant_id: str, version: int, config: RfmConfig, tz: str
+                     ) -> tuple[Stats, bool]:
+    """stats_for, and whether it wrote (recomputed) them."""
     row = (await session.execute(select(rfm_stats).where(rfm_stats.c.merchant_id == merchant_id))).first()
     if row is not None:
         stats = Stats.from_row(row)
-        if stats.config_version == version and datetime.now(timezone.utc) - stats.computed_at < STATS_MAX_AGE:
-            return stats
-    return await refresh_stats(session, merchant_id, version, config, tz)
+        if stats_current(stats, version, config, datetime.now(timezone.utc)):
+            return stats, False
+    return await refresh_stats(session, merchant_id, version, config, tz), True
 
 
 def applied(config: RfmConfig, stats: Stats) -> tuple[Boundaries, Split]:
@@ -154,20 +174,23 @@ class Explained:
     version: int
     config: RfmConfig
     stats: Stats
+    wrote: bool = False  # the statistics were recomputed on the way: the caller commits to keep them
 
 
 async def explain_customer(session: AsyncSession, merchant_id: str, customer_id: str, tz: str) -> Explained | None:
+    """One customer's R, F, M computed from their orders now and scored under the configuration in
+    force (the statistics recomputed first when they must be)."""
     version, config = await current_config(session, merchant_id)
     now = datetime.now(timezone.utc)
     found = await customer_values(session, merchant_id, [customer_id], config, tz, now)
     if customer_id not in found:
         return None
-    stats = await stats_for(session, merchant_id, version, config, tz)
+    stats, wrote = await _stats_for(session, merchant_id, version, config, tz)
     bounds, split = applied(config, stats)
     v = found[customer_id]
     s = score(v.recency_days or 0, v.frequency, v.monetary_fen, boundaries=bounds, levels=config.levels,
               split=split, tier_overrides=config.tier_overrides)
-    return Explained(v, s, bounds, split, version, config, stats)
+    return Explained(v, s, bounds, split, version, config, stats, wrote)
 
 
 

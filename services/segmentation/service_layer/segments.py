@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -16,33 +17,36 @@ from typing import Any
 import orjson
 import structlog
 from pydantic import TypeAdapter
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import BigInteger, and_, cast, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.segmentation.adapters.aggregates import counts
 from services.segmentation.adapters.audience_sql import Compiler
+from services.segmentation.adapters.scoring_sql import ScoreSql
 from services.segmentation.adapters.tables import (
     behaviours,
     customer_categories,
     customer_tags,
     customers,
     messaging,
+    orders,
     rescore_jobs,
+    rfm_configs,
     rfm_stats,
     segments,
     tag_rules,
 )
 from services.segmentation.domain.audience import Filter
 from services.segmentation.domain.config import RfmConfig
-from services.segmentation.domain.lifecycle import CategoryHistory, TagInputs, lifecycle_tags, next_recency_change
-from services.segmentation.domain.rfm import Boundaries, Split, score
+from services.segmentation.domain.lifecycle import CategoryHistory, TagInputs, lifecycle_tags
+from services.segmentation.domain.rfm import Boundaries, Split
 from services.segmentation.service_layer.rfm import (
     Stats,
     applied,
     current_config,
-    customer_values,
     refresh_stats,
 )
-from shared.db import bulk_insert, in_values
+from shared.db import UTCDateTime, bulk_insert, earliest, in_values, json_object, json_text
 from shared.events import OutboundEvent
 from shared.outbox import Outbox
 
@@ -50,6 +54,7 @@ log = structlog.get_logger("fugou.segmentation")
 outbox = Outbox(messaging.outbox)
 FIELDS = ("r_level", "f_level", "m_level", "cell", "tier", "rfm_class")
 JOB_CHUNK = 5000
+SCORES_CHUNK = 25_000  # rows per step of a re-score in SQL
 STATS_REFRESH = timedelta(hours=1)
 _FILTER: TypeAdapter[Any] = TypeAdapter(Filter)
 # Set by the API when a tag rule changes, so the worker applies it without waiting a minute.
@@ -151,10 +156,36 @@ async def refresh_custom_tags(session: AsyncSession, now: datetime) -> int:
     return touched
 
 
-def _state(row: Any) -> dict[str, Any]:
-    out = {f: getattr(row, f) for f in FIELDS}
-    out["tags"] = orjson.loads(row.tags)
-    return out
+async def scored_values(session: AsyncSession, merchant_id: str, customer_ids: list[str], scoring: Scoring,
+                        now: datetime) -> dict[str, Any]:
+    """For each of these customers with a paid order: the aggregates the tags need, F and M over
+    the period, and the levels, cell, tier, class and next recency moment, scored in SQL."""
+    c, o, cfg = customers, orders, scoring.config
+    base: Any = c
+    oldest: Any = literal(None, UTCDateTime())
+    freq: Any = c.c.paid_orders
+    mon: Any = c.c.paid_amount_fen
+    if cfg.period_days is not None:
+        period = (select(o.c.customer_id, func.count().label("f"),
+                         cast(func.sum(o.c.amount_fen - o.c.refunded_fen), BigInteger).label("m"),
+                         func.min(o.c.paid_at).label("oldest"))
+                  .where(o.c.merchant_id == merchant_id, counts(o), o.c.paid_at >= now - timedelta(days=cfg.period_days),
+                         in_values(o.c.customer_id, customer_ids))
+                  .group_by(o.c.customer_id).subquery("period"))
+        base = c.outerjoin(period, period.c.customer_id == c.c.customer_id)
+        oldest, freq, mon = period.c.oldest, func.coalesce(period.c.f, 0), func.coalesce(period.c.m, 0)
+    sql = ScoreSql(scoring.bounds, scoring.split, cfg.levels, cfg.tier_overrides, scoring.tz, now)
+    last = c.c.last_order_at
+    levels = (select(c.c.customer_id, c.c.paid_orders, c.c.first_order_at, last, freq.label("frequency"),
+                     mon.label("monetary_fen"), oldest.label("oldest"), sql.r_level(last).label("r"),
+                     sql.f_level(freq).label("f"), sql.m_level(mon).label("m"),
+                     sql.rfm_class(last, freq, mon).label("k"), sql.recency_change_at(last).label("recency_change"))
+              .select_from(base)
+              .where(c.c.merchant_id == merchant_id, last.isnot(None), in_values(c.c.customer_id, customer_ids))
+              .subquery("levels"))
+    cell = ScoreSql.cell(levels.c.r, levels.c.f, levels.c.m)
+    return {r.customer_id: r for r in await session.execute(
+        select(levels, cell.label("cell"), sql.tier(cell).label("tier")))}
 
 
 async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[str], scoring: Scoring,
@@ -165,14 +196,16 @@ async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[st
         return 0
     customer_ids = sorted(set(customer_ids))
     cfg = scoring.config
-    values = await customer_values(session, merchant_id, customer_ids, cfg, scoring.tz, now)
+    values = await scored_values(session, merchant_id, customer_ids, scoring, now)
     interest, cats = await tag_inputs(session, merchant_id, customer_ids)
     custom = await custom_tags(session, merchant_id, customer_ids, scoring.tz, now)
-    old = {r.customer_id: (r, _state(r)) for r in await session.execute(
-        select(segments.c.customer_id, segments.c.next_change_at, segments.c.tags, segments.c.frequency,
-               segments.c.monetary_fen, *[segments.c[f] for f in FIELDS])
+    old = {r.customer_id: r for r in await session.execute(
+        select(segments.c.customer_id, *[segments.c[f] for f in FIELDS], segments.c.next_change_at,
+               segments.c.tags_change_at, segments.c.period_change_at, segments.c.tags, segments.c.frequency,
+               segments.c.monetary_fen)
         .where(segments.c.merchant_id == merchant_id, in_values(segments.c.customer_id, customer_ids)))}
-    thresholds = (*scoring.bounds.recency_days, scoring.split.recency_days)
+    period = timedelta(days=cfg.period_days) if cfg.period_days is not None else None
+    nothing = (None,) * len(FIELDS)
     rows, events, gone, retag = [], [], [], []
     for cid in customer_ids:
         v = values.get(cid)
@@ -180,38 +213,37 @@ async def rescore(session: AsyncSession, merchant_id: str, customer_ids: list[st
             paid_orders=v.paid_orders if v else 0, first_order_at=v.first_order_at if v else None,
             last_order_at=v.last_order_at if v else None, last_interest_at=interest.get(cid),
             categories=tuple(cats.get(cid, ()))), cfg.lifecycle, now)
-        tags = sorted([*tags, *custom.get(cid, ())])
-        prev_row, before = old.get(cid, (None, None))
+        if cid in custom:
+            tags = sorted([*tags, *custom[cid]])
+        tags_json = orjson.dumps(tags).decode()
+        prev = old.get(cid)
+        before = None if prev is None else tuple(prev[1:len(FIELDS) + 1])
         if v is None and not tags:
-            if before is not None:  # no paid order and no tag left: nothing to hold
+            if prev is not None:  # no paid order and no tag left: nothing to hold
                 gone.append(cid)
-                events.append(_changed(merchant_id, cid, before, None, scoring.version))
+                events.append(_changed(merchant_id, cid, _state(before, prev.tags), None, scoring.version))
             continue
-        after: dict[str, Any] = dict.fromkeys(FIELDS)
-        moments = [tags_change]
-        if v is not None:
-            sc = score(v.recency_days or 0, v.frequency, v.monetary_fen, boundaries=scoring.bounds,
-                       levels=cfg.levels, split=scoring.split, tier_overrides=cfg.tier_overrides)
-            after.update(r_level=sc.r_level, f_level=sc.f_level, m_level=sc.m_level, cell=sc.cell, tier=sc.tier,
-                         rfm_class=sc.rfm_class.code)
-            moments.append(next_recency_change(v.last_order_at, now, scoring.tz, thresholds)
-                           if v.last_order_at else None)
-            if cfg.period_days is not None and v.oldest_in_period is not None:
-                moments.append(v.oldest_in_period + timedelta(days=cfg.period_days))
-        after["tags"] = tags
+        if v is None:
+            after, fm, period_change, moments = nothing, (None, None), None, (tags_change,)
+        else:
+            after = (v.r, v.f, v.m, v.cell, v.tier, v.k)
+            fm = (v.frequency, v.monetary_fen)
+            period_change = v.oldest + period if period is not None and v.oldest is not None else None
+            moments = (tags_change, v.recency_change, period_change)
         next_change = min((m for m in moments if m is not None), default=None)
-        fm = (v.frequency, v.monetary_fen) if v else (None, None)
-        if (after != before or prev_row is None or prev_row.next_change_at != next_change
-                or (prev_row.frequency, prev_row.monetary_fen) != fm):
-            rows.append((merchant_id, cid, scoring.version, after["r_level"], after["f_level"], after["m_level"],
-                         after["cell"], after["tier"], after["rfm_class"], v.frequency if v else None,
-                         v.monetary_fen if v else None, orjson.dumps(tags).decode(), next_change, now))
-        if after != before:
-            events.append(_changed(merchant_id, cid, before, after, scoring.version))
-            if before is None or before["tags"] != tags:
+        moved = prev is None or after != before or prev.tags != tags_json
+        if (moved or (prev.next_change_at, prev.tags_change_at, prev.period_change_at) !=
+                (next_change, tags_change, period_change) or (prev.frequency, prev.monetary_fen) != fm):
+            rows.append((merchant_id, cid, scoring.version, *after, *fm, tags_json, next_change, tags_change,
+                         period_change, now))
+        if moved:
+            events.append(_changed(merchant_id, cid, None if prev is None else _state(before, prev.tags),
+                                   _state(after, tags), scoring.version))
+            if prev is None or prev.tags != tags_json:
                 retag.append((cid, tags))
     if rows:
-        stored = ("config_version", *FIELDS, "frequency", "monetary_fen", "tags", "next_change_at", "scored_at")
+        stored = ("config_version", *FIELDS, "frequency", "monetary_fen", "tags", "next_change_at", "tags_change_at",
+                  "period_change_at", "scored_at")
         await bulk_insert(session, segments, ["merchant_id", "customer_id", *stored], rows,
                           conflict=["merchant_id", "customer_id"], update={c: f"excluded.{c}" for c in stored})
     if gone:
@@ -231,17 +263,42 @@ async def sweep(session: AsyncSession, now: datetime, limit: int = JOB_CHUNK) ->
     """Re-score the customers whose next_change_at has come (one chunk); return how many were
     looked at. Cost follows the customers crossing a boundary, not all customers; running it again
     finds nothing to do, because each re-scored row gets its next moment."""
-    due = (await session.execute(select(segments.c.merchant_id, segments.c.customer_id)
-                                 .where(segments.c.next_change_at <= now)
-                                 .order_by(segments.c.next_change_at).limit(limit)
+    s = segments
+    due = (await session.execute(select(s.c.merchant_id, s.c.customer_id, s.c.tier, s.c.tags_change_at,
+                                        s.c.period_change_at)
+                                 .where(s.c.next_change_at <= now)
+                                 .order_by(s.c.next_change_at).limit(limit)
                                  .with_for_update(skip_locked=True))).all()  # one sweeper per row
-    by_merchant: dict[str, list[str]] = {}
-    for merchant_id, customer_id in due:
-        by_merchant.setdefault(merchant_id, []).append(customer_id)
-    for merchant_id, ids in by_merchant.items():
+    by_merchant: dict[str, list[Any]] = {}
+    for row in due:
+        by_merchant.setdefault(row.merchant_id, []).append(row)
+    for merchant_id, rows in by_merchant.items():
         tz = await merchant_timezone(session, merchant_id)
-        await rescore(session, merchant_id, ids, await scoring_for(session, merchant_id, tz), now)
+        scoring = await scoring_for(session, merchant_id, tz)
+        # Only the recency moment has come (no tag window, no order leaving the period): F, M and
+        # tags hold, so SQL re-scores them, unless a full re-score is still to run (the stored
+        # F, M and tags may be of another period or windows).
+        full_pending = (await session.execute(select(func.count()).select_from(rescore_jobs).where(
+            rescore_jobs.c.merchant_id == merchant_id, rescore_jobs.c.mode == "full",
+            rescore_jobs.c.status.in_(("pending", "running"))))).scalar_one()
+        recency_only = [] if full_pending else [
+            r.customer_id for r in rows if r.tier is not None
+            and (r.tags_change_at is None or r.tags_change_at > now)
+            and (r.period_change_at is None or r.period_change_at > now)]
+        if recency_only:
+            await score_in_sql(session, merchant_id, lambda t: [t.c.merchant_id == merchant_id,
+                                                                 in_values(t.c.customer_id, recency_only)],
+                               scoring, now)
+        rest = set(recency_only)
+        await rescore(session, merchant_id, [r.customer_id for r in rows if r.customer_id not in rest], scoring, now)
     return len(due)
+
+
+def _state(fields: tuple[Any, ...] | None, tags: str | list[str]) -> dict[str, Any]:
+    """A segment as segment.changed tells it (stored tags are already JSON)."""
+    state = dict(zip(FIELDS, fields or (None,) * len(FIELDS)))
+    state["tags"] = orjson.Fragment(tags) if isinstance(tags, str) else tags
+    return state
 
 
 def _changed(merchant_id: str, customer_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
@@ -253,14 +310,40 @@ def _changed(merchant_id: str, customer_id: str, before: dict[str, Any] | None, 
 # ---------------------------------------------------------------- the re-scoring job
 
 
-async def start_rescore(session: AsyncSession, merchant_id: str, version: int) -> str:
-    """Queue a re-score of every customer (in the caller's transaction)."""
-    total = (await session.execute(select(func.count()).select_from(customers).where(
-        customers.c.merchant_id == merchant_id))).scalar_one()
+async def rescore_mode(session: AsyncSession, merchant_id: str, version: int) -> str:
+    """``scores`` when a re-score under this version can only move levels, cells, tiers and
+    classes: every stored segment's F, M and tags were computed under a configuration with the
+    same period and lifecycle windows (each row keeps the version that last wrote it, and every
+    version since then agrees); else ``full``."""
+    oldest = (await session.execute(select(func.min(segments.c.config_version)).where(
+        segments.c.merchant_id == merchant_id))).scalar()
+    if oldest is None:
+        return "full"
+    bodies = dict((await session.execute(select(rfm_configs.c.version, rfm_configs.c.body).where(
+        rfm_configs.c.merchant_id == merchant_id, rfm_configs.c.version >= oldest,
+        rfm_configs.c.version <= version))).all())
+    configs = [RfmConfig.model_validate_json(body) for body in bodies.values()]
+    if oldest == 0:
+        configs.append(RfmConfig())  # version 0: the default nobody saved
+    new = RfmConfig.model_validate_json(bodies[version]) if version else RfmConfig()
+    same = all(c.period_days == new.period_days and c.lifecycle == new.lifecycle for c in configs)
+    return "scores" if same else "full"
+
+
+async def start_rescore(session: AsyncSession, merchant_id: str, version: int, *, config_change: bool = False) -> str:
+    """Queue a re-score of every customer (in the caller's transaction). After a configuration
+    change or a statistics refresh (``config_change``) it re-scores in SQL when it can
+    (``rescore_mode``); after new data, every customer goes through the whole path."""
+    mode = await rescore_mode(session, merchant_id, version) if config_change else "full"
+    counted = (select(func.count()).select_from(segments).where(segments.c.merchant_id == merchant_id,
+                                                                 segments.c.tier.isnot(None))
+               if mode == "scores" else
+               select(func.count()).select_from(customers).where(customers.c.merchant_id == merchant_id))
+    total = (await session.execute(counted)).scalar_one()
     job_id = str(uuid.uuid4())
     await session.execute(rescore_jobs.insert().values(
         job_id=job_id, merchant_id=merchant_id, config_version=version, status="pending", total=total, done=0,
-        changed=0, cursor=None, created_at=datetime.now(timezone.utc)))
+        changed=0, cursor=None, mode=mode, created_at=datetime.now(timezone.utc)))
     return job_id
 
 
@@ -279,17 +362,82 @@ async def run_rescore_step(session: AsyncSession, job_id: str) -> bool:
         await session.execute(update(rescore_jobs).where(rescore_jobs.c.job_id == job_id)
                               .values(status="superseded", finished_at=now))
         return False
-    q = select(customers.c.customer_id).where(customers.c.merchant_id == job.merchant_id)
-    if job.cursor is not None:
-        q = q.where(customers.c.customer_id > job.cursor)
-    ids = list((await session.execute(q.order_by(customers.c.customer_id).limit(JOB_CHUNK))).scalars())
     tz = await merchant_timezone(session, job.merchant_id)
-    changed = await rescore(session, job.merchant_id, ids, await scoring_for(session, job.merchant_id, tz), now)
-    finished = len(ids) < JOB_CHUNK
+    scoring = await scoring_for(session, job.merchant_id, tz)
+    if job.mode == "scores":
+        seen, changed, cursor = await rescore_scores(session, job.merchant_id, job.cursor, scoring, now)
+        finished = cursor is None
+        if finished:
+            custom_requested.set()  # merchants' own tag rules may select by tier or class
+    else:
+        q = select(customers.c.customer_id).where(customers.c.merchant_id == job.merchant_id)
+        if job.cursor is not None:
+            q = q.where(customers.c.customer_id > job.cursor)
+        ids = list((await session.execute(q.order_by(customers.c.customer_id).limit(JOB_CHUNK))).scalars())
+        changed = await rescore(session, job.merchant_id, ids, scoring, now)
+        seen, finished = len(ids), len(ids) < JOB_CHUNK
+        cursor = ids[-1] if ids else job.cursor
     await session.execute(update(rescore_jobs).where(rescore_jobs.c.job_id == job_id).values(
-        status="done" if finished else "running", done=job.done + len(ids), changed=job.changed + changed,
-        cursor=ids[-1] if ids else job.cursor, finished_at=now if finished else None))
+        status="done" if finished else "running", done=job.done + seen, changed=job.changed + changed,
+        cursor=cursor if not finished else job.cursor, finished_at=now if finished else None))
     return not finished
+
+
+async def rescore_scores(session: AsyncSession, merchant_id: str, after: str | None, scoring: Scoring,
+                         now: datetime, chunk: int = SCORES_CHUNK) -> tuple[int, int, str | None]:
+    """Re-score the next ``chunk`` stored segments after ``after`` in SQL; return (rows looked
+    at, segments changed, the cursor to go on from, None at the end)."""
+    s = segments
+
+    def in_chunk(t: Any) -> list[Any]:  # on every table of the statements, so each reads its range only
+        return [t.c.merchant_id == merchant_id, *([t.c.customer_id > after] if after is not None else []),
+                *([t.c.customer_id <= upper] if upper is not None else [])]
+
+    upper = None
+    upper = (await session.execute(select(s.c.customer_id).where(*in_chunk(s), s.c.tier.isnot(None))
+                                   .order_by(s.c.customer_id).offset(chunk - 1).limit(1))).scalar()
+    seen = chunk if upper is not None else (await session.execute(
+        select(func.count()).select_from(s).where(*in_chunk(s), s.c.tier.isnot(None)))).scalar_one()
+    return seen, await score_in_sql(session, merchant_id, in_chunk, scoring, now), upper
+
+
+async def score_in_sql(session: AsyncSession, merchant_id: str, rows: Callable[[Any], list[Any]],
+                       scoring: Scoring, now: datetime) -> int:
+    """Re-score the stored segments ``rows(table)`` selects, in SQL: levels, cell, tier, class
+    and the recency moment from last_order_at and the stored F and M; tags and the other moments
+    as stored. Announce the changed ones (built by the database); return how many changed."""
+    s, c = segments, customers
+    mine = [*rows(s), s.c.tier.isnot(None)]
+    sql = ScoreSql(scoring.bounds, scoring.split, scoring.config.levels, scoring.config.tier_overrides, scoring.tz,
+                   now)
+    last, freq, mon = c.c.last_order_at, s.c.frequency, s.c.monetary_fen
+    levels = (select(s.c.customer_id.label("cid"), sql.r_level(last).label("r"), sql.f_level(freq).label("f"),
+                     sql.m_level(mon).label("m"), sql.rfm_class(last, freq, mon).label("k"),
+                     earliest(s.c.tags_change_at, s.c.period_change_at, sql.recency_change_at(last)).label("nxt"))
+              .select_from(s.join(c, and_(c.c.merchant_id == s.c.merchant_id, c.c.customer_id == s.c.customer_id)))
+              .where(*mine, *rows(c)).subquery("levels"))
+    cell = ScoreSql.cell(levels.c.r, levels.c.f, levels.c.m)
+    n = select(levels, cell.label("cell"), sql.tier(cell).label("tier")).subquery("n")
+    same_row = and_(*rows(s), s.c.customer_id == n.c.cid)
+    moved = or_(s.c.cell != n.c.cell, s.c.tier != n.c.tier, s.c.rfm_class != n.c.k)
+    # Hold the rows: the consumer may re-score one of them meanwhile, and the event's "before"
+    # must be the row this statement replaces.
+    await session.execute(select(func.count()).select_from(
+        select(s.c.customer_id).where(*mine).with_for_update().subquery()))
+
+    def state(r: Any, f: Any, m: Any, cell: Any, tier: Any, klass: Any) -> Any:
+        return json_object("r_level", r, "f_level", f, "m_level", m, "cell", cell, "tier", tier, "rfm_class", klass,
+                           "tags", json_text(s.c.tags))
+
+    changed = await outbox.stage_select(session, "segment.changed", select(
+        s.c.merchant_id, s.c.customer_id, json_object(
+            "before", state(s.c.r_level, s.c.f_level, s.c.m_level, s.c.cell, s.c.tier, s.c.rfm_class),
+            "after", state(n.c.r, n.c.f, n.c.m, n.c.cell, n.c.tier, n.c.k),
+            "config_version", literal(scoring.version)).label("data")).where(same_row, moved))
+    await session.execute(update(s).where(same_row, or_(moved, s.c.next_change_at.is_distinct_from(n.c.nxt))).values(
+        config_version=scoring.version, r_level=n.c.r, f_level=n.c.f, m_level=n.c.m, cell=n.c.cell, tier=n.c.tier,
+        rfm_class=n.c.k, next_change_at=n.c.nxt, scored_at=now))
+    return changed
 
 
 async def refresh_due_stats(session: AsyncSession, now: datetime) -> list[str]:
@@ -315,7 +463,7 @@ async def refresh_due_stats(session: AsyncSession, now: datetime) -> list[str]:
             continue
         tz = await merchant_timezone(session, merchant_id)
         await refresh_stats(session, merchant_id, version, config, tz, now)
-        due.append(await start_rescore(session, merchant_id, version))
+        due.append(await start_rescore(session, merchant_id, version, config_change=True))
     return due
 
 

@@ -1,0 +1,292 @@
+"""coupons.wallet_get: GET /v1/me/coupons (a customer's wallet, customer token) over HTTP on
+PostgreSQL, with a bare FastAPI endpoint returning a wallet-sized constant JSON as its peer,
+measured in the same run under the same load.
+
+Data (not timed, loading time on stderr): merchant "bench", N customers with K coupons each
+(templates of the four kinds; most available, some used, some expired, a few locked), loaded
+with COPY into a migrated coupons database. The service runs as its own process
+(`python -m services.coupons run --roles api`), the load comes from one asyncio process with
+keep-alive HTTP/1.1 connections, each request a random customer's token: first a closed loop
+(each connection sends its next request when the answer comes; the req_per_s and p99_ms
+figures), then open loops paced at fixed rates (2,000/s is the goal's), whose latency counts
+from the scheduled start, so that a service slower than the rate shows its queue.
+
+    python -m bench.bench_coupons_wallet --customers 100000 --pg-dsn postgresql://…/empty_db
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import orjson
+
+from bench.common import result, say
+from bench.bench_segmentation import free_port, wait_up
+
+MERCHANT = "bench"
+SECRET = "bench-wallet-secret-0123456789abcdefghijklmnopqrstuv"
+TEMPLATES = [
+    {"name": "新客8折券", "kind": {"type": "percent", "pay_percent": 80, "max_discount_fen": 5000}, "valid_days": 30},
+    {"name": "复购85折券", "kind": {"type": "percent", "pay_percent": 85}, "valid_days": 30},
+    {"name": "奶粉满300减30", "kind": {"type": "amount_off", "amount_off_fen": 3000, "threshold_fen": 30000},
+     "scope": {"categories": ["milk-powder"]}, "valid_days": 30},
+    {"name": "无门槛5元", "kind": {"type": "no_threshold", "amount_off_fen": 500}, "valid_days": 14},
+    {"name": "第二单包邮", "kind": {"type": "free_shipping", "nth_order_today": 2}, "valid_days": 7,
+     "hours": [[9, 22]]},
+]
+
+
+def cid(i: int) -> str:
+    return f"c{i:08d}"
+
+
+async def load(dsn: str, url: str, n: int, per: int, now: datetime, seed: int = 7) -> None:
+    from services.coupons.domain.templates import CouponTemplate
+    from services.coupons.spec import SPEC
+    from shared.db import create_engine
+    from shared.runtime import migrate
+
+    engine = create_engine(url)
+    await migrate(engine, SPEC)
+    await engine.dispose()
+    rnd = random.Random(seed)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO merchants (merchant_id, name, timezone, jwt_secret, active, updated_at) "
+                           "VALUES ($1, 'bench', 'Asia/Shanghai', $2, true, now())", MERCHANT, SECRET.encode())
+        await conn.copy_records_to_table("templates", columns=[
+            "merchant_id", "template_id", "name", "body", "stock", "issued", "public", "active", "created_at",
+            "updated_at"], records=[
+            (MERCHANT, f"tpl-{k}", t["name"], CouponTemplate.model_validate(t).model_dump_json(), None, 0, False, True,
+             now, now) for k, t in enumerate(TEMPLATES)])
+        t0 = time.perf_counter()
+        rows = []
+        for i in range(n):
+            for j in range(per):
+                k = rnd.randrange(len(TEMPLATES))
+                issued = now - timedelta(days=rnd.uniform(0, 40))
+                expires = issued + timedelta(days=TEMPLATES[k]["valid_days"])  # type: ignore[operator]
+                roll = rnd.random()
+                state, order, used = "available", None, None
+                if expires <= now:
+                    state = "expired" if roll < 0.8 else "used"
+                elif roll < 0.2:
+                    state = "used"
+                elif roll < 0.23:
+                    state = "locked"
+                if state in ("used", "locked"):
+                    order, used = f"o-{i}-{j}", issued + timedelta(hours=3)
+                rows.append((MERCHANT, f"cpn_{i:08d}_{j}", cid(i), f"tpl-{k}", None, state, order, issued, expires,
+                             issued, used if state in ("used", "locked") else None, used if state == "used" else None,
+                             1500 if state == "used" else None, 9900 if state == "used" else None, None,
+                             1 if state != "available" else 0))
+        await conn.copy_records_to_table("coupons", columns=[
+            "merchant_id", "coupon_id", "customer_id", "template_id", "rule_id", "state", "order_id", "starts_at",
+            "expires_at", "issued_at", "locked_at", "used_at", "discount_fen", "order_amount_fen", "reminded_at",
+            "version"], records=rows)
+        await conn.execute("VACUUM ANALYZE coupons")
+        say(f"loaded {len(rows):,} coupons for {n:,} customers in {time.perf_counter() - t0:.1f}s")
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------- the load
+
+
+def peer_server(port: int) -> None:
+    """A bare FastAPI endpoint answering a constant wallet of the same shape and size."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    body = orjson.loads(PEER_BODY)
+
+    @app.get("/v1/me/coupons")
+    async def wallet() -> dict[str, Any]:
+        return body  # type: ignore[no-any-return]
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+PEER_BODY = b""  # set from a real answer before the peer starts (passed through the environment)
+
+
+async def load_test(base: str, tokens: list[str], seconds: float, concurrency: int, rate: float | None = None
+                    ) -> tuple[float, float, float, int, int]:
+    """`concurrency` keep-alive HTTP/1.1 connections, each sending one GET after another for
+    `seconds` (closed loop); with `rate`, requests are started on a fixed schedule instead (open
+    loop: latency counted from the scheduled start, so queueing shows). Returns (req/s, p50 ms,
+    p99 ms, requests, errors)."""
+    host, port = base.removeprefix("http://").split(":")
+    lat: list[float] = []
+    errors = 0
+    rnd = random.Random(5)
+
+    async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str) -> int:
+        writer.write(f"GET /v1/me/coupons HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        return status
+
+    ready = asyncio.Event()
+    schedule: asyncio.Queue[float] = asyncio.Queue()
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for t in tokens[:5]:  # warm up
+                await get(reader, writer, t)
+            await ready.wait()
+            while True:
+                start = await schedule.get() if rate else time.perf_counter()
+                status = await get(reader, writer, rnd.choice(tokens))
+                lat.append(time.perf_counter() - start)
+                if status != 200:
+                    errors += 1
+        finally:
+            writer.close()
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(2.0)
+    started = time.perf_counter()
+    stop_at = started + seconds
+    ready.set()
+    if rate:
+        k = 0
+        while time.perf_counter() < stop_at:
+            due = started + k / rate
+            now = time.perf_counter()
+            if due > now:
+                await asyncio.sleep(due - now)
+            schedule.put_nowait(due)
+            k += 1
+    else:
+        while time.perf_counter() < stop_at:
+            await asyncio.sleep(0.05)
+    n_at_stop, errors_at_stop = len(lat), errors
+    elapsed = time.perf_counter() - started
+    for tk in tasks:
+        tk.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    done = sorted(lat[:n_at_stop])
+    p = lambda q: done[min(len(done) - 1, int(len(done) * q))] * 1000  # noqa: E731
+    return n_at_stop / elapsed, p(0.5), p(0.99), n_at_stop, errors_at_stop
+
+
+Figures = tuple[float, float, float, int, int]
+
+
+async def measure(base: str, tokens: list[str], seconds: float, concurrency: int, rates: list[float]
+                  ) -> tuple[Figures, dict[float, Figures]]:
+    closed = await load_test(base, tokens, seconds, concurrency)
+    return closed, {r: await load_test(base, tokens, seconds, concurrency, rate=r) for r in rates}
+
+
+async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency: int, rates: list[float]) -> None:
+    from shared.tenancy import mint_customer_token
+
+    now = datetime.now(timezone.utc)
+    t = time.perf_counter()
+    await load(dsn, url, n, per, now)
+    say(f"loading took {time.perf_counter() - t:.1f}s")
+    rnd = random.Random(3)
+    sample = rnd.sample(range(n), min(n, 20_000))
+    tokens = [mint_customer_token(MERCHANT, cid(i), SECRET, ttl=timedelta(hours=2)) for i in sample]
+
+    data_dir = tempfile.mkdtemp(prefix="fgb-cpn-")
+    port, peer_port = free_port(), free_port()
+    env = {**os.environ, "FUGOU_COUPONS_DATABASE_URL": url, "FUGOU_BUS": "inprocess", "FUGOU_DATA_DIR": data_dir,
+           "FUGOU_ENV": "test", "FUGOU_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "services.coupons", "run", "--roles", "api", "--port", str(port)],
+                            env=env)
+    try:
+        await wait_up(f"http://127.0.0.1:{port}/healthz")
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            sample_body = (await client.get(f"http://127.0.0.1:{port}/v1/me/coupons",
+                                            headers={"Authorization": f"Bearer {tokens[0]}"})).content
+        (rps, p50, p99, n_req, errors), paced = await measure(f"http://127.0.0.1:{port}", tokens, seconds,
+                                                              concurrency, rates)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+    def told(figures: dict[float, Figures]) -> str:
+        return "; ".join(f"paced at {r:,.0f}/s: {f[0]:,.0f} req/s, p50 {f[1]:.1f} ms, p99 {f[2]:.1f} ms, "
+                         f"{f[4]} errors" for r, f in figures.items())
+
+    say(f"wallet_get: closed loop {n_req:,} requests, {errors} errors, {rps:,.0f} req/s, p50 {p50:.1f} ms, "
+        f"p99 {p99:.1f} ms; {told(paced)}")
+    peer = subprocess.Popen([sys.executable, "-m", "bench.bench_coupons_wallet", "--peer-server", str(peer_port)],
+                            env={**os.environ, "FUGOU_BENCH_PEER_BODY": sample_body.decode()})
+    try:
+        await wait_up(f"http://127.0.0.1:{peer_port}/v1/me/coupons")
+        (q_rps, q_p50, q_p99, q_n, _), peer_paced = await measure(f"http://127.0.0.1:{peer_port}", tokens, seconds,
+                                                                  concurrency, rates)
+    finally:
+        peer.send_signal(signal.SIGTERM)
+        peer.wait(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    say(f"peer: closed loop {q_n:,} requests, {q_rps:,.0f} req/s, p50 {q_p50:.1f} ms, p99 {q_p99:.1f} ms; "
+        f"{told(peer_paced)}")
+    common: dict[str, Any] = {
+        "customers": n, "coupons": n * per, "wallet_bytes": len(sample_body), "seconds": seconds,
+        "concurrency": concurrency, "requests": n_req, "errors": errors, "p50_ms": round(p50, 2),
+        "peer_p50_ms": round(q_p50, 2),
+        "client": f"{concurrency} keep-alive HTTP/1.1 connections from one asyncio process on the same machine",
+        # Open loop: requests started on a fixed schedule, latency from the scheduled start (a
+        # service slower than the rate shows its queue here).
+        "paced": {f"{r:.0f}_per_s": {"req_per_s": round(f[0], 1), "p50_ms": round(f[1], 2), "p99_ms": round(f[2], 2),
+                                     "errors": f[4], "peer_p99_ms": round(peer_paced[r][2], 2)}
+                  for r, f in paced.items()}}
+    if n < 100_000:
+        common["scaled"] = True
+    peer_name = "bare FastAPI endpoint returning the same wallet JSON as a constant (uvicorn, same machine, same load)"
+    result("coupons.wallet_get", "req_per_s", rps, "req/s", peer_name, q_rps, **common)
+    result("coupons.wallet_get", "p99_ms", p99, "ms", peer_name, q_p99, **common)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--per-customer", type=int, default=4)
+    parser.add_argument("--pg-dsn", help="postgresql://… of an empty database")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rates", default="2000,1000",
+                        help="request rates of the paced (open-loop) runs, comma-separated; 2,000/s is the goal's")
+    parser.add_argument("--peer-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer_server:
+        global PEER_BODY
+        PEER_BODY = os.environ["FUGOU_BENCH_PEER_BODY"].encode()
+        peer_server(args.peer_server)
+        return
+    if not args.pg_dsn:
+        parser.error("--pg-dsn is required")
+    url = args.pg_dsn.replace("postgresql://", "postgresql+asyncpg://")
+    asyncio.run(run(args.customers, args.per_customer, args.pg_dsn, url, args.seconds, args.concurrency,
+                    [float(r) for r in args.rates.split(",") if r.strip()]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""loyalty.ledger and loyalty.points_get, each with its peer measured in the same run.
+
+loyalty.ledger: points ledger entries/s from a Kafka topic into the loyalty store on PostgreSQL:
+`python -m services.loyalty run --roles consumer,relay` consumes `order.paid` events (90%: pending
+points, level growth with a two-level ladder, and the outbox's points.earned) and
+`order.refunded` of earlier orders (10%: the pending points cancelled in proportion), inbox and
+outbox included, until every event is in the inbox and the outbox is empty. The figure is the
+ledger entries written per second (events/s beside it). Peer: raw aiokafka consumption of the
+same topic (getmany, no processing).
+
+loyalty.points_get: GET /v1/me/points (balance, pending, what expires soon, level and progress:
+one statement) on the loyalty service alone, for N customers with a few lots and growth each
+(loaded with COPY), at a fixed number of keep-alive connections, each request with its own
+customer token. Peer: a bare FastAPI endpoint returning a constant JSON, same load.
+
+    python -m bench.bench_loyalty ledger --events 200000 --customers 50000 --kafka H:P --pg-dsn postgresql://…
+    python -m bench.bench_loyalty points --customers 100000 --pg-dsn postgresql://… [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from bench.common import result, say
+from tests.infra import pg_scalar
+
+MERCHANT = "bench"
+TOPIC = "shop.orders"
+PEPPER = "fugou-development-only"
+SECRET = "bench-jwt-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+LADDER = {"levels": [{"code": "silver", "name": "白银会员", "threshold": 0},
+                     {"code": "gold", "name": "黄金会员", "threshold": 2000,
+                      "benefits": {"points_multiplier_permille": 1500}}]}
+
+
+# ---------------------------------------------------------------- loyalty.ledger
+
+
+def generate(n: int, customers: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
+    """n events as (key, value): order.paid, and every tenth an order.refunded of an earlier order
+    of the same customer (half of it), built directly as JSON for speed. Recent: the points stay
+    pending (one entry per payment, one per refund)."""
+    rng = random.Random(seed)
+    start = datetime.now(timezone(timedelta(hours=8))) - timedelta(hours=1)
+    out = []
+    orders: dict[str, list[tuple[str, int]]] = {}
+    for i in range(n):
+        c = f"c-{rng.randrange(customers)}"
+        at = start + timedelta(milliseconds=i * 10)
+        if i % 10 == 9 and orders.get(c):
+            order_id, amount = orders[c].pop()
+            body: dict[str, Any] = {"event_id": f"ev-{i}", "type": "order.refunded", "merchant_id": MERCHANT,
+                                    "customer_id": c, "occurred_at": at.isoformat(),
+                                    "data": {"order_id": order_id, "refund_id": f"rf-{i}",
+                                             "amount_fen": max(1, amount // 2)}}
+        else:
+            amount = rng.randrange(500, 50000)
+            order_id = f"o-{i}"
+            orders.setdefault(c, []).append((order_id, amount))
+            body = {"event_id": f"ev-{i}", "type": "order.paid", "merchant_id": MERCHANT, "customer_id": c,
+                    "occurred_at": at.isoformat(),
+                    "data": {"order_id": order_id, "amount_fen": amount,
+                             "items": [{"sku": "milk-900g", "category": "milk-powder", "quantity": 1,
+                                        "amount_fen": amount}], "coupon_ids": []}}
+        out.append((f"{MERCHANT}:{c}".encode(), orjson.dumps(body)))
+    return out
+
+
+async def ledger(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str, processes: int) -> None:
+    import asyncpg
+
+    from bench.bench_ingest import produce, raw_consume
+    from shared.bus.base import Message
+    from shared.bus.kafka import KafkaBus
+    from shared.events import new_event
+    from shared.tenancy import hash_api_key
+
+    prefix = f"b{uuid.uuid4().hex[:6]}."
+    bus = KafkaBus(bootstrap, prefix=prefix)
+    await bus.start()
+    await bus.ensure_topics([TOPIC, "shop.customers", "fugou.merchants", "fugou.loyalty", "fugou.dlq"])
+    merchant = new_event("merchant.upserted", MERCHANT, data={
+        "name": "bench", "timezone": "Asia/Shanghai", "api_key_hashes": [hash_api_key("k", "p")],
+        "jwt_secret": SECRET, "active": True})
+    await bus.publish([Message("fugou.merchants", merchant.key, merchant.to_json())])
+    await bus.stop()
+
+    say(f"generating {n:,} order events for {customers:,} customers")
+    messages = generate(n, customers)
+    say("producing to Kafka")
+    produce_s = await produce(bootstrap, prefix + TOPIC, messages)
+    say(f"produced in {produce_s:.1f}s ({n / produce_s:,.0f}/s)")
+    del messages
+
+    peer_s = await raw_consume(bootstrap, prefix + TOPIC, n)
+    say(f"peer: raw aiokafka consumed {n:,} in {peer_s:.1f}s ({n / peer_s:,.0f}/s)")
+
+    env = {**os.environ, "FUGOU_BUS": "kafka", "FUGOU_KAFKA_BOOTSTRAP": bootstrap, "FUGOU_KAFKA_PREFIX": prefix,
+           "FUGOU_LOYALTY_DATABASE_URL": pg_url, "FUGOU_CONSUMER_BATCH": "5000", "FUGOU_RELAY_BATCH": "5000",
+           "FUGOU_LOG_LEVEL": "WARNING", "FUGOU_ENV": "test"}
+    subprocess.run([sys.executable, "-m", "services.loyalty", "migrate"], env=env, check=True)
+    # The merchant's rules: a ladder, so growth and upgrades are part of the work (not timed).
+    from services.loyalty.service_layer.rules import LoyaltyRules
+
+    rules = LoyaltyRules.model_validate({"levels": LADDER})
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO loyalty_rules (merchant_id, version, earn_rules, ledger_rules, offset_rules, level_rules, "
+            "updated_at) VALUES ($1, 1, $2, $3, $4, $5, now())", MERCHANT, rules.earn.model_dump_json(),
+            rules.ledger.model_dump_json(), rules.offset.model_dump_json(),
+            rules.levels.model_dump_json() if rules.levels else None)
+    finally:
+        await conn.close()
+    # Like the deployment (deploy/k8s/loyalty.yaml: 2 replicas), `processes` consumers share the
+    # topic's partitions through their group; one relay is active at a time (advisory lock).
+    procs = [subprocess.Popen([sys.executable, "-m", "services.loyalty", "run", "--roles", "consumer,relay",
+                               "--port", "0"], env=env) for _ in range(processes)]
+    started = time.perf_counter()
+    try:
+        last = -1
+        while True:
+            await asyncio.sleep(0.5)
+            applied = await pg_scalar(pg_dsn, "SELECT count(*) FROM inbox")
+            if applied >= n and await pg_scalar(pg_dsn, "SELECT count(*) FROM outbox") == 0:
+                break
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"loyalty exited with {proc.returncode}")
+            if applied // 50_000 != last // 50_000:
+                say(f"applied {applied:,} ({time.perf_counter() - started:.0f}s)")
+            last = applied
+        elapsed = time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    n_entries = await pg_scalar(pg_dsn, "SELECT count(*) FROM entries")
+    paid = await pg_scalar(pg_dsn, "SELECT count(*) FROM order_points WHERE paid_fen IS NOT NULL")
+    pending = await pg_scalar(pg_dsn, "SELECT coalesce(sum(pending), 0) FROM accounts")
+    from_entries = await pg_scalar(pg_dsn, "SELECT coalesce(sum(pending), 0) FROM entries")
+    assert pending == from_entries, f"accounts hold {pending} pending points, the entries {from_entries}"
+    dead = await pg_scalar(pg_dsn, "SELECT count(*) FROM inbox") - n
+    say(f"{n_entries:,} entries for {paid:,} paid orders in {elapsed:.1f}s")
+    result("loyalty.ledger", "entries_per_s", n_entries / elapsed, "entries/s",
+           "raw aiokafka consumption of the same topic (events/s)", n / peer_s, events=n, entries=n_entries,
+           events_per_s=round(n / elapsed), customers=customers, seconds=round(elapsed, 1), processes=processes,
+           produce_events_per_s=round(n / produce_s), inbox_beyond_events=dead)
+
+
+# ---------------------------------------------------------------- loyalty.points_get
+
+
+async def load_points(dsn: str, n: int, seed: int = 11) -> list[str]:
+    """n customers, 1–4 lots each (some expiring within 30 days), a paid order with its growth, an
+    account row consistent with the lots (balance = Σ lots), loaded with COPY."""
+    import asyncpg
+
+    from services.loyalty.service_layer.rules import LoyaltyRules
+
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    accounts, lots, growth = [], [], []
+    ids = []
+    for i in range(n):
+        cid = f"c{i:08d}"
+        ids.append(cid)
+        total = 0
+        for k in range(rng.randrange(1, 5)):
+            points = rng.randrange(10, 2000)
+            expires = now + timedelta(days=rng.randrange(5, 400))
+            lots.append((MERCHANT, cid, f"mature:o-{i}-{k}", expires - timedelta(days=365), expires, points, points,
+                         None))
+            total += points
+        g = rng.randrange(0, 4000)
+        paid_at = now - timedelta(days=rng.randrange(1, 300))
+        growth.append((MERCHANT, f"o-{i}-0", cid, g * 100, g // 10, g, 0, paid_at, paid_at + timedelta(days=7), 0,
+                       True, False))
+        accounts.append((MERCHANT, cid, total, rng.randrange(0, 300), 0, "gold" if g >= 2000 else None, now))
+    rules = LoyaltyRules.model_validate({"levels": LADDER})
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.copy_records_to_table("accounts", records=accounts, columns=[
+            "merchant_id", "customer_id", "balance", "pending", "debt", "level", "updated_at"])
+        await conn.copy_records_to_table("lots", records=lots, columns=[
+            "merchant_id", "customer_id", "lot_id", "earned_at", "expires_at", "points", "remaining", "notified_at"])
+        await conn.copy_records_to_table("order_points", records=growth, columns=[
+            "merchant_id", "order_id", "customer_id", "paid_fen", "points", "growth", "growth_removed", "paid_at",
+            "matures_at", "refunded_fen", "matured", "cancelled"])
+        await conn.execute(
+            "INSERT INTO loyalty_rules (merchant_id, version, earn_rules, ledger_rules, offset_rules, level_rules, "
+            "updated_at) VALUES ($1, 1, $2, $3, $4, $5, now())", MERCHANT, rules.earn.model_dump_json(),
+            rules.ledger.model_dump_json(), rules.offset.model_dump_json(),
+            rules.levels.model_dump_json() if rules.levels else None)
+        await conn.execute("INSERT INTO merchants (merchant_id, name, timezone, jwt_secret, active, updated_at) "
+                           "VALUES ($1, $1, 'Asia/Shanghai', $2, true, now())", MERCHANT, SECRET.encode())
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return ids
+
+
+def peer_server(port: int) -> None:
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    body = {"customer_id": "c00000001", "balance": 1234, "pending": 56, "debt": 0,
+            "expiring": [{"expires_at": "2026-12-31T16:00:00Z", "points": 100}], "expiring_within_days": 30,
+            "level": {"code": "gold", "name": "黄金会员"},
+            "progress": {"growth": 2100, "next_level": None, "needed": 0, "permille": 1000, "keep_needed": 0}}
+
+    @app.get("/v1/me/points")
+    async def points() -> dict[str, Any]:
+        return body
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+async def load_test(base: str, tokens: list[str], seconds: float, concurrency: int) -> tuple[float, float, int, int]:
+    """`concurrency` keep-alive HTTP/1.1 connections, each sending one GET /v1/me/points after
+    another for `seconds`, each with a random customer's token (bench_segmentation's client)."""
+    host, port = base.removeprefix("http://").split(":")
+    lat: list[float] = []
+    errors = 0
+    rnd = random.Random(5)
+
+    async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str) -> int:
+        writer.write(f"GET /v1/me/points HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        return status
+
+    async def worker(stop: float) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for t in tokens[:5]:  # warm up (rules cache, merchant cache, plans)
+                await get(reader, writer, t)
+            await ready.wait()
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                status = await get(reader, writer, rnd.choice(tokens))
+                lat.append(time.perf_counter() - t0)
+                if status != 200:
+                    errors += 1
+        finally:
+            writer.close()
+
+    ready = asyncio.Event()
+    stop = time.perf_counter() + 3600  # the workers are cancelled at the deadline below
+    tasks = [asyncio.create_task(worker(stop)) for _ in range(concurrency)]
+    await asyncio.sleep(2.0)
+    started = time.perf_counter()
+    stop_at = started + seconds
+    ready.set()
+    while time.perf_counter() < stop_at:
+        await asyncio.sleep(0.05)
+    n_at_stop, errors_at_stop = len(lat), errors
+    elapsed = time.perf_counter() - started
+    for tk in tasks:
+        tk.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    done = sorted(lat[:n_at_stop])
+    return n_at_stop / elapsed, done[int(len(done) * 0.99)] * 1000, n_at_stop, errors_at_stop
+
+
+async def points_get(n: int, dsn: str, url: str, seconds: float, concurrency: int) -> None:
+    from bench.bench_segmentation import free_port, wait_up
+    from shared.tenancy import mint_customer_token
+
+    data_dir = tempfile.mkdtemp(prefix="fgb-loy-")
+    env = {**os.environ, "FUGOU_LOYALTY_DATABASE_URL": url, "FUGOU_BUS": "inprocess", "FUGOU_DATA_DIR": data_dir,
+           "FUGOU_ENV": "test", "FUGOU_LOG_LEVEL": "WARNING"}
+    env.pop("FUGOU_API_KEY_PEPPER", None)
+    subprocess.run([sys.executable, "-m", "services.loyalty", "migrate"], env=env, check=True)
+    started = time.perf_counter()
+    ids = await load_points(dsn, n)
+    say(f"loaded {n:,} customers in {time.perf_counter() - started:.1f}s")
+    rnd = random.Random(3)
+    tokens = [mint_customer_token(MERCHANT, c, SECRET, ttl=timedelta(hours=2)) for c in rnd.sample(ids, min(5000, n))]
+    port, peer_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.loyalty", "run", "--roles", "api", "--port", str(port)],
+                            env=env)
+    try:
+        await wait_up(f"http://127.0.0.1:{port}/healthz")
+        rps, p99, n_req, errors = await load_test(f"http://127.0.0.1:{port}", tokens, seconds, concurrency)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    say(f"points_get: {n_req:,} requests, {errors} errors, {rps:,.0f} req/s, p99 {p99:.1f} ms")
+    peer = subprocess.Popen([sys.executable, "-m", "bench.bench_loyalty", "peer-server", "--port", str(peer_port)])
+    try:
+        await wait_up(f"http://127.0.0.1:{peer_port}/v1/me/points")
+        p_rps, p_p99, p_n, _ = await load_test(f"http://127.0.0.1:{peer_port}", tokens, seconds, concurrency)
+    finally:
+        peer.send_signal(signal.SIGTERM)
+        peer.wait(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    say(f"peer: {p_n:,} requests, {p_rps:,.0f} req/s, p99 {p_p99:.1f} ms")
+    common = {"customers": n, "seconds": seconds, "concurrency": concurrency, "requests": n_req, "errors": errors,
+              "client": f"{concurrency} keep-alive HTTP/1.1 connections from one asyncio process on the same machine"}
+    peer_name = "bare FastAPI endpoint returning a constant JSON (uvicorn, same machine, same load)"
+    result("loyalty.points_get", "req_per_s", rps, "req/s", peer_name, p_rps, **common)
+    result("loyalty.points_get", "p99_ms", p99, "ms", peer_name, p_p99, **common)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_loyalty")
+    sub = parser.add_subparsers(dest="bench", required=True)
+    led = sub.add_parser("ledger", help="loyalty.ledger: entries/s from Kafka into PostgreSQL")
+    led.add_argument("--events", type=int, default=200_000)
+    led.add_argument("--customers", type=int, default=50_000)
+    led.add_argument("--kafka", required=True)
+    led.add_argument("--pg-dsn", required=True, help="postgresql://… of an empty database")
+    led.add_argument("--processes", type=int, default=1, help="loyalty consumer processes (one group)")
+    pts = sub.add_parser("points", help="loyalty.points_get: GET /v1/me/points over HTTP")
+    pts.add_argument("--customers", type=int, default=100_000)
+    pts.add_argument("--pg-dsn", required=True, help="postgresql://… of an empty database")
+    pts.add_argument("--seconds", type=float, default=15.0)
+    pts.add_argument("--concurrency", type=int, default=32)
+    peer = sub.add_parser("peer-server")
+    peer.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    if args.bench == "peer-server":
+        peer_server(args.port)
+        return
+    url = args.pg_dsn.replace("postgresql://", "postgresql+asyncpg://")
+    if args.bench == "ledger":
+        asyncio.run(ledger(args.events, args.customers, args.kafka, args.pg_dsn, url, args.processes))
+    else:
+        asyncio.run(points_get(args.customers, args.pg_dsn, url, args.seconds, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

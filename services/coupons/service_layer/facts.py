@@ -1,0 +1,91 @@
+"""What coupons keeps of other systems' facts: the shop's orders (for Nth-order and goal
+triggers, redemption and ROI), referrals, and each customer's segment as segmentation announced
+it (for audience filters on tier, cell, class and tags). Idempotent and order-independent:
+each fact is an upsert that ends the same whatever the delivery order."""
+
+from __future__ import annotations
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.coupons.adapters.tables import customer_segments, orders, referrals
+from shared.db import bulk_insert
+from shared.events import EnvelopeBase
+
+ORDER_TYPES = frozenset({"order.created", "order.paid", "order.cancelled", "order.refunded"})
+
+
+async def record_orders(session: AsyncSession, events: list[EnvelopeBase]) -> None:
+    """One row per order: created or paid sets the amount (the payment's wins), paid_at is the
+    earliest payment, cancelled_at the earliest cancellation; refunds are summed per order in the
+    events of the batch and added (the inbox keeps each refund event to one application)."""
+    rows: dict[tuple[str, str], list[object]] = {}
+    for e in events:
+        t = e.type  # type: ignore[attr-defined]
+        if t not in ORDER_TYPES:
+            continue
+        d = e.data  # type: ignore[attr-defined]
+        key = (e.merchant_id, d.order_id)
+        row = rows.setdefault(key, [e.merchant_id, d.order_id, e.customer_id, 0, None, None, 0])
+        if t == "order.paid":
+            if row[4] is None or e.occurred_at < row[4]:  # type: ignore[operator]
+                row[3], row[4] = d.amount_fen, e.occurred_at
+        elif t == "order.created":
+            if row[4] is None:
+                row[3] = d.amount_fen
+        elif t == "order.cancelled":
+            row[5] = e.occurred_at if row[5] is None else min(row[5], e.occurred_at)  # type: ignore[type-var]
+        else:
+            row[6] = int(row[6]) + d.amount_fen  # type: ignore[call-overload]
+    if not rows:
+        return
+    await bulk_insert(
+        session, orders, ["merchant_id", "order_id", "customer_id", "amount_fen", "paid_at", "cancelled_at",
+                          "refunded_fen"], [tuple(r) for r in rows.values()],
+        conflict=["merchant_id", "order_id"],
+        update={
+            # The earliest payment's amount wins; a creation's only until a payment is known.
+            "amount_fen": "CASE WHEN excluded.paid_at IS NOT NULL AND ({t}.paid_at IS NULL "
+                          "OR excluded.paid_at < {t}.paid_at) THEN excluded.amount_fen "
+                          "WHEN {t}.paid_at IS NULL AND {t}.amount_fen = 0 THEN excluded.amount_fen "
+                          "ELSE {t}.amount_fen END",
+            "paid_at": "{least}(coalesce({t}.paid_at, excluded.paid_at), coalesce(excluded.paid_at, {t}.paid_at))",
+            "cancelled_at": "{least}(coalesce({t}.cancelled_at, excluded.cancelled_at), "
+                            "coalesce(excluded.cancelled_at, {t}.cancelled_at))",
+            "refunded_fen": "{t}.refunded_fen + excluded.refunded_fen",
+        })
+
+
+async def record_referrals(session: AsyncSession, events: list[EnvelopeBase]) -> None:
+    """The first referral bound wins (a customer is referred once)."""
+    rows = {}
+    for e in events:
+        if e.type == "referral.bound":  # type: ignore[attr-defined]
+            key = (e.merchant_id, e.customer_id)
+            if key not in rows or e.occurred_at < rows[key][3]:
+                rows[key] = (e.merchant_id, e.customer_id, e.data.referrer_id, e.occurred_at)  # type: ignore[attr-defined]
+    await bulk_insert(session, referrals, ["merchant_id", "customer_id", "referrer_id", "bound_at"], list(rows.values()),
+                      conflict=["merchant_id", "customer_id"],
+                      update={"referrer_id": "CASE WHEN excluded.bound_at < {t}.bound_at THEN excluded.referrer_id "
+                                             "ELSE {t}.referrer_id END",
+                              "bound_at": "{least}({t}.bound_at, excluded.bound_at)"})
+
+
+async def record_segments(session: AsyncSession, events: list[EnvelopeBase]) -> None:
+    """The latest segment.changed per customer wins (by occurrence, then event id)."""
+    latest: dict[tuple[str, str], EnvelopeBase] = {}
+    for e in events:
+        if e.type == "segment.changed":  # type: ignore[attr-defined]
+            key = (e.merchant_id, e.customer_id or "")
+            cur = latest.get(key)
+            if cur is None or (e.occurred_at, e.event_id) > (cur.occurred_at, cur.event_id):
+                latest[key] = e
+    rows = []
+    for (m, c), e in latest.items():
+        after = e.data.after or {}  # type: ignore[attr-defined]
+        rows.append((m, c, after.get("tier"), after.get("cell"), after.get("rfm_class"),
+                     orjson.dumps(after.get("tags") or []).decode(), e.occurred_at))
+    await bulk_insert(session, customer_segments, ["merchant_id", "customer_id", "tier", "cell", "rfm_class", "tags",
+                                                   "updated_at"], rows, conflict=["merchant_id", "customer_id"],
+                      update={c: f"CASE WHEN excluded.updated_at >= {{t}}.updated_at THEN excluded.{c} ELSE {{t}}.{c} END"
+                              for c in ("tier", "cell", "rfm_class", "tags", "updated_at")})

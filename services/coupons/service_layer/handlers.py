@@ -1,0 +1,17 @@
+"""Coupons's event handlers: one batch, one transaction (the consumer's), facts first, then what
+reacts to them: the wallet (redeem, release, refund) and the rules (issue on a trigger)."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.coupons.service_layer import facts, issuance, wallet
+from shared.events import EnvelopeBase
+
+
+async def handle(session: AsyncSession, events: list[EnvelopeBase]) -> None:
+    await facts.record_orders(session, events)
+    await facts.record_referrals(session, events)
+    await facts.record_segments(session, events)
+    await wallet.apply_order_events(session, events)
+    await issuance.apply_triggers(session, events)
