@@ -20,8 +20,9 @@ SPEC = ServiceSpec(
     tables=messaging,
     migrations=Path(__file__).parent / "migrations",
     routers=[admin_router, reports_router, wallet_router, status_router("coupons")],
-    # Orders (triggers, redemption, ROI), referrals, and segments (audiences, segment triggers).
-    topics=["shop.orders", "shop.customers", "fugou.segments"],
+    # Orders (triggers, redemption, ROI), referrals, segments (audiences, segment triggers), and
+    # loyalty's points mall (coupons bought with points).
+    topics=["shop.orders", "shop.customers", "fugou.segments", "fugou.loyalty"],
     handler=handle,
     description="Coupon templates, rule-driven issuance, the wallet, redemption, expiry and ROI.",
     # The expiry sweep and the coupon.expiring reminders (the wallet's clock); scheduled rules

@@ -18,7 +18,8 @@ SPEC = ServiceSpec(
     tables=messaging,
     migrations=Path(__file__).parent / "migrations",
     routers=[router, audiences_router, status_router("segmentation")],
-    topics=["shop.orders", "shop.customers", "shop.behaviour"],
+    # The shop's facts, and loyalty's member levels (for audiences).
+    topics=["shop.orders", "shop.customers", "shop.behaviour", "fugou.loyalty"],
     handler=handle,
     description="Customer aggregates, RFM levels, tiers, classes, lifecycle tags and audiences.",
     background=[lambda rt: rescore_worker(rt.sessions)],

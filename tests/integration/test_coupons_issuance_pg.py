@@ -31,6 +31,7 @@ from tests.unit.test_coupons_issuance import (
     H,
     Shop,
     cash_template,
+    check_local_filters,
     paid,
     percent_template,
     referred,
@@ -192,3 +193,7 @@ async def test_a_preset_works_end_to_end_on_kafka_and_postgres(tmp_path: Path, k
         await s.send(paid("u-1", f"o-{uuid.uuid4().hex[:6]}"))
         await s.settled()
         assert await s.wallet("u-1", made["rule"]["rule_id"]) == Counter({ids["welcome"]: 1, ids["repurchase"]: 2})
+
+
+async def test_local_filters_mean_the_same_on_one_customer_and_in_postgresql(pg_urls: dict[str, str]) -> None:
+    await check_local_filters(pg_urls["coupons"])

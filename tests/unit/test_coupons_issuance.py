@@ -419,6 +419,10 @@ async def test_saved_audiences_and_other_filters_are_asked_of_segmentation(tmp_p
             return r.json()["count"]  # type: ignore[no-any-return]
 
         await eventually(in_shanghai, lambda n: n == 2)
+        # What coupons asks segmentation for a batch: members among given customers only.
+        r = await s.client.post("/v1/audiences/query", headers=H, json={
+            "filter": {"region": ["Shanghai"]}, "customer_ids": ["u-1", "u-2", "u-9"]})
+        assert [m["customer_id"] for m in r.json()["customers"]] == ["u-1"] and r.json()["count"] == 1
         saved = (await s.client.post("/v1/audiences", json={"name": "上海", "filter": {"region": ["Shanghai"]}},
                                      headers=H)).json()["audience_id"]
         tid = await s.template(percent_template())
@@ -433,6 +437,56 @@ async def test_saved_audiences_and_other_filters_are_asked_of_segmentation(tmp_p
             "u-1": "issued", "u-2": "out_of_audience", "u-3": "issued", "u-4": "out_of_audience"}
         assert {c: o for c, _, o in await s.decisions(beijing)} == {
             "u-1": "out_of_audience", "u-2": "issued", "u-3": "out_of_audience", "u-4": "out_of_audience"}
+
+
+LOCAL_FILTERS: list[dict[str, Any]] = [
+    {"tier": ["A", "B"]}, {"not": {"tier": ["C"]}}, {"cell": ["3-3-3"]}, {"rfm_class": ["important_value"]},
+    {"tag": ["replenish_due:milk_powder"]}, {"not": {"tag": ["dormant", "x%"]}},
+    {"and": [{"or": [{"tier": ["A"]}, {"tag": ["vip"]}]}, {"not": {"rfm_class": ["general_winback"]}}]},
+]
+
+
+async def check_local_filters(url: str) -> None:
+    """The event path evaluates a filter per customer (seg.matches), a scheduled fire in SQL
+    (seg.where): the same members, NULLs and LIKE wildcards included ('_' and '%' are literal)."""
+    from sqlalchemy import insert
+
+    from services.coupons.adapters.tables import customer_segments
+    from shared.db import create_engine
+
+    rows = [("c-1", "A", "3-3-3", "important_value", ["vip"]), ("c-2", "C", "1-1-1", "general_winback", ["dormant"]),
+            ("c-3", None, None, None, []), ("c-4", "B", "2-2-2", None, ["replenish_due:milk_powder", "x%"]),
+            ("c-5", "C", "1-2-1", "general_value", ["replenish_due:milkXpowder", "vip"])]
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(customer_segments.create)
+        await conn.execute(insert(customer_segments), [
+            {"merchant_id": M, "customer_id": c, "tier": t, "cell": cell, "rfm_class": k,
+             "tags": orjson.dumps(tags).decode(), "updated_at": NOV} for c, t, cell, k, tags in rows])
+
+    def in_python(f: dict[str, Any]) -> set[str]:
+        return {c for c, t, cell, k, tags in rows if seg.matches(f, seg.Segment(t, cell, k, frozenset(tags)))}
+
+    try:
+        for f in LOCAL_FILTERS:
+            assert seg.is_local(f) and seg.check_local(f) is None
+            async with engine.connect() as conn:
+                in_sql = set((await conn.execute(select(customer_segments.c.customer_id).where(
+                    seg.where(f, customer_segments)))).scalars())
+            assert in_python(f) == in_sql, f
+        assert in_python({"tag": ["replenish_due:milk_powder"]}) == {"c-4"}
+        assert in_python({"not": {"tier": ["C"]}}) == {"c-1", "c-3", "c-4"}
+    finally:
+        await engine.dispose()
+
+
+async def test_local_filters_mean_the_same_on_one_customer_and_in_sql(tmp_path: Path) -> None:
+    await check_local_filters(f"sqlite+aiosqlite:///{tmp_path / 'local.sqlite'}")
+    assert not seg.is_local({"frequency": {"gte": 3}})
+    assert not seg.is_local({"and": [{"tier": ["A"]}, {"region": ["x"]}]})
+    # A scheduled fire lists a filter's members from the replica only if they must have a segment.
+    assert seg.needs_segment({"and": [{"tier": ["A"]}, {"not": {"tag": ["x"]}}]})
+    assert not seg.needs_segment({"or": [{"tier": ["A"]}, {"not": {"tag": ["x"]}}]})
 
 
 # ---------------------------------------------------------------- schedules

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from services.segmentation.adapters.tables import messaging, rescore_jobs, segments
 from services.segmentation.domain.config import RfmConfig
@@ -76,6 +76,13 @@ async def test_a_rescore_in_sql_stores_and_announces_what_the_whole_path_would(
             await session.execute(messaging.merchants.insert().values(
                 merchant_id=MERCHANT, name="m", timezone=zone, jwt_secret=b"s" * 32, active=True, updated_at=now))
         await feed(rt, [events[i:i + 400] for i in range(0, len(events), 400)])  # scored as they arrive
+        # A few rows whose moment has come and gone unswept: their stored F and M are stale, and the
+        # job must re-score them through the whole path, not trust them.
+        async with rt.sessions() as session, session.begin():
+            stale = list((await session.execute(select(segments.c.customer_id).where(
+                segments.c.tier.isnot(None)).order_by(segments.c.customer_id).limit(5))).scalars())
+            await session.execute(update(segments).where(segments.c.customer_id.in_(stale)).values(
+                frequency=segments.c.frequency + 7, next_change_at=now - timedelta(minutes=1)))
         before = await stored(rt)
         assert len(before) > 200
 

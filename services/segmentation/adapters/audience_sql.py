@@ -23,6 +23,7 @@ from services.segmentation.adapters.tables import (
     behaviours,
     customer_categories,
     customer_tags,
+    member_levels,
     customers,
     order_items,
     orders,
@@ -113,6 +114,10 @@ class Compiler:
         if isinstance(f, a.HasTag):
             t = customer_tags
             return exists().where(t.c.merchant_id == m, t.c.customer_id == u.c.customer_id, t.c.tag.in_(f.tag))
+        if isinstance(f, a.MemberLevel):
+            lv = member_levels
+            return exists().where(lv.c.merchant_id == m, lv.c.customer_id == u.c.customer_id,
+                                  lv.c.level.in_(f.member_level))
         if isinstance(f, a.Recency):
             # Recency in calendar days of the merchant's zone, as instants on last_order_at.
             conds = [c.c.last_order_at.isnot(None)]

@@ -181,6 +181,16 @@ profiles = Table(
     Index("ix_profiles_merchant_region", "merchant_id", "region"),
 )
 
+# Each customer's member level, as loyalty announced it (level.changed): audiences filter on it.
+member_levels = Table(
+    "member_levels", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("customer_id", String(128), primary_key=True),
+    Column("level", String(64), nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Index("ix_member_levels_merchant_level", "merchant_id", "level"),
+)
+
 # Audiences merchants saved, for the other services to reference by id.
 audiences = Table(
     "audiences", metadata,

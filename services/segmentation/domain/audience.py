@@ -90,6 +90,12 @@ class Region(_Strict):
     region: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
 
 
+class MemberLevel(_Strict):
+    """The customer's member level in the loyalty programme (from loyalty's level.changed)."""
+
+    member_level: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1)
+
+
 class CategoryWindow(_Strict):
     category: Annotated[str, Field(min_length=1, max_length=128)]
     within_days: Annotated[int, Field(ge=1, le=3650)] | None = None
@@ -124,7 +130,7 @@ class Not(_Strict):
 _KINDS: dict[str, type[BaseModel]] = {
     "and": And, "or": Or, "not": Not, "tier": Tier, "cell": Cell, "rfm_class": RfmClassIs, "tag": HasTag,
     "recency_days": Recency, "frequency": Frequency, "monetary_fen": Monetary, "first_order_at": FirstOrder,
-    "last_order_at": LastOrder, "region": Region, "bought_category": BoughtCategory,
+    "last_order_at": LastOrder, "region": Region, "member_level": MemberLevel, "bought_category": BoughtCategory,
     "interested_not_bought": Interested, "ordered_unpaid": OrderedUnpaid,
 }
 _KIND_OF = {model: kind for kind, model in _KINDS.items()}

@@ -14,7 +14,7 @@ from services.segmentation.adapters.aggregates import (
     upsert_behaviours,
     upsert_orders,
 )
-from services.segmentation.adapters.tables import profiles
+from services.segmentation.adapters.tables import member_levels, profiles
 from services.segmentation.domain.orders import BEHAVIOUR_KINDS, ORDER_TYPES, fold
 from services.segmentation.service_layer.segments import merchant_timezone, rescore, scoring_for
 from shared.db import bulk_insert, dialect_name
@@ -95,8 +95,28 @@ async def apply_profiles(session: AsyncSession, events: list[EnvelopeBase]) -> N
         })
 
 
+async def apply_levels(session: AsyncSession, events: list[EnvelopeBase]) -> None:
+    """Keep each customer's member level as loyalty announces it: the latest change wins, whatever
+    the delivery order (ties broken by event_id)."""
+    latest: dict[tuple[str, str], EnvelopeBase] = {}
+    for e in events:
+        key = (e.merchant_id, e.customer_id or "")
+        cur = latest.get(key)
+        if cur is None or (e.occurred_at, e.event_id) > (cur.occurred_at, cur.event_id):
+            latest[key] = e
+    await bulk_insert(
+        session, member_levels, ["merchant_id", "customer_id", "level", "changed_at"],
+        [(m, c, e.data.to_level, e.occurred_at) for (m, c), e in latest.items()],  # type: ignore[attr-defined]
+        conflict=["merchant_id", "customer_id"],
+        update={"level": "CASE WHEN excluded.changed_at >= {t}.changed_at THEN excluded.level ELSE {t}.level END",
+                "changed_at": "{greatest}({t}.changed_at, excluded.changed_at)"})
+
+
 async def handle(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     """The consumer's entry: one transaction per batch (the consumer's), facts first."""
+    levels = [e for e in events if e.type == "level.changed"]  # type: ignore[attr-defined]
+    if levels:
+        await apply_levels(session, levels)
     said = [e for e in events if e.type in PROFILE_TYPES]  # type: ignore[attr-defined]
     if said:
         await apply_profiles(session, said)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import structlog
 from pydantic import TypeAdapter
-from sqlalchemy import BigInteger, and_, cast, delete, func, literal, or_, select, update
+from sqlalchemy import BigInteger, and_, cast, delete, func, literal, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.segmentation.adapters.aggregates import counts
@@ -398,7 +398,14 @@ async def rescore_scores(session: AsyncSession, merchant_id: str, after: str | N
                                    .order_by(s.c.customer_id).offset(chunk - 1).limit(1))).scalar()
     seen = chunk if upper is not None else (await session.execute(
         select(func.count()).select_from(s).where(*in_chunk(s), s.c.tier.isnot(None)))).scalar_one()
-    return seen, await score_in_sql(session, merchant_id, in_chunk, scoring, now), upper
+    # Rows whose moment has come (an order left the period, a tag's window turned) hold stale F, M
+    # or tags until the sweep: the whole path re-scores them here, SQL the others.
+    due = list((await session.execute(select(s.c.customer_id).where(
+        *in_chunk(s), s.c.tier.isnot(None), s.c.next_change_at <= now))).scalars())
+    changed = await score_in_sql(session, merchant_id, lambda t: [
+        *in_chunk(t), *([not_(in_values(t.c.customer_id, due))] if due else [])], scoring, now)
+    changed += await rescore(session, merchant_id, due, scoring, now)
+    return seen, changed, upper
 
 
 async def score_in_sql(session: AsyncSession, merchant_id: str, rows: Callable[[Any], list[Any]],
