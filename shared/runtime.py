@@ -148,9 +148,14 @@ class ServiceRuntime:
         self._tasks.append(task)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancel until each task has ended: a cancellation that lands inside a database call may
+        # come out of the driver as an ordinary error, which a worker's retry loop would take for
+        # an outage and sleep on; cancelling again interrupts that sleep.
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
         if self.engine is not None:
             await self.engine.dispose()
