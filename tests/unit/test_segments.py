@@ -25,7 +25,12 @@ FIXED = {"period_days": None, "levels": 3,
 
 
 async def segment_events(app) -> list:  # type: ignore[no-untyped-def]
-    """segment.changed events staged or already published by segmentation, from its outbox and the bus."""
+    """segment.changed events staged or already published by segmentation, from its outbox and the bus.
+    The outbox is read first: an event the relay moves meanwhile is then read twice (deduplicated
+    by event_id), never missed."""
+    rt = app.state.runtimes["segmentation"]
+    async with rt.sessions() as session:
+        staged = [parse_event(p) for p in (await session.execute(select(messaging.outbox.c.payload))).scalars()]
     bus = app.state.bus
     if hasattr(bus, "db"):
         cur = await bus.db.execute("SELECT value FROM bus_log WHERE topic = 'fugou.segments'")
@@ -46,10 +51,8 @@ async def segment_events(app) -> list:  # type: ignore[no-untyped-def]
                 rows += [parse_event(m.value) for msgs in batch.values() for m in msgs]
         finally:
             await consumer.stop()
-    rt = app.state.runtimes["segmentation"]
-    async with rt.sessions() as session:
-        rows += [parse_event(p) for p in (await session.execute(select(messaging.outbox.c.payload))).scalars()]
-    return [e for e in rows if e.type == "segment.changed"]
+    unique = {e.event_id: e for e in [*staged, *rows]}
+    return [e for e in unique.values() if e.type == "segment.changed"]
 
 
 @pytest.fixture(params=["inprocess-sqlite", pytest.param("kafka-postgres", marks=[pytest.mark.kafka,
