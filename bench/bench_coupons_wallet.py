@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 
 from bench.common import result, say
-from bench.bench_segmentation import free_port, wait_up
+from bench.http_load import Figures, free_port, load_test, wait_up
 
 MERCHANT = "bench"
 SECRET = "bench-wallet-secret-0123456789abcdefghijklmnopqrstuv"
@@ -123,81 +123,13 @@ def peer_server(port: int) -> None:
 PEER_BODY = b""  # set from a real answer before the peer starts (passed through the environment)
 
 
-async def load_test(base: str, tokens: list[str], seconds: float, concurrency: int, rate: float | None = None
-                    ) -> tuple[float, float, float, int, int]:
-    """`concurrency` keep-alive HTTP/1.1 connections, each sending one GET after another for
-    `seconds` (closed loop); with `rate`, requests are started on a fixed schedule instead (open
-    loop: latency counted from the scheduled start, so queueing shows). Returns (req/s, p50 ms,
-    p99 ms, requests, errors)."""
-    host, port = base.removeprefix("http://").split(":")
-    lat: list[float] = []
-    errors = 0
-    rnd = random.Random(5)
-
-    async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str) -> int:
-        writer.write(f"GET /v1/me/coupons HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
-        return status
-
-    ready = asyncio.Event()
-    schedule: asyncio.Queue[float] = asyncio.Queue()
-
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            for t in tokens[:5]:  # warm up
-                await get(reader, writer, t)
-            await ready.wait()
-            while True:
-                start = await schedule.get() if rate else time.perf_counter()
-                status = await get(reader, writer, rnd.choice(tokens))
-                lat.append(time.perf_counter() - start)
-                if status != 200:
-                    errors += 1
-        finally:
-            writer.close()
-
-    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    await asyncio.sleep(2.0)
-    started = time.perf_counter()
-    stop_at = started + seconds
-    ready.set()
-    if rate:
-        k = 0
-        while time.perf_counter() < stop_at:
-            due = started + k / rate
-            now = time.perf_counter()
-            if due > now:
-                await asyncio.sleep(due - now)
-            schedule.put_nowait(due)
-            k += 1
-    else:
-        while time.perf_counter() < stop_at:
-            await asyncio.sleep(0.05)
-    n_at_stop, errors_at_stop = len(lat), errors
-    elapsed = time.perf_counter() - started
-    for tk in tasks:
-        tk.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    done = sorted(lat[:n_at_stop])
-    p = lambda q: done[min(len(done) - 1, int(len(done) * q))] * 1000  # noqa: E731
-    return n_at_stop / elapsed, p(0.5), p(0.99), n_at_stop, errors_at_stop
-
-
-Figures = tuple[float, float, float, int, int]
-
-
 async def measure(base: str, tokens: list[str], seconds: float, concurrency: int, rates: list[float]
                   ) -> tuple[Figures, dict[float, Figures]]:
-    closed = await load_test(base, tokens, seconds, concurrency)
-    return closed, {r: await load_test(base, tokens, seconds, concurrency, rate=r) for r in rates}
+    def pick(rnd: random.Random) -> tuple[str, str]:
+        return "/v1/me/coupons", f"Authorization: Bearer {rnd.choice(tokens)}"
+
+    closed = await load_test(base, pick, seconds, concurrency)
+    return closed, {r: await load_test(base, pick, seconds, concurrency, rate=r) for r in rates}
 
 
 async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency: int, rates: list[float]) -> None:

@@ -232,61 +232,8 @@ def peer_server(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-async def load_test(base: str, tokens: list[str], seconds: float, concurrency: int) -> tuple[float, float, int, int]:
-    """`concurrency` keep-alive HTTP/1.1 connections, each sending one GET /v1/me/points after
-    another for `seconds`, each with a random customer's token (bench_segmentation's client)."""
-    host, port = base.removeprefix("http://").split(":")
-    lat: list[float] = []
-    errors = 0
-    rnd = random.Random(5)
-
-    async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str) -> int:
-        writer.write(f"GET /v1/me/points HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
-        return status
-
-    async def worker(stop: float) -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            for t in tokens[:5]:  # warm up (rules cache, merchant cache, plans)
-                await get(reader, writer, t)
-            await ready.wait()
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                status = await get(reader, writer, rnd.choice(tokens))
-                lat.append(time.perf_counter() - t0)
-                if status != 200:
-                    errors += 1
-        finally:
-            writer.close()
-
-    ready = asyncio.Event()
-    stop = time.perf_counter() + 3600  # the workers are cancelled at the deadline below
-    tasks = [asyncio.create_task(worker(stop)) for _ in range(concurrency)]
-    await asyncio.sleep(2.0)
-    started = time.perf_counter()
-    stop_at = started + seconds
-    ready.set()
-    while time.perf_counter() < stop_at:
-        await asyncio.sleep(0.05)
-    n_at_stop, errors_at_stop = len(lat), errors
-    elapsed = time.perf_counter() - started
-    for tk in tasks:
-        tk.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    done = sorted(lat[:n_at_stop])
-    return n_at_stop / elapsed, done[int(len(done) * 0.99)] * 1000, n_at_stop, errors_at_stop
-
-
 async def points_get(n: int, dsn: str, url: str, seconds: float, concurrency: int) -> None:
-    from bench.bench_segmentation import free_port, wait_up
+    from bench.http_load import free_port, load_test, wait_up
     from shared.tenancy import mint_customer_token
 
     data_dir = tempfile.mkdtemp(prefix="fgb-loy-")
@@ -304,7 +251,10 @@ async def points_get(n: int, dsn: str, url: str, seconds: float, concurrency: in
                             env=env)
     try:
         await wait_up(f"http://127.0.0.1:{port}/healthz")
-        rps, p99, n_req, errors = await load_test(f"http://127.0.0.1:{port}", tokens, seconds, concurrency)
+        def pick(rnd: random.Random) -> tuple[str, str]:
+            return "/v1/me/points", f"Authorization: Bearer {rnd.choice(tokens)}"
+
+        rps, _, p99, n_req, errors = await load_test(f"http://127.0.0.1:{port}", pick, seconds, concurrency)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -312,7 +262,7 @@ async def points_get(n: int, dsn: str, url: str, seconds: float, concurrency: in
     peer = subprocess.Popen([sys.executable, "-m", "bench.bench_loyalty", "peer-server", "--port", str(peer_port)])
     try:
         await wait_up(f"http://127.0.0.1:{peer_port}/v1/me/points")
-        p_rps, p_p99, p_n, _ = await load_test(f"http://127.0.0.1:{peer_port}", tokens, seconds, concurrency)
+        p_rps, _, p_p99, p_n, _ = await load_test(f"http://127.0.0.1:{peer_port}", pick, seconds, concurrency)
     finally:
         peer.send_signal(signal.SIGTERM)
         peer.wait(timeout=30)

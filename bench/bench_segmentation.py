@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -32,6 +31,7 @@ import pandas as pd
 from sqlalchemy import func, select
 
 from bench.common import result, say
+from bench.http_load import free_port, load_test, wait_up
 
 MERCHANT = "bench"
 TZ = "Asia/Shanghai"
@@ -374,82 +374,6 @@ def peer_server(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-async def wait_up(url: str, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                await client.get(url, timeout=2)
-                return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.3)
-    raise RuntimeError(f"{url} did not come up")
-
-
-async def load_test(base: str, ids: list[str], seconds: float, key: str, concurrency: int = 32
-                    ) -> tuple[float, float, int, int]:
-    """`concurrency` keep-alive HTTP/1.1 connections, each sending one GET after another for
-    `seconds` (a minimal asyncio client: httpx alone tops out near the peer's rate on 2 cores)."""
-    host, port = base.removeprefix("http://").split(":")
-    lat: list[float] = []
-    errors = 0
-    rnd = random.Random(5)
-
-    async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Api-Key: {key}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
-        return status
-
-    async def worker(stop: float) -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            for c in ids[:5]:  # warm up (statistics, caches)
-                await get(reader, writer, f"/v1/customers/{c}/rfm")
-            await ready.wait()
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                status = await get(reader, writer, f"/v1/customers/{rnd.choice(ids)}/rfm")
-                lat.append(time.perf_counter() - t)
-                if status != 200:
-                    errors += 1
-        finally:
-            writer.close()
-
-    ready = asyncio.Event()
-    stop = time.perf_counter() + 3600  # the workers are cancelled at the deadline below
-    tasks = [asyncio.create_task(worker(stop)) for _ in range(concurrency)]
-    await asyncio.sleep(2.0)  # connections open, warmed up
-    started = time.perf_counter()
-    stop_at = started + seconds
-    ready.set()
-    while time.perf_counter() < stop_at:
-        await asyncio.sleep(0.05)
-    n_at_stop, errors_at_stop = len(lat), errors
-    elapsed = time.perf_counter() - started
-    for tk in tasks:
-        tk.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    done = sorted(lat[:n_at_stop])
-    return n_at_stop / elapsed, done[int(len(done) * 0.99)] * 1000, n_at_stop, errors_at_stop
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def rfm_get(dsn: str, url: str, seconds: float) -> None:
     from shared.tenancy import hash_api_key
 
@@ -470,7 +394,8 @@ async def rfm_get(dsn: str, url: str, seconds: float) -> None:
                              str(port)], env=env)
     try:
         await wait_up(f"http://127.0.0.1:{port}/v1/segmentation/status")
-        rps, p99, n_req, errors = await load_test(f"http://127.0.0.1:{port}", ids, seconds, key)
+        pick = lambda rnd: (f"/v1/customers/{rnd.choice(ids)}/rfm", f"X-Api-Key: {key}")  # noqa: E731
+        rps, _, p99, n_req, errors = await load_test(f"http://127.0.0.1:{port}", pick, seconds)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -478,7 +403,7 @@ async def rfm_get(dsn: str, url: str, seconds: float) -> None:
     peer = subprocess.Popen([sys.executable, "-m", "bench.bench_segmentation", "--peer-server", str(peer_port)])
     try:
         await wait_up(f"http://127.0.0.1:{peer_port}/v1/customers/x/rfm")
-        p_rps, p_p99, p_n, _ = await load_test(f"http://127.0.0.1:{peer_port}", ids, seconds, key)
+        p_rps, _, p_p99, p_n, _ = await load_test(f"http://127.0.0.1:{peer_port}", pick, seconds)
     finally:
         peer.send_signal(signal.SIGTERM)
         peer.wait(timeout=30)

@@ -4,6 +4,7 @@ types every service uses, and the few statements whose SQL differs between the t
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from time import monotonic as time_monotonic
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -141,6 +142,32 @@ def insert_for(session_or_dialect: Any, table: Any) -> Any:
 
 def dialect_name(session: AsyncSession) -> str:
     return session.bind.dialect.name  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- hot reads
+
+_DRIVER_SQL: dict[tuple[str, Any], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+
+
+async def fetch_rows(conn: AsyncConnection | AsyncSession, stmt: Any, params: dict[str, Any], *,
+                     key: Any) -> Sequence[Sequence[Any]]:
+    """The rows of a read a hot endpoint repeats (GET one customer's segment, wallet, points).
+
+    On PostgreSQL, through a connection, the statement is compiled once per ``key`` and run on
+    asyncpg itself (prepared once per connection): for a one-row read SQLAlchemy's execution and
+    result layers cost more than the query (measured about 140 µs against 90 µs). Elsewhere it
+    runs through SQLAlchemy. Rows are sequences either way; parameters the statement carries as
+    constants need not be given."""
+    if isinstance(conn, AsyncConnection) and conn.dialect.name == "postgresql":
+        found = _DRIVER_SQL.get((conn.dialect.name, key))
+        if found is None:
+            compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+            found = _DRIVER_SQL[(conn.dialect.name, key)] = (
+                str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+        sql, names, constants = found
+        driver = (await conn.get_raw_connection()).driver_connection
+        return await driver.fetch(sql, *[params[n] if n in params else constants[n] for n in names])  # type: ignore[no-any-return, union-attr]
+    return (await conn.execute(stmt, params)).all()
 
 
 # ---------------------------------------------------------------- bulk statements

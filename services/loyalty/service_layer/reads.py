@@ -18,7 +18,7 @@ from services.loyalty.domain.ledger import Difference, OrderPoints
 from services.loyalty.service_layer.books import entry_of, lot_of
 from services.loyalty.service_layer.points import current_level
 from services.loyalty.service_layer.rules import InForce
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, fetch_rows
 
 Conn = AsyncSession | AsyncConnection
 
@@ -74,10 +74,6 @@ def _summary_statement(with_growth: bool) -> Any:
 
 # Built once: a textual statement's cache key is its text, so a read compiles nothing per request.
 _STATEMENTS = {False: _summary_statement(False), True: _summary_statement(True)}
-# On PostgreSQL the hot read goes to the driver itself (asyncpg's prepared statement, positional
-# parameters): SQLAlchemy's execution and result layers would cost more than the query.
-_PG = {growth: (_SUMMARY + (_GROWTH if growth else "")).replace(":horizon", "$3").replace(":start", "$4")
-       .replace(":m", "$1").replace(":c", "$2") for growth in (False, True)}
 
 
 async def summary(conn: Conn, rules: InForce, customer_id: str, now: datetime) -> Summary:
@@ -91,11 +87,8 @@ async def summary(conn: Conn, rules: InForce, customer_id: str, now: datetime) -
     balance = pending = debt = gone = growth = 0
     stored_level: str | None = None
     soon: dict[datetime, int] = {}
-    if isinstance(conn, AsyncConnection) and conn.dialect.name == "postgresql":
-        raw = (await conn.get_raw_connection()).driver_connection
-        rows: Any = await raw.fetch(_PG[ladder is not None], *params.values())  # type: ignore[union-attr]
-    else:
-        rows = (await conn.execute(_STATEMENTS[ladder is not None], params)).all()
+    growing = ladder is not None
+    rows = await fetch_rows(conn, _STATEMENTS[growing], params, key=("loyalty.summary", growing))
     for r in rows:
         r = _Row(*r)
         if r.part == "a":
