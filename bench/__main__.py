@@ -29,10 +29,10 @@ async def _create_db(pg: Postgres, name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--only", action="append",
-                        help="run only these benches (ingest, import, segmentation, coupons, loyalty)")
+                        help="run only these benches (ingest, import, segmentation, coupons, loyalty, notifications)")
     parser.add_argument("--scale", type=float, default=1.0, help="scale every workload (e.g. 0.1 for a smoke run)")
     args = parser.parse_args()
-    wanted = set(args.only or ["ingest", "import", "segmentation", "coupons", "loyalty"])
+    wanted = set(args.only or ["ingest", "import", "segmentation", "coupons", "loyalty", "notifications"])
     say(f"machine: {machine()}")
     lines: list[str] = []
 
@@ -67,10 +67,17 @@ def main() -> None:
             pg = pg or Postgres(root / "pg").start()
             dsn = asyncio.run(_create_db(pg, "bench_loyalty_ledger"))
             run(["-m", "bench.bench_loyalty", "ledger", "--events", str(int(200_000 * args.scale)),
-                 "--customers", str(int(50_000 * args.scale)), "--kafka", kafka.bootstrap, "--pg-dsn", dsn])
+                 "--customers", str(int(50_000 * args.scale)), "--kafka", kafka.bootstrap, "--pg-dsn", dsn,
+                 # Two consumers in one group, as deployed (deploy/k8s/loyalty.yaml: 2 replicas).
+                 "--processes", "2"])
             dsn = asyncio.run(_create_db(pg, "bench_loyalty_points"))
             run(["-m", "bench.bench_loyalty", "points", "--customers", str(int(100_000 * args.scale)),
                  "--pg-dsn", dsn, "--seconds", "15"])
+        if "notifications" in wanted:
+            pg = pg or Postgres(root / "pg").start()
+            dsn = asyncio.run(_create_db(pg, "bench_notifications"))
+            run(["-m", "bench.bench_notifications", "--customers", str(int(100_000 * args.scale)),
+                 "--campaign", str(int(100_000 * args.scale)), "--pg-dsn", dsn])
     finally:
         if kafka:
             kafka.stop()

@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 
 from bench.common import result, say
-from bench.http_load import Figures, free_port, load_test, wait_up
+from bench.http_load import free_port, measure, paced_summary, told, wait_up
 
 MERCHANT = "bench"
 SECRET = "bench-wallet-secret-0123456789abcdefghijklmnopqrstuv"
@@ -123,15 +123,6 @@ def peer_server(port: int) -> None:
 PEER_BODY = b""  # set from a real answer before the peer starts (passed through the environment)
 
 
-async def measure(base: str, tokens: list[str], seconds: float, concurrency: int, rates: list[float]
-                  ) -> tuple[Figures, dict[float, Figures]]:
-    def pick(rnd: random.Random) -> tuple[str, str]:
-        return "/v1/me/coupons", f"Authorization: Bearer {rnd.choice(tokens)}"
-
-    closed = await load_test(base, pick, seconds, concurrency)
-    return closed, {r: await load_test(base, pick, seconds, concurrency, rate=r) for r in rates}
-
-
 async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency: int, rates: list[float]) -> None:
     from shared.tenancy import mint_customer_token
 
@@ -142,6 +133,9 @@ async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency:
     rnd = random.Random(3)
     sample = rnd.sample(range(n), min(n, 20_000))
     tokens = [mint_customer_token(MERCHANT, cid(i), SECRET, ttl=timedelta(hours=2)) for i in sample]
+
+    def pick(rnd: random.Random) -> tuple[str, str]:
+        return "/v1/me/coupons", f"Authorization: Bearer {rnd.choice(tokens)}"
 
     data_dir = tempfile.mkdtemp(prefix="fgb-cpn-")
     port, peer_port = free_port(), free_port()
@@ -156,15 +150,11 @@ async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency:
         async with httpx.AsyncClient() as client:
             sample_body = (await client.get(f"http://127.0.0.1:{port}/v1/me/coupons",
                                             headers={"Authorization": f"Bearer {tokens[0]}"})).content
-        (rps, p50, p99, n_req, errors), paced = await measure(f"http://127.0.0.1:{port}", tokens, seconds,
+        (rps, p50, p99, n_req, errors), paced = await measure(f"http://127.0.0.1:{port}", pick, seconds,
                                                               concurrency, rates)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-
-    def told(figures: dict[float, Figures]) -> str:
-        return "; ".join(f"paced at {r:,.0f}/s: {f[0]:,.0f} req/s, p50 {f[1]:.1f} ms, p99 {f[2]:.1f} ms, "
-                         f"{f[4]} errors" for r, f in figures.items())
 
     say(f"wallet_get: closed loop {n_req:,} requests, {errors} errors, {rps:,.0f} req/s, p50 {p50:.1f} ms, "
         f"p99 {p99:.1f} ms; {told(paced)}")
@@ -172,7 +162,7 @@ async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency:
                             env={**os.environ, "FUGOU_BENCH_PEER_BODY": sample_body.decode()})
     try:
         await wait_up(f"http://127.0.0.1:{peer_port}/v1/me/coupons")
-        (q_rps, q_p50, q_p99, q_n, _), peer_paced = await measure(f"http://127.0.0.1:{peer_port}", tokens, seconds,
+        (q_rps, q_p50, q_p99, q_n, _), peer_paced = await measure(f"http://127.0.0.1:{peer_port}", pick, seconds,
                                                                   concurrency, rates)
     finally:
         peer.send_signal(signal.SIGTERM)
@@ -187,14 +177,17 @@ async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency:
         "client": f"{concurrency} keep-alive HTTP/1.1 connections from one asyncio process on the same machine",
         # Open loop: requests started on a fixed schedule, latency from the scheduled start (a
         # service slower than the rate shows its queue here).
-        "paced": {f"{r:.0f}_per_s": {"req_per_s": round(f[0], 1), "p50_ms": round(f[1], 2), "p99_ms": round(f[2], 2),
-                                     "errors": f[4], "peer_p99_ms": round(peer_paced[r][2], 2)}
-                  for r, f in paced.items()}}
+        "paced": paced_summary(paced, peer_paced)}
     if n < 100_000:
         common["scaled"] = True
     peer_name = "bare FastAPI endpoint returning the same wallet JSON as a constant (uvicorn, same machine, same load)"
     result("coupons.wallet_get", "req_per_s", rps, "req/s", peer_name, q_rps, **common)
-    result("coupons.wallet_get", "p99_ms", p99, "ms", peer_name, q_p99, **common)
+    # The goal is a p99 *at* 2,000 req/s: the open loop paced at that rate (the first rate), not
+    # the closed loop's, which is the latency of 32 requests always in flight at saturation.
+    goal = rates[0]
+    result("coupons.wallet_get", "p99_ms", paced[goal].p99_ms, "ms", peer_name + f", paced at {goal:,.0f}/s",
+           peer_paced[goal].p99_ms, p99_at_req_per_s=goal, closed_loop_p99_ms=round(p99, 2),
+           peer_closed_loop_p99_ms=round(q_p99, 2), **common)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 from fastapi import FastAPI
 
 from shared.bus.factory import build_bus
@@ -36,10 +37,32 @@ def build_service_app(spec: ServiceSpec, settings: Settings, roles: set[str],
                       "consumer": "consumer" in roles})
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str = "warning") -> None:
+def serve(app: FastAPI | str, host: str, port: int, log_level: str = "warning", workers: int = 1) -> None:
+    """Serve on one process, or on ``workers`` processes sharing the socket (``app`` is then an
+    import string of an app factory: uvicorn spawns the workers and each builds its own app)."""
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run()
+                            lifespan="on", timeout_graceful_shutdown=10, workers=workers,
+                            factory=isinstance(app, str))
+    if workers == 1:
+        uvicorn.Server(config).run()
+        return
+    sock = config.bind_socket()
+    Multiprocess(config, sockets=[sock]).run()
+
+
+_WORKER_ENV = "FUGOU_CLI_WORKER"
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of ``run --workers N`` (the parent passes what to build in
+    the environment: the service's spec module and the roles)."""
+    import importlib
+
+    module, _, roles = os.environ[_WORKER_ENV].partition(";")
+    spec: ServiceSpec = importlib.import_module(module).SPEC
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return build_service_app(spec, settings, set(roles.split(",")))
 
 
 def service_main(spec: ServiceSpec, argv: Sequence[str] | None = None,
@@ -51,6 +74,9 @@ def service_main(spec: ServiceSpec, argv: Sequence[str] | None = None,
     run.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     run.add_argument("--roles", default="api,consumer,relay",
                      help="comma-separated: api, consumer, relay, migrate (migrate at start)")
+    run.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+                     help="processes sharing the port, each with every role (consumers share the topic's "
+                          "partitions through their group; one relay publishes at a time)")
     sub.add_parser("migrate", help="upgrade this service's database to the latest schema")
     args = parser.parse_args(argv)
     settings = Settings()
@@ -61,6 +87,15 @@ def service_main(spec: ServiceSpec, argv: Sequence[str] | None = None,
     roles = {r.strip() for r in args.roles.split(",") if r.strip()}
     if not roles or roles - ROLES:
         parser.error(f"--roles: unknown role(s) {sorted(roles - ROLES)}; choose from {sorted(ROLES)}")
+    if args.workers > 1:
+        if on_started is not None:
+            parser.error("--workers: this service runs as one process")
+        if "migrate" in roles:  # once, before the workers start, not N times at once
+            asyncio.run(_migrate(spec, settings))
+            roles.discard("migrate")
+        os.environ[_WORKER_ENV] = f"services.{spec.name}.spec;{','.join(sorted(roles))}"
+        serve("shared.cli:worker_app", args.host, args.port, workers=args.workers)
+        return
     serve(build_service_app(spec, settings, roles, on_started), args.host, args.port)
 
 

@@ -276,6 +276,36 @@ async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], row
     return out
 
 
+async def bulk_update(session: AsyncSession, table: Any, key: list[str], columns: list[str],
+                      rows: list[tuple[Any, ...]]) -> None:
+    """UPDATE many rows, each to its own values, in one statement on PostgreSQL (``UPDATE … FROM
+    unnest(…)``) and one executemany on SQLite. Each row is the ``key`` values, then the
+    ``columns`` values."""
+    if not rows:
+        return
+    conn = await session.connection()
+    q = conn.dialect.identifier_preparer.quote
+    name = table.name
+    raw = (await conn.get_raw_connection()).driver_connection
+    names = [*key, *columns]
+    if conn.dialect.name == "postgresql":
+        if not raw.is_in_transaction():  # type: ignore[union-attr]
+            await conn.exec_driver_sql("SELECT 1")
+        types = [_PG_ARRAY_TYPES[_type_name(table.c[c])] for c in names]
+        args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+        sets = ", ".join(f"{q(c)} = v.{q(c)}" for c in columns)
+        match = " AND ".join(f"{name}.{q(k)} = v.{q(k)}" for k in key)
+        sql = (f"UPDATE {name} SET {sets} FROM unnest({args}) AS v({', '.join(q(c) for c in names)}) "
+               f"WHERE {match}")
+        await raw.execute(sql, *[list(col) for col in zip(*rows)])  # type: ignore[union-attr]
+        return
+    sets = ", ".join(f"{q(c)} = ?" for c in columns)
+    match = " AND ".join(f"{q(k)} = ?" for k in key)
+    nk = len(key)
+    await raw.executemany(f"UPDATE {name} SET {sets} WHERE {match}",  # type: ignore[union-attr]
+                          [[_sqlite_value(v) for v in (*r[nk:], *r[:nk])] for r in rows])
+
+
 class in_values(ColumnElement[bool]):  # noqa: N801 - reads as the SQL it stands for
     """``column IN (values)``: on PostgreSQL ``column = ANY($1)`` with the values as one array
     parameter, so a batch of thousands of ids is not rendered value by value at every statement;

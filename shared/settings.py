@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     # Where other services reach segmentation's API; empty in embedded mode (called in process).
     segmentation_url: str = ""
     bootstrap_api_key: SecretStr | None = None
+    # Notifications: the public base URL of the API (unsubscribe links in messages), and what
+    # happens to a message on a channel the merchant has configured no provider for: recorded by
+    # the console channel (the embedded default: `make run` needs no provider) or failed.
+    public_url: str = "http://127.0.0.1:8000"
+    notify_unconfigured: Literal["console", "fail"] = "console"
+    notify_batch: int = Field(1000, ge=1, le=20_000)
+    notify_idle_ms: int = Field(200, ge=1)
+    notify_workers: int = Field(0, ge=0, le=32)  # concurrent dispatch rounds; 0: 1 on SQLite, 3 on PostgreSQL
     # Messaging knobs.
     consumer_batch: int = Field(2000, ge=1, le=50_000)
     consumer_poll_ms: int = Field(200, ge=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pytest
 
 from services.embedded import build_embedded_app
 from shared.settings import Settings
-from shared.tenancy import hash_api_key, mint_customer_token
+from shared.tenancy import Merchant, Tenancy, hash_api_key, mint_customer_token
 from tests.conftest import ADMIN_TOKEN, embedded_settings, running
 from tests.factories import eventually, order_paid
 
@@ -194,3 +195,52 @@ async def test_one_merchants_event_id_does_not_swallow_another_merchants_event(t
     r = await t.client.post("/v1/events", json=[order_paid(t.b.merchant_id, "x-b", "o-x-b", 1, event_id=shared_id)],
                             headers=t.b.auth)
     assert r.json()["accepted"] == 1, r.json()
+
+
+# ---------------------------------------------------------------- the verified-token cache
+
+
+class _Merchants(Tenancy):
+    """Tenancy with its merchants in a dict (the cache logic is what is under test)."""
+
+    def __init__(self, merchants: dict[str, Merchant]) -> None:
+        self._tokens = {}
+        self.table = merchants
+
+    async def by_id(self, merchant_id: str) -> Merchant | None:
+        return self.table.get(merchant_id)
+
+
+def _merchant(secret: str, active: bool = True) -> Merchant:
+    return Merchant(merchant_id="m-cache", name="m", timezone="Asia/Shanghai", jwt_secret=secret, active=active)
+
+
+async def test_a_cached_token_is_refused_once_the_secret_rotates_or_the_merchant_is_deactivated() -> None:
+    old = "old-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+    tenancy = _Merchants({"m-cache": _merchant(old)})
+    token = mint_customer_token("m-cache", "c-1", old)
+    assert (await tenancy.customer_from_token(token)).customer_id == "c-1"
+    assert (await tenancy.customer_from_token(token)).customer_id == "c-1"  # from the cache
+    tenancy.table["m-cache"] = _merchant("new-secret-0123456789abcdefghijklmnopqrstuvwxyz")
+    assert await tenancy.customer_from_token(token) is None
+    tenancy.table["m-cache"] = _merchant(old, active=False)
+    assert await tenancy.customer_from_token(token) is None
+    tenancy.table["m-cache"] = _merchant(old)
+    assert (await tenancy.customer_from_token(token)).customer_id == "c-1"
+
+
+async def test_a_cached_token_expires_like_an_uncached_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "a-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+    tenancy = _Merchants({"m-cache": _merchant(secret)})
+    token = mint_customer_token("m-cache", "c-1", secret, ttl=timedelta(minutes=5))
+    assert await tenancy.customer_from_token(token) is not None
+    later = time.time() + 5 * 60 + 31  # past the expiry and its 30 s leeway
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert await tenancy.customer_from_token(token) is None
+
+
+async def test_a_token_with_a_bad_signature_is_never_cached() -> None:
+    tenancy = _Merchants({"m-cache": _merchant("right-secret-0123456789abcdefghijklmnopqrstuvwxyz")})
+    forged = mint_customer_token("m-cache", "c-1", WRONG_SECRET)
+    assert await tenancy.customer_from_token(forged) is None
+    assert tenancy._tokens == {}
