@@ -769,3 +769,19 @@ def test_the_kustomization_applies_every_manifest_except_the_secret_template() -
     used = {c["image"].split(":")[0] for _, _, pod in workloads() for _, c in containers(pod)
             if _image_is_fugou(c.get("image"))}
     assert used <= images, f"kustomization cannot set the images {sorted(used - images)}"
+
+
+def test_deployed_notifications_fail_messages_on_unconfigured_channels_and_link_a_public_url() -> None:
+    """The console channel is for `make run`: a deployed notifications service must not pretend an
+    SMS went out when the merchant configured no SMS provider; its unsubscribe links need an
+    address customers can open."""
+    seen = set()
+    for p in all_fugou_processes():
+        call = p.call
+        if call is None or call.service != "notifications" or call.subcommand != "run":
+            continue
+        assert p.env.get("FUGOU_NOTIFY_UNCONFIGURED") == "fail", f"{p.where}: FUGOU_NOTIFY_UNCONFIGURED"
+        url = p.env.get("FUGOU_PUBLIC_URL", "")
+        assert re.match(r"^(https?://|\$\{FUGOU_PUBLIC_URL)", url), f"{p.where}: FUGOU_PUBLIC_URL={url!r}"
+        seen.add(p.where.split(":")[0])
+    assert len(seen) >= 2, seen  # compose and Kubernetes

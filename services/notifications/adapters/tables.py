@@ -118,6 +118,7 @@ campaigns = Table(
     Column("cursor", String(256), nullable=True),  # the audience's keyset position
     Column("audience_done", Boolean, nullable=False, server_default=text("false")),
     Column("enqueued", BigInteger, nullable=False, server_default=text("0")),
+    Column("error", Text, nullable=True),  # why a walk failed (the audience went away…)
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_campaigns_due", "status", "scheduled_at"),

@@ -182,3 +182,10 @@ def verify_unsubscribe(secret: bytes, token: str) -> tuple[str, str, str]:
     if version != "u1" or not all(isinstance(v, str) for v in (merchant_id, customer_id, channel)):
         raise InvalidToken("malformed unsubscribe token")
     return merchant_id, customer_id, channel
+
+
+def callback_token(secret: bytes, merchant_id: str) -> str:
+    """The secret a merchant's provider callbacks (receipts, SMS replies) carry in their URL: the
+    endpoints are public (providers call them), so without it anyone knowing a merchant id and a
+    customer's phone could opt that customer out."""
+    return hmac.new(secret, f"fugou-callbacks:{merchant_id}".encode(), hashlib.sha256).hexdigest()[:32]

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-import orjson
 import structlog
 from pydantic import AwareDatetime, Field, model_validator
 from sqlalchemy import func, select, update
@@ -176,7 +175,7 @@ async def walk(sessions: async_sessionmaker[AsyncSession], client: SegmentationC
         async with sessions() as session, session.begin():
             await session.execute(update(campaigns).where(
                 campaigns.c.merchant_id == merchant_id, campaigns.c.campaign_id == campaign_id).values(
-                status="failed", body=_with_error(row.body, str(e)), updated_at=datetime.now(timezone.utc)))
+                status="failed", error=str(e)[:1000], updated_at=datetime.now(timezone.utc)))
         return "failed"
     async with sessions() as session, session.begin():
         current = await get(session, merchant_id, campaign_id, lock=True)
@@ -186,12 +185,6 @@ async def walk(sessions: async_sessionmaker[AsyncSession], client: SegmentationC
             campaigns.c.merchant_id == merchant_id, campaigns.c.campaign_id == campaign_id).values(
             status="done", audience_done=True, updated_at=datetime.now(timezone.utc)))
     return "done"
-
-
-def _with_error(body: str, error: str) -> str:
-    d = orjson.loads(body)
-    d["error"] = error
-    return orjson.dumps(d).decode()
 
 
 async def due(session: AsyncSession, now: datetime, limit: int = 10) -> list[tuple[str, str]]:

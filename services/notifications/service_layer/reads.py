@@ -22,7 +22,7 @@ _POLICY_REASONS = frozenset({"duplicate", "no_contact", "invalid_contact", "cons
                              "no_subscription_credit", "cap_reached", "quiet_hours"})
 
 
-def message_view(r: Any, log: Sequence[Any] = (), locale: str = "zh-CN") -> dict[str, Any]:
+def message_view(r: Any, log: Sequence[Any] | None = None, locale: str = "zh-CN") -> dict[str, Any]:
     out = {"message_id": r.message_id, "customer_id": r.customer_id, "trigger": r.trigger,
            "trigger_key": r.trigger_key, "rule_id": r.rule_id, "campaign_id": r.campaign_id, "channel": r.channel,
            "template": {"key": r.template_key, "version": r.template_version}, "purpose": r.purpose,
@@ -32,9 +32,16 @@ def message_view(r: Any, log: Sequence[Any] = (), locale: str = "zh-CN") -> dict
            "created_at": r.created_at.isoformat(), "sent_at": r.sent_at.isoformat() if r.sent_at else None,
            "delivered_at": r.delivered_at.isoformat() if r.delivered_at else None,
            "content": orjson.loads(r.rendered) if r.rendered else None}
-    if log:
-        out["steps"] = [{"at": x.at.isoformat(), "status": x.status, "reason": x.reason,
-                         "detail": orjson.loads(x.detail) if x.detail else None} for x in log]
+    if log is not None:
+        # The log keeps what a rule or a provider decided; the row's own times fill in the rest.
+        steps = [{"at": x.at.isoformat(), "status": x.status, "reason": x.reason,
+                  "detail": orjson.loads(x.detail) if x.detail else None} for x in log]
+        for status, at in (("sent", r.sent_at if r.status in ("sent", "delivered") else None),
+                           ("delivered", r.delivered_at)):
+            if at is not None:
+                steps.append({"at": at.isoformat(), "status": status, "reason": None,
+                              "detail": {"provider": r.provider, "provider_id": r.provider_id}})
+        out["steps"] = sorted(steps, key=lambda x: x["at"])
     out["why"] = why(r.status, r.reason, out.get("steps", []), locale)
     return out
 
@@ -58,8 +65,11 @@ def why(status: str, reason: str | None, steps: list[dict[str, Any]], locale: st
     texts = _WHY["en" if locale == "en" else "zh-CN"]
     decided = next((s for s in reversed(steps) if s["status"] in ("skipped", "held") and s["reason"]), None)
     if status in ("skipped", "held") and decided is not None and reason in _POLICY_REASONS:
-        d = dp.Decision("skip" if status == "skipped" else "hold", reason, None,  # type: ignore[arg-type]
-                        decided.get("detail") or {})
+        detail = decided.get("detail") or {}
+        tried = detail.get("tried")
+        if isinstance(tried, list) and tried:  # enqueue's skip: one refusal per channel tried
+            detail = next((t for t in tried if t.get("reason") == reason), tried[0])
+        d = dp.Decision("skip" if status == "skipped" else "hold", reason, None, detail)  # type: ignore[arg-type]
         try:
             return dp.explain_text(d, locale)
         except (KeyError, ValueError, TypeError):
@@ -139,7 +149,8 @@ async def funnel(session: AsyncSession, merchant_id: str, since: datetime | None
             "by_status": by_status, "reasons": held_back}
 
 
-async def apply_receipts(session: AsyncSession, provider: str, receipts: Sequence[Receipt], now: datetime) -> int:
+async def apply_receipts(session: AsyncSession, merchant_id: str, provider: str, receipts: Sequence[Receipt],
+                         now: datetime) -> int:
     """Mark messages delivered or failed from a provider's report; returns how many matched.
     A receipt for a message already final in the same way is a no-op (providers resend)."""
     m = messages.c
@@ -149,11 +160,11 @@ async def apply_receipts(session: AsyncSession, provider: str, receipts: Sequenc
         if rc.provider_id:
             keys.append((m.provider == provider) & (m.provider_id == rc.provider_id))
         if rc.message_id:
-            keys.append(m.message_id == rc.message_id)
+            keys.append((m.message_id == rc.message_id) & (m.provider == provider))
         if not keys:
             continue
-        row = (await session.execute(select(m.message_id, m.merchant_id, m.status).where(or_(*keys))
-                                     .limit(1))).first()
+        row = (await session.execute(select(m.message_id, m.merchant_id, m.status).where(
+            m.merchant_id == merchant_id, or_(*keys)).limit(1))).first()
         if row is None or row.status not in ("sending", "sent", "delivered"):
             continue
         matched += 1

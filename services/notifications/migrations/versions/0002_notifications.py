@@ -96,6 +96,7 @@ def upgrade() -> None:
         sa.Column("cursor", sa.String(256), nullable=True),
         sa.Column("audience_done", sa.Boolean, nullable=False, server_default=sa.text("false")),
         sa.Column("enqueued", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("error", sa.Text, nullable=True),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
     )
