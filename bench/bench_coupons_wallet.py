@@ -4,12 +4,13 @@ measured in the same run under the same load.
 
 Data (not timed, loading time on stderr): merchant "bench", N customers with K coupons each
 (templates of the four kinds; most available, some used, some expired, a few locked), loaded
-with COPY into a migrated coupons database. The service runs as its own process
-(`python -m services.coupons run --roles api`), the load comes from one asyncio process with
-keep-alive HTTP/1.1 connections, each request a random customer's token: first a closed loop
-(each connection sends its next request when the answer comes; the req_per_s and p99_ms
-figures), then open loops paced at fixed rates (2,000/s is the goal's), whose latency counts
-from the scheduled start, so that a service slower than the rate shows its queue.
+with COPY into a migrated coupons database. The service runs as its own processes
+(`python -m services.coupons run --roles api --workers 2`: one per core of a 2-core pod), the
+load comes from one asyncio process with keep-alive HTTP/1.1 connections, each request a random
+customer's token: first a closed loop (each connection sends its next request when the answer
+comes; the req_per_s figure), then open loops paced at fixed rates, whose latency counts from
+the scheduled start, so that a service slower than the rate shows its queue (p99_ms: paced at
+2,000/s, the goal's rate).
 
     python -m bench.bench_coupons_wallet --customers 100000 --pg-dsn postgresql://…/empty_db
 """
@@ -123,7 +124,8 @@ def peer_server(port: int) -> None:
 PEER_BODY = b""  # set from a real answer before the peer starts (passed through the environment)
 
 
-async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency: int, rates: list[float]) -> None:
+async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency: int, rates: list[float],
+              workers: int) -> None:
     from shared.tenancy import mint_customer_token
 
     now = datetime.now(timezone.utc)
@@ -141,8 +143,8 @@ async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency:
     port, peer_port = free_port(), free_port()
     env = {**os.environ, "FUGOU_COUPONS_DATABASE_URL": url, "FUGOU_BUS": "inprocess", "FUGOU_DATA_DIR": data_dir,
            "FUGOU_ENV": "test", "FUGOU_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.coupons", "run", "--roles", "api", "--port", str(port)],
-                            env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "services.coupons", "run", "--roles", "api", "--port", str(port),
+                             "--workers", str(workers)], env=env)
     try:
         await wait_up(f"http://127.0.0.1:{port}/healthz")
         import httpx
@@ -172,7 +174,7 @@ async def run(n: int, per: int, dsn: str, url: str, seconds: float, concurrency:
         f"{told(peer_paced)}")
     common: dict[str, Any] = {
         "customers": n, "coupons": n * per, "wallet_bytes": len(sample_body), "seconds": seconds,
-        "concurrency": concurrency, "requests": n_req, "errors": errors, "p50_ms": round(p50, 2),
+        "concurrency": concurrency, "workers": workers, "requests": n_req, "errors": errors, "p50_ms": round(p50, 2),
         "peer_p50_ms": round(q_p50, 2),
         "client": f"{concurrency} keep-alive HTTP/1.1 connections from one asyncio process on the same machine",
         # Open loop: requests started on a fixed schedule, latency from the scheduled start (a
@@ -197,6 +199,8 @@ def main() -> None:
     parser.add_argument("--pg-dsn", help="postgresql://… of an empty database")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="API processes sharing the port (run --workers; 2: one per core of a 2-core pod)")
     parser.add_argument("--rates", default="2000,1000",
                         help="request rates of the paced (open-loop) runs, comma-separated; 2,000/s is the goal's")
     parser.add_argument("--peer-server", type=int, help=argparse.SUPPRESS)
@@ -210,7 +214,7 @@ def main() -> None:
         parser.error("--pg-dsn is required")
     url = args.pg_dsn.replace("postgresql://", "postgresql+asyncpg://")
     asyncio.run(run(args.customers, args.per_customer, args.pg_dsn, url, args.seconds, args.concurrency,
-                    [float(r) for r in args.rates.split(",") if r.strip()]))
+                    [float(r) for r in args.rates.split(",") if r.strip()], args.workers))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ one statement) on the loyalty service alone, for N customers with a few lots and
 (loaded with COPY), at a fixed number of keep-alive connections, each request with its own
 customer token: first a closed loop (req_per_s: the most it answers), then an open loop paced at
 2,000 req/s, the goal's rate (p99_ms: latency from each request's scheduled start, so a queue
-shows). Peer: a bare FastAPI endpoint returning a constant JSON, same loads.
+shows). The API runs as `run --roles api --workers 2` (one process per core of a 2-core pod).
+Peer: a bare FastAPI endpoint returning a constant JSON (one process), same loads.
 
     python -m bench.bench_loyalty ledger --events 200000 --customers 50000 --kafka H:P --pg-dsn postgresql://…
     python -m bench.bench_loyalty points --customers 100000 --pg-dsn postgresql://… [--seconds 15]
@@ -306,7 +307,8 @@ def main() -> None:
     pts.add_argument("--pg-dsn", required=True, help="postgresql://… of an empty database")
     pts.add_argument("--seconds", type=float, default=15.0)
     pts.add_argument("--concurrency", type=int, default=32)
-    pts.add_argument("--workers", type=int, default=1, help="API processes sharing the port (run --workers)")
+    pts.add_argument("--workers", type=int, default=2,
+                     help="API processes sharing the port (run --workers; 2: one per core of a 2-core pod)")
     pts.add_argument("--rates", default="2000",
                      help="request rates of the paced (open-loop) runs, comma-separated; 2,000/s is the goal's")
     peer = sub.add_parser("peer-server")
