@@ -79,3 +79,49 @@ async def test_order_paid_on_kafka_reaches_segmentation(kafka, pg_urls, tmp_path
             await producer.stop()
         got = await eventually(lambda: rfm(client, "u-7"), lambda v: v.get("frequency") == 1)
         assert got["monetary_fen"] == 9900
+
+
+async def test_a_first_order_earns_a_coupon_and_the_customer_hears_of_it_once(settings: Settings) -> None:
+    """Across three services and the bus: the shop's order.paid → coupons' first-order rule issues a
+    coupon → coupon.issued on fugou.coupons → notifications renders the merchant's template and
+    delivers it (console channel), once, with the SMS consent the shop reported."""
+    app = build_embedded_app(settings, announce=False)
+    h = {"X-Api-Key": KEY}
+    async with running(app) as client:
+        r = await client.post("/v1/coupons/templates", headers=h, json={
+            "name": "10元无门槛券", "kind": {"type": "no_threshold", "amount_off_fen": 1000}, "valid_days": 30})
+        assert r.status_code == 201, r.text
+        r = await client.post("/v1/coupons/rules", headers=h, json={
+            "name": "首单礼", "trigger": {"type": "first_paid_order"},
+            "action": {"issue": [{"template_id": r.json()["template_id"]}]}})
+        assert r.status_code == 201, r.text
+        r = await client.post("/v1/notifications/templates", headers=h, json={
+            "key": "coupon-sms", "channel": "sms", "locale": "zh-CN", "trigger": "coupon.issued",
+            "parts": {"text": "{{ shop.name }}送您{{ coupon.name }}，{{ coupon.expires_at | date }}前有效。退订回T"}})
+        assert r.status_code == 201, r.text
+        r = await client.put("/v1/notifications/rules/coupon-arrived", headers=h, json={
+            "name": "券到账", "trigger": "coupon.issued", "channels": [{"channel": "sms", "template": "coupon-sms"}]})
+        assert r.status_code == 200, r.text
+        r = await client.put("/v1/notifications/policy", headers=h, json={"quiet_hours": None})
+        assert r.status_code == 200, r.text
+        profile = {"event_id": "reg-u-9", "type": "customer.registered", "merchant_id": "demo", "customer_id": "u-9",
+                   "occurred_at": "2026-11-01T10:00:00+08:00",
+                   "data": {"phone": "13800138009", "consents": {"sms": True}}}
+        order = order_paid("demo", "u-9", "o-90", 8800)
+        r = await client.post("/v1/events", headers=h, json=[profile, order, order])
+        assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+
+        async def console() -> list[dict]:
+            got = await client.get("/v1/notifications/console", headers=h, params={"customer_id": "u-9"})
+            return got.json() if got.status_code == 200 else []
+
+        [message] = await eventually(console, lambda ms: len(ms) == 1 and ms[0]["status"] == "delivered",
+                                     timeout=60)
+        assert message["recipient"] == "+8613800138009" and message["trigger"] == "coupon.issued"
+        assert "10元无门槛券" in message["content"]["text"]
+        # A second paid order: not a first order, no coupon, no message.
+        r = await client.post("/v1/events", headers=h, json=[order_paid("demo", "u-9", "o-91", 100)])
+        assert r.status_code == 200
+        await eventually(lambda: rfm(client, "u-9"), lambda v: v.get("frequency") == 2, timeout=60)
+        funnel = (await client.get("/v1/notifications/funnel", headers=h)).json()
+        assert (funnel["total"], funnel["delivered"]) == (1, 1)

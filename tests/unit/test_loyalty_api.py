@@ -243,6 +243,28 @@ async def test_stored_value_top_ups_are_credited_when_the_shop_confirms_and_spen
     assert proof["stored_value"]["paid_fen"] == proof["stored_value"]["entries_paid_fen"] == 26_000
 
 
+async def test_a_cancelled_order_gives_its_stored_value_payment_back_once(shop: Shop) -> None:
+    r = await shop.client.post("/v1/loyalty/stored-value/top-ups", headers=shop.headers,
+                               json={"customer_id": "u-1", "pay_fen": 10_000, "payment_ref": "pos-1"})
+    assert r.status_code == 201, r.text
+    spends = "/v1/loyalty/stored-value/spends"
+    r = await shop.client.post(spends, json={"customer_id": "u-1", "order_id": "o-5", "amount_fen": 6_000},
+                               headers=shop.headers)
+    assert r.status_code == 201, r.text
+    r = await shop.client.post(f"{spends}/o-5/refunds", json={"refund_id": "rf-1", "amount_fen": 1_000},
+                               headers=shop.headers)
+    assert r.status_code == 200, r.text
+    me = await shop.token("u-1")
+    assert (await shop.client.get("/v1/me/stored-value", headers=me)).json()["total_fen"] == 5_000
+    await shop.send(cancelled(shop, "u-1", "o-5"))
+    await shop.send(cancelled(shop, "u-1", "o-5"))  # the shop says it again: nothing more comes back
+    mine = (await shop.client.get("/v1/me/stored-value", headers=me)).json()
+    assert mine["total_fen"] == 10_000  # the 5,000 still spent on the order came back, not 6,000
+    assert [e["kind"] for e in mine["entries"]][:2] == ["spend_refund", "spend_refund"]
+    proof = (await shop.client.get("/v1/loyalty/customers/u-1/reconciliation", headers=shop.headers)).json()
+    assert proof["stored_value_ok"] is True
+
+
 # ---------------------------------------------------------------- adjustments and bad input
 
 

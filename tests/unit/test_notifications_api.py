@@ -540,3 +540,25 @@ async def test_receipts_are_parsed_per_provider_and_matched(shop: Shop) -> None:
     assert r.json() == {"matched": 0, "code": 0, "msg": "成功"}
     r = await shop.client.post(f"{url}/wechat", params=q, json={"Event": "subscribe_msg_popup_event"})
     assert (r.status_code, r.text) == (200, "success")
+
+
+async def test_a_test_send_goes_through_the_configured_provider_and_refuses_a_bad_address(shop: Shop) -> None:
+    from tests.providers import FakeProviders
+
+    await shop.template("cpn-sms")
+    url = "/v1/notifications/test-send"
+    r = await shop.client.post(url, headers=shop.headers, json={"template": "cpn-sms", "to": "010-12345678"})
+    assert list(fields_of(r)) == ["body.to"]
+    r = await shop.client.post(url, headers=shop.headers, json={"template": "nope", "to": "13800138000"})
+    assert list(fields_of(r, 404)) == ["body.template"]
+    # No SMS provider configured: the console channel takes it (the embedded default).
+    sent = await shop.ok("POST", url, json={"template": "cpn-sms", "to": "138 0013 8000",
+                                            "variables": {"coupon.name": "新人券"}})
+    assert (sent["outcome"], sent["provider"]) == ("delivered", "console") and "新人券" in sent["rendered"]["text"]
+    with FakeProviders() as fake:
+        await shop.ok("PUT", "/v1/notifications/channels/sms",
+                      json={"provider": "generic", "config": fake.channel_config("generic")})
+        sent = await shop.ok("POST", url, json={"template": "cpn-sms", "to": "13800138000"})
+        assert (sent["outcome"], sent["provider"]) == ("sent", "generic")
+        [got] = fake.received("generic")
+        assert got["phone"] == "+8613800138000" and got["text"] == sent["rendered"]["text"]

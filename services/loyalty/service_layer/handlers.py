@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.loyalty.adapters.tables import profiles
 from services.loyalty.domain.common import BonusEvent
 from services.loyalty.domain.earning import once_key
+from services.loyalty.service_layer import stored_value
 from services.loyalty.service_layer.points import Action, Batch, Cancelled, Op, Paid, Refunded
 from services.loyalty.service_layer.rules import InForce, in_force_many
 from shared.db import bulk_insert
@@ -89,3 +90,6 @@ async def handle(session: AsyncSession, events: list[EnvelopeBase], now: datetim
         ops = operations(rules[merchant_id], evs)
         if ops:
             await Batch(session, rules[merchant_id], now).run(ops)
+        cancelled = [e.data.order_id for e in evs if e.type == "order.cancelled"]  # type: ignore[attr-defined]
+        if cancelled:  # a cancelled order's stored-value payment comes back whole
+            await stored_value.release_cancelled(session, merchant_id, cancelled, now)

@@ -268,6 +268,23 @@ async def refund_spend(session: AsyncSession, merchant_id: str, order_id: str, *
                      posting.balance)
 
 
+async def release_cancelled(session: AsyncSession, merchant_id: str, order_ids: list[str], now: datetime) -> int:
+    """``order.cancelled``: what stored value paid for the order comes back whole (what a refund
+    already returned excepted). Idempotent: the cause is ``spend_refund:cancel:<order>``. Returns
+    how many orders gave something back."""
+    s = sv_spends.c
+    rows = (await session.execute(select(s.order_id, s.paid_fen, s.bonus_fen, s.refunded_fen).where(
+        s.merchant_id == merchant_id, s.order_id.in_(sorted(set(order_ids)))))).all()
+    given = 0
+    for r in rows:
+        left = r.paid_fen + r.bonus_fen - r.refunded_fen
+        if left > 0:
+            await refund_spend(session, merchant_id, r.order_id, refund_id=f"cancel:{r.order_id}", amount_fen=left,
+                               now=now)
+            given += 1
+    return given
+
+
 # ---------------------------------------------------------------- reading
 
 

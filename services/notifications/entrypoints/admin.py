@@ -5,6 +5,7 @@ channel's record, and a customer's consents. Thin: JSON in, a service-layer call
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlencode
@@ -12,14 +13,15 @@ from urllib.parse import urlencode
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import AwareDatetime, BaseModel, Field, SecretStr, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.notifications.adapters.channels import CONFIG_MODELS, RECEIPT_PROVIDERS
+from services.notifications.adapters.channels import CONFIG_MODELS, RECEIPT_PROVIDERS, Outgoing
+from services.notifications.adapters.channels import Rendered as ChannelRendered
 from services.notifications.adapters.tables import channel_configs, consents, messages
 from services.notifications.domain import templates as dt
-from services.notifications.domain.contacts import ADDRESS_FIELD, callback_token
+from services.notifications.domain.contacts import ADDRESS_FIELD, InvalidContact, callback_token, normalize_address
 from services.notifications.service_layer import campaigns as campaigns_svc
 from services.notifications.service_layer import config
 from services.notifications.service_layer import profiles, reads
@@ -306,6 +308,62 @@ async def preview(body: PreviewBody, merchant: AdminMerchant) -> PreviewView:
     return PreviewView(rendered=Rendered(subject=parts.subject, text=parts.text, html=parts.html,
                                          fields=dict(parts.fields), provider_template=parts.provider_template,
                                          page=parts.page, unsubscribe_url=parts.unsubscribe_url), context=ctx)
+
+
+class TestSendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    template: Key = Field(description="A saved template's key (its version in force is sent)")
+    to: str = Field(min_length=1, max_length=320, description="A phone number (SMS), an email address, a WeChat "
+                                                              "openid; ignored for webhook and console")
+    variables: dict[str, Any] = Field(default_factory=dict, description="Override sample values, e.g. "
+                                      "{\"coupon.name\": \"新人券\"}")
+
+
+class TestSendView(BaseModel):
+    outcome: Literal["sent", "delivered", "retry", "failed"]
+    provider: str
+    provider_id: str | None
+    code: str | None
+    detail: str | None
+    rendered: Rendered
+
+
+@router.post("/v1/notifications/test-send", response_model=TestSendView, tags=TEMPLATES,
+             summary="Send a saved template, on its sample values, to an address of yours through the provider "
+                     "configured for its channel (no policy applies: this is the merchant testing)",
+             responses={404: {"description": "no such template"},
+                        422: {"description": "an invalid phone number, email or openid (body.to)"}})
+async def test_send(body: TestSendBody, request: Request, merchant: AdminMerchant, session: Session) -> TestSendView:
+    found = (await templates_svc.latest(session, merchant.merchant_id, [body.template])).get(body.template)
+    if found is None:
+        raise ApiError(404, "not_found", f"no template {body.template!r}", field="body.template")
+    channel = found.spec.channel
+    to = body.to
+    if channel in ADDRESS_FIELD:
+        try:
+            to = normalize_address(channel, body.to)
+        except InvalidContact as e:
+            raise ApiError(422, "invalid_contact", f"{body.to!r}: {e.reason}", field="body.to") from None
+    try:
+        parts, _ = templates_svc.preview(found.spec, list(found.vars), body.variables, merchant.name)
+    except dt.RenderError as e:
+        raise refused([("body.variables", f"{e.field} fails on the values given: {e.message}")]) from None
+    rendered = ChannelRendered(subject=parts.subject, text=parts.text, html=parts.html, fields=parts.fields,
+                               provider_template=parts.provider_template, page=parts.page)
+    notifier = Notifier(runtime_of(request, SERVICE).settings)
+    try:
+        route = await notifier.route(session, merchant.merchant_id, channel)
+        if route.channel is None:
+            raise ApiError(409, "not_configured", f"no {channel} provider configured", field="body.template")
+        [res] = await route.channel.send([Outgoing(f"test-{uuid.uuid4()}", merchant.merchant_id, None, to, rendered)])
+    finally:
+        await notifier.aclose()
+    return TestSendView(outcome=res.outcome, provider=route.provider, provider_id=res.provider_id, code=res.code,
+                        detail=res.detail,
+                        rendered=Rendered(subject=parts.subject, text=parts.text, html=parts.html,
+                                          fields=dict(parts.fields), provider_template=parts.provider_template,
+                                          page=parts.page, unsubscribe_url=None))
 
 
 class TriggerExample(BaseModel):
