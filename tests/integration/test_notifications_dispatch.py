@@ -273,3 +273,69 @@ async def test_wechat_credits_go_to_the_most_valuable_message_and_come_back_when
     async with store.sessions() as s:
         credits = (await s.execute(select(wechat_credits.c.credits))).scalar()
     assert credits == 1
+
+
+async def test_birthdays_are_wished_on_the_merchants_own_day_once_a_year(store: Store) -> None:
+    from services.notifications.service_layer.workers import birthdays_once
+
+    async with store.sessions() as s, s.begin():
+        await templates.save(s, M, "bday", dt.TemplateSpec("sms", "zh-CN", "birthday", dt.TemplateParts(
+            text="{{ shop.name }}祝您{{ birthday.month }}月{{ birthday.day }}日生日快乐！退订回T")), [], NOON)
+        await config.save_rule(s, M, config.NotifyRule.model_validate({
+            "rule_id": "birthday", "name": "生日祝福", "trigger": "birthday",
+            "channels": [{"channel": "sms", "template": "bday"}]}), NOON)
+        await config.save_policy(s, M, config.Policy(marketing_requires_explicit_consent=False), NOON)
+    born = new_event("customer.registered", M, {"phone": "13800138000", "birthday": "1990-11-25"},
+                     customer_id="c1", occurred_at=NOON)
+    other = new_event("customer.registered", M, {"phone": "13800138001", "birthday": "11-24"},
+                      customer_id="c2", occurred_at=NOON)
+    await feed(store, [born, other])
+    # 2026-11-24 17:00 UTC is already the 25th in Shanghai: c1's birthday there, not c2's.
+    evening = datetime(2026, 11, 24, 17, 0, tzinfo=timezone.utc)
+    assert await birthdays_once(store.sessions, "http://fugou.test", evening) == 1
+    assert await birthdays_once(store.sessions, "http://fugou.test", evening + timedelta(hours=2)) == 0  # once
+    async with store.sessions() as s:
+        rows = (await s.execute(select(messages.c.customer_id, messages.c.trigger_key))).all()
+    assert [(r.customer_id, r.trigger_key) for r in rows] == [("c1", "birthday:2026")]
+    n = notifier()
+    await dispatch.dispatch_once(n, store.sessions, now=evening + timedelta(hours=10))  # 11:00 local
+    await n.aclose()
+    async with store.sessions() as s:
+        rendered = (await s.execute(select(messages.c.rendered))).scalar()
+    assert "11月25日生日快乐" in rendered
+
+
+async def test_a_dormant_customer_gets_the_recall_and_a_due_category_its_replenishment(store: Store) -> None:
+    async with store.sessions() as s, s.begin():
+        await templates.save(s, M, "recall", dt.TemplateSpec("sms", "zh-CN", "segment.changed", dt.TemplateParts(
+            text="{{ shop.name }}想您了，回来看看？退订回T")), [], NOON)
+        await templates.save(s, M, "restock", dt.TemplateSpec("sms", "zh-CN", "replenishment.due", dt.TemplateParts(
+            text="您的{{ replenishment.category }}该补货啦。退订回T")), [], NOON)
+        await config.save_rule(s, M, config.NotifyRule.model_validate({
+            "rule_id": "recall", "name": "沉睡召回", "trigger": "segment.changed",
+            "conditions": {"entered_tags": ["dormant"]}, "channels": [{"channel": "sms", "template": "recall"}]}), NOON)
+        await config.save_rule(s, M, config.NotifyRule.model_validate({
+            "rule_id": "restock", "name": "补货提醒", "trigger": "replenishment.due",
+            "channels": [{"channel": "sms", "template": "restock"}]}), NOON)
+        await config.save_policy(s, M, config.Policy(marketing_requires_explicit_consent=False, caps={}), NOON)
+
+    def changed(cid: str, before: list[str], after: list[str]) -> EnvelopeBase:
+        return new_event("segment.changed", M, {"before": {"tier": "B", "tags": before},
+                                                 "after": {"tier": "B", "tags": after}}, customer_id=cid,
+                         occurred_at=NOON)
+
+    await feed(store, [customer("c1"), customer("c2", phone="13800138002"), customer("c3", phone="13800138003")])
+    await feed(store, [changed("c1", ["new"], ["dormant"]),                        # entered dormant: recall
+                       changed("c2", ["dormant"], ["dormant", "replenish_due:milk-powder"]),  # already dormant
+                       changed("c3", [], ["interest"])])                            # neither
+    async with store.sessions() as s:
+        rows = sorted((r.customer_id, r.rule_id) for r in await s.execute(
+            select(messages.c.customer_id, messages.c.rule_id)))
+    assert rows == [("c1", "recall"), ("c2", "restock")]
+    n = notifier()
+    await dispatch.dispatch_once(n, store.sessions, now=NOON)
+    await n.aclose()
+    async with store.sessions() as s:
+        texts = {r.customer_id: r.rendered for r in await s.execute(select(messages.c.customer_id,
+                                                                             messages.c.rendered))}
+    assert "milk-powder该补货啦" in texts["c2"]
