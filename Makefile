@@ -7,10 +7,11 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 RUN_DIR ?= $(CURDIR)/.run
 
-.PHONY: help venv run test test-unit bench up down migrate clean
+.PHONY: help venv run demo test test-unit bench up down migrate clean
 
 help:
 	@echo "make run    - the whole system in one process on http://$(HOST):$(PORT) (SQLite under ./data)"
+	@echo "make demo   - make run, filled with a synthetic shop (10,000 customers, six months) through the event API"
 	@echo "make test   - unit, integration and end-to-end tests against real Kafka and PostgreSQL"
 	@echo "make bench  - benchmarks (starts Kafka and PostgreSQL), figures with their peers"
 	@echo "make up     - distributed mode: Kafka, PostgreSQL and one process per service; make down stops it"
@@ -25,6 +26,9 @@ venv: $(VENV)/.installed
 
 run: venv
 	PORT=$(PORT) HOST=$(HOST) $(PY) -m services.embedded
+
+demo: venv
+	PORT=$(PORT) HOST=$(HOST) $(PY) -m demo --start
 
 test: venv
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -54,8 +54,8 @@ Per trigger (from the event payloads in ``shared/events.py``):
   ``segment.cell``, ``segment.rfm_class``, ``segment.tags``, ``segment.previous_tier``,
   ``segment.previous_rfm_class``, ``segment.entered`` and ``segment.left`` (tags gained and lost,
   e.g. ``dormant`` for a recall message);
-- ``replenishment.due``: ``replenishment.category``, ``replenishment.last_order_at``,
-  ``replenishment.cycle_days``;
+- ``replenishment.due``: ``replenishment.category`` (segment.changed carries the tag
+  ``replenish_due:<category>``, not the order history behind it);
 - ``birthday``: ``birthday.month``, ``birthday.day``;
 - ``campaign``: ``campaign.id``, ``campaign.name``.
 
@@ -180,11 +180,10 @@ TRIGGERS: dict[str, Trigger] = {t.name: t for t in [
              "{{ customer.name }}, we miss you! {{ shop.name }} has a welcome-back gift for you. "
              "Reply STOP to opt out."),
     _trigger("replenishment.due", "A category the customer buys regularly is due again.",
-             "replenishment.category replenishment.last_order_at replenishment.cycle_days", "marketing",
-             "{{ customer.name }}，您上次购买{{ replenishment.category }}是{{ replenishment.last_order_at | date }}，"
-             "该补货啦。退订回T",
-             "{{ customer.name }}, you last bought {{ replenishment.category }} on "
-             "{{ replenishment.last_order_at | date }}: time to restock. Reply STOP to opt out."),
+             "replenishment.category", "marketing",
+             "{{ customer.name }}，您常买的{{ replenishment.category }}该补货啦，{{ shop.name }}已为您备好。退订回T",
+             "{{ customer.name }}, time to restock your {{ replenishment.category }} at {{ shop.name }}. "
+             "Reply STOP to opt out."),
     _trigger("birthday", "The customer's birthday.",
              "birthday.month birthday.day", "marketing",
              "{{ customer.name }}，{{ shop.name }}祝您{{ birthday.month }}月{{ birthday.day }}日生日快乐！退订回T",
@@ -269,8 +268,7 @@ def _trigger_vars(trigger: str, d: dict[str, Any]) -> dict[str, Any]:
                             "previous_tier": before.get("tier"), "previous_rfm_class": before.get("rfm_class"),
                             "entered": [t for t in new if t not in old], "left": [t for t in old if t not in new]}}
     if trigger == "replenishment.due":
-        return {"replenishment": {"category": d.get("category"), "last_order_at": _when(d.get("last_order_at")),
-                                  "cycle_days": d.get("cycle_days")}}
+        return {"replenishment": {"category": d.get("category")}}
     if trigger == "birthday":
         return {"birthday": {"month": d.get("month"), "day": d.get("day")}}
     if trigger == "campaign":
@@ -282,7 +280,7 @@ def build_context(trigger: str, data: Any, *, customer: Mapping[str, Any], shop:
                   now: datetime, tz: str = DEFAULT_TZ, locale: str = DEFAULT_LOCALE,
                   unsubscribe_url: str | None = None, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The variables of the catalogue from a trigger's payload (an event's ``data``, a model or a
-    mapping; ``replenishment.due``: category, last_order_at, cycle_days; ``birthday``: month, day;
+    mapping; ``replenishment.due``: category; ``birthday``: month, day;
     ``campaign``: id, name). The one place that maps payload fields to template names."""
     ctx: dict[str, Any] = {
         "customer": {"id": customer.get("id"), "name": customer.get("name") or customer.get("nickname"),
@@ -320,8 +318,7 @@ def _sample_data(trigger: str, zh: bool) -> dict[str, Any]:
                     "after": {"tier": "B", "cell": "1-2-2", "rfm_class": "important_winback", "tags": ["dormant"]},
                     "config_version": 3}
         case "replenishment.due":
-            return {"category": "奶粉" if zh else "milk powder", "last_order_at": now - timedelta(days=31),
-                    "cycle_days": 30}
+            return {"category": "奶粉" if zh else "milk powder"}
         case "birthday":
             return {"month": 11, "day": 8}
         case "campaign":

@@ -57,8 +57,7 @@ def replenishments(data: Any) -> list[dict[str, Any]]:
     """The categories a segment change made due (each its own trigger)."""
     before, after = data.before or {}, data.after or {}
     gained = [t for t in _tags(after) if t.startswith(REPLENISH_TAG) and t not in _tags(before)]
-    return [{"category": t[len(REPLENISH_TAG):], "last_order_at": after.get("last_order_at"),
-             "cycle_days": (after.get("cycles") or {}).get(t[len(REPLENISH_TAG):])} for t in gained]
+    return [{"category": t[len(REPLENISH_TAG):]} for t in gained]
 
 
 def worth(trigger: str, data: Any) -> int:
