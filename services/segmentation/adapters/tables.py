@@ -211,3 +211,22 @@ tag_rules = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Each merchant's segments counted once per local calendar day (the merchant's zone), for trends:
+# taken hourly, the row of the current day replaced each time (the last one of a day stands).
+# Counts are JSON objects: tiers {"S": n}, classes {code: n}, cells {"3-3-3": n}, tags {tag: n}
+# (the lifecycle tags, custom ones left out); the repurchase rate is repeat_buyers / buyers.
+segment_snapshots = Table(
+    "segment_snapshots", metadata,
+    Column("merchant_id", String(128), primary_key=True),
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD in the merchant's time zone
+    Column("taken_at", UTCDateTime, nullable=False),
+    Column("config_version", Integer, nullable=False),
+    Column("customers", BigInteger, nullable=False),
+    Column("buyers", BigInteger, nullable=False),
+    Column("repeat_buyers", BigInteger, nullable=False),
+    Column("tiers", Text, nullable=False),
+    Column("classes", Text, nullable=False),
+    Column("cells", Text, nullable=False),
+    Column("tags", Text, nullable=False),
+)

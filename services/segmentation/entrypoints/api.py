@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.segmentation.domain.config import RfmConfig
 from services.segmentation.adapters.tables import rescore_jobs
-from services.segmentation.service_layer.rfm import current_config, explain_customer, save_config, summary
+from services.segmentation.service_layer.rfm import class_names, current_config, explain_customer, save_config, summary
 from services.segmentation.service_layer.rfm_read import COVERAGE_TTL_S, InForceCache, StoredReads
 from services.segmentation.service_layer.segments import start_rescore
+from services.segmentation.service_layer.snapshots import Point, trend
 from shared.events import Id
 from shared.tenancy import Customer, Merchant
 from shared.web import ApiError, customer_dependency, merchant_dependency, runtime_of, session_dependency
@@ -218,3 +219,45 @@ class Summary(BaseModel):
 @router.get("/v1/segments/summary", response_model=Summary, summary="Counts per cell, tier and class; repurchase rate")
 async def get_summary(merchant: AdminMerchant, session: Session) -> Summary:
     return Summary(**await summary(session, merchant.merchant_id))
+
+
+class TrendPoint(BaseModel):
+    day: str = Field(description="The merchant's local calendar day, YYYY-MM-DD.")
+    taken_at: datetime = Field(description="When the counts were taken (a day's last snapshot stands).")
+    config_version: int
+    customers: int = Field(description="Customers with a segment (at least one paid order).")
+    tiers: dict[str, int]
+    classes: dict[str, int] = Field(description="Customers per RFM class code (names in class_names).")
+    cells: dict[str, int] = Field(description="Customers per R-F-M cell, every cell of the levels then in force.")
+    tags: dict[str, int] = Field(description="Customers per lifecycle tag (interest, new, dormant, churn_risk, "
+                                             "repurchase_cycle:<category>, replenish_due:<category>).")
+    repurchase_rate: float = Field(description="Share of customers with 2+ paid orders in the period, among those with 1+.")
+    repeat_customers: int
+    buying_customers: int
+
+    @classmethod
+    def of(cls, p: Point) -> TrendPoint:
+        return cls(day=p.day, taken_at=p.taken_at, config_version=p.config_version, customers=p.customers,
+                   tiers=p.tiers, classes=p.classes, cells=p.cells, tags=p.tags, repurchase_rate=p.repurchase_rate,
+                   repeat_customers=p.repeat_buyers, buying_customers=p.buyers)
+
+
+class Trend(BaseModel):
+    timezone: str = Field(description="The merchant's time zone, in which days are counted.")
+    days: list[TrendPoint] = Field(description="One point per local day that has a snapshot, oldest first "
+                                               "(today's, when taken, is as of its last hourly snapshot).")
+    today: TrendPoint = Field(description="The counts now, computed live (what today's next snapshot would keep).")
+    class_names: dict[str, dict[str, str]]
+
+
+@router.get("/v1/segments/trend", response_model=Trend,
+            summary="Tiers, classes, lifecycle tags and the repurchase rate per day over the last N days",
+            description="Daily snapshots of the counts GET /v1/segments/summary gives (taken at start-up and "
+                        "hourly by the segmentation worker, one per local day of the merchant, the day's last "
+                        "standing), for the days of the window that have one, and `today` computed now.")
+async def get_trend(merchant: AdminMerchant, session: Session,
+                    days: Annotated[int, Query(ge=1, le=400, description="Local days back, today included.")] = 30
+                    ) -> Trend:
+    points, today = await trend(session, merchant.merchant_id, merchant.timezone, days, datetime.now(timezone.utc))
+    return Trend(timezone=merchant.timezone, days=[TrendPoint.of(p) for p in points], today=TrendPoint.of(today),
+                 class_names=class_names())

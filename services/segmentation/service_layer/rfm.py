@@ -194,8 +194,39 @@ async def explain_customer(session: AsyncSession, merchant_id: str, customer_id:
 
 
 
-async def summary(session: AsyncSession, merchant_id: str) -> dict[str, Any]:
-    """Counts of stored segments per cell, tier and class, and the repurchase rate."""
+@dataclass(frozen=True, slots=True)
+class SegmentCounts:
+    """A merchant's stored segments counted per cell, tier and class, and the customers behind
+    the repurchase rate: what the summary answers and a daily snapshot keeps."""
+    config_version: int
+    cells: dict[str, int]  # every cell of the configuration's levels listed
+    tiers: dict[str, int]
+    classes: dict[str, int]  # by class code
+    buying: int  # customers with 1+ paid orders in the period
+    repeat: int  # ... with 2+
+
+    @property
+    def customers(self) -> int:
+        return sum(self.tiers.values())
+
+    @property
+    def repurchase_rate(self) -> float:
+        return repurchase_rate(self.repeat, self.buying)
+
+
+def repurchase_rate(repeat: int, buying: int) -> float:
+    return round(repeat / buying, 4) if buying else 0.0
+
+
+def class_names() -> dict[str, dict[str, str]]:
+    from services.segmentation.domain.rfm import CLASSES
+
+    return {c.code: {"zh_cn": c.zh_cn, "en": c.en} for c in CLASSES.values()}
+
+
+async def segment_counts(session: AsyncSession, merchant_id: str, now: datetime) -> SegmentCounts:
+    """Count the merchant's stored segments (GROUP BY in the database) under the configuration
+    in force, the repurchase rate's period ending ``now``."""
     from itertools import product
 
     from services.segmentation.adapters.tables import segments
@@ -221,12 +252,16 @@ async def summary(session: AsyncSession, merchant_id: str) -> dict[str, Any]:
             .where(c.c.merchant_id == merchant_id))).one()
     else:
         o = orders
-        since = datetime.now(timezone.utc) - timedelta(days=config.period_days)
+        since = now - timedelta(days=config.period_days)
         per = (select(func.count().label("n")).where(o.c.merchant_id == merchant_id, counts(o), o.c.paid_at >= since)
                .group_by(o.c.customer_id).subquery())
         buying, repeat = (await session.execute(select(func.count(), func.count().filter(per.c.n >= 2)))).one()
-    return {"config_version": version, "customers": sum(tiers.values()), "cells": cells, "tiers": tiers,
-            "classes": classes,
-            "class_names": {c.code: {"zh_cn": c.zh_cn, "en": c.en} for c in CLASSES.values()},
-            "repurchase_rate": round(repeat / buying, 4) if buying else 0.0,
-            "repeat_customers": int(repeat or 0), "buying_customers": int(buying or 0)}
+    return SegmentCounts(version, cells, tiers, classes, int(buying or 0), int(repeat or 0))
+
+
+async def summary(session: AsyncSession, merchant_id: str, now: datetime | None = None) -> dict[str, Any]:
+    """Counts of stored segments per cell, tier and class, and the repurchase rate."""
+    n = await segment_counts(session, merchant_id, now or datetime.now(timezone.utc))
+    return {"config_version": n.config_version, "customers": n.customers, "cells": n.cells, "tiers": n.tiers,
+            "classes": n.classes, "class_names": class_names(), "repurchase_rate": n.repurchase_rate,
+            "repeat_customers": n.repeat, "buying_customers": n.buying}
