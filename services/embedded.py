@@ -12,6 +12,7 @@ import sys
 
 from fastapi import FastAPI
 
+from services.console import mount_console
 from services.gateway.bootstrap import DEMO, ensure_demo_merchant, wait_until_known
 from services.registry import SPECS
 from shared.bus.factory import build_bus
@@ -49,6 +50,7 @@ def build_embedded_app(settings: Settings, announce: bool = True) -> FastAPI:
                 print(f"\n  Merchant '{DEMO}': API key in {key_file}\n", file=sys.stderr, flush=True)
 
     app = create_app(title="Fugou", description=DESCRIPTION, runtimes=runtimes, bus=bus, on_started=on_started)
+    mount_console(app)  # the merchant console at /console: pages over the APIs above
     for rt in runtimes:  # one process: a service calls another's API through the app, in memory
         rt.local_api = app
     return app
