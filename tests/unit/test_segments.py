@@ -79,7 +79,9 @@ async def test_a_configuration_change_rescores_everyone_and_announces_only_the_c
         async def summary() -> dict:
             return (await client.get("/v1/segments/summary", headers=H)).json()
 
-        s = await eventually(summary, lambda v: v["customers"] == 30)
+        # Every customer has a segment as soon as their first order is applied; the five-time buyers
+        # reach 3-3-3 once all their orders are: wait for that, then read the counts of that moment.
+        s = await eventually(summary, lambda v: v["customers"] == 30 and v["tiers"]["S"] == 10)
         assert s["tiers"] == {"S": 10, "A": 0, "B": 20, "C": 0}  # 3-3-3 (sum 9) and 3-1-2 (sum 6)
         assert s["cells"]["3-3-3"] == 10 and s["cells"]["3-1-2"] == 20 and len(s["cells"]) == 27
         assert s["classes"]["important_value"] == 10 and s["classes"]["general_development"] == 20

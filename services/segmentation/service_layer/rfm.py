@@ -237,14 +237,16 @@ async def segment_counts(session: AsyncSession, merchant_id: str, now: datetime)
     mine = and_(sg.c.merchant_id == merchant_id, sg.c.tier.isnot(None))  # rows with tags only have no tier
     levels = range(1, config.levels + 1)
     cells = {f"{r}-{f}-{m}": 0 for r, f, m in product(levels, levels, levels)}
-    cells.update({k: int(n) for k, n in await session.execute(
-        select(sg.c.cell, func.count()).where(mine).group_by(sg.c.cell))})
     tiers = dict.fromkeys(TIERS, 0)
-    tiers.update({k: int(n) for k, n in await session.execute(
-        select(sg.c.tier, func.count()).where(mine).group_by(sg.c.tier))})
     classes = {c.code: 0 for c in CLASSES.values()}
-    classes.update({k: int(n) for k, n in await session.execute(
-        select(sg.c.rfm_class, func.count()).where(mine).group_by(sg.c.rfm_class))})
+    # One statement, so that cells, tiers and classes count the same rows while the consumer
+    # keeps scoring (three statements could each see another moment).
+    for cell, tier, klass, n in await session.execute(
+            select(sg.c.cell, sg.c.tier, sg.c.rfm_class, func.count()).where(mine)
+            .group_by(sg.c.cell, sg.c.tier, sg.c.rfm_class)):
+        cells[cell] = cells.get(cell, 0) + int(n)
+        tiers[tier] = tiers.get(tier, 0) + int(n)
+        classes[klass] = classes.get(klass, 0) + int(n)
     if config.period_days is None:
         c = customers
         buying, repeat = (await session.execute(select(
