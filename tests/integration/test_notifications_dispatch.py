@@ -339,3 +339,31 @@ async def test_a_dormant_customer_gets_the_recall_and_a_due_category_its_repleni
         texts = {r.customer_id: r.rendered for r in await s.execute(select(messages.c.customer_id,
                                                                              messages.c.rendered))}
     assert "milk-powder该补货啦" in texts["c2"]
+
+
+async def test_provider_receipts_mark_their_messages_delivered_or_failed_once(store: Store, fake: Any) -> None:
+    from services.notifications.adapters.channels import Receipt
+    from services.notifications.service_layer import reads
+
+    fake.reset()
+    await setup(store, channel=("generic", fake.channel_config("generic")))
+    await feed(store, [customer("c1"), customer("c2", phone="13800138002"), coupon("c1"), coupon("c2")])
+    n = notifier()
+    assert (await dispatch.dispatch_once(n, store.sessions, now=NOON)).sent == 2
+    await n.aclose()
+    async with store.sessions() as s:
+        sent = {r.customer_id: r.provider_id for r in await s.execute(
+            select(messages.c.customer_id, messages.c.provider_id))}
+    report = [Receipt(sent["c1"], None, "delivered", "DELIVERED", NOON + timedelta(seconds=5)),
+              Receipt(sent["c1"], None, "delivered", "DELIVERED", NOON + timedelta(seconds=9)),  # pushed again
+              Receipt(sent["c2"], None, "failed", "UNDELIV", None),
+              Receipt("not-ours", None, "delivered", None, None)]
+    async with store.sessions() as s, s.begin():
+        assert await reads.apply_receipts(s, M, "generic", report, NOON + timedelta(minutes=1)) == 3
+        assert await reads.apply_receipts(s, "another-merchant", "generic", report, NOON) == 0
+        assert await reads.apply_receipts(s, M, "aliyun", report, NOON) == 0  # another provider's ids
+    async with store.sessions() as s:
+        rows = {r.customer_id: r for r in await s.execute(
+            select(messages.c.customer_id, messages.c.status, messages.c.reason, messages.c.delivered_at))}
+    assert (rows["c1"].status, rows["c1"].delivered_at) == ("delivered", NOON + timedelta(seconds=5))
+    assert (rows["c2"].status, rows["c2"].reason) == ("failed", "UNDELIV")

@@ -122,12 +122,14 @@ async def enqueue(session: Any, shop: Shop, wants: Sequence[Want], policy: Polic
         mid = str(uuid.uuid4())
         if chosen is None:
             assert first_refusal is not None
-            choice, reason, _ = first_refusal
+            choice, reason, detail = first_refusal
             tpl_version = tpls[choice.template].version if choice.template in tpls else 0
             rows.append((mid, shop.merchant_id, w.customer_id, w.dedupe_key, w.trigger, w.trigger_key, w.rule_id,
                          w.campaign_id, choice.channel, choice.template, tpl_version, w.purpose, w.value, "{}",
                          "skipped", reason, now, 0, None, now, now))
-            logs.append((shop.merchant_id, mid, now, "skipped", reason, orjson.dumps({"tried": refusals}).decode()))
+            # The first choice's refusal, as the dispatcher logs one, and every channel tried.
+            logs.append((shop.merchant_id, mid, now, "skipped", reason,
+                         orjson.dumps({"channel": choice.channel, **detail, "tried": refusals}).decode()))
             out.skipped += 1
             out.reasons[reason] = out.reasons.get(reason, 0) + 1
             continue

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifications.adapters.tables import consents, contacts, wechat_credits
@@ -111,21 +111,24 @@ async def customers_by_phone(session: AsyncSession, merchant_id: str, phone: str
 
 
 async def spend_credits(session: AsyncSession, merchant_id: str, wanted: dict[tuple[str, str], int]) -> None:
-    """Take n credits of (customer, template), never below zero (long-term ones are not spent)."""
+    """Take n credits of (customer, template), never below zero (long-term ones are not spent):
+    one statement, run for every pair (executemany)."""
     w = wechat_credits.c
-    for (customer_id, template_id), n in wanted.items():
+    if wanted:
         await session.execute(update(wechat_credits).where(
-            w.merchant_id == merchant_id, w.customer_id == customer_id, w.template_id == template_id,
-            w.long_term.is_(False), w.credits >= n).values(credits=w.credits - n))
+            w.merchant_id == merchant_id, w.customer_id == bindparam("c"), w.template_id == bindparam("t"),
+            w.long_term.is_(False), w.credits >= bindparam("n")).values(credits=w.credits - bindparam("n")),
+            [{"c": c, "t": t, "n": n} for (c, t), n in wanted.items()])
 
 
 async def give_back_credits(session: AsyncSession, merchant_id: str, back: dict[tuple[str, str], int]) -> None:
     """A message that spent a credit and then was not delivered (refused, dead) gives it back."""
     w = wechat_credits.c
-    for (customer_id, template_id), n in back.items():
+    if back:
         await session.execute(update(wechat_credits).where(
-            w.merchant_id == merchant_id, w.customer_id == customer_id, w.template_id == template_id,
-            w.long_term.is_(False)).values(credits=w.credits + n))
+            w.merchant_id == merchant_id, w.customer_id == bindparam("c"), w.template_id == bindparam("t"),
+            w.long_term.is_(False)).values(credits=w.credits + bindparam("n")),
+            [{"c": c, "t": t, "n": n} for (c, t), n in back.items()])
 
 
 async def facts_of(session: AsyncSession, merchant_id: str, customer_ids: Sequence[str]

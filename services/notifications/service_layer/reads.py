@@ -17,6 +17,8 @@ from services.notifications.adapters.channels import Receipt
 from services.notifications.adapters.tables import message_log, messages
 from services.notifications.domain import policy as dp
 from services.notifications.service_layer import profiles
+from services.notifications.service_layer.enqueue import log_rows
+from shared.db import bulk_update
 
 _POLICY_REASONS = frozenset({"duplicate", "no_contact", "invalid_contact", "consent_denied", "consent_missing",
                              "no_subscription_credit", "cap_reached", "quiet_hours"})
@@ -65,11 +67,8 @@ def why(status: str, reason: str | None, steps: list[dict[str, Any]], locale: st
     texts = _WHY["en" if locale == "en" else "zh-CN"]
     decided = next((s for s in reversed(steps) if s["status"] in ("skipped", "held") and s["reason"]), None)
     if status in ("skipped", "held") and decided is not None and reason in _POLICY_REASONS:
-        detail = decided.get("detail") or {}
-        tried = detail.get("tried")
-        if isinstance(tried, list) and tried:  # enqueue's skip: one refusal per channel tried
-            detail = next((t for t in tried if t.get("reason") == reason), tried[0])
-        d = dp.Decision("skip" if status == "skipped" else "hold", reason, None, detail)  # type: ignore[arg-type]
+        d = dp.Decision("skip" if status == "skipped" else "hold", reason, None,  # type: ignore[arg-type]
+                        decided.get("detail") or {})
         try:
             return dp.explain_text(d, locale)
         except (KeyError, ValueError, TypeError):
@@ -113,13 +112,13 @@ async def explain(session: AsyncSession, merchant_id: str, customer_id: str, tri
         m = messages.c
         rows = list(await session.execute(select(messages).where(
             m.merchant_id == merchant_id, m.customer_id == customer_id, m.trigger_key.like(f"{trigger_key}:%"))))
-    out = []
-    for r in rows:
-        log = list(await session.execute(select(message_log).where(
-            message_log.c.merchant_id == merchant_id, message_log.c.message_id == r.message_id)
-            .order_by(message_log.c.id)))
-        out.append(message_view(r, log, locale))
-    return out
+    logs: dict[str, list[Any]] = {r.message_id: [] for r in rows}
+    if logs:  # every message's steps in one statement
+        for x in await session.execute(select(message_log).where(
+                message_log.c.merchant_id == merchant_id, message_log.c.message_id.in_(list(logs)))
+                .order_by(message_log.c.id)):
+            logs[x.message_id].append(x)
+    return [message_view(r, logs[r.message_id], locale) for r in rows]
 
 
 async def funnel(session: AsyncSession, merchant_id: str, since: datetime | None = None,
@@ -152,33 +151,40 @@ async def funnel(session: AsyncSession, merchant_id: str, since: datetime | None
 async def apply_receipts(session: AsyncSession, merchant_id: str, provider: str, receipts: Sequence[Receipt],
                          now: datetime) -> int:
     """Mark messages delivered or failed from a provider's report; returns how many matched.
-    A receipt for a message already final in the same way is a no-op (providers resend)."""
+    A receipt for a message already final in the same way is a no-op (providers resend). One
+    read and one write for the whole report, whatever its size."""
     m = messages.c
+    by_provider_id = sorted({rc.provider_id for rc in receipts if rc.provider_id})
+    by_message_id = sorted({rc.message_id for rc in receipts if rc.message_id})
+    if not by_provider_id and not by_message_id:
+        return 0
+    found: dict[str, list[Any]] = {}  # message id → [status, reason, delivered_at], as the report moves them
+    ids: dict[str, str] = {}  # provider id → message id
+    for r in await session.execute(select(m.message_id, m.provider_id, m.status, m.reason, m.delivered_at).where(
+            m.merchant_id == merchant_id, m.provider == provider,
+            or_(m.provider_id.in_(by_provider_id), m.message_id.in_(by_message_id)))):
+        found[r.message_id] = [r.status, r.reason, r.delivered_at]
+        if r.provider_id:
+            ids[r.provider_id] = r.message_id
     matched = 0
-    for rc in receipts:
-        keys = []
-        if rc.provider_id:
-            keys.append((m.provider == provider) & (m.provider_id == rc.provider_id))
-        if rc.message_id:
-            keys.append((m.message_id == rc.message_id) & (m.provider == provider))
-        if not keys:
-            continue
-        row = (await session.execute(select(m.message_id, m.merchant_id, m.status).where(
-            m.merchant_id == merchant_id, or_(*keys)).limit(1))).first()
-        if row is None or row.status not in ("sending", "sent", "delivered"):
+    logs: list[tuple[Any, ...]] = []
+    for rc in receipts:  # in the report's order: a later receipt of one message sees the earlier one
+        mid = ids.get(rc.provider_id or "") or (rc.message_id if rc.message_id in found else None)
+        if mid is None or found[mid][0] not in ("sending", "sent", "delivered"):
             continue
         matched += 1
+        state = found[mid]
         if rc.status == "delivered":
-            if row.status != "delivered":
-                await session.execute(update(messages).where(m.message_id == row.message_id).values(
-                    status="delivered", delivered_at=rc.at or now, updated_at=now))
+            if state[0] != "delivered":
+                state[0], state[2] = "delivered", rc.at or now
         else:
-            await session.execute(update(messages).where(m.message_id == row.message_id).values(
-                status="failed", reason=rc.code or "undelivered", updated_at=now))
-        await session.execute(message_log.insert().values(
-            merchant_id=row.merchant_id, message_id=row.message_id, at=now,
-            status="delivered" if rc.status == "delivered" else "failed", reason=rc.code,
-            detail=orjson.dumps({"receipt": provider}).decode()))
+            state[0], state[1] = "failed", rc.code or "undelivered"
+        logs.append((merchant_id, mid, now, "delivered" if rc.status == "delivered" else "failed", rc.code,
+                     orjson.dumps({"receipt": provider}).decode()))
+    touched = {lg[1] for lg in logs}
+    await bulk_update(session, messages, ["message_id"], ["status", "reason", "delivered_at", "updated_at"],
+                      [(mid, *found[mid], now) for mid in sorted(touched)])
+    await log_rows(session, logs)
     return matched
 
 
