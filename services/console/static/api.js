@@ -13,7 +13,7 @@ export const PATHS = {
 };
 
 // Called, but may answer 404 until its change lands: the page shows an empty state then.
-export const PENDING = ["/v1/segments/trend"];
+export const PENDING = [];
 
 export const LOGIN_URL = "/console/login";
 export const HOME_URL = "/console";
