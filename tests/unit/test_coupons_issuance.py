@@ -527,6 +527,31 @@ async def test_a_scheduled_rule_issues_to_its_audience_once_per_fire_however_oft
             {f"schedule:{first.isoformat()}": 7, f"schedule:{second.isoformat()}": 7})
 
 
+async def test_run_now_fires_a_scheduled_rule_at_once_then_its_schedule_resumes(tmp_path: Path) -> None:
+    async with shop(tmp_path) as s:
+        tier_c = [f"c-{i}" for i in range(5)]
+        await s.redeliver(*[segment(c, None, {"tier": "C"}) for c in tier_c], segment("a-1", None, {"tier": "A"}))
+        await s.settled()
+        made = await s.preset("tier_c_second_order_free_shipping", holdout_percent=0)
+        rule_id = made["rule"]["rule_id"]
+        monthly = await _next_fire(s, rule_id)
+        r = await s.client.post(f"/v1/coupons/rules/{rule_id}/run", headers=H)
+        assert r.status_code == 202, r.text
+        assert datetime.fromisoformat(r.json()["next_fire_at"]) < monthly  # brought forward to now
+        assert await eventually(lambda: s.holders(rule_id), lambda h: h == Counter({c: 1 for c in tier_c}))
+        assert await eventually(lambda: _next_fire(s, rule_id), lambda t: t == monthly)  # the schedule resumes
+        assert [k.startswith("schedule:") for _, k, _ in await s.decisions(rule_id)] == [True] * 5
+
+        welcome = (await s.preset("first_order_welcome"))["rule"]["rule_id"]
+        r = await s.client.post(f"/v1/coupons/rules/{welcome}/run", headers=H)
+        assert r.status_code == 409 and "not on a schedule" in r.json()["error"]["message"]
+        await s.client.patch(f"/v1/coupons/rules/{rule_id}", json={"enabled": False}, headers=H)
+        r = await s.client.post(f"/v1/coupons/rules/{rule_id}/run", headers=H)
+        assert r.status_code == 409 and "disabled" in r.json()["error"]["message"]
+        assert (await s.client.post("/v1/coupons/rules/nope/run", headers=H)).status_code == 404
+        assert await s.holders(rule_id) == Counter({c: 1 for c in tier_c})
+
+
 async def test_a_scheduled_rule_with_a_saved_audience_streams_its_members_from_segmentation(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         await s.send(*[registered(f"u-{i}", "Shanghai" if i % 2 else "Beijing") for i in range(9)])

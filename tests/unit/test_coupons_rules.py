@@ -266,7 +266,8 @@ def test_every_preset_builds_valid_rules_and_templates_that_bind() -> None:
     assert limits == {"first_order_welcome": {"welcome": 1, "repurchase": 2}, "monthly_loyal": {"repurchase": None},
                       "goal_orders_in_month": {"reward": 1}, "goal_spend_in_window": {"reward": 1},
                       "referral_double_order": {"reward": 10}, "category_replenishment": {"replenish": None},
-                      "tier_c_second_order_free_shipping": {"free_shipping": None}}
+                      "tier_c_second_order_free_shipping": {"free_shipping": None},
+                      "audience_winback": {"winback": 1}}
 
 
 def test_a_preset_cannot_issue_more_than_its_templates_allow() -> None:
@@ -292,6 +293,27 @@ def test_monthly_loyal_targets_tiers_a_and_b_with_three_orders_each_month() -> N
     assert isinstance(p.rule.audience, AudienceFilter)
     assert p.rule.audience.filter == {"and": [{"tier": ["A", "B"]}, {"frequency": {"gte": 3}}]}
     assert p.rule.action.issue[0].count == 3 and p.rule.caps.issues_per_customer is None
+
+
+def test_audience_winback_targets_lapsed_tier_b_daily_with_an_85_coupon_once_each() -> None:
+    p = PRESETS["audience_winback"]()
+    trigger = p.rule.trigger
+    assert isinstance(trigger, Schedule) and (trigger.cron, trigger.timezone) == ("0 10 * * *", "Asia/Shanghai")
+    assert isinstance(p.rule.audience, AudienceFilter)
+    assert p.rule.audience.filter == {"and": [{"tier": ["B"]}, {"recency_days": {"gte": 30}}]}
+    template = p.templates["winback"]
+    assert isinstance(template.kind, PercentOff) and template.kind.pay_percent == 85
+    assert template.name == "回购8.5折券" and template.valid_days == 7 and template.per_customer_limit == 1
+    assert p.rule.caps.issues_per_customer == 1 and p.rule.holdout_percent == 10
+
+    saved = PRESETS["audience_winback"](audience_id="aud_1", tiers=("S",), pay_percent=80, issues_per_customer=2)
+    assert isinstance(saved.rule.audience, AudienceRef) and saved.rule.audience.audience_id == "aud_1"
+    assert saved.templates["winback"].name == "回购8折券" and saved.templates["winback"].per_customer_limit == 2
+    assert PRESETS["audience_winback"](tiers=("C", "B", "C")).rule.audience.filter["and"][0] == {"tier": ["B", "C"]}
+    with pytest.raises(ValueError, match="tiers must be some of S, A, B, C"):
+        PRESETS["audience_winback"](tiers=("X",))
+    with pytest.raises(ValueError, match="inactive_days must be 1..3650"):
+        PRESETS["audience_winback"](inactive_days=0)
 
 
 def test_goal_presets_encode_the_merchants_incentives() -> None:

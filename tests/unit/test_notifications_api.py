@@ -86,11 +86,12 @@ class Shop:
         await eventually(lambda: self.get(f"/v1/customers/{customer_id}/consents"),
                          lambda r: bool(r.json()["consents"]), timeout=15)
 
-    def coupon(self, customer_id: str, n: int = 0) -> EnvelopeBase:
+    def coupon(self, customer_id: str, n: int = 0, rule_id: str = "welcome",
+               template_id: str = "tpl-100-20") -> EnvelopeBase:
         at = datetime.now(timezone.utc)
         return new_event("coupon.issued", self.merchant_id, {
-            "coupon_id": f"k-{customer_id}-{n}", "template_id": "tpl-100-20", "template_name": "满100减20券",
-            "rule_id": "welcome", "kind": "amount_off", "face_value_fen": 2000, "starts_at": at.isoformat(),
+            "coupon_id": f"k-{customer_id}-{n}", "template_id": template_id, "template_name": "满100减20券",
+            "rule_id": rule_id, "kind": "amount_off", "face_value_fen": 2000, "starts_at": at.isoformat(),
             "expires_at": datetime(2030, 1, 31, 12, tzinfo=timezone.utc).isoformat()}, customer_id=customer_id)
 
     async def publish(self, *events: EnvelopeBase) -> None:
@@ -274,6 +275,32 @@ async def test_a_coupon_issued_event_becomes_one_delivered_message_explained_and
     assert (funnel["total"], funnel["sent"], funnel["delivered"], funnel["skipped"]) == (1, 1, 1, 0)
     since = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
     assert (await shop.ok("GET", "/v1/notifications/funnel", params={"since": since}))["total"] == 0
+
+
+async def test_a_rule_for_one_coupon_rule_or_template_answers_only_its_coupons(shop: Shop) -> None:
+    url = "/v1/notifications/rules"
+    bad = fields_of(await shop.client.put(f"{url}/x", headers=shop.headers, json={
+        "name": "x", "trigger": "segment.changed", "conditions": {"coupon_rules": ["rul_1"]},
+        "channels": [{"channel": "sms", "template": "cpn-sms"}]}))
+    assert "coupon_rules applies to coupon.issued and coupon.expiring, not to segment.changed" in bad["body"]
+    bad = fields_of(await shop.client.put(f"{url}/x", headers=shop.headers, json={
+        "name": "x", "trigger": "coupon.issued", "conditions": {"to_tiers": ["B"]},
+        "channels": [{"channel": "sms", "template": "cpn-sms"}]}))
+    assert "to_tiers applies to segment.changed" in bad["body"]
+
+    await shop.template("cpn-sms")
+    await shop.rule("playbook", "cpn-sms", conditions={"coupon_rules": ["winback"]})
+    await shop.rule("by-template", "cpn-sms", conditions={"coupon_templates": ["tpl-85"]})
+    await shop.policy()
+    await shop.register("u-1")
+    theirs = shop.coupon("u-1", 1)  # rule "welcome", template tpl-100-20: neither rule answers it
+    ours = shop.coupon("u-1", 2, rule_id="winback")
+    template = shop.coupon("u-1", 3, template_id="tpl-85")
+    await shop.publish(theirs, ours, template)
+    await shop.applied(template.event_id)
+    sent = await shop.settled(2, customer_id="u-1")
+    assert sorted((m["rule_id"], m["trigger_key"]) for m in sent) == sorted(
+        [("playbook", ours.event_id), ("by-template", template.event_id)])
 
 
 async def test_a_denied_consent_skips_the_next_message_and_explain_says_why(shop: Shop) -> None:

@@ -10,6 +10,21 @@ export const PATHS = {
   couponRoi: "GET /v1/coupons/reports/roi",
   liability: "GET /v1/loyalty/reports/liability",
   funnel: "GET /v1/notifications/funnel",
+  audiences: "GET /v1/audiences",
+  audienceSave: "POST /v1/audiences",
+  audienceDelete: "DELETE /v1/audiences/{audience_id}",
+  audienceCsv: "POST /v1/audiences/query.csv",
+  audienceMembersCsv: "GET /v1/audiences/{audience_id}/members.csv",
+  couponRules: "GET /v1/coupons/rules",
+  couponRule: "GET /v1/coupons/rules/{rule_id}",
+  couponRuleState: "PATCH /v1/coupons/rules/{rule_id}",
+  couponRuleRun: "POST /v1/coupons/rules/{rule_id}/run",
+  couponPreset: "POST /v1/coupons/presets/{name}",
+  notifyTemplates: "GET /v1/notifications/templates",
+  notifyTemplateSave: "POST /v1/notifications/templates",
+  notifyRules: "GET /v1/notifications/rules",
+  notifyRulePut: "PUT /v1/notifications/rules/{rule_id}",
+  notifyChannels: "GET /v1/notifications/channels",
 };
 
 // Called, but may answer 404 until its change lands: the page shows an empty state then.
@@ -65,10 +80,36 @@ async function errorOf(response) {
   return new ApiError(response.status, "http_" + response.status, response.statusText || "HTTP " + response.status);
 }
 
+// Calls PATHS[name] and saves the answer as a file (a CSV export): fetched with the key, so the
+// key never goes into a URL. Options as for call(); filename: the fallback name.
+export async function download(name, options = {}, filename = "export.csv") {
+  const response = await send(name, options);
+  const blob = await response.blob();
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const given = /filename="?([^";]+)"?/.exec(disposition);
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = given ? given[1] : filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  return blob.size;
+}
+
 // Calls PATHS[name]. options: query (object), body (JSON), params (for {placeholders}),
 // key (instead of the stored one: the login check), allow404 (answer null on 404),
 // signal (AbortSignal). A 401 with the stored key sends the browser to the login page.
 export async function call(name, options = {}) {
+  const response = await send(name, options);
+  if (response === null || response.status === 204) return null;
+  return response.json();
+}
+
+// The request behind call() and download(): the Response when it is 2xx; null for an allowed
+// 404; an ApiError otherwise.
+async function send(name, options) {
   const spec = PATHS[name];
   if (!spec) throw new Error(`unknown API ${name}`);
   const [method, template] = spec.split(" ");
@@ -78,7 +119,7 @@ export async function call(name, options = {}) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, String(v));
   }
   const key = options.key ?? apiKey();
-  const headers = { Accept: "application/json" };
+  const headers = { Accept: options.accept || "application/json" };
   if (key) headers["X-Api-Key"] = key;
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
   let response;
@@ -97,6 +138,5 @@ export async function call(name, options = {}) {
   }
   if (response.status === 404 && options.allow404) return null;
   if (!response.ok) throw await errorOf(response);
-  if (response.status === 204) return null;
-  return response.json();
+  return response;
 }

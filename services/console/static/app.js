@@ -1,178 +1,14 @@
-// The console's app shell: a hash router over six pages, each drawn from the services' public
+// The console's app shell: a hash router over its pages, each drawn from the services' public
 // APIs (api.js). All text goes through i18n.js; no data is ever inserted as HTML.
-import { ApiError, apiKey, call, merchantName, toLogin, LOGIN_URL } from "./api.js";
+import { ApiError, apiKey, call, download, merchantName, toLogin, LOGIN_URL } from "./api.js";
 import {
   applyStatic, fmtFen, fmtInt, fmtNum, fmtPct, fmtTime, k, locale, onLocaleChange, setLocale, t,
 } from "./i18n.js";
-
-const PAGE_SIZE = 50;
-const TIERS = ["S", "A", "B", "C"];
-const TIER_KEYS = { S: k("tier.S"), A: k("tier.A"), B: k("tier.B"), C: k("tier.C") };
-const CLASSES = ["important_value", "important_development", "important_retain", "important_winback",
-                 "general_value", "general_development", "general_retain", "general_winback"];
-const CLASS_KEYS = {
-  important_value: k("class.important_value"),
-  important_development: k("class.important_development"),
-  important_retain: k("class.important_retain"),
-  important_winback: k("class.important_winback"),
-  general_value: k("class.general_value"),
-  general_development: k("class.general_development"),
-  general_retain: k("class.general_retain"),
-  general_winback: k("class.general_winback"),
-};
-const LIFECYCLE_TAGS = [["new", k("tag.new")], ["interest", k("tag.interest")], ["dormant", k("tag.dormant")],
-                        ["churn_risk", k("tag.churn_risk")]];
-const STATUS_KEYS = { skipped: k("status.skipped"), held: k("status.held"), failed: k("status.failed"),
-                      dead: k("status.dead") };
-const REASON_KEYS = {
-  cap_reached: k("reason.cap_reached"),
-  quiet_hours: k("reason.quiet_hours"),
-  consent_denied: k("reason.consent_denied"),
-  consent_missing: k("reason.consent_missing"),
-  duplicate: k("reason.duplicate"),
-  no_contact: k("reason.no_contact"),
-  invalid_contact: k("reason.invalid_contact"),
-  no_subscription_credit: k("reason.no_subscription_credit"),
-  campaign_cancelled: k("reason.campaign_cancelled"),
-  unknown: k("reason.unknown"),
-};
-const COLORS = ["#1f6feb", "#2da44e", "#bf8700", "#cf222e", "#8250df", "#1b7c83", "#bc4c00", "#6e7781"];
-
-// ---------------------------------------------------------------- DOM helpers
-
-// h("div", {class: "x", onclick: fn}, "text", child, …): text children become text nodes.
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs || {})) {
-    if (value === undefined || value === null || value === false) continue;
-    if (name.startsWith("on") && typeof value === "function") el.addEventListener(name.slice(2), value);
-    else if (name === "class") el.className = value;
-    else if (name in el && typeof value !== "string") el[name] = value;
-    else el.setAttribute(name, value === true ? "" : value);
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return el;
-}
-
-function pageHeader(title, intro) {
-  return h("header", { class: "page-head" }, h("h1", {}, title), intro ? h("p", { class: "muted" }, intro) : null);
-}
-
-function emptyState(text) {
-  return h("div", { class: "empty", role: "status" },
-    h("strong", {}, t("common.what_to_do")), h("p", {}, text));
-}
-
-function kpi(label, value, detail) {
-  return h("div", { class: "kpi" }, h("div", { class: "kpi-label" }, label),
-    h("div", { class: "kpi-value" }, value), detail ? h("div", { class: "kpi-detail" }, detail) : null);
-}
-
-function card(title, ...body) {
-  return h("section", { class: "card" }, title ? h("h2", {}, title) : null, ...body);
-}
-
-function errorBox(error, retry) {
-  const message = error instanceof ApiError && error.status === 0 ? t("app.error_network") : error.message;
-  const fields = error instanceof ApiError ? error.fields.filter((f) => f.field).map((f) => `${f.field}: ${f.message}`)
-    : [];
-  return h("div", { class: "error-box", role: "alert" },
-    h("strong", {}, t("app.error") + (error instanceof ApiError && error.status ? ` (${error.status})` : "")),
-    h("p", {}, message),
-    fields.length ? h("ul", {}, fields.map((f) => h("li", {}, f))) : null,
-    retry ? h("button", { type: "button", onclick: retry }, t("app.retry")) : null);
-}
-
-function table(columns, rows) {
-  return h("div", { class: "table-wrap" }, h("table", {},
-    h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : null }, c.label)))),
-    h("tbody", {}, rows.map((row) => h("tr", {}, columns.map((c) => h("td", { class: c.num ? "num" : null },
-      c.value(row))))))));
-}
-
-// ---------------------------------------------------------------- charts
-
-let charts = [];
-
-function chart(option, height = 300) {
-  const box = h("div", { class: "chart", style: `height:${height}px` });
-  if (!window.echarts) return box;  // the vendored library failed to load: the tables still tell
-  requestAnimationFrame(() => {
-    if (!box.isConnected) return;
-    const c = window.echarts.init(box, null, { renderer: "canvas", locale: locale() === "en" ? "EN" : "ZH" });
-    const { onclick, ...rest } = option;
-    c.setOption({ color: COLORS, animationDuration: 300, ...rest });
-    if (onclick) c.on("click", onclick);
-    charts.push(c);
-  });
-  return box;
-}
-
-function disposeCharts() {
-  for (const c of charts) c.dispose();
-  charts = [];
-}
-
-window.addEventListener("resize", () => { for (const c of charts) c.resize(); });
-
-function tierName(code) {
-  return TIER_KEYS[code] ? t(TIER_KEYS[code]) : code;
-}
-
-function className(code, names) {
-  const fromApi = names && names[code] && names[code][locale() === "en" ? "en" : "zh_cn"];
-  return fromApi || (CLASS_KEYS[code] ? t(CLASS_KEYS[code]) : code || t("common.none"));
-}
-
-function reasonName(code) {
-  return REASON_KEYS[code] ? t(REASON_KEYS[code]) : code;
-}
-
-// ---------------------------------------------------------------- customers of a filter, paged
-
-function memberPager(filter, title, signal) {
-  const box = h("div", { class: "members" });
-  const cursors = [null];  // cursors[i]: the `after` of page i
-  let page = 0;
-
-  async function load() {
-    box.replaceChildren(h("p", { class: "muted" }, t("app.loading")));
-    try {
-      const body = { filter, limit: PAGE_SIZE };
-      if (cursors[page]) body.after = cursors[page];
-      const res = await call("audienceQuery", { body, signal });
-      cursors[page + 1] = res.next_after;
-      const cols = [
-        { label: t("col.customer"), value: (m) => m.customer_id },
-        { label: t("col.tier"), value: (m) => (m.tier ? tierName(m.tier) : t("common.none")) },
-        { label: t("col.class"), value: (m) => (m.rfm_class ? className(m.rfm_class) : t("common.none")) },
-        { label: t("col.cell"), value: (m) => m.cell || t("common.none") },
-        { label: t("col.frequency"), num: true, value: (m) => fmtInt(m.frequency) },
-        { label: t("col.monetary"), num: true, value: (m) => fmtFen(m.monetary_fen) },
-        { label: t("col.last_order"), value: (m) => fmtTime(m.last_order_at) },
-        { label: t("col.region"), value: (m) => m.region || t("common.none") },
-        { label: t("col.tags"), value: (m) => m.tags.join(", ") },
-      ];
-      box.replaceChildren(
-        h("h3", {}, title(res.count)),
-        res.customers.length ? table(cols, res.customers) : h("p", { class: "muted" }, t("rfm.members_empty")),
-        h("div", { class: "pager" },
-          h("button", { type: "button", disabled: page === 0, onclick: () => { page -= 1; load(); } },
-            t("common.prev")),
-          h("span", {}, t("common.page", { n: page + 1 })),
-          h("button", { type: "button", disabled: !res.next_after, onclick: () => { page += 1; load(); } },
-            t("common.next"))));
-    } catch (e) {
-      if (e.name !== "AbortError") box.replaceChildren(errorBox(e, load));
-    }
-  }
-
-  load();
-  return box;
-}
+import { pagePlaybooks } from "./playbooks.js";
+import {
+  CLASSES, LIFECYCLE_TAGS, STATUS_KEYS, TIERS, card, chart, className, disposeCharts, emptyState, errorBox, h, kpi,
+  memberPager, pageHeader, reasonName, table, tierName,
+} from "./ui.js";
 
 // ---------------------------------------------------------------- #/rfm
 
@@ -479,6 +315,7 @@ async function pageAudiences(view, { signal }) {
   const json = h("pre", { class: "json" });
   const rowsBox = h("div", { class: "conditions" });
   const results = h("div", {});
+  const saved = h("div", { class: "saved-audiences" }, h("p", { class: "muted" }, t("app.loading")));
   let timer = null;
   let seq = 0;
   let inflight = null;
@@ -533,10 +370,14 @@ async function pageAudiences(view, { signal }) {
     try {
       const res = await call("audienceQuery", { body: { filter, limit: 1 }, signal: inflight.signal });
       if (mine !== seq) return;
-      status.replaceChildren(h("strong", {}, t("audiences.count", { count: fmtInt(res.count) })), " ",
-        res.count ? h("button", { type: "button", onclick: () => results.replaceChildren(card(null,
-          memberPager(filter, (n) => t("audiences.count", { count: fmtInt(n) }), signal))) }, t("audiences.show"))
-          : null);
+      status.replaceChildren(h("strong", { "data-count": res.count }, t("audiences.count", { count: fmtInt(res.count) })),
+        " ",
+        res.count ? h("button", { type: "button", class: "show-members", onclick: () => results.replaceChildren(
+          card(null, memberPager(filter, (n) => t("audiences.count", { count: fmtInt(n) }), signal))) },
+        t("audiences.show")) : null,
+        res.count ? exportButton(() => download("audienceCsv", { body: { filter }, accept: "text/csv" },
+                                                "audience.csv")) : null,
+        saveForm(filter));
     } catch (e) {
       if (e.name !== "AbortError" && mine === seq) status.replaceChildren(errorBox(e));
     }
@@ -545,6 +386,69 @@ async function pageAudiences(view, { signal }) {
   function changed() {
     clearTimeout(timer);
     timer = setTimeout(count, 350);
+  }
+
+  // Save the filter as a named audience (campaign rules and playbooks can then use it by id).
+  function saveForm(filter) {
+    const name = h("input", { type: "text", class: "name", maxlength: "64", placeholder: t("audiences.name_placeholder"),
+                              "aria-label": t("audiences.name") });
+    const said = h("span", { class: "muted", role: "status" });
+    const save = h("button", { type: "button", class: "save-audience", onclick: async () => {
+      if (!name.value.trim()) {
+        said.textContent = t("audiences.name_missing");
+        return;
+      }
+      save.disabled = true;
+      try {
+        const made = await call("audienceSave", { body: { name: name.value.trim(), filter }, signal });
+        said.textContent = t("audiences.saved", { name: made.name });
+        name.value = "";
+        drawSaved();
+      } catch (e) {
+        if (e.name !== "AbortError") said.replaceChildren(errorBox(e));
+      } finally {
+        save.disabled = false;
+      }
+    } }, t("audiences.save"));
+    return h("div", { class: "save-row" }, name, save, said);
+  }
+
+  async function drawSaved() {
+    try {
+      const list = await call("audiences", { signal });
+      if (!list.length) {
+        saved.replaceChildren(h("p", { class: "muted" }, t("audiences.saved_none")));
+        return;
+      }
+      const counts = await Promise.all(list.map((a) => call("audienceQuery", { body: { filter: a.filter, limit: 1 },
+                                                                             signal }).then((r) => r.count,
+        () => null)));
+      saved.replaceChildren(table([
+        { label: t("audiences.name"), value: (x) => x.a.name },
+        { label: t("common.count"), num: true, value: (x) => (x.n === null ? t("common.none") : fmtInt(x.n)) },
+        { label: t("audiences.filter"), value: (x) => h("code", {}, JSON.stringify(x.a.filter)) },
+        { label: t("audiences.updated"), value: (x) => fmtTime(x.a.updated_at) },
+        { label: "", value: (x) => h("span", { class: "actions" },
+          h("button", { type: "button", class: "link", onclick: () => results.replaceChildren(card(x.a.name,
+            memberPager(x.a.filter, (n) => t("audiences.count", { count: fmtInt(n) }), signal))) },
+          t("audiences.show")),
+          h("button", { type: "button", class: "link", onclick: () => download("audienceMembersCsv", {
+            params: { audience_id: x.a.audience_id }, accept: "text/csv" }, `audience-${x.a.audience_id}.csv`) },
+          t("audiences.export")),
+          h("a", { href: `#/playbooks?audience=${encodeURIComponent(x.a.audience_id)}` }, t("audiences.use")),
+          h("button", { type: "button", class: "link danger", onclick: async () => {
+            if (!window.confirm(t("audiences.delete_confirm", { name: x.a.name }))) return;
+            try {
+              await call("audienceDelete", { params: { audience_id: x.a.audience_id }, signal });
+              drawSaved();
+            } catch (e) {
+              if (e.name !== "AbortError") saved.prepend(errorBox(e));
+            }
+          } }, t("audiences.delete"))) },
+      ], list.map((a, i) => ({ a, n: counts[i] }))));
+    } catch (e) {
+      if (e.name !== "AbortError") saved.replaceChildren(errorBox(e, drawSaved));
+    }
   }
 
   view.replaceChildren(pageHeader(t("audiences.title"), t("audiences.intro")));
@@ -565,20 +469,46 @@ async function pageAudiences(view, { signal }) {
       } }, t("audiences.add")),
       status, note,
       h("details", {}, h("summary", {}, t("audiences.filter_json")), json)),
-    results);
+    results,
+    card(t("audiences.saved_title"), saved));
   drawRows();
   count();
+  drawSaved();
+}
+
+// A button that runs an export, saying so while it runs and what went wrong if it fails.
+function exportButton(run) {
+  const button = h("button", { type: "button", class: "export", onclick: async () => {
+    button.disabled = true;
+    button.textContent = t("audiences.exporting");
+    try {
+      await run();
+      button.textContent = t("audiences.export");
+    } catch (e) {
+      button.textContent = t("audiences.export_failed");
+      button.title = e.message;
+    } finally {
+      button.disabled = false;
+    }
+  } }, t("audiences.export"));
+  return button;
 }
 
 // ---------------------------------------------------------------- the router
 
 const ROUTES = { rfm: pageRfm, tiers: pageTiers, coupons: pageCoupons, loyalty: pageLoyalty,
-                 messages: pageMessages, audiences: pageAudiences };
+                 messages: pageMessages, audiences: pageAudiences, playbooks: pagePlaybooks };
 const view = document.getElementById("view");
 let controller = null;
 
 function routeName() {
   return window.location.hash.replace(/^#\/?/, "").split(/[/?]/)[0] || "rfm";
+}
+
+// #/page?x=1 → URLSearchParams of x=1.
+function routeParams() {
+  const hash = window.location.hash;
+  return new URLSearchParams(hash.includes("?") ? hash.slice(hash.indexOf("?") + 1) : "");
 }
 
 async function render() {
@@ -595,7 +525,7 @@ async function render() {
   }
   view.replaceChildren(h("p", { class: "muted" }, t("app.loading")));
   try {
-    await page(view, { signal, rerender: render });
+    await page(view, { signal, rerender: render, params: routeParams() });
   } catch (e) {
     if (e.name === "AbortError" || signal.aborted) return;
     if (e instanceof ApiError && e.status === 401) return;  // on the way to the login page

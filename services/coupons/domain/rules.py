@@ -561,6 +561,34 @@ def tier_c_second_order_free_shipping(*, cron: str = "0 9 1 * *", timezone: str 
     return Preset("tier_c_second_order_free_shipping", rule, {"free_shipping": template})
 
 
+def audience_winback(*, tiers: tuple[str, ...] = ("B",), inactive_days: int = 30, audience_id: str | None = None,
+                     pay_percent: int = 85, max_discount_fen: int | None = None, valid_days: int = 7,
+                     cron: str = "0 10 * * *", timezone: str = "Asia/Shanghai", issues_per_customer: int = 1,
+                     holdout_percent: int = 10) -> Preset:
+    """Tier B customers who have not bought in 30 days → an 8.5折 coupon, once each. The
+    audience is checked every day at 10:00 (merchant clock), so customers who lapse later are
+    caught too; POST /v1/coupons/rules/{rule_id}/run fires it at once. A saved audience
+    (``audience_id``) takes the place of the tiers and the days."""
+    if audience_id is not None:
+        audience: AudienceRef | AudienceFilter = AudienceRef(audience_id=audience_id)
+        who = f"audience {audience_id}"
+    else:
+        if not tiers or any(t not in ("S", "A", "B", "C") for t in tiers):
+            raise ValueError(f"tiers must be some of S, A, B, C; got {list(tiers)}")
+        if not 1 <= inactive_days <= 3650:
+            raise ValueError(f"inactive_days must be 1..3650, got {inactive_days}")
+        audience = AudienceFilter(filter={"and": [{"tier": sorted(set(tiers))},
+                                                  {"recency_days": {"gte": inactive_days}}]})
+        who = f"tier {'/'.join(sorted(set(tiers)))}, no order in {inactive_days} days"
+    template = _percent(f"回购{_zhe(pay_percent)}券", pay_percent, valid_days, max_discount_fen, issues_per_customer)
+    rule = CampaignRule(
+        name=f"召回{_zhe(pay_percent)}券", description=f"Daily: {who} → a {pay_percent}% coupon.",
+        trigger=Schedule(cron=cron, timezone=timezone), audience=audience,
+        action=Action(issue=[IssueItem(template_id="winback")]),
+        caps=Caps(issues_per_customer=issues_per_customer), holdout_percent=holdout_percent)
+    return Preset("audience_winback", rule, {"winback": template})
+
+
 PRESETS: dict[str, Callable[..., Preset]] = {
     "first_order_welcome": first_order_welcome,
     "monthly_loyal": monthly_loyal,
@@ -569,4 +597,5 @@ PRESETS: dict[str, Callable[..., Preset]] = {
     "referral_double_order": referral_double_order,
     "category_replenishment": category_replenishment,
     "tier_c_second_order_free_shipping": tier_c_second_order_free_shipping,
+    "audience_winback": audience_winback,
 }

@@ -189,6 +189,24 @@ async def patch_rule(rule_id: RuleId, body: RuleState, merchant: AdminMerchant, 
     return _rule_view(stored)
 
 
+@router.post("/v1/coupons/rules/{rule_id}/run", response_model=RuleView, status_code=202,
+             summary="Fire a scheduled rule now (then its schedule resumes)",
+             description="The schedule worker issues to the rule's audience as it is now, under the rule's caps, "
+                         "holdout and per-customer limit (a customer the rule already reached gets nothing more); "
+                         "next_fire_at shows the fire brought forward. 409 for a rule that is not a schedule or "
+                         "is disabled.",
+             responses={404: {"description": "no such rule"}, 409: {"description": "not a schedule, or disabled"}})
+async def run_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -> RuleView:
+    try:
+        async with session.begin():
+            stored = await rules_svc.run_now(session, merchant.merchant_id, rule_id, now=_now())
+    except rules_svc.RuleRefused as e:
+        raise ApiError(409, "not_runnable", e.message, field=e.field) from None
+    if stored is None:
+        raise ApiError(404, "not_found", f"no rule {rule_id!r}", field="path.rule_id")
+    return _rule_view(stored)
+
+
 @router.delete("/v1/coupons/rules/{rule_id}", status_code=204,
                summary="Retire a rule: it is disabled, its decisions and coupons stay for the ROI")
 async def delete_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -> None:

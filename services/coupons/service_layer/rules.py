@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.coupons.adapters.segmentation import (
@@ -193,6 +193,26 @@ async def set_enabled(session: AsyncSession, merchant_id: str, rule_id: str, ena
         values["next_fire_at"] = next_fire(stored.rule.trigger, now)
     await session.execute(update(rules).where(rules.c.merchant_id == merchant_id, rules.c.rule_id == rule_id)
                           .values(**values))
+    return await get_rule(session, merchant_id, rule_id)
+
+
+async def run_now(session: AsyncSession, merchant_id: str, rule_id: str, *, now: datetime) -> StoredRule | None:
+    """Bring a scheduled rule's next fire forward to now: the schedule worker fires it at once (to
+    the audience as it is now, under the rule's caps) and then resumes the schedule. A fire that
+    is already due or running is left as it is. Raises RuleRefused for a rule that is not a
+    schedule or is disabled."""
+    stored = await get_rule(session, merchant_id, rule_id, lock=dialect_name(session) == "postgresql")
+    if stored is None:
+        return None
+    if not isinstance(stored.rule.trigger, Schedule):
+        raise RuleRefused("path.rule_id", f"rule {rule_id} fires on {stored.rule.trigger.type}, not on a schedule: "
+                                          "only a scheduled rule can be run now")
+    if not stored.enabled:
+        raise RuleRefused("path.rule_id", f"rule {rule_id} is disabled: enable it first (PATCH enabled=true)")
+    r = rules.c
+    await session.execute(update(rules).where(r.merchant_id == merchant_id, r.rule_id == rule_id,
+                                              or_(r.next_fire_at.is_(None), r.next_fire_at > now))
+                          .values(next_fire_at=now, updated_at=now))
     return await get_rule(session, merchant_id, rule_id)
 
 

@@ -570,10 +570,12 @@ async def list_messages(merchant: AdminMerchant, session: Session,
                         status: Annotated[str | None, Query(min_length=1, max_length=16)] = None,
                         channel: Channel | None = None,
                         campaign_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+                        rule_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
                         before: Annotated[AwareDatetime | None, Query(description="Older than this")] = None,
                         limit: Limit = 50) -> list[MessageView]:
     return _views(await reads.listing(session, merchant.merchant_id, customer_id=customer_id, status=status,
-                                      channel=channel, campaign_id=campaign_id, limit=limit, before=before))
+                                      channel=channel, campaign_id=campaign_id, rule_id=rule_id, limit=limit,
+                                      before=before))
 
 
 @router.get("/v1/notifications/messages/{message_id}", response_model=MessageView, tags=MESSAGES,

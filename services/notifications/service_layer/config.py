@@ -95,6 +95,19 @@ class Conditions(Strict):
     direction: Literal["upgrade", "downgrade"] | None = Field(None, description="level.changed")
     to_levels: list[str] = Field(default_factory=list, description="level.changed: the new level is one of these")
     max_days_left: int | None = Field(None, ge=0, description="coupon.expiring / points.expiring")
+    coupon_rules: list[str] = Field(default_factory=list, description="coupon.issued / coupon.expiring: the coupon "
+                                    "was issued by one of these coupon rules (e.g. a playbook's own rule)")
+    coupon_templates: list[str] = Field(default_factory=list, description="coupon.issued / coupon.expiring: the "
+                                        "coupon is of one of these coupon templates")
+
+
+CONDITION_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "entered_tags": ("segment.changed",), "to_tiers": ("segment.changed",), "to_classes": ("segment.changed",),
+    "direction": ("level.changed",), "to_levels": ("level.changed",),
+    "max_days_left": ("coupon.expiring", "points.expiring"),
+    "coupon_rules": ("coupon.issued", "coupon.expiring"), "coupon_templates": ("coupon.issued", "coupon.expiring"),
+}
+assert set(CONDITION_TRIGGERS) == set(Conditions.model_fields)
 
 
 class NotifyRule(Strict):
@@ -123,6 +136,17 @@ class NotifyRule(Strict):
         seen = [c.channel for c in self.channels]
         if len(set(seen)) != len(seen):
             raise ValueError("channels: each channel at most once")
+        return self
+
+    @model_validator(mode="after")
+    def _conditions_apply(self) -> NotifyRule:
+        """A condition the trigger never carries would be ignored silently: refused instead."""
+        for name in self.conditions.model_fields_set:
+            if getattr(self.conditions, name) in (None, []):
+                continue
+            if self.trigger not in CONDITION_TRIGGERS[name]:
+                raise ValueError(f"conditions.{name} applies to {' and '.join(CONDITION_TRIGGERS[name])}, "
+                                 f"not to {self.trigger}")
         return self
 
     @property

@@ -48,6 +48,11 @@ def matches(rule: NotifyRule, trigger: str, data: Any) -> bool:
         if c.direction and data.direction != c.direction:
             return False
         return not c.to_levels or data.to_level in c.to_levels
+    if trigger in ("coupon.issued", "coupon.expiring"):
+        if c.coupon_rules and data.rule_id not in c.coupon_rules:
+            return False
+        if c.coupon_templates and data.template_id not in c.coupon_templates:
+            return False
     if trigger in ("coupon.expiring", "points.expiring"):
         return c.max_days_left is None or data.days_left <= c.max_days_left
     return True

@@ -91,11 +91,12 @@ async def one(session: AsyncSession, merchant_id: str, message_id: str) -> tuple
 
 async def listing(session: AsyncSession, merchant_id: str, *, customer_id: str | None = None,
                   status: str | None = None, channel: str | None = None, campaign_id: str | None = None,
-                  trigger_key: str | None = None, limit: int = 50, before: datetime | None = None) -> list[Any]:
+                  rule_id: str | None = None, trigger_key: str | None = None, limit: int = 50,
+                  before: datetime | None = None) -> list[Any]:
     m = messages.c
     q = select(messages).where(m.merchant_id == merchant_id)
     for col, value in ((m.customer_id, customer_id), (m.status, status), (m.channel, channel),
-                       (m.campaign_id, campaign_id), (m.trigger_key, trigger_key)):
+                       (m.campaign_id, campaign_id), (m.rule_id, rule_id), (m.trigger_key, trigger_key)):
         if value is not None:
             q = q.where(col == value)
     if before is not None:
