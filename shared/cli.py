@@ -65,8 +65,14 @@ def worker_app() -> FastAPI:
     return build_service_app(spec, settings, set(roles.split(",")))
 
 
+AppBuilder = Callable[[ServiceSpec, Settings, set[str], Callable[[FastAPI], Awaitable[None]] | None], FastAPI]
+
+
 def service_main(spec: ServiceSpec, argv: Sequence[str] | None = None,
-                 on_started: Callable[[FastAPI], Awaitable[None]] | None = None) -> None:
+                 on_started: Callable[[FastAPI], Awaitable[None]] | None = None,
+                 build_app: AppBuilder | None = None) -> None:
+    """The command line of one service. ``build_app`` builds its app for ``run`` (by default
+    ``build_service_app``; the gateway's adds the console and the proxy to the other services)."""
     parser = argparse.ArgumentParser(prog=f"python -m services.{spec.name}", description=spec.description)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve the API and run the consumer and outbox relay")
@@ -88,7 +94,7 @@ def service_main(spec: ServiceSpec, argv: Sequence[str] | None = None,
     if not roles or roles - ROLES:
         parser.error(f"--roles: unknown role(s) {sorted(roles - ROLES)}; choose from {sorted(ROLES)}")
     if args.workers > 1:
-        if on_started is not None:
+        if on_started is not None or build_app is not None:
             parser.error("--workers: this service runs as one process")
         if "migrate" in roles:  # once, before the workers start, not N times at once
             asyncio.run(_migrate(spec, settings))
@@ -96,7 +102,7 @@ def service_main(spec: ServiceSpec, argv: Sequence[str] | None = None,
         os.environ[_WORKER_ENV] = f"services.{spec.name}.spec;{','.join(sorted(roles))}"
         serve("shared.cli:worker_app", args.host, args.port, workers=args.workers)
         return
-    serve(build_service_app(spec, settings, roles, on_started), args.host, args.port)
+    serve((build_app or build_service_app)(spec, settings, roles, on_started), args.host, args.port)
 
 
 async def _migrate(spec: ServiceSpec, settings: Settings) -> None:

@@ -18,3 +18,7 @@ HTTP_REQUESTS = Counter("fugou_http_requests_total", "HTTP requests.", ["method"
 HTTP_SECONDS = Histogram("fugou_http_request_seconds", "HTTP request latency.", ["method", "route"],
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1))
 INGESTED = Counter("fugou_ingested_events_total", "Events posted to /v1/events, by outcome.", ["outcome"])
+PROXY_REQUESTS = Counter(
+    "fugou_proxy_requests_total",
+    "Requests the gateway forwarded to another service, by upstream and status (the upstream's, or "
+    "502 unreachable, 503 too many in flight, 504 no answer in time).", ["upstream", "status"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEV_SECRET = "fugou-development-only"
@@ -38,8 +38,20 @@ class Settings(BaseSettings):
     # Services calling each other's admin APIs on a merchant's behalf (X-Fugou-Internal-Token
     # with X-Merchant-Id); never given to merchants.
     internal_token: SecretStr = SecretStr(_DEV_SECRET)
-    # Where other services reach segmentation's API; empty in embedded mode (called in process).
-    segmentation_url: str = ""
+    # Where each service's API answers, as a base URL (http://fugou-segmentation:8000); empty in
+    # embedded mode, where every service answers in process. The gateway, the front door of the
+    # distributed mode, forwards each service's routes to its URL (a service without one is not
+    # forwarded); coupons and notifications also call segmentation's audience API at its URL.
+    segmentation_url: str = Field("", description=(
+        "Base URL of segmentation's API: the gateway forwards segmentation's routes there, and "
+        "coupons and notifications call its audience API there. Empty: in process (embedded mode)."))
+    coupons_url: str = Field("", description=(
+        "Base URL of coupons' API: the gateway forwards coupons' routes there. Empty: not forwarded."))
+    loyalty_url: str = Field("", description=(
+        "Base URL of loyalty's API: the gateway forwards loyalty's routes there. Empty: not forwarded."))
+    notifications_url: str = Field("", description=(
+        "Base URL of notifications' API: the gateway forwards notifications' routes there (unsubscribe "
+        "links and provider receipts included). Empty: not forwarded."))
     bootstrap_api_key: SecretStr | None = None
     # Notifications: the public base URL of the API (unsubscribe links in messages), and what
     # happens to a message on a channel the merchant has configured no provider for: recorded by
@@ -56,6 +68,13 @@ class Settings(BaseSettings):
     relay_idle_ms: int = Field(100, ge=1)
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("segmentation_url", "coupons_url", "loyalty_url", "notifications_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"want an http:// or https:// base URL (or nothing), not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> "Settings":

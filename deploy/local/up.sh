@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Distributed mode on this machine (`make up`): a single-node Kafka, a PostgreSQL cluster with
-# one database per service, and one process per service on ports 8000-8004.
+# one database per service, and one process per service on ports 8000-8004 (services.sh); the
+# gateway on 8000 is the front door: the console at /console and every service's API.
 #
 # Env: RUN_DIR (<repo>/.run), PY (python with the project installed), KAFKA_PORT (9092),
 #      PG_PORT (55432), FUGOU_BOOTSTRAP_API_KEY (generated and kept in $RUN_DIR/demo-api-key),
@@ -13,7 +14,8 @@ RUN_DIR="${RUN_DIR:-$repo/.run}"
 PY="${PY:-$repo/.venv/bin/python}"
 export KAFKA_PORT="${KAFKA_PORT:-9092}" KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 export KAFKA_RUN_DIR="$RUN_DIR/kafka" PG_PORT="${PG_PORT:-55432}" PG_RUN_DIR="$RUN_DIR/postgres"
-services=(gateway segmentation coupons loyalty notifications)
+# shellcheck source=services.sh
+source "$here/services.sh"  # services, port[svc], url[svc], service_urls
 cd "$repo"
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/pids"
 
@@ -42,42 +44,28 @@ for svc in "${services[@]}"; do
   export "FUGOU_${svc^^}_DATABASE_URL=postgresql+asyncpg://$pg_user@127.0.0.1:$PG_PORT/$db"
 done
 
-# Service i listens on 8000 + i; coupons and notifications call segmentation's API there.
-segmentation_url=""
-port=8000
-for svc in "${services[@]}"; do
-  if [[ "$svc" == segmentation ]]; then segmentation_url="http://127.0.0.1:$port"; fi
-  port=$((port + 1))
-done
-
-port=8000
 for svc in "${services[@]}"; do
   pid_file="$RUN_DIR/pids/$svc.pid"
   if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
     echo "up.sh: $svc already running (pid $(cat "$pid_file"))" >&2
   else
-    case "$svc" in
-      coupons | notifications) export FUGOU_SEGMENTATION_URL="$segmentation_url" ;;
-      *) unset FUGOU_SEGMENTATION_URL ;;
-    esac
+    service_urls "$svc"  # the gateway gets every other service's URL (it forwards their routes)
     "$PY" -m "services.$svc" migrate
     # No subshell: $! must be the service's own pid, and nothing may hold our stdout open.
-    nohup "$PY" -m "services.$svc" run --port "$port" >>"$RUN_DIR/logs/$svc.log" 2>&1 </dev/null &
+    nohup "$PY" -m "services.$svc" run --port "${port[$svc]}" >>"$RUN_DIR/logs/$svc.log" 2>&1 </dev/null &
     echo $! >"$pid_file"
   fi
-  port=$((port + 1))
 done
 
-port=8000
 for svc in "${services[@]}"; do
   for _ in $(seq 1 120); do
-    if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then break; fi
+    if curl -fsS "${url[$svc]}/readyz" >/dev/null 2>&1; then break; fi
     sleep 0.5
   done
-  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "up.sh: $svc not ready; see $RUN_DIR/logs/$svc.log" >&2; exit 1; }
-  printf '  %-14s http://127.0.0.1:%s  (log %s)\n' "$svc" "$port" "$RUN_DIR/logs/$svc.log"
-  port=$((port + 1))
+  curl -fsS "${url[$svc]}/readyz" >/dev/null || { echo "up.sh: $svc not ready; see $RUN_DIR/logs/$svc.log" >&2; exit 1; }
+  printf '  %-14s %s  (log %s)\n' "$svc" "${url[$svc]}" "$RUN_DIR/logs/$svc.log"
 done
 echo "  kafka          $bootstrap"
 echo "  postgresql     postgresql://$pg_user@127.0.0.1:$PG_PORT/fugou_<service>"
-echo "  merchant 'demo' API key in $key_file; events go to the gateway: POST http://127.0.0.1:8000/v1/events"
+echo "  merchant 'demo' API key in $key_file; events go to the gateway: POST ${url[gateway]}/v1/events"
+echo "  console        ${url[gateway]}/console  (the gateway answers every service's API on its port)"

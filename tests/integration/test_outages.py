@@ -101,10 +101,13 @@ def alive(*procs: ServiceProcess) -> None:
 
 
 def start_gateway_and_segmentation(env: dict[str, str], tmp_path: Path) -> tuple[ServiceProcess, ServiceProcess]:
-    gateway = ServiceProcess("services.gateway run", env | {"FUGOU_BOOTSTRAP_API_KEY": KEY},
-                             args=["--roles", "migrate,api,relay"], log_path=tmp_path / "gateway.log").start()
     seg = ServiceProcess("services.segmentation run", env, args=["--roles", "migrate,api,consumer,relay"],
-                         log_path=tmp_path / "segmentation.log").start()
+                         log_path=tmp_path / "segmentation.log")
+    # The gateway is the front door: it forwards segmentation's routes (see through_the_front_door).
+    gateway = ServiceProcess("services.gateway run", env | {"FUGOU_BOOTSTRAP_API_KEY": KEY,
+                                                             "FUGOU_SEGMENTATION_URL": seg.url},
+                             args=["--roles", "migrate,api,relay"], log_path=tmp_path / "gateway.log").start()
+    seg.start()
     gateway.wait_http()
     seg.wait_http()
     return gateway, seg
@@ -130,6 +133,18 @@ async def first_batch_applied(gateway: ServiceProcess, seg: ServiceProcess, firs
     assert status == 200, body
 
 
+async def through_the_front_door(gateway: ServiceProcess, seg: ServiceProcess, customer_id: str) -> None:
+    """The gateway process serves the console and answers segmentation's routes as segmentation does."""
+    async with httpx.AsyncClient(timeout=15) as client:
+        page = await client.get(gateway.url + "/console")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text[:200]
+        path = f"/v1/customers/{customer_id}/rfm"
+        through = await client.get(gateway.url + path, headers={"X-Api-Key": KEY})
+        direct = await client.get(seg.url + path, headers={"X-Api-Key": KEY})
+    assert through.status_code == direct.status_code == 200, through.text
+    assert through.json() == direct.json()
+
+
 async def database_down(seg: ServiceProcess) -> dict:
     """Poll segmentation's /readyz until it answers 503 naming the database; return the body."""
     _, body = await eventually(
@@ -145,8 +160,10 @@ async def test_postgresql_down(kafka: Kafka, own_postgres: Postgres, tmp_path: P
     first, second = orders(0, 60), orders(60, 90)
     gateway, seg, seg_dsn, prefix = await services_on(kafka, pg, tmp_path)
     try:
-        # 1. Everything up: a first batch goes through the gateway and reaches segmentation.
+        # 1. Everything up: a first batch goes through the gateway and reaches segmentation, whose
+        #    API the gateway also answers (the front door), with the console beside it.
         await first_batch_applied(gateway, seg, first)
+        await through_the_front_door(gateway, seg, "c-1")
 
         # 2. PostgreSQL goes down: readiness fails and names the database.
         pg.stop()

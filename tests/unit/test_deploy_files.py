@@ -16,6 +16,7 @@ import os
 import re
 import runpy
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,9 +25,12 @@ from typing import Any
 
 import pytest
 import yaml
+from fastapi import FastAPI
 
 import shared.cli as cli
+from services.front_door import PROXIED
 from services.registry import SPECS
+from shared.proxy import route_table
 from shared.settings import Settings
 from shared.topics import all_topics, partitions
 
@@ -361,12 +365,12 @@ def _run_cli(monkeypatch: pytest.MonkeyPatch, call: Invocation, env: dict[str, s
     environment), with the server, the app and the migration replaced by recorders."""
     seen: dict[str, Any] = {}
 
-    def build_service_app(spec: Any, settings: Settings, roles: set[str], on_started: Any = None) -> object:
+    def build_service_app(spec: Any, settings: Settings, roles: set[str], on_started: Any = None) -> FastAPI:
         seen.update(spec=spec.name, roles=roles)
-        return object()
+        return FastAPI()  # built, never started: what the command adds to it is seen in serve
 
     def serve(app: Any, host: str, port: int, log_level: str = "warning") -> None:
-        seen.update(host=host, port=port)
+        seen.update(host=host, port=port, app=app)
 
     async def migrate(spec: Any, settings: Settings) -> None:
         seen.update(spec=spec.name, migrated=True)
@@ -411,6 +415,10 @@ def test_every_python_m_services_command_names_a_service_and_a_subcommand_and_ro
         assert seen["roles"] == set(roles)
         assert seen["host"] == "0.0.0.0", f"{p.where}: a container must listen on 0.0.0.0, not {seen['host']}"
         assert str(seen["port"]) == call.option("--port"), f"{p.where}: port {seen['port']}"
+        if call.service == "gateway" and "api" in roles:  # the front door: console and every service's API
+            paths = routes_of(seen["app"])
+            wanted = {"/console"} | {path for name in PROXIED for path, _ in route_table(SPECS[name].routers)}
+            assert wanted <= paths, f"{p.where}: the gateway does not serve {sorted(wanted - paths)[:5]}…"
 
 
 def test_every_services_module_named_anywhere_in_the_deploy_files_exists() -> None:
@@ -688,40 +696,92 @@ def test_kubernetes_probes_and_metrics_annotations_name_routes_of_the_app(app_ro
 SEGMENTATION_CLIENTS = {"coupons", "notifications"}
 
 
-def test_the_services_that_call_segmentation_are_pointed_at_its_api() -> None:
-    """coupons and notifications reach segmentation at FUGOU_SEGMENTATION_URL: in compose the
-    segmentation service on the port it listens on inside the network, in Kubernetes a Service
-    that selects the segmentation pods, on one of its ports."""
-    assert SEGMENTATION_CLIENTS <= set(SPECS) and "segmentation" in SPECS
-    compose_ports = {p.name: p.call.option("--port") for p in compose_fugou_processes()
-                     if p.call and p.call.subcommand == "run"}
-    segmentation_pods = [d["spec"]["template"]["metadata"]["labels"] for d in k8s_of_kind("Deployment")
-                         if d["metadata"]["name"] == "fugou-segmentation"]
-    assert len(segmentation_pods) == 1
+def assert_reaches(p: Process, var: str, service: str) -> None:
+    """p's variable `var` is a URL where `service` answers: in compose the compose service of
+    that name, on the port it listens on inside the network; in Kubernetes a Service (in the
+    namespace fugou) that selects that service's pods, on one of its ports."""
+    url = p.env.get(var, "")
+    m = re.fullmatch(r"http://([a-z0-9.-]+):(\d+)/?", url)
+    assert m, f"{p.where}: {var}={url!r}, want http://<host>:<port>"
+    host, port = m.group(1), m.group(2)
+    if p.where.startswith("compose"):
+        ports = {q.name: q.call.option("--port") for q in compose_fugou_processes()
+                 if q.call and q.call.subcommand == "run"}
+        assert host == service and port == ports.get(service), \
+            f"{p.where}: {var}={url}; {service} listens on {service}:{ports.get(service)}"
+        return
+    pods = [d["spec"]["template"]["metadata"]["labels"] for d in k8s_of_kind("Deployment")
+            if d["metadata"]["name"] == f"fugou-{service}"]
+    assert len(pods) == 1, f"no Deployment fugou-{service}"
     k8s_services = {s["metadata"]["name"]: s for s in k8s_of_kind("Service")
-                    if s["spec"].get("selector", {}).items() <= segmentation_pods[0].items()}
+                    if s["spec"].get("selector", {}).items() <= pods[0].items()}
+    name = host.split(".")[0]
+    assert name in k8s_services, f"{p.where}: {var}={url}; no Service {name!r} selects the {service} pods"
+    if "." in host:
+        assert host.split(".")[1] == "fugou", f"{p.where}: {url} is not in the namespace fugou"
+    ports = {str(x["port"]) for x in k8s_services[name]["spec"]["ports"]}
+    assert port in ports, f"{p.where}: {var}={url}; Service {name} has ports {sorted(ports)}"
+
+
+def test_the_services_that_call_segmentation_are_pointed_at_its_api() -> None:
+    """coupons and notifications reach segmentation at FUGOU_SEGMENTATION_URL."""
+    assert SEGMENTATION_CLIENTS <= set(SPECS) and "segmentation" in SPECS
     seen = set()
     for p in all_fugou_processes():
         call = p.call
         if call is None or call.service not in SEGMENTATION_CLIENTS or call.subcommand != "run":
             continue
-        url = p.env.get("FUGOU_SEGMENTATION_URL", "")
-        m = re.fullmatch(r"http://([a-z0-9.-]+):(\d+)/?", url)
-        assert m, f"{p.where}: FUGOU_SEGMENTATION_URL={url!r}, want http://<host>:<port>"
-        host, port = m.group(1), m.group(2)
-        if p.where.startswith("compose"):
-            assert host == "segmentation" and port == compose_ports.get("segmentation"), \
-                f"{p.where}: {url}; segmentation listens on segmentation:{compose_ports.get('segmentation')}"
-        else:
-            name = host.split(".")[0]
-            assert name in k8s_services, f"{p.where}: {url}; no Service {name!r} selects the segmentation pods"
-            if "." in host:
-                assert host.split(".")[1] == "fugou", f"{p.where}: {url} is not in the namespace fugou"
-            ports = {str(x["port"]) for x in k8s_services[name]["spec"]["ports"]}
-            assert port in ports, f"{p.where}: {url}; Service {name} has ports {sorted(ports)}"
+        assert_reaches(p, "FUGOU_SEGMENTATION_URL", "segmentation")
         seen.add((p.where.startswith("compose"), call.service))
     wanted = {(source, s) for source in (True, False) for s in SEGMENTATION_CLIENTS}
     assert seen == wanted, f"no `run` process for {sorted(wanted - seen)} (compose=True)"
+
+
+def test_the_gateway_is_the_front_door_to_every_other_service() -> None:
+    """The gateway forwards each other service's routes to FUGOU_<SERVICE>_URL (services/front_door.py):
+    every gateway `run` process serves the API and has all of them, each pointing at that service."""
+    assert set(PROXIED) == set(SPECS) - {"gateway"}
+    seen = set()
+    for p in all_fugou_processes():
+        call = p.call
+        if call is None or call.service != "gateway" or call.subcommand != "run":
+            continue
+        assert "api" in (call.option("--roles") or "api").split(","), f"{p.where}: the front door serves the API"
+        for service in PROXIED:
+            assert_reaches(p, f"FUGOU_{service.upper()}_URL", service)
+        seen.add("compose" if p.where.startswith("compose") else "k8s")
+    assert seen == {"compose", "k8s"}, seen
+
+
+LOCAL_SERVICES = DEPLOY / "local" / "services.sh"
+LOCAL_UP = DEPLOY / "local" / "up.sh"
+
+
+def test_make_up_gives_the_gateway_every_other_services_url_on_its_own_port() -> None:
+    """deploy/local/services.sh (sourced by up.sh), run: each service's port and the URLs it gets."""
+    script = (f"set -euo pipefail; source {shlex.quote(str(LOCAL_SERVICES))}\n"
+              'for s in "${services[@]}"; do (service_urls "$s"; echo "$s ${port[$s]} '
+              '$(env | grep -E \'^FUGOU_[A-Z]+_URL=\' | sort | tr \'\\n\' \' \')"); done')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUGOU_")} | {"FUGOU_LOYALTY_URL": "stale"}
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=True)
+    ports: dict[str, int] = {}
+    urls: dict[str, dict[str, str]] = {}
+    for line in out.stdout.splitlines():
+        service, port, *given = line.split()
+        ports[service] = int(port)
+        urls[service] = dict(g.split("=", 1) for g in given)
+    assert set(ports) == set(SPECS) and ports["gateway"] == 8000, ports
+    assert len(set(ports.values())) == len(ports), f"two services on one port: {ports}"
+    url_of = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
+    assert urls["gateway"] == {f"FUGOU_{s.upper()}_URL": url_of[s] for s in PROXIED}, urls["gateway"]
+    for client in SEGMENTATION_CLIENTS:
+        assert urls[client] == {"FUGOU_SEGMENTATION_URL": url_of["segmentation"]}, urls[client]
+    for other in set(SPECS) - SEGMENTATION_CLIENTS - {"gateway"}:
+        assert urls[other] == {}, f"{other} gets {urls[other]}"
+    # up.sh starts each service with them, on that port.
+    up = LOCAL_UP.read_text(encoding="utf-8")
+    assert re.search(r'^source "\$here/services\.sh"', up, re.M), "up.sh does not source services.sh"
+    assert 'service_urls "$svc"' in up and '-m "services.$svc" run --port "${port[$svc]}"' in up
 
 
 # ------------------------------------------------------------------ kubernetes consistency
