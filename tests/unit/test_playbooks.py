@@ -61,11 +61,13 @@ async def test_a_playbook_issues_to_its_audience_once_and_reminds_only_for_its_o
         assert len(lapsed_b) >= 20, "the shop must have lapsed tier B customers for this test to mean anything"
 
         # What playbooks.js does on "一键启用", step by step.
+        timezone = (await ok(client, "GET", "/v1/merchant"))["timezone"]
         made = await ok(client, "POST", "/v1/coupons/presets/audience_winback", 201,
                         json={"tiers": ["B"], "inactive_days": 30, "pay_percent": 85, "valid_days": 7,
-                              "holdout_percent": 10})
+                              "holdout_percent": 10, "timezone": timezone})
         rule_id = made["rule"]["rule_id"]
         assert made["rule"]["rule"]["audience"] == {"filter": WINBACK}
+        assert made["rule"]["rule"]["trigger"] == {"type": "schedule", "cron": "0 10 * * *", "timezone": timezone}
         key = f"pb-{rule_id}"
         await ok(client, "POST", "/v1/notifications/templates", 201, json={
             "key": f"{key}-wx", "channel": "wechat", "trigger": "coupon.issued",

@@ -50,9 +50,10 @@ function audienceOf(saved) {
   };
 }
 
-function presetParams(audience) {
+// The daily check runs at 10:00 on the merchant's own clock.
+function presetParams(audience, timezone) {
   const params = { ...audience.params, pay_percent: intOrNull(form.payPercent), valid_days: intOrNull(form.validDays),
-                   holdout_percent: intOrNull(form.holdout) };
+                   holdout_percent: intOrNull(form.holdout), timezone };
   const cap = form.maxDiscountYuan === "" ? null : Math.round(Number(form.maxDiscountYuan) * 100);
   if (cap !== null) params.max_discount_fen = cap;
   return params;
@@ -60,7 +61,7 @@ function presetParams(audience) {
 
 // ---------------------------------------------------------------- enabling one
 
-async function enable(audience, log, signal) {
+async function enable(audience, timezone, log, signal) {
   const step = (key, vars) => {
     const line = h("li", { class: "running" }, t(key, vars));
     log.append(line);
@@ -72,7 +73,7 @@ async function enable(audience, log, signal) {
   let s = step(k("playbooks.step_coupon"));
   let made;
   try {
-    made = await call("couponPreset", { params: { name: PRESET }, body: presetParams(audience), signal });
+    made = await call("couponPreset", { params: { name: PRESET }, body: presetParams(audience, timezone), signal });
   } catch (e) {
     s.fail(e);
     return null;
@@ -130,9 +131,9 @@ async function enable(audience, log, signal) {
 // ---------------------------------------------------------------- the page
 
 export async function pagePlaybooks(view, { signal, rerender, params }) {
-  const [saved, rules, notifyRules, templates] = await Promise.all([
-    call("audiences", { signal }), call("couponRules", { signal }), call("notifyRules", { signal }),
-    call("notifyTemplates", { signal })]);
+  const [merchant, saved, rules, notifyRules, templates] = await Promise.all([
+    call("merchant", { signal }), call("audiences", { signal }), call("couponRules", { signal }),
+    call("notifyRules", { signal }), call("notifyTemplates", { signal })]);
   if (params.get("audience") && saved.some((a) => a.audience_id === params.get("audience"))) {
     form.source = "saved";
     form.audienceId = params.get("audience");
@@ -143,7 +144,7 @@ export async function pagePlaybooks(view, { signal, rerender, params }) {
   }
   view.replaceChildren(pageHeader(t("playbooks.title"), t("playbooks.intro")));
   view.append(await activeList(rules, notifyRules, saved, signal, rerender));
-  view.append(newPlaybook(saved, signal, rerender));
+  view.append(newPlaybook(saved, merchant.timezone, signal, rerender));
 }
 
 async function activeList(rules, notifyRules, saved, signal, rerender) {
@@ -214,7 +215,7 @@ async function activeList(rules, notifyRules, saved, signal, rerender) {
   return box;
 }
 
-function newPlaybook(saved, signal, rerender) {
+function newPlaybook(saved, timezone, signal, rerender) {
   const count = h("div", { class: "count", role: "status" });
   const summary = h("p", { class: "summary" });
   const log = h("ol", { class: "steps" });
@@ -280,7 +281,7 @@ function newPlaybook(saved, signal, rerender) {
     }
     go.disabled = true;
     log.replaceChildren();
-    const ruleId = await enable(audience, log, signal);
+    const ruleId = await enable(audience, timezone, log, signal);
     go.disabled = false;
     if (ruleId) {
       log.append(h("li", { class: "done" }, t("playbooks.enabled"), " ",
