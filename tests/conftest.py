@@ -4,9 +4,12 @@ started once per session on free loopback ports and stopped at the end."""
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
-from concurrent.futures import ThreadPoolExecutor
+import sys
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +24,31 @@ from tests.infra import Kafka, Postgres, running_kafka, running_postgres
 
 os.environ.setdefault("FUGOU_LOG_LEVEL", "WARNING")
 ADMIN_TOKEN = "test-admin-token"
+
+
+# After the last report, the interpreter still joins its non-daemon threads (executors' workers)
+# on the way out. One that never returns would hang `make test` with every result already printed
+# (seen once, not reproduced): then the threads' stacks are printed, to find it, and the process
+# exits with the session's own status.
+EXIT_GRACE_S = 120
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    def stuck() -> None:
+        print(f"\npytest: the process has not exited {EXIT_GRACE_S} s after the session ended; "
+              "the threads still running:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(_exit_status)
+
+    timer = threading.Timer(EXIT_GRACE_S, stuck)
+    timer.daemon = True
+    timer.start()
 
 
 @pytest.fixture(scope="session")

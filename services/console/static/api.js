@@ -63,7 +63,12 @@ export function forget() {
 }
 
 // Back to the login page, saying why (expired: a key the services refused; signed_out).
+// Once: several calls refused at once (a page's reports in parallel) must not start several
+// navigations, the second aborting the first.
+let leaving = false;
 export function toLogin(reason) {
+  if (leaving) return;
+  leaving = true;
   forget();
   window.location.assign(`${LOGIN_URL}?reason=${encodeURIComponent(reason)}`);
 }

@@ -142,9 +142,10 @@ async function pageCoupons(view, { signal }) {
   if (rules.length) {
     const names = rules.map((x) => x.name);
     view.append(h("div", { class: "grid-2" },
-      card(t("coupons.roi_chart"), chart({
+      card(t("coupons.roi_chart"), rules.every((x) => x.roi === null && lift(x)?.incremental_roi == null)
+        ? h("p", { class: "muted" }, t("coupons.roi_none")) : chart({
         tooltip: { trigger: "axis", valueFormatter: (v) => fmtNum(v) },
-        grid: { left: 8, right: 16, top: 16, bottom: 16, containLabel: true },
+        grid: { left: 8, right: 16, top: 16, bottom: 32, containLabel: true },
         xAxis: { type: "category", data: names, axisLabel: { interval: 0, rotate: names.length > 4 ? 30 : 0 } },
         yAxis: { type: "value" },
         series: [

@@ -257,7 +257,8 @@ const MESSAGES = {
     "playbooks.step_sms": "保存短信提醒模板",
     "playbooks.step_rule": "设置发券后的提醒规则",
     "playbooks.step_undo": "提醒未设置成功，已停用刚创建的发券规则",
-    "playbooks.step_run": "立即执行一次"
+    "playbooks.step_run": "立即执行一次",
+    "coupons.roi_none": "还没有核销，ROI 暂无法计算：客户用券下单（order.paid 带上 coupon_ids）后这里会显示。"
   },
   // END zh-CN
   // BEGIN en
@@ -514,7 +515,8 @@ const MESSAGES = {
     "playbooks.step_sms": "Save the SMS reminder template",
     "playbooks.step_rule": "Set the reminder for the rule's coupons",
     "playbooks.step_undo": "The reminder could not be set: the new coupon rule was disabled",
-    "playbooks.step_run": "Run it once now"
+    "playbooks.step_run": "Run it once now",
+    "coupons.roi_none": "Nothing redeemed yet, so there is no ROI: it shows once customers pay orders with the coupons (order.paid naming coupon_ids)."
   }
   // END en
 };
