@@ -8,6 +8,7 @@ included, and the services run the same consumer loop as on Kafka."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,10 +51,23 @@ class InProcessBus:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.executescript(_SCHEMA)
+        # Processes started together on one data dir (`run --workers N`) race to create the file
+        # and switch it to WAL, which SQLite may refuse at once with "database is locked" rather
+        # than wait on the busy timeout: that start is tried again.
+        for attempt in range(50):
+            db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=NORMAL")
+                await db.executescript(_SCHEMA)
+            except sqlite3.OperationalError as e:
+                await db.close()
+                if "locked" not in str(e) or attempt == 49:
+                    raise
+                await asyncio.sleep(0.05 + 0.05 * attempt)
+                continue
+            self._db = db
+            break
         self._prune_task = asyncio.create_task(self._prune_loop(), name="bus-prune")
 
     async def stop(self) -> None:
