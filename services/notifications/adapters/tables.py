@@ -160,6 +160,7 @@ messages = Table(
     Index("ix_messages_lease", "lease_until", postgresql_where=text("status = 'sending'"),
           sqlite_where=text("status = 'sending'")),
     Index("ix_messages_customer", "merchant_id", "customer_id", "created_at"),
+    Index("ix_messages_rule", "merchant_id", "rule_id", "created_at"),  # a rule's (a playbook's) messages
     Index("ix_messages_campaign", "campaign_id", "status"),
     Index("ix_messages_provider_id", "provider", "provider_id"),
 )
