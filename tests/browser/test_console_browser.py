@@ -393,4 +393,16 @@ async def test_a_playbook_is_enabled_with_one_click_and_reaches_its_audience(tab
     assert row[t("playbooks.col_state")] == t("playbooks.on")
     assert row[t("playbooks.col_reminder")] == "wechat → sms"
     await tab.shot("enabled")
+
+    # Pause stops both parts, the coupon rule and its reminder; resume starts both again.
+    for button, enabled in ((t("playbooks.pause"), False), (t("playbooks.resume"), True)):
+        await tab.page.locator("#view table button", has_text=button).click()
+        await tab.page.locator("#view table td", has_text=t("playbooks.on" if enabled else "playbooks.off")).first \
+            .wait_for()
+        await tab.settle()
+        async with console.api() as api:
+            assert (await api.get(f"/v1/coupons/rules/{rule['rule_id']}")).json()["enabled"] is enabled
+            [reminder] = [r for r in (await api.get("/v1/notifications/rules")).json()
+                          if r["rule_id"] == f"pb-{rule['rule_id']}"]
+            assert reminder["active"] is enabled
     tab.assert_clean()
