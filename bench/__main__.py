@@ -28,8 +28,11 @@ async def _create_db(pg: Postgres, name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--only", action="append",
-                        help="run only these benches (ingest, import, segmentation, coupons, loyalty, notifications)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="run only these benches (ingest, import, segmentation, coupons, loyalty, notifications)",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="scale every workload (e.g. 0.1 for a smoke run)")
     args = parser.parse_args()
     wanted = set(args.only or ["ingest", "import", "segmentation", "coupons", "loyalty", "notifications"])
@@ -48,8 +51,20 @@ def main() -> None:
             kafka = Kafka(root / "kafka").start()
             pg = Postgres(root / "pg").start()
             dsn = asyncio.run(_create_db(pg, "bench_ingest"))
-            run(["-m", "bench.bench_ingest", "--events", str(int(1_000_000 * args.scale)),
-                 "--customers", str(int(200_000 * args.scale)), "--kafka", kafka.bootstrap, "--pg-dsn", dsn])
+            run(
+                [
+                    "-m",
+                    "bench.bench_ingest",
+                    "--events",
+                    str(int(1_000_000 * args.scale)),
+                    "--customers",
+                    str(int(200_000 * args.scale)),
+                    "--kafka",
+                    kafka.bootstrap,
+                    "--pg-dsn",
+                    dsn,
+                ]
+            )
         if "import" in wanted:
             run(["-m", "bench.bench_import", "--orders", str(int(1_000_000 * args.scale))])
         if "segmentation" in wanted:
@@ -66,18 +81,53 @@ def main() -> None:
             kafka = kafka or Kafka(root / "kafka").start()
             pg = pg or Postgres(root / "pg").start()
             dsn = asyncio.run(_create_db(pg, "bench_loyalty_ledger"))
-            run(["-m", "bench.bench_loyalty", "ledger", "--events", str(int(200_000 * args.scale)),
-                 "--customers", str(int(50_000 * args.scale)), "--kafka", kafka.bootstrap, "--pg-dsn", dsn,
-                 # Two consumers in one group, as deployed (deploy/k8s/loyalty.yaml: 2 replicas).
-                 "--processes", "2"])
+            run(
+                [
+                    "-m",
+                    "bench.bench_loyalty",
+                    "ledger",
+                    "--events",
+                    str(int(200_000 * args.scale)),
+                    "--customers",
+                    str(int(50_000 * args.scale)),
+                    "--kafka",
+                    kafka.bootstrap,
+                    "--pg-dsn",
+                    dsn,
+                    # Two consumers in one group, as deployed (deploy/k8s/loyalty.yaml: 2 replicas).
+                    "--processes",
+                    "2",
+                ]
+            )
             dsn = asyncio.run(_create_db(pg, "bench_loyalty_points"))
-            run(["-m", "bench.bench_loyalty", "points", "--customers", str(int(100_000 * args.scale)),
-                 "--pg-dsn", dsn, "--seconds", "15"])
+            run(
+                [
+                    "-m",
+                    "bench.bench_loyalty",
+                    "points",
+                    "--customers",
+                    str(int(100_000 * args.scale)),
+                    "--pg-dsn",
+                    dsn,
+                    "--seconds",
+                    "15",
+                ]
+            )
         if "notifications" in wanted:
             pg = pg or Postgres(root / "pg").start()
             dsn = asyncio.run(_create_db(pg, "bench_notifications"))
-            run(["-m", "bench.bench_notifications", "--customers", str(int(100_000 * args.scale)),
-                 "--campaign", str(int(100_000 * args.scale)), "--pg-dsn", dsn])
+            run(
+                [
+                    "-m",
+                    "bench.bench_notifications",
+                    "--customers",
+                    str(int(100_000 * args.scale)),
+                    "--campaign",
+                    str(int(100_000 * args.scale)),
+                    "--pg-dsn",
+                    dsn,
+                ]
+            )
     finally:
         if kafka:
             kafka.stop()

@@ -42,13 +42,21 @@ async def load(dsn: str, n: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         now = datetime.now(UTC)
-        await conn.execute("INSERT INTO merchants (merchant_id, name, timezone, jwt_secret, active, updated_at) "
-                           "VALUES ($1, 'bench', $2, $3, true, now())", MERCHANT, TZ, b"bench-secret")
+        await conn.execute(
+            "INSERT INTO merchants (merchant_id, name, timezone, jwt_secret, active, updated_at) "
+            "VALUES ($1, 'bench', $2, $3, true, now())",
+            MERCHANT,
+            TZ,
+            b"bench-secret",
+        )
         rows = [(MERCHANT, cid(i), "AB"[i % 2], "3-2-3", "important_value", "[]", now) for i in range(n)]
         rows += [(MERCHANT, cid(n + i), "C", "1-1-1", "general_winback", '["dormant"]', now) for i in range(n // 4)]
         t = time.perf_counter()
-        await conn.copy_records_to_table("customer_segments", records=rows, columns=[
-            "merchant_id", "customer_id", "tier", "cell", "rfm_class", "tags", "updated_at"])
+        await conn.copy_records_to_table(
+            "customer_segments",
+            records=rows,
+            columns=["merchant_id", "customer_id", "tier", "cell", "rfm_class", "tags", "updated_at"],
+        )
         await conn.execute("ANALYZE customer_segments")
         say(f"{len(rows)} segments copied in {time.perf_counter() - t:.1f}s")
     finally:
@@ -86,18 +94,37 @@ async def run(n: int, dsn: str, url: str) -> None:
         limit = 1 if limited else None
         async with sessions() as s, s.begin():
             bundle = [
-                CouponTemplate(name="8折券", kind=PercentOff(pay_percent=80, max_discount_fen=3000), valid_days=30,
-                               stock=10_000_000, per_customer_limit=limit),
-                CouponTemplate(name="8.5折券", kind=PercentOff(pay_percent=85, max_discount_fen=2000), valid_days=30,
-                               stock=10_000_000, per_customer_limit=limit),
-                CouponTemplate(name="10元无门槛", kind=NoThreshold(amount_off_fen=1000), valid_days=30,
-                               stock=10_000_000, per_customer_limit=limit),
+                CouponTemplate(
+                    name="8折券",
+                    kind=PercentOff(pay_percent=80, max_discount_fen=3000),
+                    valid_days=30,
+                    stock=10_000_000,
+                    per_customer_limit=limit,
+                ),
+                CouponTemplate(
+                    name="8.5折券",
+                    kind=PercentOff(pay_percent=85, max_discount_fen=2000),
+                    valid_days=30,
+                    stock=10_000_000,
+                    per_customer_limit=limit,
+                ),
+                CouponTemplate(
+                    name="10元无门槛",
+                    kind=NoThreshold(amount_off_fen=1000),
+                    valid_days=30,
+                    stock=10_000_000,
+                    per_customer_limit=limit,
+                ),
             ]
             made = [await create_template(s, MERCHANT, t) for t in bundle]
-            rule = CampaignRule(name="月度A/B回购", trigger=Schedule(cron="0 9 1 * *", timezone=TZ),
-                                audience=AudienceFilter(filter={"tier": ["A", "B"]}),
-                                action=Action(issue=[IssueItem(template_id=st.template_id) for st in made]),
-                                caps=Caps(budget_total_fen=10**12, issues_per_customer=limit), holdout_percent=0)
+            rule = CampaignRule(
+                name="月度A/B回购",
+                trigger=Schedule(cron="0 9 1 * *", timezone=TZ),
+                audience=AudienceFilter(filter={"tier": ["A", "B"]}),
+                action=Action(issue=[IssueItem(template_id=st.template_id) for st in made]),
+                caps=Caps(budget_total_fen=10**12, issues_per_customer=limit),
+                holdout_percent=0,
+            )
             return await create_rule(s, MERCHANT, rule, now=now, client=None)
 
     async def timed_fire(stored: StoredRule) -> float:
@@ -129,25 +156,52 @@ async def run(n: int, dsn: str, url: str) -> None:
         assert await conn.fetchval("SELECT count(*) FROM coupons") == 6 * n
 
         # Peers: the same rows, written with no logic, no index, no events.
-        columns = ["merchant_id", "coupon_id", "customer_id", "template_id", "rule_id", "state", "starts_at",
-                   "expires_at", "issued_at", "version"]
-        records = [tuple(r) for r in await conn.fetch(f"SELECT {', '.join(columns)} FROM coupons WHERE rule_id = $1",
-                                                      stored.rule_id)]
+        columns = [
+            "merchant_id",
+            "coupon_id",
+            "customer_id",
+            "template_id",
+            "rule_id",
+            "state",
+            "starts_at",
+            "expires_at",
+            "issued_at",
+            "version",
+        ]
+        records = [
+            tuple(r)
+            for r in await conn.fetch(f"SELECT {', '.join(columns)} FROM coupons WHERE rule_id = $1", stored.rule_id)
+        ]
         await conn.execute("CREATE TABLE peer_coupons (LIKE coupons)")
         t = time.perf_counter()
         await conn.copy_records_to_table("peer_coupons", records=records, columns=columns)
         copy_s = time.perf_counter() - t
         await conn.execute("CREATE TABLE peer_coupons_select (LIKE coupons)")
         t = time.perf_counter()
-        await conn.execute(f"INSERT INTO peer_coupons_select ({', '.join(columns)}) "
-                           f"SELECT {', '.join(columns)} FROM coupons WHERE rule_id = $1", stored.rule_id)
+        await conn.execute(
+            f"INSERT INTO peer_coupons_select ({', '.join(columns)}) "
+            f"SELECT {', '.join(columns)} FROM coupons WHERE rule_id = $1",
+            stored.rule_id,
+        )
         insert_select_s = time.perf_counter() - t
     finally:
         await conn.close()
         await engine.dispose()
-    result("coupons.issue_100k", "seconds", issue_s, "s", f"asyncpg COPY of the same {3 * n} coupon rows into a "
-           "bare table", copy_s, customers=n, coupons=3 * n, outbox=3 * n, chunk=CHUNK, rerun_s=round(rerun_s, 3),
-           with_limits_s=round(with_limits_s, 3), insert_select_s=round(insert_select_s, 3))
+    result(
+        "coupons.issue_100k",
+        "seconds",
+        issue_s,
+        "s",
+        f"asyncpg COPY of the same {3 * n} coupon rows into a bare table",
+        copy_s,
+        customers=n,
+        coupons=3 * n,
+        outbox=3 * n,
+        chunk=CHUNK,
+        rerun_s=round(rerun_s, 3),
+        with_limits_s=round(with_limits_s, 3),
+        insert_select_s=round(insert_select_s, 3),
+    )
 
 
 def main() -> None:

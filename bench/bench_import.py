@@ -18,13 +18,13 @@ import sqlite3
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import result, say  # noqa: E402
-from services.segmentation.entrypoints.importer import import_orders  # noqa: E402
+from bench.common import result, say
+from services.segmentation.entrypoints.importer import import_orders
 
 CST = timezone(timedelta(hours=8))
 
@@ -38,23 +38,28 @@ def generate(path: Path, orders: int, customers: int, seed: int = 20261124) -> N
         w.writerow(["order_id", "customer_id", "paid_at", "amount_fen", "status"])
         for i in range(orders):
             at = start + timedelta(seconds=rng.randrange(span))
-            w.writerow([f"o-{i:08d}", f"u-{rng.randrange(customers):06d}", at.isoformat(),
-                        rng.randrange(100, 200_000), "paid"])
+            w.writerow(
+                [f"o-{i:08d}", f"u-{rng.randrange(customers):06d}", at.isoformat(), rng.randrange(100, 200_000), "paid"]
+            )
 
 
 def peer(path: Path, db: Path) -> tuple[float, int]:
     """sqlite3 executemany of the parsed rows into a bare table; (rows/s, rows)."""
-    utc = timezone.utc
+    utc = UTC
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         next(reader)
-        rows = [("demo", o, c, s, int(a), datetime.fromisoformat(p).astimezone(utc).isoformat(" ", "microseconds")[:26])
-                for o, c, p, a, s in reader]
+        rows = [
+            ("demo", o, c, s, int(a), datetime.fromisoformat(p).astimezone(utc).isoformat(" ", "microseconds")[:26])
+            for o, c, p, a, s in reader
+        ]
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE orders (merchant_id TEXT, order_id TEXT, customer_id TEXT, status TEXT, "
-                 "amount_fen INTEGER, paid_at TEXT)")
+    conn.execute(
+        "CREATE TABLE orders (merchant_id TEXT, order_id TEXT, customer_id TEXT, status TEXT, "
+        "amount_fen INTEGER, paid_at TEXT)"
+    )
     t0 = time.perf_counter()
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -84,8 +89,14 @@ def main() -> None:
         say(f"import: {imported.summary()}")
         value = imported.imported / elapsed
         peer_value, _ = peer(csv_path, root / "peer.sqlite")
-    result("segmentation.csv_import", "orders_per_s", value, "orders/s",
-           "sqlite3 executemany of the same rows into a bare table", peer_value)
+    result(
+        "segmentation.csv_import",
+        "orders_per_s",
+        value,
+        "orders/s",
+        "sqlite3 executemany of the same rows into a bare table",
+        peer_value,
+    )
 
 
 if __name__ == "__main__":

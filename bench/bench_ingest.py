@@ -40,23 +40,40 @@ def generate(n: int, customers: int, seed: int = 7) -> list[tuple[bytes, bytes]]
         c = f"c-{rng.randrange(customers)}"
         amount = rng.randrange(500, 50000)
         at = start + timedelta(seconds=i * 30)
-        out.append((f"{MERCHANT}:{c}".encode(), orjson.dumps({
-            "event_id": f"ev-{i}", "type": "order.paid", "merchant_id": MERCHANT, "customer_id": c,
-            "occurred_at": at.isoformat(),
-            "data": {"order_id": f"o-{i}", "amount_fen": amount,
-                     "items": [{"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": amount}],
-                     "coupon_ids": []}})))
+        out.append(
+            (
+                f"{MERCHANT}:{c}".encode(),
+                orjson.dumps(
+                    {
+                        "event_id": f"ev-{i}",
+                        "type": "order.paid",
+                        "merchant_id": MERCHANT,
+                        "customer_id": c,
+                        "occurred_at": at.isoformat(),
+                        "data": {
+                            "order_id": f"o-{i}",
+                            "amount_fen": amount,
+                            "items": [
+                                {"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": amount}
+                            ],
+                            "coupon_ids": [],
+                        },
+                    }
+                ),
+            )
+        )
     return out
 
 
 async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20,
-                                max_batch_size=1 << 20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20, max_batch_size=1 << 20
+    )
     await producer.start()
     started = time.perf_counter()
     try:
         for i in range(0, len(messages), 20000):
-            futs = [await producer.send(topic, v, key=k) for k, v in messages[i:i + 20000]]
+            futs = [await producer.send(topic, v, key=k) for k, v in messages[i : i + 20000]]
             await asyncio.gather(*futs)
     finally:
         await producer.stop()
@@ -64,9 +81,15 @@ async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
 
 
 async def raw_consume(bootstrap: str, topic: str, n: int) -> float:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"peer-{uuid.uuid4().hex[:6]}",
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"peer-{uuid.uuid4().hex[:6]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=32 << 20,
+    )
     await consumer.start()
     got = 0
     started = time.perf_counter()
@@ -86,9 +109,17 @@ async def run(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str) 
     bus = KafkaBus(bootstrap, prefix=prefix)
     await bus.start()
     await bus.ensure_topics([TOPIC, "fugou.merchants", "fugou.segments", "fugou.dlq"])
-    merchant = new_event("merchant.upserted", MERCHANT, data={
-        "name": "bench", "timezone": "Asia/Shanghai", "api_key_hashes": [hash_api_key("k", "p")],
-        "jwt_secret": "s", "active": True})
+    merchant = new_event(
+        "merchant.upserted",
+        MERCHANT,
+        data={
+            "name": "bench",
+            "timezone": "Asia/Shanghai",
+            "api_key_hashes": [hash_api_key("k", "p")],
+            "jwt_secret": "s",
+            "active": True,
+        },
+    )
     from shared.bus.base import Message
 
     await bus.publish([Message("fugou.merchants", merchant.key, merchant.to_json())])
@@ -104,13 +135,22 @@ async def run(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str) 
     peer_s = await raw_consume(bootstrap, prefix + TOPIC, n)
     say(f"peer: raw aiokafka consumed {n:,} in {peer_s:.1f}s ({n / peer_s:,.0f}/s)")
 
-    env = {**os.environ, "FUGOU_BUS": "kafka", "FUGOU_KAFKA_BOOTSTRAP": bootstrap, "FUGOU_KAFKA_PREFIX": prefix,
-           "FUGOU_SEGMENTATION_DATABASE_URL": pg_url, "FUGOU_CONSUMER_BATCH": "5000", "FUGOU_RELAY_BATCH": "5000",
-           "FUGOU_LOG_LEVEL": "WARNING", "FUGOU_ENV": "test"}
+    env = {
+        **os.environ,
+        "FUGOU_BUS": "kafka",
+        "FUGOU_KAFKA_BOOTSTRAP": bootstrap,
+        "FUGOU_KAFKA_PREFIX": prefix,
+        "FUGOU_SEGMENTATION_DATABASE_URL": pg_url,
+        "FUGOU_CONSUMER_BATCH": "5000",
+        "FUGOU_RELAY_BATCH": "5000",
+        "FUGOU_LOG_LEVEL": "WARNING",
+        "FUGOU_ENV": "test",
+    }
     # Migrate first, so the timed run measures consumption only.
     subprocess.run([sys.executable, "-m", "services.segmentation", "migrate"], env=env, check=True)
-    proc = subprocess.Popen([sys.executable, "-m", "services.segmentation", "run", "--roles", "consumer,relay",
-                             "--port", "0"], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.segmentation", "run", "--roles", "consumer,relay", "--port", "0"], env=env
+    )
     started = time.perf_counter()
     try:
         last = -1
@@ -131,9 +171,18 @@ async def run(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str) 
     customers_rows = await pg_scalar(pg_dsn, "SELECT count(*) FROM customers")
     total_orders = await pg_scalar(pg_dsn, "SELECT sum(paid_orders) FROM customers")
     assert total_orders == n, f"aggregates hold {total_orders} orders, expected {n}"
-    result("segmentation.ingest", "events_per_s", n / elapsed, "events/s",
-           "raw aiokafka consumption of the same topic", n / peer_s, events=n, customers=customers_rows,
-           seconds=round(elapsed, 1), produce_events_per_s=round(n / produce_s))
+    result(
+        "segmentation.ingest",
+        "events_per_s",
+        n / elapsed,
+        "events/s",
+        "raw aiokafka consumption of the same topic",
+        n / peer_s,
+        events=n,
+        customers=customers_rows,
+        seconds=round(elapsed, 1),
+        produce_events_per_s=round(n / produce_s),
+    )
 
 
 def main() -> None:

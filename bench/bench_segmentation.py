@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -41,14 +41,21 @@ REGIONS = ["Shanghai", "Beijing", "Guangdong", "Zhejiang", "Jiangsu", "Sichuan",
 ORDERS_PER_CUSTOMER = 5
 CHUNK = 250_000
 X, Y = "milk-powder", "toys"
-AUDIENCE = {"and": [{"tier": ["B"]}, {"bought_category": {"category": X, "within_days": 90}},
-                    {"not": {"bought_category": {"category": Y}}}]}
+AUDIENCE = {
+    "and": [
+        {"tier": ["B"]},
+        {"bought_category": {"category": X, "within_days": 90}},
+        {"not": {"bought_category": {"category": Y}}},
+    ]
+}
 # The re-score's new configuration: fixed boundaries and a fixed class split (so the peers compute
 # exactly the same levels, cell, tier and class from the raw orders).
-FIXED = {"period_days": 365, "levels": 3,
-         "boundaries": {"mode": "fixed", "recency_days": [30, 120], "frequency": [2, 4],
-                        "monetary_fen": [50000, 120000]},
-         "class_split": {"mode": "fixed", "recency_days": 90, "frequency": 3, "monetary_fen": 60000}}
+FIXED = {
+    "period_days": 365,
+    "levels": 3,
+    "boundaries": {"mode": "fixed", "recency_days": [30, 120], "frequency": [2, 4], "monetary_fen": [50000, 120000]},
+    "class_split": {"mode": "fixed", "recency_days": 90, "frequency": 3, "monetary_fen": 60000},
+}
 
 
 def cid(i: int) -> str:
@@ -91,62 +98,133 @@ async def load(dsn: str, url: str, n: int, now: datetime, seed: int = 11) -> Non
 
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("INSERT INTO merchants (merchant_id, name, timezone, jwt_secret, active, updated_at) "
-                           "VALUES ($1, 'bench', $2, $3, true, now())", MERCHANT, TZ, b"bench-secret")
+        await conn.execute(
+            "INSERT INTO merchants (merchant_id, name, timezone, jwt_secret, active, updated_at) "
+            "VALUES ($1, 'bench', $2, $3, true, now())",
+            MERCHANT,
+            TZ,
+            b"bench-secret",
+        )
         t = time.perf_counter()
         for lo in range(0, n_orders, CHUNK):
             hi = min(n_orders, lo + CHUNK)
             pa = to_py(paid[lo:hi])
             c, am = cust[lo:hi].tolist(), amount[lo:hi].tolist()
-            await copy(conn, "orders", ["merchant_id", "order_id", "customer_id", "status", "amount_fen", "paid_at",
-                                        "created_at", "refunded_fen", "fully_refunded"],
-                       [(MERCHANT, f"o{lo + k}", ids[c[k]], "paid", am[k], pa[k], pa[k], 0, False)
-                        for k in range(hi - lo)])
-            c1, c2, x1, x2, tw = (cat1[lo:hi].tolist(), cat2[lo:hi].tolist(), a1[lo:hi].tolist(),
-                                  a2[lo:hi].tolist(), two[lo:hi].tolist())
-            items = [(MERCHANT, f"o{lo + k}", 1, f"sku-{CATEGORIES[c1[k]]}-{k % 7}", CATEGORIES[c1[k]], 1, x1[k])
-                     for k in range(hi - lo)]
-            items += [(MERCHANT, f"o{lo + k}", 2, f"sku-{CATEGORIES[c2[k]]}-{k % 5}", CATEGORIES[c2[k]], 1, x2[k])
-                      for k in range(hi - lo) if tw[k]]
-            await copy(conn, "order_items", ["merchant_id", "order_id", "line", "sku", "category", "quantity",
-                                             "amount_fen"], items)
+            await copy(
+                conn,
+                "orders",
+                [
+                    "merchant_id",
+                    "order_id",
+                    "customer_id",
+                    "status",
+                    "amount_fen",
+                    "paid_at",
+                    "created_at",
+                    "refunded_fen",
+                    "fully_refunded",
+                ],
+                [(MERCHANT, f"o{lo + k}", ids[c[k]], "paid", am[k], pa[k], pa[k], 0, False) for k in range(hi - lo)],
+            )
+            c1, c2, x1, x2, tw = (
+                cat1[lo:hi].tolist(),
+                cat2[lo:hi].tolist(),
+                a1[lo:hi].tolist(),
+                a2[lo:hi].tolist(),
+                two[lo:hi].tolist(),
+            )
+            items = [
+                (MERCHANT, f"o{lo + k}", 1, f"sku-{CATEGORIES[c1[k]]}-{k % 7}", CATEGORIES[c1[k]], 1, x1[k])
+                for k in range(hi - lo)
+            ]
+            items += [
+                (MERCHANT, f"o{lo + k}", 2, f"sku-{CATEGORIES[c2[k]]}-{k % 5}", CATEGORIES[c2[k]], 1, x2[k])
+                for k in range(hi - lo)
+                if tw[k]
+            ]
+            await copy(
+                conn,
+                "order_items",
+                ["merchant_id", "order_id", "line", "sku", "category", "quantity", "amount_fen"],
+                items,
+            )
         say(f"orders + items copied in {time.perf_counter() - t:.1f}s")
 
         # Aggregates consistent with the orders.
         df = pd.DataFrame({"c": cust, "paid": paid, "amount": amount})
-        agg = df.groupby("c").agg(orders=("amount", "size"), amount=("amount", "sum"), first=("paid", "min"),
-                                  last=("paid", "max"))
+        agg = df.groupby("c").agg(
+            orders=("amount", "size"), amount=("amount", "sum"), first=("paid", "min"), last=("paid", "max")
+        )
         firsts, lasts = to_py(agg["first"].to_numpy()), to_py(agg["last"].to_numpy())
         cs, no, am = agg.index.tolist(), agg["orders"].tolist(), agg["amount"].tolist()
-        await copy(conn, "customers", ["merchant_id", "customer_id", "paid_orders", "paid_amount_fen",
-                                       "first_order_at", "last_order_at", "unpaid_orders", "updated_at"],
-                   [(MERCHANT, ids[cs[k]], no[k], am[k], firsts[k], lasts[k], 0, now) for k in range(len(cs))])
-        items = pd.concat([
-            pd.DataFrame({"c": cust, "cat": cat1, "amount": a1, "paid": paid}),
-            pd.DataFrame({"c": cust[two], "cat": cat2[two], "amount": a2[two], "paid": paid[two]})])
-        cc = items.groupby(["c", "cat"]).agg(orders=("amount", "size"), amount=("amount", "sum"),
-                                             first=("paid", "min"), last=("paid", "max")).reset_index()
+        await copy(
+            conn,
+            "customers",
+            [
+                "merchant_id",
+                "customer_id",
+                "paid_orders",
+                "paid_amount_fen",
+                "first_order_at",
+                "last_order_at",
+                "unpaid_orders",
+                "updated_at",
+            ],
+            [(MERCHANT, ids[cs[k]], no[k], am[k], firsts[k], lasts[k], 0, now) for k in range(len(cs))],
+        )
+        items = pd.concat(
+            [
+                pd.DataFrame({"c": cust, "cat": cat1, "amount": a1, "paid": paid}),
+                pd.DataFrame({"c": cust[two], "cat": cat2[two], "amount": a2[two], "paid": paid[two]}),
+            ]
+        )
+        cc = (
+            items.groupby(["c", "cat"])
+            .agg(orders=("amount", "size"), amount=("amount", "sum"), first=("paid", "min"), last=("paid", "max"))
+            .reset_index()
+        )
         del items
         for lo in range(0, len(cc), CHUNK):
-            part = cc.iloc[lo:lo + CHUNK]
+            part = cc.iloc[lo : lo + CHUNK]
             f, la = to_py(part["first"].to_numpy()), to_py(part["last"].to_numpy())
-            c, k_, o, a = (part["c"].tolist(), part["cat"].tolist(), part["orders"].tolist(),
-                           part["amount"].tolist())
-            await copy(conn, "customer_categories", ["merchant_id", "customer_id", "category", "orders",
-                                                     "amount_fen", "first_at", "last_at"],
-                       [(MERCHANT, ids[c[k]], CATEGORIES[k_[k]], o[k], a[k], f[k], la[k]) for k in range(len(c))])
-        await copy(conn, "profiles", ["merchant_id", "customer_id", "region", "registered_at", "updated_at"],
-                   [(MERCHANT, ids[i], REGIONS[i % len(REGIONS)], now - timedelta(days=800), now)
-                    for i in range(n)])
+            c, k_, o, a = (part["c"].tolist(), part["cat"].tolist(), part["orders"].tolist(), part["amount"].tolist())
+            await copy(
+                conn,
+                "customer_categories",
+                ["merchant_id", "customer_id", "category", "orders", "amount_fen", "first_at", "last_at"],
+                [(MERCHANT, ids[c[k]], CATEGORIES[k_[k]], o[k], a[k], f[k], la[k]) for k in range(len(c))],
+            )
+        await copy(
+            conn,
+            "profiles",
+            ["merchant_id", "customer_id", "region", "registered_at", "updated_at"],
+            [(MERCHANT, ids[i], REGIONS[i % len(REGIONS)], now - timedelta(days=800), now) for i in range(n)],
+        )
         some = rng.choice(n, n // 20, replace=False).tolist()
         when = to_py(now_s - rng.uniform(60, 30 * 86400, len(some)))
-        await copy(conn, "behaviours", ["merchant_id", "customer_id", "kind", "sku", "category", "count",
-                                        "first_at", "last_at"],
-                   [(MERCHANT, ids[c], "favorite" if k % 2 else "cart", f"sku-{CATEGORIES[k % 8]}-{k % 3}",
-                     CATEGORIES[k % 8], 1, when[k], when[k]) for k, c in enumerate(some)])
+        await copy(
+            conn,
+            "behaviours",
+            ["merchant_id", "customer_id", "kind", "sku", "category", "count", "first_at", "last_at"],
+            [
+                (
+                    MERCHANT,
+                    ids[c],
+                    "favorite" if k % 2 else "cart",
+                    f"sku-{CATEGORIES[k % 8]}-{k % 3}",
+                    CATEGORIES[k % 8],
+                    1,
+                    when[k],
+                    when[k],
+                )
+                for k, c in enumerate(some)
+            ],
+        )
         await conn.execute("ANALYZE")
-        say(f"loaded: {n:,} customers ({len(cs):,} with orders), {n_orders:,} orders, "
-            f"{len(cc):,} customer categories, {len(some):,} behaviours")
+        say(
+            f"loaded: {n:,} customers ({len(cs):,} with orders), {n_orders:,} orders, "
+            f"{len(cc):,} customer categories, {len(some):,} behaviours"
+        )
     finally:
         await conn.close()
 
@@ -188,8 +266,9 @@ async def rescore_fixed(sessions: Any) -> tuple[float, int]:
     await run_job(sessions, job_id)
     elapsed = time.perf_counter() - started
     async with sessions() as session:
-        changed = (await session.execute(select(rescore_jobs.c.changed).where(rescore_jobs.c.job_id == job_id))
-                   ).scalar_one()
+        changed = (
+            await session.execute(select(rescore_jobs.c.changed).where(rescore_jobs.c.job_id == job_id))
+        ).scalar_one()
     return elapsed, changed
 
 
@@ -225,27 +304,51 @@ def polars_levels(o: pd.DataFrame, now: datetime) -> float | None:
     b, sp = FIXED["boundaries"], FIXED["class_split"]
     po = pl.from_pandas(o)
     started = time.perf_counter()
-    ok = po.filter(pl.col("paid_at").is_not_null() & pl.col("cancelled_at").is_null() & ~pl.col("fully_refunded")
-                   & (pl.col("refunded") < pl.col("amount")))
+    ok = po.filter(
+        pl.col("paid_at").is_not_null()
+        & pl.col("cancelled_at").is_null()
+        & ~pl.col("fully_refunded")
+        & (pl.col("refunded") < pl.col("amount"))
+    )
     since = now - timedelta(days=FIXED["period_days"])
     today = pd.Timestamp(now).tz_convert(TZ).date()
     in_p = pl.col("paid_at") >= since
     g = ok.group_by("customer_id").agg(
-        pl.col("paid_at").max().alias("last"), in_p.sum().alias("f"),
-        ((pl.col("amount") - pl.col("refunded")) * in_p.cast(pl.Int64)).sum().alias("m"))
+        pl.col("paid_at").max().alias("last"),
+        in_p.sum().alias("f"),
+        ((pl.col("amount") - pl.col("refunded")) * in_p.cast(pl.Int64)).sum().alias("m"),
+    )
     days = (pl.lit(today) - pl.col("last").dt.convert_time_zone(TZ).dt.date()).dt.total_days()
     g = g.with_columns(days.alias("days")).with_columns(
-        (3 - (pl.col("days") > b["recency_days"][0]).cast(pl.Int8) - (pl.col("days") > b["recency_days"][1]).cast(
-            pl.Int8)).alias("r_l"),
-        (1 + (pl.col("f") >= b["frequency"][0]).cast(pl.Int8) + (pl.col("f") >= b["frequency"][1]).cast(
-            pl.Int8)).alias("f_l"),
-        (1 + (pl.col("m") >= b["monetary_fen"][0]).cast(pl.Int8) + (pl.col("m") >= b["monetary_fen"][1]).cast(
-            pl.Int8)).alias("m_l"),
-        ((pl.col("days") <= sp["recency_days"]).cast(pl.Int8) * 4 + (pl.col("f") >= sp["frequency"]).cast(pl.Int8)
-         * 2 + (pl.col("m") >= sp["monetary_fen"]).cast(pl.Int8)).alias("klass"))
+        (
+            3
+            - (pl.col("days") > b["recency_days"][0]).cast(pl.Int8)
+            - (pl.col("days") > b["recency_days"][1]).cast(pl.Int8)
+        ).alias("r_l"),
+        (1 + (pl.col("f") >= b["frequency"][0]).cast(pl.Int8) + (pl.col("f") >= b["frequency"][1]).cast(pl.Int8)).alias(
+            "f_l"
+        ),
+        (
+            1
+            + (pl.col("m") >= b["monetary_fen"][0]).cast(pl.Int8)
+            + (pl.col("m") >= b["monetary_fen"][1]).cast(pl.Int8)
+        ).alias("m_l"),
+        (
+            (pl.col("days") <= sp["recency_days"]).cast(pl.Int8) * 4
+            + (pl.col("f") >= sp["frequency"]).cast(pl.Int8) * 2
+            + (pl.col("m") >= sp["monetary_fen"]).cast(pl.Int8)
+        ).alias("klass"),
+    )
     g = g.with_columns(pl.sum_horizontal("r_l", "f_l", "m_l").alias("t")).with_columns(
-        pl.when(pl.col("t") >= 8).then(pl.lit("S")).when(pl.col("t") == 7).then(pl.lit("A"))
-        .when(pl.col("t") >= 5).then(pl.lit("B")).otherwise(pl.lit("C")).alias("tier"))
+        pl.when(pl.col("t") >= 8)
+        .then(pl.lit("S"))
+        .when(pl.col("t") == 7)
+        .then(pl.lit("A"))
+        .when(pl.col("t") >= 5)
+        .then(pl.lit("B"))
+        .otherwise(pl.lit("C"))
+        .alias("tier")
+    )
     g.height  # noqa: B018 (materialised)
     return time.perf_counter() - started
 
@@ -253,8 +356,11 @@ def polars_levels(o: pd.DataFrame, now: datetime) -> float | None:
 async def read_orders(dsn: str) -> pd.DataFrame:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT customer_id, amount_fen, refunded_fen, paid_at, cancelled_at, fully_refunded "
-                                "FROM orders WHERE merchant_id = $1", MERCHANT)
+        rows = await conn.fetch(
+            "SELECT customer_id, amount_fen, refunded_fen, paid_at, cancelled_at, fully_refunded "
+            "FROM orders WHERE merchant_id = $1",
+            MERCHANT,
+        )
     finally:
         await conn.close()
     o = pd.DataFrame(rows, columns=["customer_id", "amount", "refunded", "paid_at", "cancelled_at", "fully_refunded"])
@@ -267,8 +373,11 @@ async def read_orders(dsn: str) -> pd.DataFrame:
 async def segments_frame(dsn: str) -> pd.DataFrame:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT customer_id, r_level, f_level, m_level, tier, rfm_class FROM segments "
-                                "WHERE merchant_id = $1 AND tier IS NOT NULL", MERCHANT)
+        rows = await conn.fetch(
+            "SELECT customer_id, r_level, f_level, m_level, tier, rfm_class FROM segments "
+            "WHERE merchant_id = $1 AND tier IS NOT NULL",
+            MERCHANT,
+        )
     finally:
         await conn.close()
     return pd.DataFrame(rows, columns=["customer_id", "r", "f", "m", "tier", "rfm_class"]).set_index("customer_id")
@@ -300,11 +409,16 @@ async def audience(sessions: Any, now: datetime) -> tuple[float, int, list[str]]
 async def audience_peer(dsn: str, now: datetime) -> tuple[float, int, list[str]]:
     conn = await asyncpg.connect(dsn)
     try:
-        seg = pd.DataFrame(await conn.fetch("SELECT customer_id, tier FROM segments WHERE merchant_id = $1", MERCHANT),
-                           columns=["customer_id", "tier"])
-        cc = pd.DataFrame(await conn.fetch("SELECT customer_id, category, last_at FROM customer_categories "
-                                           "WHERE merchant_id = $1", MERCHANT),
-                          columns=["customer_id", "category", "last_at"])
+        seg = pd.DataFrame(
+            await conn.fetch("SELECT customer_id, tier FROM segments WHERE merchant_id = $1", MERCHANT),
+            columns=["customer_id", "tier"],
+        )
+        cc = pd.DataFrame(
+            await conn.fetch(
+                "SELECT customer_id, category, last_at FROM customer_categories WHERE merchant_id = $1", MERCHANT
+            ),
+            columns=["customer_id", "category", "last_at"],
+        )
     finally:
         await conn.close()
     cc["last_at"] = pd.to_datetime(cc["last_at"], utc=True)
@@ -327,14 +441,17 @@ async def audience_peer(dsn: str, now: datetime) -> tuple[float, int, list[str]]
 async def sweep_bench(sessions: Any, dsn: str) -> tuple[float, float, int, int, int]:
     from services.segmentation.service_layer.segments import JOB_CHUNK, sweep
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     conn = await asyncpg.connect(dsn)
     try:
         total = await conn.fetchval("SELECT count(*) FROM segments")
         k = max(1, total // 100)
-        await conn.execute("UPDATE segments SET next_change_at = $1 WHERE (merchant_id, customer_id) IN "
-                           "(SELECT merchant_id, customer_id FROM segments ORDER BY random() LIMIT $2)",
-                           now - timedelta(seconds=1), k)
+        await conn.execute(
+            "UPDATE segments SET next_change_at = $1 WHERE (merchant_id, customer_id) IN "
+            "(SELECT merchant_id, customer_id FROM segments ORDER BY random() LIMIT $2)",
+            now - timedelta(seconds=1),
+            k,
+        )
         await conn.execute("ANALYZE segments")
         await conn.execute("TRUNCATE outbox")
         peer_times = []
@@ -364,8 +481,14 @@ def peer_server(port: int) -> None:
     from fastapi import FastAPI
 
     app = FastAPI()
-    body = {"customer_id": "c00000001", "recency_days": 12, "frequency": 3, "monetary_fen": 45600, "cell": "3-2-1",
-            "tier": "B"}
+    body = {
+        "customer_id": "c00000001",
+        "recency_days": 12,
+        "frequency": 3,
+        "monetary_fen": 45600,
+        "cell": "3-2-1",
+        "tier": "B",
+    }
 
     @app.get("/v1/customers/{customer_id}/rfm")
     async def rfm(customer_id: str) -> dict[str, Any]:
@@ -374,8 +497,9 @@ def peer_server(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-async def rfm_get(dsn: str, url: str, seconds: float, workers: int = 2, rate: float = 5000.0,
-                  concurrency: int = 32) -> None:
+async def rfm_get(
+    dsn: str, url: str, seconds: float, workers: int = 2, rate: float = 5000.0, concurrency: int = 32
+) -> None:
     """GET /v1/customers/{id}/rfm as deployed (``run --roles api --workers 2``: one process per
     core of a 2-core pod, as the loyalty and coupons GET benches): the closed loop's req/s, and
     the p99 of an open loop paced at the goal's rate (timed from each request's scheduled start)."""
@@ -385,48 +509,91 @@ async def rfm_get(dsn: str, url: str, seconds: float, workers: int = 2, rate: fl
     key = "fg_bench_key"
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("INSERT INTO merchant_api_keys (key_hash, merchant_id) VALUES ($1, $2) "
-                           "ON CONFLICT DO NOTHING", hash_api_key(key, "fugou-development-only"), MERCHANT)
+        await conn.execute(
+            "INSERT INTO merchant_api_keys (key_hash, merchant_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            hash_api_key(key, "fugou-development-only"),
+            MERCHANT,
+        )
         ids = [r[0] for r in await conn.fetch("SELECT customer_id FROM customers WHERE merchant_id = $1", MERCHANT)]
     finally:
         await conn.close()
     data_dir = tempfile.mkdtemp(prefix="fgb-seg-")
     port, peer_port = free_port(), free_port()
-    env = {**os.environ, "FUGOU_SEGMENTATION_DATABASE_URL": url, "FUGOU_BUS": "inprocess", "FUGOU_DATA_DIR": data_dir,
-           "FUGOU_ENV": "test", "FUGOU_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "FUGOU_SEGMENTATION_DATABASE_URL": url,
+        "FUGOU_BUS": "inprocess",
+        "FUGOU_DATA_DIR": data_dir,
+        "FUGOU_ENV": "test",
+        "FUGOU_LOG_LEVEL": "WARNING",
+    }
     env.pop("FUGOU_API_KEY_PEPPER", None)
-    proc = subprocess.Popen([sys.executable, "-m", "services.segmentation", "run", "--roles", "api", "--port",
-                             str(port), "--workers", str(workers)], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.segmentation",
+            "run",
+            "--roles",
+            "api",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        env=env,
+    )
     try:
         await wait_up(f"http://127.0.0.1:{port}/v1/segmentation/status")
         pick = lambda rnd: (f"/v1/customers/{rnd.choice(ids)}/rfm", f"X-Api-Key: {key}")  # noqa: E731
-        (rps, p50, p99, n_req, errors), paced = await measure(f"http://127.0.0.1:{port}", pick, seconds,
-                                                              concurrency, [rate])
+        (rps, p50, p99, n_req, errors), paced = await measure(
+            f"http://127.0.0.1:{port}", pick, seconds, concurrency, [rate]
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    say(f"rfm_get: closed loop {n_req:,} requests, {errors} errors, {rps:,.0f} req/s, p50 {p50:.1f} ms, "
-        f"p99 {p99:.1f} ms; {told(paced)}")
+    say(
+        f"rfm_get: closed loop {n_req:,} requests, {errors} errors, {rps:,.0f} req/s, p50 {p50:.1f} ms, "
+        f"p99 {p99:.1f} ms; {told(paced)}"
+    )
     peer = subprocess.Popen([sys.executable, "-m", "bench.bench_segmentation", "--peer-server", str(peer_port)])
     try:
         await wait_up(f"http://127.0.0.1:{peer_port}/v1/customers/x/rfm")
-        (p_rps, p_p50, p_p99, p_n, _), peer_paced = await measure(f"http://127.0.0.1:{peer_port}", pick, seconds,
-                                                                  concurrency, [rate])
+        (p_rps, p_p50, p_p99, p_n, _), peer_paced = await measure(
+            f"http://127.0.0.1:{peer_port}", pick, seconds, concurrency, [rate]
+        )
     finally:
         peer.send_signal(signal.SIGTERM)
         peer.wait(timeout=30)
         shutil.rmtree(data_dir, ignore_errors=True)
     say(f"peer: closed loop {p_n:,} requests, {p_rps:,.0f} req/s, p99 {p_p99:.1f} ms; {told(peer_paced)}")
-    common = {"customers": len(ids), "seconds": seconds, "concurrency": concurrency, "requests": n_req,
-              "errors": errors, "workers": workers, "p50_ms": round(p50, 2), "peer_p50_ms": round(p_p50, 2),
-              "client": f"{concurrency} keep-alive HTTP/1.1 connections from one asyncio process on the same 2 cores",
-              "paced": paced_summary(paced, peer_paced)}
+    common = {
+        "customers": len(ids),
+        "seconds": seconds,
+        "concurrency": concurrency,
+        "requests": n_req,
+        "errors": errors,
+        "workers": workers,
+        "p50_ms": round(p50, 2),
+        "peer_p50_ms": round(p_p50, 2),
+        "client": f"{concurrency} keep-alive HTTP/1.1 connections from one asyncio process on the same 2 cores",
+        "paced": paced_summary(paced, peer_paced),
+    }
     peer_name = "bare FastAPI endpoint returning a constant JSON (uvicorn, one process, same machine, same load)"
     result("segmentation.rfm_get", "req_per_s", rps, "req/s", peer_name, p_rps, **common)
     # The goal's p99 is at its rate: the open loop paced there, not the closed loop at saturation.
-    result("segmentation.rfm_get", "p99_ms", paced[rate].p99_ms, "ms", peer_name + f", paced at {rate:,.0f}/s",
-           peer_paced[rate].p99_ms, p99_at_req_per_s=rate, closed_loop_p99_ms=round(p99, 2),
-           peer_closed_loop_p99_ms=round(p_p99, 2), **common)
+    result(
+        "segmentation.rfm_get",
+        "p99_ms",
+        paced[rate].p99_ms,
+        "ms",
+        peer_name + f", paced at {rate:,.0f}/s",
+        peer_paced[rate].p99_ms,
+        p99_at_req_per_s=rate,
+        closed_loop_p99_ms=round(p99, 2),
+        peer_closed_loop_p99_ms=round(p_p99, 2),
+        **common,
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -435,9 +602,12 @@ async def rfm_get(dsn: str, url: str, seconds: float, workers: int = 2, rate: fl
 async def run(n: int, dsn: str, url: str, http_seconds: float, skip_http: bool) -> None:
     from shared.db import create_engine, session_factory
 
-    scaled = {"scaled": True, "customers": n, "orders": ORDERS_PER_CUSTOMER * n} if n < 1_000_000 else {
-        "customers": n, "orders": ORDERS_PER_CUSTOMER * n}
-    now = datetime.now(timezone.utc)
+    scaled = (
+        {"scaled": True, "customers": n, "orders": ORDERS_PER_CUSTOMER * n}
+        if n < 1_000_000
+        else {"customers": n, "orders": ORDERS_PER_CUSTOMER * n}
+    )
+    now = datetime.now(UTC)
     t = time.perf_counter()
     await load(dsn, url, n, now)
     say(f"loading took {time.perf_counter() - t:.1f}s")
@@ -453,9 +623,9 @@ async def run(n: int, dsn: str, url: str, http_seconds: float, skip_http: bool) 
         await conn.close()
 
         # 2. re-score after a configuration change.
-        before = datetime.now(timezone.utc)
+        before = datetime.now(UTC)
         rescore_s, changed = await rescore_fixed(sessions)
-        after = datetime.now(timezone.utc)
+        after = datetime.now(UTC)
         say(f"re-score: {rescore_s:.1f}s, {changed:,} segments changed")
         orders_df = await read_orders(dsn)
         levels, pandas_s = pandas_levels(orders_df, after)
@@ -474,37 +644,71 @@ async def run(n: int, dsn: str, url: str, http_seconds: float, skip_http: bool) 
 
         mismatched = int((differs(levels) & differs(levels_start)).sum())
         same = bool(len(seg) == len(levels) and mismatched == 0)
-        say(f"pandas {pandas_s:.2f}s, polars {polars_s if polars_s is None else round(polars_s, 2)}; "
+        say(
+            f"pandas {pandas_s:.2f}s, polars {polars_s if polars_s is None else round(polars_s, 2)}; "
             f"levels and tiers equal to the stored segments: {same} ({mismatched} differ; "
-            f"{int(differs(levels).sum())} differ from the end-time levels alone)")
-        peers = "pandas computing the same R/F/M levels, cell, tier and class from the raw orders " \
-                "(computation only, the DataFrame already read)"
+            f"{int(differs(levels).sum())} differ from the end-time levels alone)"
+        )
+        peers = (
+            "pandas computing the same R/F/M levels, cell, tier and class from the raw orders "
+            "(computation only, the DataFrame already read)"
+        )
         extra: dict[str, Any] = {}
         if polars_s is not None:
             extra["polars_seconds"] = round(polars_s, 3)
         else:
             extra["polars"] = "not importable (not a project dependency), not measured"
-        result("segmentation.rescore_1m", "seconds", rescore_s, "s", peers, pandas_s, changed=changed,
-               first_scoring_seconds=round(first_s, 1), peer_levels_equal=same, peer_levels_mismatched=mismatched, **extra, **scaled)
+        result(
+            "segmentation.rescore_1m",
+            "seconds",
+            rescore_s,
+            "s",
+            peers,
+            pandas_s,
+            changed=changed,
+            first_scoring_seconds=round(first_s, 1),
+            peer_levels_equal=same,
+            peer_levels_mismatched=mismatched,
+            **extra,
+            **scaled,
+        )
         conn = await asyncpg.connect(dsn)
         await conn.execute("TRUNCATE outbox")
         await conn.execute("VACUUM ANALYZE")
         await conn.close()
 
         # 3. the audience query.
-        aud_now = datetime.now(timezone.utc)
+        aud_now = datetime.now(UTC)
         aud_s, count, page = await audience(sessions, aud_now)
         peer_s, peer_count, peer_page = await audience_peer(dsn, aud_now)
-        result("segmentation.audience_1m", "seconds", aud_s, "s",
-               "pandas (DuckDB not importable) on DataFrames already in memory: count and first page, median of 3",
-               peer_s, count=count, peer_count=peer_count, first_page_equal=page == peer_page,
-               filter=AUDIENCE, **scaled)
+        result(
+            "segmentation.audience_1m",
+            "seconds",
+            aud_s,
+            "s",
+            "pandas (DuckDB not importable) on DataFrames already in memory: count and first page, median of 3",
+            peer_s,
+            count=count,
+            peer_count=peer_count,
+            first_page_equal=page == peer_page,
+            filter=AUDIENCE,
+            **scaled,
+        )
 
         # 4. the recency sweep.
         sweep_s, peer_s, due, looked, again = await sweep_bench(sessions, dsn)
-        result("segmentation.sweep_1m", "seconds", sweep_s, "s",
-               "bare SELECT count(*) FROM segments WHERE next_change_at <= now (median of 3)", peer_s, due=due,
-               swept=looked, second_sweep=again, **scaled)
+        result(
+            "segmentation.sweep_1m",
+            "seconds",
+            sweep_s,
+            "s",
+            "bare SELECT count(*) FROM segments WHERE next_change_at <= now (median of 3)",
+            peer_s,
+            due=due,
+            swept=looked,
+            second_sweep=again,
+            **scaled,
+        )
     finally:
         await engine.dispose()
 

@@ -6,14 +6,20 @@ import json
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
-def result(bench: str, metric: str, value: float, unit: str, peer: str, peer_value: float,
-           **extra: object) -> dict[str, object]:
+def result(
+    bench: str, metric: str, value: float, unit: str, peer: str, peer_value: float, **extra: object
+) -> dict[str, object]:
     line: dict[str, object] = {
-        "bench": bench, "metric": metric, "value": round(value, 3), "unit": unit, "peer": peer,
-        "peer_value": round(peer_value, 3), "ratio": round(value / peer_value, 4) if peer_value else None,
+        "bench": bench,
+        "metric": metric,
+        "value": round(value, 3),
+        "unit": unit,
+        "peer": peer,
+        "peer_value": round(peer_value, 3),
+        "ratio": round(value / peer_value, 4) if peer_value else None,
     }
     line.update(extra)
     print(json.dumps(line, ensure_ascii=False), flush=True)
@@ -21,8 +27,9 @@ def result(bench: str, metric: str, value: float, unit: str, peer: str, peer_val
 
 
 def machine() -> str:
-    return (f"{platform.node()} · {os.cpu_count()} cores · Python {sys.version.split()[0]} · "
-            f"{datetime.now(timezone.utc):%Y-%m-%d}")
+    return (
+        f"{platform.node()} · {os.cpu_count()} cores · Python {sys.version.split()[0]} · {datetime.now(UTC):%Y-%m-%d}"
+    )
 
 
 def say(msg: str) -> None:

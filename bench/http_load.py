@@ -43,8 +43,13 @@ async def wait_up(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-async def load_test(base: str, pick: Callable[[random.Random], tuple[str, str]], seconds: float,
-                    concurrency: int = 32, rate: float | None = None) -> Figures:
+async def load_test(
+    base: str,
+    pick: Callable[[random.Random], tuple[str, str]],
+    seconds: float,
+    concurrency: int = 32,
+    rate: float | None = None,
+) -> Figures:
     """``pick(rnd)`` gives each request's (path, one header line, e.g. "X-Api-Key: …")."""
     host, port = base.removeprefix("http://").split(":")
     lat: list[float] = []
@@ -112,19 +117,30 @@ async def load_test(base: str, pick: Callable[[random.Random], tuple[str, str]],
     return Figures(n_at_stop / elapsed, pct(0.5), pct(0.99), n_at_stop, errors_at_stop)
 
 
-async def measure(base: str, pick: Callable[[random.Random], tuple[str, str]], seconds: float, concurrency: int,
-                  rates: list[float]) -> tuple[Figures, dict[float, Figures]]:
+async def measure(
+    base: str, pick: Callable[[random.Random], tuple[str, str]], seconds: float, concurrency: int, rates: list[float]
+) -> tuple[Figures, dict[float, Figures]]:
     """A closed loop (the most the service answers), then open loops paced at each rate."""
     closed = await load_test(base, pick, seconds, concurrency)
     return closed, {r: await load_test(base, pick, seconds, concurrency, rate=r) for r in rates}
 
 
 def told(figures: dict[float, Figures]) -> str:
-    return "; ".join(f"paced at {r:,.0f}/s: {f.req_per_s:,.0f} req/s, p50 {f.p50_ms:.1f} ms, p99 {f.p99_ms:.1f} ms, "
-                     f"{f.errors} errors" for r, f in figures.items())
+    return "; ".join(
+        f"paced at {r:,.0f}/s: {f.req_per_s:,.0f} req/s, p50 {f.p50_ms:.1f} ms, p99 {f.p99_ms:.1f} ms, "
+        f"{f.errors} errors"
+        for r, f in figures.items()
+    )
 
 
 def paced_summary(paced: dict[float, Figures], peer_paced: dict[float, Figures]) -> dict[str, dict[str, float]]:
-    return {f"{r:.0f}_per_s": {"req_per_s": round(f.req_per_s, 1), "p50_ms": round(f.p50_ms, 2),
-                               "p99_ms": round(f.p99_ms, 2), "errors": f.errors,
-                               "peer_p99_ms": round(peer_paced[r].p99_ms, 2)} for r, f in paced.items()}
+    return {
+        f"{r:.0f}_per_s": {
+            "req_per_s": round(f.req_per_s, 1),
+            "p50_ms": round(f.p50_ms, 2),
+            "p99_ms": round(f.p99_ms, 2),
+            "errors": f.errors,
+            "peer_p99_ms": round(peer_paced[r].p99_ms, 2),
+        }
+        for r, f in paced.items()
+    }

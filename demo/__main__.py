@@ -81,10 +81,15 @@ def start_server(url: str) -> subprocess.Popen[bytes]:
     Its logs are warnings only unless FUGOU_LOG_LEVEL says otherwise, so that the progress bar
     stays readable."""
     parsed = httpx.URL(url)
-    env = {**os.environ, "HOST": os.environ.get("HOST", parsed.host), "PORT": str(parsed.port or 80),
-           "FUGOU_LOG_LEVEL": os.environ.get("FUGOU_LOG_LEVEL", "WARNING")}
-    return subprocess.Popen([sys.executable, "-m", "services.embedded"], env=env, process_group=0,
-                            preexec_fn=_die_with_parent)
+    env = {
+        **os.environ,
+        "HOST": os.environ.get("HOST", parsed.host),
+        "PORT": str(parsed.port or 80),
+        "FUGOU_LOG_LEVEL": os.environ.get("FUGOU_LOG_LEVEL", "WARNING"),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.embedded"], env=env, process_group=0, preexec_fn=_die_with_parent
+    )
 
 
 def stop_server(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
@@ -111,8 +116,10 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], key_file: Path | None) -
     with httpx.Client(base_url=url, timeout=5) as client:
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"The server exited with code {proc.returncode} before it was ready "
-                                 f"(is {url} in use? PORT=9000 make demo picks another port).")
+                raise SystemExit(
+                    f"The server exited with code {proc.returncode} before it was ready "
+                    f"(is {url} in use? PORT=9000 make demo picks another port)."
+                )
             if ready_at is None:
                 try:
                     if client.get("/readyz").status_code == 200:
@@ -156,8 +163,12 @@ def shop_moment(args: argparse.Namespace, data_dir: Path) -> datetime:
         except (OSError, ValueError, KeyError, TypeError):
             now = None
         if now is not None:
-            print(f"  The same shop as the last run (ending {now.isoformat()}): what was fed already comes back "
-                  "as duplicates.", file=sys.stderr, flush=True)
+            print(
+                f"  The same shop as the last run (ending {now.isoformat()}): what was fed already comes back "
+                "as duplicates.",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             now = datetime.now(shop.TZ).replace(microsecond=0)
     if now > datetime.now(shop.TZ):
@@ -172,18 +183,26 @@ def shop_moment(args: argparse.Namespace, data_dir: Path) -> datetime:
 
 async def run_feed(args: argparse.Namespace, url: str, key: str, data_dir: Path, key_hint: str) -> int:
     now = shop_moment(args, data_dir)
-    print(f"  Generating {SHOP} ({args.customers:,} customers, {args.months} months, seed {args.seed})…",
-          file=sys.stderr, flush=True)
+    print(
+        f"  Generating {SHOP} ({args.customers:,} customers, {args.months} months, seed {args.seed})…",
+        file=sys.stderr,
+        flush=True,
+    )
     started = time.perf_counter()
     the_shop = shop.generate(args.customers, args.months, args.seed, now=now, merchant_id=args.merchant)
     events = the_shop.events if args.order == "time" else shop.by_customer(the_shop.events)
-    print(f"  {len(events):,} events in {time.perf_counter() - started:.1f} s: "
-          + ", ".join(f"{n:,} {t}" for t, n in the_shop.counts().most_common()), file=sys.stderr, flush=True)
+    print(
+        f"  {len(events):,} events in {time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{n:,} {t}" for t, n in the_shop.counts().most_common()),
+        file=sys.stderr,
+        flush=True,
+    )
     if not args.no_setup:
         for note in await feed.setup_merchant(url, key):
             print(f"  {note}", file=sys.stderr, flush=True)
-    report = await feed.post_events(url, key, events, batch_size=args.batch, concurrency=args.concurrency,
-                                    progress=not args.quiet)
+    report = await feed.post_events(
+        url, key, events, batch_size=args.batch, concurrency=args.concurrency, progress=not args.quiet
+    )
     print(f"  {report.summary()}", file=sys.stderr, flush=True)
     if report.rejected:
         print(f"  First rejection: {report.first_rejection}", file=sys.stderr, flush=True)
@@ -192,17 +211,20 @@ async def run_feed(args: argparse.Namespace, url: str, key: str, data_dir: Path,
         expected = the_shop.buyers()
         count = await feed.wait_until_scored(url, key, expected, progress=not args.quiet)
         if count < expected:
-            print(f"  {count:,} of {expected:,} buying customers segmented so far; the rest follow.",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {count:,} of {expected:,} buying customers segmented so far; the rest follow.",
+                file=sys.stderr,
+                flush=True,
+            )
     _where_to_look(url, the_shop, key_hint)
     return 0
-
 
 
 def _where_to_look(url: str, the_shop: shop.Shop, key_hint: str) -> None:
     loyal = next((c.customer_id for c in the_shop.customers if c.persona == "loyal"), the_shop.customers[0].customer_id)
     h = '-H "X-Api-Key: $KEY"'
-    print(f"""
+    print(
+        f"""
   {SHOP} is open. Look around, with {key_hint}:
 
     API docs                 {url}/docs
@@ -216,15 +238,19 @@ def _where_to_look(url: str, the_shop: shop.Shop, key_hint: str) -> None:
     points liability         curl -s {url}/v1/loyalty/reports/liability {h}
     messages funnel          curl -s {url}/v1/notifications/funnel {h}
     what the console sent    curl -s '{url}/v1/notifications/console?limit=5' {h}
-""", file=sys.stderr, flush=True)
+""",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------- main
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--customers", type=int, default=10_000)
     p.add_argument("--months", type=int, default=6)
     p.add_argument("--seed", type=int, default=42)
@@ -234,13 +260,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start", action="store_true", help="start the embedded system first and keep it running")
     p.add_argument("--batch", type=int, default=feed.BATCH, help="events per POST (≤ 1000)")
     p.add_argument("--concurrency", type=int, default=feed.CONCURRENCY, help="POSTs in flight")
-    p.add_argument("--order", choices=("customer", "time"), default="customer",
-                   help="post each customer's history together (default), or every event in time order")
+    p.add_argument(
+        "--order",
+        choices=("customer", "time"),
+        default="customer",
+        help="post each customer's history together (default), or every event in time order",
+    )
     p.add_argument("--no-setup", action="store_true", help="post events only; leave the merchant's settings alone")
-    p.add_argument("--no-wait", dest="wait", action="store_false",
-                   help="do not wait for segmentation to have scored every buying customer")
-    p.add_argument("--now", default=None, help="when the shop's history ends, ISO 8601 with an offset "
-                                               "(default: as the last run with the same seed and size, else now)")
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="do not wait for segmentation to have scored every buying customer",
+    )
+    p.add_argument(
+        "--now",
+        default=None,
+        help="when the shop's history ends, ISO 8601 with an offset "
+        "(default: as the last run with the same seed and size, else now)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -265,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.start:
         key = args.key or _key_from_environment(data_dir)
         if not key:
-            raise SystemExit("No API key: pass --key, set FUGOU_BOOTSTRAP_API_KEY, or start the system once "
-                             "(make run writes data/demo-api-key); or use --start.")
+            raise SystemExit(
+                "No API key: pass --key, set FUGOU_BOOTSTRAP_API_KEY, or start the system once "
+                "(make run writes data/demo-api-key); or use --start."
+            )
         try:
             return asyncio.run(run_feed(args, url, key, data_dir, hint))
         except feed.FeedError as e:
@@ -275,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             return 130
 
     if _already_serving(url):
-        raise SystemExit(f"Something already answers at {url}: feed it with `python -m demo` (no --start), "
-                         "or pick another port (PORT=9000 make demo).")
+        raise SystemExit(
+            f"Something already answers at {url}: feed it with `python -m demo` (no --start), "
+            "or pick another port (PORT=9000 make demo)."
+        )
     wait_for_key_file = None if (args.key or os.environ.get("FUGOU_BOOTSTRAP_API_KEY")) else data_dir / "demo-api-key"
     # Ctrl-C or a SIGTERM to the demo stops the server too (set explicitly: a shell starting the
     # demo in the background would have it ignore SIGINT).
@@ -287,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(url, proc, wait_for_key_file)
         key = args.key or _key_from_environment(data_dir)
         if not key:
-            raise SystemExit(f"The server is up but has no key for the demo merchant: {data_dir}/demo-api-key is "
-                             "missing (data from an older run?). Pass --key or set FUGOU_BOOTSTRAP_API_KEY.")
+            raise SystemExit(
+                f"The server is up but has no key for the demo merchant: {data_dir}/demo-api-key is "
+                "missing (data from an older run?). Pass --key or set FUGOU_BOOTSTRAP_API_KEY."
+            )
         code = asyncio.run(run_feed(args, url, key, data_dir, hint))
         if code:
             return code

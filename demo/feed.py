@@ -57,9 +57,18 @@ async def connect(target: Target, timeout: float = 120.0) -> AsyncIterator[httpx
         yield client
 
 
-async def call(client: httpx.AsyncClient, method: str, url: str, key: str, *, json: Any = None,
-               content: bytes | None = None, params: dict[str, Any] | None = None, attempts: int = ATTEMPTS,
-               expect: frozenset[int] = frozenset({200, 201})) -> httpx.Response:
+async def call(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    key: str,
+    *,
+    json: Any = None,
+    content: bytes | None = None,
+    params: dict[str, Any] | None = None,
+    attempts: int = ATTEMPTS,
+    expect: frozenset[int] = frozenset({200, 201}),
+) -> httpx.Response:
     """One API call with the merchant's key, retried with jittered exponential backoff while the
     system is busy or unreachable (429 with its Retry-After, 5xx, connection errors, timeouts);
     any other answer outside ``expect`` is a FeedError carrying the body."""
@@ -103,30 +112,61 @@ SEGMENTATION = {
 }
 
 COUPON_TEMPLATES: dict[str, dict[str, Any]] = {
-    "welcome": {"name": "新人10元无门槛券", "description": "首单完成后到账，下次下单立减10元",
-                "kind": {"type": "no_threshold", "amount_off_fen": 1000}, "valid_days": 30},
-    "winback": {"name": "回归85折券", "description": "沉睡顾客专享，全场85折，最高减50元",
-                "kind": {"type": "percent", "pay_percent": 85, "max_discount_fen": 5000}, "valid_days": 14},
-    "milk": {"name": "奶粉满299减30", "description": "奶粉该补货时发放",
-             "kind": {"type": "amount_off", "amount_off_fen": 3000, "threshold_fen": 29900},
-             "scope": {"categories": ["milk-powder"]}, "valid_days": 7},
+    "welcome": {
+        "name": "新人10元无门槛券",
+        "description": "首单完成后到账，下次下单立减10元",
+        "kind": {"type": "no_threshold", "amount_off_fen": 1000},
+        "valid_days": 30,
+    },
+    "winback": {
+        "name": "回归85折券",
+        "description": "沉睡顾客专享，全场85折，最高减50元",
+        "kind": {"type": "percent", "pay_percent": 85, "max_discount_fen": 5000},
+        "valid_days": 14,
+    },
+    "milk": {
+        "name": "奶粉满299减30",
+        "description": "奶粉该补货时发放",
+        "kind": {"type": "amount_off", "amount_off_fen": 3000, "threshold_fen": 29900},
+        "scope": {"categories": ["milk-powder"]},
+        "valid_days": 7,
+    },
 }
 # "template" names a key of COUPON_TEMPLATES; setup_merchant puts the template's id in its place.
 COUPON_RULES: list[dict[str, Any]] = [
-    {"name": "首单礼", "description": "首单支付后送10元无门槛券",
-     "trigger": {"type": "first_paid_order"}, "action": {"issue": [{"template": "welcome"}]}},
-    {"name": "沉睡召回", "description": "90天未下单的顾客送85折回归券；留出10%作对照组",
-     "trigger": {"type": "segment_changed", "into": {"tag": "dormant"}},
-     "action": {"issue": [{"template": "winback"}]}, "holdout_percent": 10},
-    {"name": "奶粉补货", "description": "奶粉到了补货周期送满299减30，每天预算3,000元",
-     "trigger": {"type": "segment_changed", "into": {"tag": "replenish_due:milk-powder"}},
-     "action": {"issue": [{"template": "milk"}]}, "caps": {"budget_per_day_fen": 300000, "issues_per_customer": 1}},
+    {
+        "name": "首单礼",
+        "description": "首单支付后送10元无门槛券",
+        "trigger": {"type": "first_paid_order"},
+        "action": {"issue": [{"template": "welcome"}]},
+    },
+    {
+        "name": "沉睡召回",
+        "description": "90天未下单的顾客送85折回归券；留出10%作对照组",
+        "trigger": {"type": "segment_changed", "into": {"tag": "dormant"}},
+        "action": {"issue": [{"template": "winback"}]},
+        "holdout_percent": 10,
+    },
+    {
+        "name": "奶粉补货",
+        "description": "奶粉到了补货周期送满299减30，每天预算3,000元",
+        "trigger": {"type": "segment_changed", "into": {"tag": "replenish_due:milk-powder"}},
+        "action": {"issue": [{"template": "milk"}]},
+        "caps": {"budget_per_day_fen": 300000, "issues_per_customer": 1},
+    },
 ]
 
 LEVELS: dict[str, Any] = {
-    "levels": [{"code": "silver", "name": "白银会员", "threshold": 0},
-               {"code": "gold", "name": "黄金会员", "threshold": 2000, "keep_threshold": 1200,
-                "benefits": {"pay_percent": 95, "points_multiplier_permille": 1500, "free_shipping": True}}],
+    "levels": [
+        {"code": "silver", "name": "白银会员", "threshold": 0},
+        {
+            "code": "gold",
+            "name": "黄金会员",
+            "threshold": 2000,
+            "keep_threshold": 1200,
+            "benefits": {"pay_percent": 95, "points_multiplier_permille": 1500, "free_shipping": True},
+        },
+    ],
     "growth_rate": {"growth": 1, "per_fen": 100},
     "window_months": 12,
     "review": {"every_months": 12, "grace_days": 30},
@@ -134,33 +174,72 @@ LEVELS: dict[str, Any] = {
 
 CATEGORY_NAMES = "{" + ", ".join(f"'{c.code}': '{c.name}'" for c in CATEGORIES) + "}"  # a Jinja dict literal
 NOTIFY_TEMPLATES: list[dict[str, Any]] = [
-    {"key": "coupon-sms", "channel": "sms", "locale": "zh-CN", "trigger": "coupon.issued",
-     "parts": {"text": f"【{SHOP_NAME}】您的{{{{ coupon.name }}}}已到账，{{{{ coupon.expires_at | date }}}}前有效，"
-                       "打开小程序「我的-优惠券」即可使用。退订回T"}},
-    {"key": "recall-wx", "channel": "wechat", "locale": "zh-CN", "trigger": "segment.changed",
-     "parts": {"provider_template": SUBSCRIBE_TEMPLATE, "page": "pages/coupons/index",
-               "fields": {"thing1": "回归好礼：85折券已到账", "thing2": "宝宝的奶粉尿裤该补货啦"}}},
-    {"key": "recall-sms", "channel": "sms", "locale": "zh-CN", "trigger": "segment.changed",
-     "parts": {"text": f"【{SHOP_NAME}】好久不见！送您一张85折回归券，宝宝的奶粉尿裤该补货啦，"
-                       "打开小程序即可使用。退订回T"}},
-    {"key": "replenish-sms", "channel": "sms", "locale": "zh-CN", "trigger": "replenishment.due",
-     # The category's name, not its code.
-     "parts": {"text": f"【{SHOP_NAME}】宝宝的{{{{ {CATEGORY_NAMES}.get(replenishment.category, '常用品') }}}}"
-                       "按用量该补货啦，打开小程序一键回购。退订回T"}},
+    {
+        "key": "coupon-sms",
+        "channel": "sms",
+        "locale": "zh-CN",
+        "trigger": "coupon.issued",
+        "parts": {
+            "text": f"【{SHOP_NAME}】您的{{{{ coupon.name }}}}已到账，{{{{ coupon.expires_at | date }}}}前有效，"
+            "打开小程序「我的-优惠券」即可使用。退订回T"
+        },
+    },
+    {
+        "key": "recall-wx",
+        "channel": "wechat",
+        "locale": "zh-CN",
+        "trigger": "segment.changed",
+        "parts": {
+            "provider_template": SUBSCRIBE_TEMPLATE,
+            "page": "pages/coupons/index",
+            "fields": {"thing1": "回归好礼：85折券已到账", "thing2": "宝宝的奶粉尿裤该补货啦"},
+        },
+    },
+    {
+        "key": "recall-sms",
+        "channel": "sms",
+        "locale": "zh-CN",
+        "trigger": "segment.changed",
+        "parts": {
+            "text": f"【{SHOP_NAME}】好久不见！送您一张85折回归券，宝宝的奶粉尿裤该补货啦，打开小程序即可使用。退订回T"
+        },
+    },
+    {
+        "key": "replenish-sms",
+        "channel": "sms",
+        "locale": "zh-CN",
+        "trigger": "replenishment.due",
+        # The category's name, not its code.
+        "parts": {
+            "text": f"【{SHOP_NAME}】宝宝的{{{{ {CATEGORY_NAMES}.get(replenishment.category, '常用品') }}}}"
+            "按用量该补货啦，打开小程序一键回购。退订回T"
+        },
+    },
 ]
 NOTIFY_RULES: dict[str, dict[str, Any]] = {
-    "coupon-arrived": {"name": "券到账提醒", "trigger": "coupon.issued",
-                       "channels": [{"channel": "sms", "template": "coupon-sms"}]},
-    "dormant-recall": {"name": "沉睡召回", "trigger": "segment.changed", "conditions": {"entered_tags": ["dormant"]},
-                       "channels": [{"channel": "wechat", "template": "recall-wx"},
-                                    {"channel": "sms", "template": "recall-sms"}]},
-    "replenish": {"name": "补货提醒", "trigger": "replenishment.due",
-                  "channels": [{"channel": "sms", "template": "replenish-sms"}]},
+    "coupon-arrived": {
+        "name": "券到账提醒",
+        "trigger": "coupon.issued",
+        "channels": [{"channel": "sms", "template": "coupon-sms"}],
+    },
+    "dormant-recall": {
+        "name": "沉睡召回",
+        "trigger": "segment.changed",
+        "conditions": {"entered_tags": ["dormant"]},
+        "channels": [{"channel": "wechat", "template": "recall-wx"}, {"channel": "sms", "template": "recall-sms"}],
+    },
+    "replenish": {
+        "name": "补货提醒",
+        "trigger": "replenishment.due",
+        "channels": [{"channel": "sms", "template": "replenish-sms"}],
+    },
 }
 NOTIFY_POLICY: dict[str, Any] = {
-    "caps": {"sms": [{"limit": 1, "window": "day"}, {"limit": 3, "window": "week"}],
-             "wechat": [{"limit": 1, "window": "day"}, {"limit": 4, "window": "week"}],
-             "email": [{"limit": 1, "window": "day"}, {"limit": 3, "window": "week"}]},
+    "caps": {
+        "sms": [{"limit": 1, "window": "day"}, {"limit": 3, "window": "week"}],
+        "wechat": [{"limit": 1, "window": "day"}, {"limit": 4, "window": "week"}],
+        "email": [{"limit": 1, "window": "day"}, {"limit": 3, "window": "week"}],
+    },
     "quiet_hours": {"start": "22:00", "end": "08:00"},
     "marketing_requires_explicit_consent": True,
 }
@@ -182,8 +261,12 @@ async def setup_merchant(target: Target, key: str) -> list[str]:
 async def _segmentation(client: httpx.AsyncClient, key: str) -> str:
     # A PUT starts a re-scoring job: only when something differs.
     current = (await call(client, "GET", "/v1/segmentation/config", key)).json()["config"]
-    wanted = {**current, "boundaries": SEGMENTATION["boundaries"], "class_split": SEGMENTATION["class_split"],
-              "lifecycle": {**current["lifecycle"], "category_cycles": SEGMENTATION["category_cycles"]}}
+    wanted = {
+        **current,
+        "boundaries": SEGMENTATION["boundaries"],
+        "class_split": SEGMENTATION["class_split"],
+        "lifecycle": {**current["lifecycle"], "category_cycles": SEGMENTATION["category_cycles"]},
+    }
     if _same(current, wanted):
         return "segmentation: boundaries and category cycles already set"
     await call(client, "PUT", "/v1/segmentation/config", key, json=wanted)
@@ -193,11 +276,15 @@ async def _segmentation(client: httpx.AsyncClient, key: str) -> str:
 def _same(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Equal where ``wanted`` says something (the server echoes numbers as floats and adds
     defaults; 30 == 30.0 in Python)."""
+
     def drop_nulls(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if v is not None}
-    return (drop_nulls(current["boundaries"]) == wanted["boundaries"]
-            and drop_nulls(current["class_split"]) == wanted["class_split"]
-            and current["lifecycle"].get("category_cycles") == wanted["lifecycle"]["category_cycles"])
+
+    return (
+        drop_nulls(current["boundaries"]) == wanted["boundaries"]
+        and drop_nulls(current["class_split"]) == wanted["class_split"]
+        and current["lifecycle"].get("category_cycles") == wanted["lifecycle"]["category_cycles"]
+    )
 
 
 async def _coupons(client: httpx.AsyncClient, key: str) -> list[str]:
@@ -207,8 +294,9 @@ async def _coupons(client: httpx.AsyncClient, key: str) -> list[str]:
     made = 0
     for role, body in COUPON_TEMPLATES.items():
         if body["name"] not in existing:
-            existing[body["name"]] = (await call(client, "POST", "/v1/coupons/templates", key, json=body)
-                                      ).json()["template_id"]
+            existing[body["name"]] = (await call(client, "POST", "/v1/coupons/templates", key, json=body)).json()[
+                "template_id"
+            ]
             made += 1
         ids[role] = existing[body["name"]]
     rules = {r["name"] for r in (await call(client, "GET", "/v1/coupons/rules", key)).json()}
@@ -216,19 +304,28 @@ async def _coupons(client: httpx.AsyncClient, key: str) -> list[str]:
     for rule in COUPON_RULES:
         if rule["name"] in rules:
             continue
-        body = {**rule, "action": {"issue": [{"template_id": ids[i["template"]], "count": i.get("count", 1)}
-                                             for i in rule["action"]["issue"]]}}
+        body = {
+            **rule,
+            "action": {
+                "issue": [
+                    {"template_id": ids[i["template"]], "count": i.get("count", 1)} for i in rule["action"]["issue"]
+                ]
+            },
+        }
         await call(client, "POST", "/v1/coupons/rules", key, json=body)
         new_rules += 1
-    return [f"coupons: {made} templates created ({len(COUPON_TEMPLATES) - made} already there)",
-            f"coupons: {new_rules} rules created ({len(COUPON_RULES) - new_rules} already there)"]
+    return [
+        f"coupons: {made} templates created ({len(COUPON_TEMPLATES) - made} already there)",
+        f"coupons: {new_rules} rules created ({len(COUPON_RULES) - new_rules} already there)",
+    ]
 
 
 async def _loyalty(client: httpx.AsyncClient, key: str) -> str:
     rules = (await call(client, "GET", "/v1/loyalty/rules", key)).json()["rules"]
     have = rules.get("levels") or {}
-    if [(lv["code"], lv["threshold"]) for lv in have.get("levels", [])] == \
-            [(lv["code"], lv["threshold"]) for lv in LEVELS["levels"]]:
+    if [(lv["code"], lv["threshold"]) for lv in have.get("levels", [])] == [
+        (lv["code"], lv["threshold"]) for lv in LEVELS["levels"]
+    ]:
         return "loyalty: the member ladder is already set"
     rules["levels"] = LEVELS
     rules.setdefault("earn", {})["level_multipliers"] = {}  # a ladder says what each level earns
@@ -246,8 +343,10 @@ async def _notifications(client: httpx.AsyncClient, key: str) -> list[str]:
     for rule_id, body in NOTIFY_RULES.items():
         await call(client, "PUT", f"/v1/notifications/rules/{rule_id}", key, json=body)
     await call(client, "PUT", "/v1/notifications/policy", key, json=NOTIFY_POLICY)
-    return [f"notifications: {len(NOTIFY_TEMPLATES)} templates ({created} new versions), "
-            f"{len(NOTIFY_RULES)} rules, the policy (caps, quiet hours 22:00-08:00)"]
+    return [
+        f"notifications: {len(NOTIFY_TEMPLATES)} templates ({created} new versions), "
+        f"{len(NOTIFY_RULES)} rules, the policy (caps, quiet hours 22:00-08:00)"
+    ]
 
 
 # ---------------------------------------------------------------- the events
@@ -269,13 +368,22 @@ class FeedReport:
         return self.events / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        return (f"{self.events:,} events in {self.seconds:.1f} s ({self.per_second:,.0f}/s): "
-                f"accepted {self.accepted:,}, duplicates {self.duplicates:,}, rejected {self.rejected:,}")
+        return (
+            f"{self.events:,} events in {self.seconds:.1f} s ({self.per_second:,.0f}/s): "
+            f"accepted {self.accepted:,}, duplicates {self.duplicates:,}, rejected {self.rejected:,}"
+        )
 
 
-async def post_events(target: Target, key: str, events: Sequence[dict[str, Any]], *, batch_size: int = BATCH,
-                      concurrency: int = CONCURRENCY, progress: bool = True, keep_customers: bool = True
-                      ) -> FeedReport:
+async def post_events(
+    target: Target,
+    key: str,
+    events: Sequence[dict[str, Any]],
+    *,
+    batch_size: int = BATCH,
+    concurrency: int = CONCURRENCY,
+    progress: bool = True,
+    keep_customers: bool = True,
+) -> FeedReport:
     """POST the events in batches, ``concurrency`` at a time, in order of the batches' start.
 
     With ``keep_customers`` no customer's run of consecutive events is split across batches, so
@@ -285,8 +393,15 @@ async def post_events(target: Target, key: str, events: Sequence[dict[str, Any]]
     report = FeedReport(events=len(events))
     batches = iter(iter_batches(events, batch_size, keep_customers))
     started = time.perf_counter()
-    with tqdm(total=len(events), unit="ev", unit_scale=True, desc="events", disable=not progress,
-              smoothing=0.05, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(events),
+        unit="ev",
+        unit_scale=True,
+        desc="events",
+        disable=not progress,
+        smoothing=0.05,
+        dynamic_ncols=True,
+    ) as bar:
         async with connect(target) as client:
 
             async def worker() -> None:
@@ -299,7 +414,7 @@ async def post_events(target: Target, key: str, events: Sequence[dict[str, Any]]
                     report.rejected += body["rejected"]
                     if body["rejected"]:
                         bad = [x for x in body["results"] if x["status"] == "rejected"]
-                        report.rejections.extend(bad[:10 - len(report.rejections)])
+                        report.rejections.extend(bad[: 10 - len(report.rejections)])
                         if report.first_rejection is None:
                             first = bad[0]
                             report.first_rejection = {**first, "event": batch[first["index"]]}
@@ -317,8 +432,9 @@ async def post_events(target: Target, key: str, events: Sequence[dict[str, Any]]
     return report
 
 
-async def wait_until_scored(target: Target, key: str, expected: int, *, timeout: float = 600.0,
-                            settle: float = 20.0, progress: bool = True) -> int:
+async def wait_until_scored(
+    target: Target, key: str, expected: int, *, timeout: float = 600.0, settle: float = 20.0, progress: bool = True
+) -> int:
     """Follow ``GET /v1/segments/summary`` until ``expected`` customers have a segment, or the
     count has not moved for ``settle`` seconds, or ``timeout``: the events are accepted long
     before every service has applied them. Returns the last count."""

@@ -67,59 +67,190 @@ class Category:
 
 
 CATEGORIES: tuple[Category, ...] = (
-    Category("milk-powder", "奶粉", 30, (
-        Sku("milk-feihe-3-800g", "飞鹤星飞帆3段 800g", 26800, 3),
-        Sku("milk-aptamil-3-900g", "爱他美卓萃3段 900g", 35800, 2),
-        Sku("milk-junlebao-3-800g", "君乐宝至臻3段 800g", 19800, 1.5),
-        Sku("milk-a2-3-900g", "a2至初3段 900g", 32800, 1)), ("奶粉", "3段奶粉", "飞鹤", "爱他美", "a2奶粉")),
-    Category("diapers", "纸尿裤", 21, (
-        Sku("diaper-pampers-l-52", "帮宝适一级帮 L52片", 13900, 3),
-        Sku("diaper-merries-m-64", "花王妙而舒 M64片", 11900, 2),
-        Sku("diaper-huggies-xl-42", "好奇金装 XL42片", 9900, 2)), ("纸尿裤", "拉拉裤", "帮宝适", "花王")),
-    Category("wipes", "湿巾", 25, (
-        Sku("wipes-purcotton-80x6", "全棉时代婴儿湿巾 80抽×6包", 5990, 2),
-        Sku("wipes-huggies-80x5", "好奇纯水湿巾 80抽×5包", 3990, 2)), ("湿巾", "手口湿巾", "棉柔巾")),
-    Category("baby-food", "辅食", 20, (
-        Sku("food-rice-cereal", "婴儿高铁米粉 225g", 6800, 2),
-        Sku("food-fruit-puree-6", "有机果泥 6袋装", 4500, 1.5),
-        Sku("food-teething-sticks", "磨牙棒 64g", 2990, 1)), ("米粉", "辅食", "果泥", "磨牙棒")),
-    Category("toys", "玩具", None, (
-        Sku("toy-building-blocks", "大颗粒积木 100粒", 19900, 1),
-        Sku("toy-plush-bunny", "安抚玩偶小兔", 7900, 1.5),
-        Sku("toy-early-learning", "早教故事机", 25900, 1)), ("积木", "玩具", "早教机", "安抚玩偶")),
-    Category("clothes", "童装", 90, (
-        Sku("clothes-romper", "纯棉连体衣", 12900, 2),
-        Sku("clothes-sleeping-bag", "婴儿睡袋", 16900, 1),
-        Sku("clothes-socks-3", "宝宝袜子 3双装", 3900, 1.5)), ("连体衣", "睡袋", "童装", "宝宝袜子")),
-    Category("vitamins", "营养品", 60, (
-        Sku("vit-d3-drops", "维生素D3滴剂", 9800, 2),
-        Sku("vit-dha-algae-oil", "DHA藻油", 23800, 1.5),
-        Sku("vit-probiotics", "婴儿益生菌", 16800, 1)), ("维生素D", "DHA", "益生菌")),
-    Category("snacks", "零食", 14, (
-        Sku("snack-yogurt-melts", "酸奶溶豆", 2500, 2),
-        Sku("snack-rice-crackers", "宝宝米饼", 1990, 1.5),
-        Sku("snack-cheese-sticks", "儿童奶酪棒", 4900, 2)), ("溶豆", "米饼", "奶酪棒", "宝宝零食")),
+    Category(
+        "milk-powder",
+        "奶粉",
+        30,
+        (
+            Sku("milk-feihe-3-800g", "飞鹤星飞帆3段 800g", 26800, 3),
+            Sku("milk-aptamil-3-900g", "爱他美卓萃3段 900g", 35800, 2),
+            Sku("milk-junlebao-3-800g", "君乐宝至臻3段 800g", 19800, 1.5),
+            Sku("milk-a2-3-900g", "a2至初3段 900g", 32800, 1),
+        ),
+        ("奶粉", "3段奶粉", "飞鹤", "爱他美", "a2奶粉"),
+    ),
+    Category(
+        "diapers",
+        "纸尿裤",
+        21,
+        (
+            Sku("diaper-pampers-l-52", "帮宝适一级帮 L52片", 13900, 3),
+            Sku("diaper-merries-m-64", "花王妙而舒 M64片", 11900, 2),
+            Sku("diaper-huggies-xl-42", "好奇金装 XL42片", 9900, 2),
+        ),
+        ("纸尿裤", "拉拉裤", "帮宝适", "花王"),
+    ),
+    Category(
+        "wipes",
+        "湿巾",
+        25,
+        (
+            Sku("wipes-purcotton-80x6", "全棉时代婴儿湿巾 80抽×6包", 5990, 2),
+            Sku("wipes-huggies-80x5", "好奇纯水湿巾 80抽×5包", 3990, 2),
+        ),
+        ("湿巾", "手口湿巾", "棉柔巾"),
+    ),
+    Category(
+        "baby-food",
+        "辅食",
+        20,
+        (
+            Sku("food-rice-cereal", "婴儿高铁米粉 225g", 6800, 2),
+            Sku("food-fruit-puree-6", "有机果泥 6袋装", 4500, 1.5),
+            Sku("food-teething-sticks", "磨牙棒 64g", 2990, 1),
+        ),
+        ("米粉", "辅食", "果泥", "磨牙棒"),
+    ),
+    Category(
+        "toys",
+        "玩具",
+        None,
+        (
+            Sku("toy-building-blocks", "大颗粒积木 100粒", 19900, 1),
+            Sku("toy-plush-bunny", "安抚玩偶小兔", 7900, 1.5),
+            Sku("toy-early-learning", "早教故事机", 25900, 1),
+        ),
+        ("积木", "玩具", "早教机", "安抚玩偶"),
+    ),
+    Category(
+        "clothes",
+        "童装",
+        90,
+        (
+            Sku("clothes-romper", "纯棉连体衣", 12900, 2),
+            Sku("clothes-sleeping-bag", "婴儿睡袋", 16900, 1),
+            Sku("clothes-socks-3", "宝宝袜子 3双装", 3900, 1.5),
+        ),
+        ("连体衣", "睡袋", "童装", "宝宝袜子"),
+    ),
+    Category(
+        "vitamins",
+        "营养品",
+        60,
+        (
+            Sku("vit-d3-drops", "维生素D3滴剂", 9800, 2),
+            Sku("vit-dha-algae-oil", "DHA藻油", 23800, 1.5),
+            Sku("vit-probiotics", "婴儿益生菌", 16800, 1),
+        ),
+        ("维生素D", "DHA", "益生菌"),
+    ),
+    Category(
+        "snacks",
+        "零食",
+        14,
+        (
+            Sku("snack-yogurt-melts", "酸奶溶豆", 2500, 2),
+            Sku("snack-rice-crackers", "宝宝米饼", 1990, 1.5),
+            Sku("snack-cheese-sticks", "儿童奶酪棒", 4900, 2),
+        ),
+        ("溶豆", "米饼", "奶酪棒", "宝宝零食"),
+    ),
 )
 BY_CODE: dict[str, Category] = {c.code: c for c in CATEGORIES}
 CYCLES: dict[str, int] = {c.code: c.cycle_days for c in CATEGORIES if c.cycle_days}
 # How likely a repurchaser follows each cycled category (a baby needs diapers more surely than DHA).
-STAPLE_ODDS: dict[str, float] = {"milk-powder": 0.7, "diapers": 0.75, "wipes": 0.4, "baby-food": 0.3,
-                                 "vitamins": 0.2, "snacks": 0.15, "clothes": 0.12}
+STAPLE_ODDS: dict[str, float] = {
+    "milk-powder": 0.7,
+    "diapers": 0.75,
+    "wipes": 0.4,
+    "baby-food": 0.3,
+    "vitamins": 0.2,
+    "snacks": 0.15,
+    "clothes": 0.12,
+}
 MAX_STAPLES = 3
 BUNDLE_DAYS = 5  # staples due within this many days of an order go into it
 # Promotion days that move a Chinese shop (month, day): 38节, 618, 99大促, 双11, 双12.
 PROMOTIONS: tuple[tuple[int, int], ...] = ((3, 8), (6, 18), (9, 9), (11, 11), (12, 12))
 REGIONS: tuple[tuple[str, float], ...] = (
-    ("广东", 12), ("浙江", 9), ("江苏", 9), ("上海", 8), ("北京", 7), ("山东", 6), ("四川", 5), ("河南", 5),
-    ("湖北", 4), ("福建", 4), ("湖南", 4), ("安徽", 3), ("重庆", 3), ("陕西", 3), ("天津", 2), ("辽宁", 2))
-MOBILE_PREFIXES = ("139", "138", "137", "136", "135", "150", "151", "152", "158", "159", "182", "183", "187",
-                   "188", "130", "131", "132", "155", "156", "185", "186", "133", "153", "180", "181", "189",
-                   "177", "199", "198", "166")
+    ("广东", 12),
+    ("浙江", 9),
+    ("江苏", 9),
+    ("上海", 8),
+    ("北京", 7),
+    ("山东", 6),
+    ("四川", 5),
+    ("河南", 5),
+    ("湖北", 4),
+    ("福建", 4),
+    ("湖南", 4),
+    ("安徽", 3),
+    ("重庆", 3),
+    ("陕西", 3),
+    ("天津", 2),
+    ("辽宁", 2),
+)
+MOBILE_PREFIXES = (
+    "139",
+    "138",
+    "137",
+    "136",
+    "135",
+    "150",
+    "151",
+    "152",
+    "158",
+    "159",
+    "182",
+    "183",
+    "187",
+    "188",
+    "130",
+    "131",
+    "132",
+    "155",
+    "156",
+    "185",
+    "186",
+    "133",
+    "153",
+    "180",
+    "181",
+    "189",
+    "177",
+    "199",
+    "198",
+    "166",
+)
 MAIL_DOMAINS = ("qq.com", "163.com", "126.com", "foxmail.com", "sina.com")
 _URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # Orders by local hour: a morning bump, a lunch bump, and the evening after the baby sleeps.
-_HOUR_WEIGHTS = (1.0, 0.6, 0.3, 0.2, 0.2, 0.3, 0.8, 1.5, 2.0, 3.0, 4.0, 4.0,
-                 3.5, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 4.0, 6.0, 7.0, 6.0, 3.0)
+_HOUR_WEIGHTS = (
+    1.0,
+    0.6,
+    0.3,
+    0.2,
+    0.2,
+    0.3,
+    0.8,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    4.0,
+    3.5,
+    3.0,
+    3.0,
+    3.0,
+    3.0,
+    3.0,
+    3.0,
+    4.0,
+    6.0,
+    7.0,
+    6.0,
+    3.0,
+)
 _HOURS = tuple(range(24))
 
 
@@ -185,8 +316,9 @@ class Shop:
         return sum(1 for orders in paid.values() if orders - void)
 
 
-def generate(customers: int = 10_000, months: int = 6, seed: int = 42, now: datetime | None = None,
-             merchant_id: str = "demo") -> Shop:
+def generate(
+    customers: int = 10_000, months: int = 6, seed: int = 42, now: datetime | None = None, merchant_id: str = "demo"
+) -> Shop:
     """The shop's customers and their events over the ``months`` before ``now`` (default: the
     clock, in Asia/Shanghai), in time order."""
     if customers < 1 or months < 1:
@@ -243,8 +375,14 @@ def _customer(index: int, seed: int, start: datetime, now: datetime) -> Customer
     rng = random.Random(f"{seed}:who:{index}")
     persona = rng.choices(_PERSONA_NAMES, _PERSONA_WEIGHTS)[0]
     span = (now - start).total_seconds()
-    share = {"loyal": (0.0, 0.25), "regular": (0.0, 0.5), "bargain": (0.0, 0.6), "one_timer": (0.0, 0.98),
-             "churned": (0.0, 0.35), "browser": (0.0, 0.97)}
+    share = {
+        "loyal": (0.0, 0.25),
+        "regular": (0.0, 0.5),
+        "bargain": (0.0, 0.6),
+        "one_timer": (0.0, 0.98),
+        "churned": (0.0, 0.35),
+        "browser": (0.0, 0.97),
+    }
     if persona == "new":
         registered = now - timedelta(days=rng.uniform(0.5, 29.5))
     else:
@@ -274,8 +412,17 @@ def _customer(index: int, seed: int, start: datetime, now: datetime) -> Customer
 class _Life:
     """One customer's history: a purchase plan from their persona, played out as events."""
 
-    def __init__(self, customer: Customer, rng: random.Random, seed: int, merchant_id: str, start: datetime,
-                 now: datetime, promos: list[date], registered: list[datetime]):
+    def __init__(
+        self,
+        customer: Customer,
+        rng: random.Random,
+        seed: int,
+        merchant_id: str,
+        start: datetime,
+        now: datetime,
+        promos: list[date],
+        registered: list[datetime],
+    ):
         self.c, self.rng, self.seed, self.merchant_id = customer, rng, seed, merchant_id
         self.start, self.now, self.promos, self.registered = start, now, promos, registered
         self.out: list[tuple[datetime, int, int, dict[str, Any]]] = []
@@ -293,8 +440,11 @@ class _Life:
         if c.index > 0 and rng.random() < 0.1:  # referred by someone already registered
             referrer = rng.randrange(c.index)
             if self.registered[referrer] < c.registered_at:
-                self.emit("referral.bound", c.registered_at + timedelta(minutes=rng.uniform(1, 10)),
-                          {"referrer_id": f"c-{referrer + 1:06d}"})
+                self.emit(
+                    "referral.bound",
+                    c.registered_at + timedelta(minutes=rng.uniform(1, 10)),
+                    {"referrer_id": f"c-{referrer + 1:06d}"},
+                )
         plan = self.plan()
         for at, basket in plan:
             self.place(at, basket)
@@ -343,8 +493,9 @@ class _Life:
         purchases.sort(key=lambda p: p[0])
         return [(self.daytime(at), basket) for at, basket in purchases]
 
-    def cycles(self, staples: list[str], first: datetime, end: datetime, stretch: tuple[float, float],
-               skip: float) -> list[tuple[datetime, list[tuple[str, int]]]]:
+    def cycles(
+        self, staples: list[str], first: datetime, end: datetime, stretch: tuple[float, float], skip: float
+    ) -> list[tuple[datetime, list[tuple[str, int]]]]:
         """Each staple bought every (personal) cycle with jitter; what falls due within
         ``BUNDLE_DAYS`` of an order is bought with it, as parents do."""
         rng = self.rng
@@ -361,7 +512,11 @@ class _Life:
         buys.sort()
         orders: list[tuple[datetime, list[tuple[str, int]]]] = []
         for at, code in buys:
-            if orders and at - orders[-1][0] <= timedelta(days=BUNDLE_DAYS) and all(code != k for k, _ in orders[-1][1]):
+            if (
+                orders
+                and at - orders[-1][0] <= timedelta(days=BUNDLE_DAYS)
+                and all(code != k for k, _ in orders[-1][1])
+            ):
                 orders[-1][1].append((code, 1))
             else:
                 orders.append((at, [(code, 1)]))
@@ -370,8 +525,9 @@ class _Life:
     def daytime(self, at: datetime) -> datetime:
         """The same day at an hour people shop (never before registering)."""
         rng = self.rng
-        moment = datetime.combine(at.date(), time(rng.choices(_HOURS, _HOUR_WEIGHTS)[0], rng.randrange(60),
-                                                  rng.randrange(60)), TZ)
+        moment = datetime.combine(
+            at.date(), time(rng.choices(_HOURS, _HOUR_WEIGHTS)[0], rng.randrange(60), rng.randrange(60)), TZ
+        )
         return max(moment, self.c.registered_at + timedelta(minutes=rng.uniform(20, 90)))
 
     def promo_moment(self, day: date) -> datetime:
@@ -389,10 +545,21 @@ class _Life:
         at = max(at, self.c.registered_at)  # nothing before registering
         self.seq += 1
         c = self.c
-        self.out.append((at, c.index, self.seq, {
-            "event_id": f"{self.merchant_id}-s{self.seed}-{c.customer_id}-{self.seq:04d}",
-            "type": type_, "merchant_id": self.merchant_id, "customer_id": c.customer_id,
-            "occurred_at": at.isoformat(timespec="seconds"), "data": data}))
+        self.out.append(
+            (
+                at,
+                c.index,
+                self.seq,
+                {
+                    "event_id": f"{self.merchant_id}-s{self.seed}-{c.customer_id}-{self.seq:04d}",
+                    "type": type_,
+                    "merchant_id": self.merchant_id,
+                    "customer_id": c.customer_id,
+                    "occurred_at": at.isoformat(timespec="seconds"),
+                    "data": data,
+                },
+            )
+        )
         return True
 
     def line(self, code: str, quantity: int) -> dict[str, Any]:
@@ -412,8 +579,11 @@ class _Life:
                 self.emit("search.performed", at - timedelta(minutes=rng.uniform(5, 40)), {"query": query})
             if rng.random() < 0.6:
                 for ln in lines:
-                    self.emit("cart.added", at - timedelta(minutes=rng.uniform(1, 4)),
-                              {"sku": ln["sku"], "category": ln["category"], "quantity": ln["quantity"]})
+                    self.emit(
+                        "cart.added",
+                        at - timedelta(minutes=rng.uniform(1, 4)),
+                        {"sku": ln["sku"], "category": ln["category"], "quantity": ln["quantity"]},
+                    )
         self.orders += 1
         order_id = f"{c.customer_id}-o{self.orders:03d}"
         amount = sum(ln["amount_fen"] for ln in lines)
@@ -422,21 +592,31 @@ class _Life:
         unpaid = 0.12 if c.persona == "bargain" else 0.04
         if rng.random() < unpaid:  # never paid: the shop cancels it, and the customer often orders again
             closed = at + timedelta(minutes=30)
-            if self.emit("order.cancelled", closed, {"order_id": order_id, "reason": "超时未支付"}) \
-                    and not retry and rng.random() < 0.6:
+            if (
+                self.emit("order.cancelled", closed, {"order_id": order_id, "reason": "超时未支付"})
+                and not retry
+                and rng.random() < 0.6
+            ):
                 self.place(closed + timedelta(minutes=rng.uniform(10, 150)), basket, retry=True)
             return
         paid_at = at + timedelta(minutes=rng.uniform(0.3, 12))
-        if not self.emit("order.paid", paid_at, {"order_id": order_id, "amount_fen": amount, "items": lines,
-                                                 "coupon_ids": []}):
+        if not self.emit(
+            "order.paid", paid_at, {"order_id": order_id, "amount_fen": amount, "items": lines, "coupon_ids": []}
+        ):
             return  # paid after now: it is still an unpaid order today
         if "wechat_openid" in c.profile and rng.random() < 0.3:
-            self.emit("wechat.subscription.granted", paid_at + timedelta(seconds=rng.uniform(5, 90)),
-                      {"template_id": SUBSCRIBE_TEMPLATE, "count": rng.choice((1, 1, 1, 2))})
+            self.emit(
+                "wechat.subscription.granted",
+                paid_at + timedelta(seconds=rng.uniform(5, 90)),
+                {"template_id": SUBSCRIBE_TEMPLATE, "count": rng.choice((1, 1, 1, 2))},
+            )
         fate = rng.random()
         if fate < 0.02:
-            self.emit("order.cancelled", paid_at + timedelta(minutes=rng.uniform(10, 180)),
-                      {"order_id": order_id, "reason": "买家申请取消（未发货）"})
+            self.emit(
+                "order.cancelled",
+                paid_at + timedelta(minutes=rng.uniform(10, 180)),
+                {"order_id": order_id, "reason": "买家申请取消（未发货）"},
+            )
         elif fate < 0.08:
             self.refund(order_id, paid_at + timedelta(days=rng.uniform(2, 12)), lines, amount)
 
@@ -467,8 +647,9 @@ class _Life:
             sku = rng.choice(cat.skus)
             at = c.registered_at + life * rng.random()
             if rng.random() < 0.4:
-                self.emit("search.performed", at - timedelta(minutes=rng.uniform(1, 5)),
-                          {"query": rng.choice(cat.searches)})
+                self.emit(
+                    "search.performed", at - timedelta(minutes=rng.uniform(1, 5)), {"query": rng.choice(cat.searches)}
+                )
             self.emit("item.favorited", at, {"sku": sku.sku, "category": cat.code, "quantity": 1})
         recent = 0.6 if c.persona == "browser" else 0.08
         if rng.random() < recent:
@@ -486,13 +667,17 @@ class _Life:
                 order_id = f"{c.customer_id}-o{self.orders:03d}"
                 ln = self.line(code, 1)
                 self.last_order_at = at
-                self.emit("order.created", at, {"order_id": order_id, "amount_fen": ln["amount_fen"], "items": [ln],
-                                                "coupon_ids": []})
+                self.emit(
+                    "order.created",
+                    at,
+                    {"order_id": order_id, "amount_fen": ln["amount_fen"], "items": [ln], "coupon_ids": []},
+                )
                 self.emit("order.cancelled", at + timedelta(minutes=30), {"order_id": order_id, "reason": "超时未支付"})
 
 
-def iter_batches(events: Sequence[dict[str, Any]], size: int, keep_customers: bool = True
-                 ) -> Iterator[list[dict[str, Any]]]:
+def iter_batches(
+    events: Sequence[dict[str, Any]], size: int, keep_customers: bool = True
+) -> Iterator[list[dict[str, Any]]]:
     """Batches of at most ``size`` events. With ``keep_customers``, a customer's consecutive
     events are not split across batches (unless they alone exceed ``size``), so that batches
     posted concurrently never race one customer's events against each other."""

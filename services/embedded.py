@@ -16,8 +16,7 @@ from services.console import mount_console
 from services.gateway.bootstrap import DEMO, ensure_demo_merchant, wait_until_known
 from services.registry import SPECS
 from shared.bus.factory import build_bus
-from shared.cli import serve
-from shared.logging import configure_logging
+from shared.cli import process_settings, serve
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings
 from shared.web import create_app
@@ -44,8 +43,11 @@ def build_embedded_app(settings: Settings, announce: bool = True) -> FastAPI:
             await wait_until_known([rt for rt in runtimes if rt.name != "gateway"], key)
         if announce:
             if key and new and not settings.bootstrap_api_key:
-                print(f"\n  Merchant '{DEMO}' created. Its API key (also in {key_file}):\n\n      {key}\n",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"\n  Merchant '{DEMO}' created. Its API key (also in {key_file}):\n\n      {key}\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
             elif not key and key_file.exists():
                 print(f"\n  Merchant '{DEMO}': API key in {key_file}\n", file=sys.stderr, flush=True)
 
@@ -61,8 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     args = parser.parse_args(argv)
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
+    settings = process_settings()
     app = build_embedded_app(settings)
     print(f"  Fugou: http://{args.host}:{args.port}  (API docs at /docs)", file=sys.stderr, flush=True)
     serve(app, args.host, args.port)

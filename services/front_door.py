@@ -40,16 +40,22 @@ def upstreams(settings: Settings) -> list[Upstream]:
     return out
 
 
-def install_front_door(app: FastAPI, settings: Settings, *,
-                       proxy_timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> ReverseProxy:
+def install_front_door(
+    app: FastAPI, settings: Settings, *, proxy_timeout: httpx.Timeout = DEFAULT_TIMEOUT
+) -> ReverseProxy:
     """The console and the forwarded routes, on an app that already serves the gateway's API."""
     mount_console(app)
     return install_proxy(app, upstreams(settings), timeout=proxy_timeout)
 
 
-def build_gateway_app(spec: ServiceSpec, settings: Settings, roles: set[str],
-                      on_started: Callable[[FastAPI], Awaitable[None]] | None = None, *,
-                      proxy_timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> FastAPI:
+def build_gateway_app(
+    spec: ServiceSpec,
+    settings: Settings,
+    roles: set[str],
+    on_started: Callable[[FastAPI], Awaitable[None]] | None = None,
+    *,
+    proxy_timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+) -> FastAPI:
     """The gateway's app for `run`: the front door when it serves the API role (a consumer- or
     relay-only gateway process serves only its health, readiness and metrics)."""
     app = cli.build_service_app(spec, settings, roles, on_started)  # via the module: tests replace it

@@ -20,27 +20,39 @@ def asyncapi_document() -> dict[str, Any]:
         schemas[model.__name__] = schema
         t = REGISTRY[name]
         messages[name.replace(".", "_")] = {
-            "name": name, "title": name, "summary": t.description,
+            "name": name,
+            "title": name,
+            "summary": t.description,
             "contentType": "application/json",
             "headers": {"type": "object", "description": "Kafka key: merchant_id:customer_id"},
             "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
-            "x-schema-version": t.schema_version, "x-direction": t.direction,
+            "x-schema-version": t.schema_version,
+            "x-direction": t.direction,
         }
     for topic in all_topics():
-        msgs = {n.replace(".", "_"): {"$ref": f"#/components/messages/{n.replace('.', '_')}"}
-                for n, t in REGISTRY.items() if t.topic == topic}
+        msgs = {
+            n.replace(".", "_"): {"$ref": f"#/components/messages/{n.replace('.', '_')}"}
+            for n, t in REGISTRY.items()
+            if t.topic == topic
+        }
         channels[topic.replace(".", "_")] = {
             "address": topic,
-            "description": ("Poison messages with the reason in the 'reason' header, and the source topic, "
-                            "partition and offset in headers." if topic == DEAD_LETTER else
-                            f"Events keyed by merchant_id:customer_id; {partitions(topic)} partitions."),
+            "description": (
+                "Poison messages with the reason in the 'reason' header, and the source topic, "
+                "partition and offset in headers."
+                if topic == DEAD_LETTER
+                else f"Events keyed by merchant_id:customer_id; {partitions(topic)} partitions."
+            ),
             "messages": msgs,
         }
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": "Fugou events", "version": "1",
-                 "description": "Every event is one JSON envelope, the same on Kafka and over POST /v1/events. "
-                                "event_id is the idempotency key; money is integer fen; times carry offsets."},
+        "info": {
+            "title": "Fugou events",
+            "version": "1",
+            "description": "Every event is one JSON envelope, the same on Kafka and over POST /v1/events. "
+            "event_id is the idempotency key; money is integer fen; times carry offsets.",
+        },
         "defaultContentType": "application/json",
         "channels": channels,
         "components": {"messages": messages, "schemas": schemas},

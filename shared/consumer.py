@@ -19,13 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import structlog
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import faults, metrics
+from shared import clock, faults, metrics
 from shared.bus.base import Bus, Message, Record, Subscriber
 from shared.events import EnvelopeBase, InvalidEvent, parse_event
 from shared.inbox import Inbox
@@ -63,8 +62,18 @@ def is_transient(exc: BaseException) -> bool:
         state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         if isinstance(state, str) and (state in _RETRY_SQLSTATES or state.startswith(_RETRY_SQLSTATE_CLASSES)):
             return True
-    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError,
-                            ConnectionError, TimeoutError, asyncio.TimeoutError))
+    return isinstance(
+        exc,
+        (
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+            sa_exc.TimeoutError,
+            OSError,
+            ConnectionError,
+            TimeoutError,
+            asyncio.TimeoutError,
+        ),
+    )
 
 
 def dead_letter(record: Record, reason: str, group_id: str) -> Message:
@@ -74,7 +83,7 @@ def dead_letter(record: Record, reason: str, group_id: str) -> Message:
         ("source_partition", str(record.partition).encode()),
         ("source_offset", str(record.offset).encode()),
         ("consumer_group", group_id.encode()),
-        ("failed_at", datetime.now(timezone.utc).isoformat().encode()),
+        ("failed_at", clock.now().isoformat().encode()),
     )
     return Message(topic=DEAD_LETTER, key=record.key, value=record.value, headers=headers)
 
@@ -87,8 +96,15 @@ class MerchantFollower:
     exists, so once the follower has read everything on the topic, a merchant it does not know
     is truly unknown and its events may be dead-lettered; before that, they wait."""
 
-    def __init__(self, *, service: str, subscriber: Subscriber, sessions: async_sessionmaker[AsyncSession],
-                 tenancy: Tenancy, poll_ms: int = 200):
+    def __init__(
+        self,
+        *,
+        service: str,
+        subscriber: Subscriber,
+        sessions: async_sessionmaker[AsyncSession],
+        tenancy: Tenancy,
+        poll_ms: int = 200,
+    ):
         self.service = service
         self.subscriber = subscriber
         self.sessions = sessions
@@ -110,8 +126,9 @@ class MerchantFollower:
         try:
             while True:
                 self._busy = False
-                records = await retry_forever(lambda: self.subscriber.fetch(500, self.poll_ms), self.service,
-                                              "merchants.fetch")
+                records = await retry_forever(
+                    lambda: self.subscriber.fetch(500, self.poll_ms), self.service, "merchants.fetch"
+                )
                 if not records:
                     continue
                 self._busy = True
@@ -134,8 +151,9 @@ class MerchantFollower:
                 await self.tenancy.apply(session, events)
 
 
-async def retry_forever(fn: Callable[[], Awaitable[object]], service: str, what: str,
-                        only: Callable[[Exception], bool] | None = None) -> object:
+async def retry_forever(
+    fn: Callable[[], Awaitable[object]], service: str, what: str, only: Callable[[Exception], bool] | None = None
+) -> object:
     """Call fn until it succeeds, backing off exponentially to 30 s; re-raise errors `only` rejects."""
     backoff = 0.1
     while True:
@@ -153,10 +171,22 @@ async def retry_forever(fn: Callable[[], Awaitable[object]], service: str, what:
 
 
 class EventConsumer:
-    def __init__(self, *, service: str, group_id: str, subscriber: Subscriber, bus: Bus,
-                 sessions: async_sessionmaker[AsyncSession], inbox: Inbox, tenancy: Tenancy,
-                 handler: BatchHandler, merchants: MerchantFollower, batch: int = 2000, poll_ms: int = 200,
-                 on_applied: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        *,
+        service: str,
+        group_id: str,
+        subscriber: Subscriber,
+        bus: Bus,
+        sessions: async_sessionmaker[AsyncSession],
+        inbox: Inbox,
+        tenancy: Tenancy,
+        handler: BatchHandler,
+        merchants: MerchantFollower,
+        batch: int = 2000,
+        poll_ms: int = 200,
+        on_applied: Callable[[], None] | None = None,
+    ):
         self.service = service
         self.group_id = group_id
         self.subscriber = subscriber
@@ -198,8 +228,12 @@ class EventConsumer:
             dead.extend(await self._apply_narrowing(items))
         if dead:
             await self._retry(lambda: self.bus.publish(dead), "dead_letter.publish")
-            log.warning("consumer.dead_lettered", service=self.service, count=len(dead),
-                        reasons=sorted({dict(m.headers)["reason"].decode()[:200] for m in dead})[:5])
+            log.warning(
+                "consumer.dead_lettered",
+                service=self.service,
+                count=len(dead),
+                reasons=sorted({dict(m.headers)["reason"].decode()[:200] for m in dead})[:5],
+            )
         faults.point("consumer.after_db_commit")
         await self._retry(lambda: self.subscriber.commit(records), "offsets.commit")
         metrics.CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
@@ -211,8 +245,9 @@ class EventConsumer:
             return await self._retry(lambda: self._apply(items), "apply")
         except Exception as exc:  # not transient: find the event at fault
             if len(items) == 1:
-                log.error("consumer.event_failed", service=self.service, event_id=items[0].event.event_id,
-                          error=repr(exc))
+                log.error(
+                    "consumer.event_failed", service=self.service, event_id=items[0].event.event_id, error=repr(exc)
+                )
                 metrics.EVENTS_CONSUMED.labels(self.service, items[0].record.topic, "dead_lettered").inc()
                 return [dead_letter(items[0].record, f"processing failed: {exc!r}", self.group_id)]
             mid = len(items) // 2
@@ -240,9 +275,10 @@ class EventConsumer:
             if fresh:
                 await self.handler(session, fresh)
         fresh_ids = {(e.merchant_id, e.event_id) for e in fresh}
-        outcomes = Counter((i.record.topic, "applied" if (i.event.merchant_id, i.event.event_id) in fresh_ids
-                            else "duplicate")
-                           for i in accepted)
+        outcomes = Counter(
+            (i.record.topic, "applied" if (i.event.merchant_id, i.event.event_id) in fresh_ids else "duplicate")
+            for i in accepted
+        )
         for (topic, outcome), n in outcomes.items():
             metrics.EVENTS_CONSUMED.labels(self.service, topic, outcome).inc(n)
         return dead

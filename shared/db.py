@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from time import monotonic as time_monotonic
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic as time_monotonic
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ARRAY, BigInteger, Boolean, DateTime, Integer, MetaData, any_, bindparam, event
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -49,15 +49,15 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime refused: times must carry their offset")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def is_sqlite(url: str) -> bool:
@@ -74,7 +74,9 @@ def create_engine(url: str, *, pool_size: int = 10, app_name: str = "fugou") -> 
         _sqlite_pragmas(engine)
         return engine
     engine = create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size,
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
         # Batches bind their ids as one array: plan each execution with the actual values
         # (a generic plan cannot see how few rows an id array selects).
         connect_args={"server_settings": {"application_name": app_name, "plan_cache_mode": "force_custom_plan"}},
@@ -149,8 +151,9 @@ def dialect_name(session: AsyncSession) -> str:
 _DRIVER_SQL: dict[tuple[str, Any], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
 
-async def fetch_rows(conn: AsyncConnection | AsyncSession, stmt: Any, params: dict[str, Any], *,
-                     key: Any) -> Sequence[Sequence[Any]]:
+async def fetch_rows(
+    conn: AsyncConnection | AsyncSession, stmt: Any, params: dict[str, Any], *, key: Any
+) -> Sequence[Sequence[Any]]:
     """The rows of a read a hot endpoint repeats (GET one customer's segment, wallet, points).
 
     On PostgreSQL, through a connection, the statement is compiled once per ``key`` and run on
@@ -163,7 +166,10 @@ async def fetch_rows(conn: AsyncConnection | AsyncSession, stmt: Any, params: di
         if found is None:
             compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
             found = _DRIVER_SQL[(conn.dialect.name, key)] = (
-                str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+                str(compiled),
+                tuple(compiled.positiontup or ()),
+                dict(compiled.params),
+            )
         sql, names, constants = found
         driver = (await conn.get_raw_connection()).driver_connection
         return await driver.fetch(sql, *[params[n] if n in params else constants[n] for n in names])  # type: ignore[no-any-return, union-attr]
@@ -178,8 +184,14 @@ async def fetch_rows(conn: AsyncConnection | AsyncSession, stmt: Any, params: di
 # on SQLite one multi-row VALUES with positional parameters; both through the session's own
 # connection, so they are part of its transaction.
 
-_PG_ARRAY_TYPES = {"String": "text", "BigInteger": "bigint", "Integer": "integer", "UTCDateTime": "timestamptz",
-                   "LargeBinary": "bytea", "Boolean": "boolean"}
+_PG_ARRAY_TYPES = {
+    "String": "text",
+    "BigInteger": "bigint",
+    "Integer": "integer",
+    "UTCDateTime": "timestamptz",
+    "LargeBinary": "bytea",
+    "Boolean": "boolean",
+}
 _SQLITE_CHUNK_PARAMS = 30_000
 
 
@@ -199,24 +211,30 @@ def _sqlite_value(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("naive datetime refused: times must carry their offset")
-        v = value.astimezone(timezone.utc)
-        return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
-                f".{v.microsecond:06d}")
+        v = value.astimezone(UTC)
+        return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
     return value
 
 
 def _sqlite_result(value: Any, type_name: str) -> Any:
     if type_name == "UTCDateTime" and isinstance(value, str):
-        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
     if type_name == "Boolean" and value is not None:
         return bool(value)
     return value
 
 
-async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], rows: list[tuple[Any, ...]], *,
-                      conflict: list[str] | None = None, update: dict[str, str] | None = None,
-                      update_where: str | None = None, returning: list[str] | None = None
-                      ) -> list[tuple[Any, ...]]:
+async def bulk_insert(
+    session: AsyncSession,
+    table: Any,
+    columns: list[str],
+    rows: list[tuple[Any, ...]],
+    *,
+    conflict: list[str] | None = None,
+    update: dict[str, str] | None = None,
+    update_where: str | None = None,
+    returning: list[str] | None = None,
+) -> list[tuple[Any, ...]]:
     """INSERT many rows in one statement (chunked on SQLite).
 
     ``conflict`` names the unique columns for ON CONFLICT; with no ``update`` the row is skipped
@@ -236,8 +254,11 @@ async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], row
     if conflict is not None:
         target = ", ".join(q(c) for c in conflict)
         if update:
-            fn = {"least": "least", "greatest": "greatest"} if dialect == "postgresql" else {"least": "min",
-                                                                                               "greatest": "max"}
+            fn = (
+                {"least": "least", "greatest": "greatest"}
+                if dialect == "postgresql"
+                else {"least": "min", "greatest": "max"}
+            )
             sets = ", ".join(f"{q(c)} = {expr.format(t=name, **fn)}" for c, expr in update.items())
             tail = f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
             if update_where:
@@ -265,19 +286,19 @@ async def bulk_insert(session: AsyncSession, table: Any, columns: list[str], row
     one = "(" + ", ".join("?" * per_row) + ")"
     result_types = [_type_name(table.c[c]) for c in returning or []]
     for i in range(0, len(rows), chunk):
-        part = rows[i:i + chunk]
+        part = rows[i : i + chunk]
         sql = f"INSERT INTO {name} ({cols}) VALUES {', '.join([one] * len(part))}{tail}"
         params = [_sqlite_value(v) for row in part for v in row]
         cursor = await raw.execute(sql, params)  # type: ignore[union-attr]
         if returning:
-            out.extend(tuple(_sqlite_result(v, t) for v, t in zip(r, result_types))
-                       for r in await cursor.fetchall())
+            out.extend(tuple(_sqlite_result(v, t) for v, t in zip(r, result_types)) for r in await cursor.fetchall())
         await cursor.close()
     return out
 
 
-async def bulk_update(session: AsyncSession, table: Any, key: list[str], columns: list[str],
-                      rows: list[tuple[Any, ...]]) -> None:
+async def bulk_update(
+    session: AsyncSession, table: Any, key: list[str], columns: list[str], rows: list[tuple[Any, ...]]
+) -> None:
     """UPDATE many rows, each to its own values, in one statement on PostgreSQL (``UPDATE … FROM
     unnest(…)``) and one executemany on SQLite. Each row is the ``key`` values, then the
     ``columns`` values."""
@@ -295,18 +316,19 @@ async def bulk_update(session: AsyncSession, table: Any, key: list[str], columns
         args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
         sets = ", ".join(f"{q(c)} = v.{q(c)}" for c in columns)
         match = " AND ".join(f"{name}.{q(k)} = v.{q(k)}" for k in key)
-        sql = (f"UPDATE {name} SET {sets} FROM unnest({args}) AS v({', '.join(q(c) for c in names)}) "
-               f"WHERE {match}")
+        sql = f"UPDATE {name} SET {sets} FROM unnest({args}) AS v({', '.join(q(c) for c in names)}) WHERE {match}"
         await raw.execute(sql, *[list(col) for col in zip(*rows)])  # type: ignore[union-attr]
         return
     sets = ", ".join(f"{q(c)} = ?" for c in columns)
     match = " AND ".join(f"{q(k)} = ?" for k in key)
     nk = len(key)
-    await raw.executemany(f"UPDATE {name} SET {sets} WHERE {match}",  # type: ignore[union-attr]
-                          [[_sqlite_value(v) for v in (*r[nk:], *r[:nk])] for r in rows])
+    await raw.executemany(
+        f"UPDATE {name} SET {sets} WHERE {match}",  # type: ignore[union-attr]
+        [[_sqlite_value(v) for v in (*r[nk:], *r[:nk])] for r in rows],
+    )
 
 
-class in_values(ColumnElement[bool]):  # noqa: N801 - reads as the SQL it stands for
+class in_values(ColumnElement[bool]):
     """``column IN (values)``: on PostgreSQL ``column = ANY($1)`` with the values as one array
     parameter, so a batch of thousands of ids is not rendered value by value at every statement;
     elsewhere an ordinary expanding IN."""
@@ -348,7 +370,7 @@ def _day_start_plus_sqlite(ts: str | None, tz: str, days: int) -> str | None:
     if ts is None:
         return None
     zone = ZoneInfo(tz)
-    local = datetime.fromisoformat(ts).replace(tzinfo=timezone.utc).astimezone(zone)
+    local = datetime.fromisoformat(ts).replace(tzinfo=UTC).astimezone(zone)
     return _sqlite_value(datetime.combine(local.date() + timedelta(days=days), time.min, tzinfo=zone))
 
 
@@ -359,7 +381,7 @@ def day_start_plus(ts: Any, tz: str, days: int) -> Any:
     return getattr(func, DAY_START_PLUS)(ts, tz, days, type_=UTCDateTime())
 
 
-class earliest(FunctionElement[datetime]):  # noqa: N801 - reads as the SQL it stands for
+class earliest(FunctionElement[datetime]):
     """The earliest of several nullable instants (NULL only when all are NULL)."""
 
     inherit_cache = True
@@ -389,7 +411,7 @@ def _earliest_postgresql(element: earliest, compiler: Any, **kw: Any) -> str:
 # shared.outbox.Outbox.stage_select) instead of fetching every row into Python.
 
 
-class json_object(FunctionElement[Any]):  # noqa: N801
+class json_object(FunctionElement[Any]):
     """A JSON object from alternating keys and values (values may be nested json_object)."""
 
     inherit_cache = True
@@ -406,7 +428,7 @@ def _json_object_postgresql(element: json_object, compiler: Any, **kw: Any) -> s
     return f"json_build_object({compiler.process(element.clauses, **kw)})"
 
 
-class json_text(FunctionElement[Any]):  # noqa: N801
+class json_text(FunctionElement[Any]):
     """Text that holds JSON, embedded as JSON (not as a string) in a json_object."""
 
     inherit_cache = True
@@ -423,7 +445,7 @@ def _json_text_postgresql(element: json_text, compiler: Any, **kw: Any) -> str:
     return f"CAST({compiler.process(element.clauses, **kw)} AS json)"
 
 
-class utf8_bytes(FunctionElement[bytes]):  # noqa: N801
+class utf8_bytes(FunctionElement[bytes]):
     """Text (JSON included) as UTF-8 bytes, for LargeBinary columns."""
 
     inherit_cache = True
@@ -440,7 +462,7 @@ def _utf8_bytes_postgresql(element: utf8_bytes, compiler: Any, **kw: Any) -> str
     return f"convert_to(CAST({compiler.process(element.clauses, **kw)} AS text), 'UTF8')"
 
 
-class new_uuid(FunctionElement[str]):  # noqa: N801
+class new_uuid(FunctionElement[str]):
     """A random UUID (version 4) as text, one per row."""
 
     inherit_cache = True

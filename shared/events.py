@@ -8,7 +8,7 @@ malformed payload is reported with the exact field at fault (``data.amount_fen``
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
 import orjson
@@ -22,6 +22,8 @@ from pydantic import (
     ValidationError,
     create_model,
 )
+
+from shared import clock
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 # Bounded so every amount fits a BIGINT with room for sums: ¥10 trillion.
@@ -183,8 +185,9 @@ class PointsRedeemedData(Payload):
     offset_fen: Fen | None = Field(None, description="offset: what the points take off the order.")
     item_id: Id | None = Field(None, description="mall: the item redeemed.")
     quantity: int | None = Field(None, ge=1)
-    reward: dict[str, Any] | None = Field(None, description='mall: {"type": "coupon", "template_id": …} or '
-                                                            '{"type": "gift", "sku": …}')
+    reward: dict[str, Any] | None = Field(
+        None, description='mall: {"type": "coupon", "template_id": …} or {"type": "gift", "sku": …}'
+    )
     balance: int = Field(ge=0, description="Available points after the redemption.")
 
 
@@ -239,65 +242,222 @@ class EventType(BaseModel):
 
 # Topic names are the registry's, so code and deploy files share one list (see topics.py).
 _TYPES: list[EventType] = [
-    EventType(name="customer.registered", topic="shop.customers", payload=CustomerData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="A customer signed up in the shop."),
-    EventType(name="customer.updated", topic="shop.customers", payload=CustomerData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="Profile, contact or consent changed."),
-    EventType(name="order.created", topic="shop.orders", payload=OrderData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="An order was placed, not yet paid."),
-    EventType(name="order.paid", topic="shop.orders", payload=OrderData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="An order was paid."),
-    EventType(name="order.cancelled", topic="shop.orders", payload=OrderCancelledData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="An unpaid or paid order was cancelled."),
-    EventType(name="order.refunded", topic="shop.orders", payload=OrderRefundedData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="A full or partial refund."),
-    EventType(name="cart.added", topic="shop.behaviour", payload=ItemData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="An item was put in the cart."),
-    EventType(name="item.favorited", topic="shop.behaviour", payload=ItemData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="An item was favourited."),
-    EventType(name="search.performed", topic="shop.behaviour", payload=SearchData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="The customer searched the shop."),
-    EventType(name="referral.bound", topic="shop.customers", payload=ReferralData, schema_version=1,
-              customer_scoped=True, direction="inbound", description="The customer was referred by another."),
-    EventType(name="wechat.subscription.granted", topic="shop.customers", payload=SubscriptionGrantData,
-              schema_version=1, customer_scoped=True, direction="inbound",
-              description="One-time WeChat subscribe-message credits were granted."),
-    EventType(name="merchant.upserted", topic="fugou.merchants", payload=MerchantData, schema_version=1,
-              customer_scoped=False, direction="platform",
-              description="A merchant was created or changed (keys, secret, time zone). Compacted by merchant."),
-    EventType(name="segment.changed", topic="fugou.segments", payload=SegmentChangedData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="A customer's tier, cell, class or tags changed (before and after)."),
-    EventType(name="coupon.issued", topic="fugou.coupons", payload=CouponIssuedData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="A coupon was issued to the customer (by a rule, or claimed)."),
-    EventType(name="coupon.redeemed", topic="fugou.coupons", payload=CouponRedeemedData, schema_version=1,
-              customer_scoped=True, direction="outbound", description="A coupon was used on a paid order."),
-    EventType(name="coupon.released", topic="fugou.coupons", payload=CouponStateData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="A coupon is available again: its order was cancelled, or refunded under a restore policy."),
-    EventType(name="coupon.expiring", topic="fugou.coupons", payload=CouponExpiringData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="An unused coupon expires within the merchant's reminder window (once per coupon)."),
-    EventType(name="coupon.expired", topic="fugou.coupons", payload=CouponStateData, schema_version=1,
-              customer_scoped=True, direction="outbound", description="An unused coupon expired."),
-    EventType(name="points.earned", topic="fugou.loyalty", payload=PointsEarnedData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="Points credited: pending from a paid order, available when its return window closes, a bonus or an adjustment."),
-    EventType(name="points.redeemed", topic="fugou.loyalty", payload=PointsRedeemedData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="Points spent on a checkout offset or a points-mall item (a coupon item names the template to issue)."),
-    EventType(name="points.expiring", topic="fugou.loyalty", payload=PointsExpiringData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="A lot of points expires within the merchant's notice days (once per lot)."),
-    EventType(name="points.expired", topic="fugou.loyalty", payload=PointsExpiredData, schema_version=1,
-              customer_scoped=True, direction="outbound", description="A lot's unspent points expired."),
-    EventType(name="level.changed", topic="fugou.loyalty", payload=LevelChangedData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="A member's level changed: an upgrade at once, a downgrade at a review after the grace period."),
-    EventType(name="stored_value.changed", topic="fugou.loyalty", payload=StoredValueChangedData, schema_version=1,
-              customer_scoped=True, direction="outbound",
-              description="Stored value was topped up, spent or refunded (paid and bonus parts, balances after)."),
+    EventType(
+        name="customer.registered",
+        topic="shop.customers",
+        payload=CustomerData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="A customer signed up in the shop.",
+    ),
+    EventType(
+        name="customer.updated",
+        topic="shop.customers",
+        payload=CustomerData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="Profile, contact or consent changed.",
+    ),
+    EventType(
+        name="order.created",
+        topic="shop.orders",
+        payload=OrderData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="An order was placed, not yet paid.",
+    ),
+    EventType(
+        name="order.paid",
+        topic="shop.orders",
+        payload=OrderData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="An order was paid.",
+    ),
+    EventType(
+        name="order.cancelled",
+        topic="shop.orders",
+        payload=OrderCancelledData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="An unpaid or paid order was cancelled.",
+    ),
+    EventType(
+        name="order.refunded",
+        topic="shop.orders",
+        payload=OrderRefundedData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="A full or partial refund.",
+    ),
+    EventType(
+        name="cart.added",
+        topic="shop.behaviour",
+        payload=ItemData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="An item was put in the cart.",
+    ),
+    EventType(
+        name="item.favorited",
+        topic="shop.behaviour",
+        payload=ItemData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="An item was favourited.",
+    ),
+    EventType(
+        name="search.performed",
+        topic="shop.behaviour",
+        payload=SearchData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="The customer searched the shop.",
+    ),
+    EventType(
+        name="referral.bound",
+        topic="shop.customers",
+        payload=ReferralData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="The customer was referred by another.",
+    ),
+    EventType(
+        name="wechat.subscription.granted",
+        topic="shop.customers",
+        payload=SubscriptionGrantData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="inbound",
+        description="One-time WeChat subscribe-message credits were granted.",
+    ),
+    EventType(
+        name="merchant.upserted",
+        topic="fugou.merchants",
+        payload=MerchantData,
+        schema_version=1,
+        customer_scoped=False,
+        direction="platform",
+        description="A merchant was created or changed (keys, secret, time zone). Compacted by merchant.",
+    ),
+    EventType(
+        name="segment.changed",
+        topic="fugou.segments",
+        payload=SegmentChangedData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="A customer's tier, cell, class or tags changed (before and after).",
+    ),
+    EventType(
+        name="coupon.issued",
+        topic="fugou.coupons",
+        payload=CouponIssuedData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="A coupon was issued to the customer (by a rule, or claimed).",
+    ),
+    EventType(
+        name="coupon.redeemed",
+        topic="fugou.coupons",
+        payload=CouponRedeemedData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="A coupon was used on a paid order.",
+    ),
+    EventType(
+        name="coupon.released",
+        topic="fugou.coupons",
+        payload=CouponStateData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="A coupon is available again: its order was cancelled, or refunded under a restore policy.",
+    ),
+    EventType(
+        name="coupon.expiring",
+        topic="fugou.coupons",
+        payload=CouponExpiringData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="An unused coupon expires within the merchant's reminder window (once per coupon).",
+    ),
+    EventType(
+        name="coupon.expired",
+        topic="fugou.coupons",
+        payload=CouponStateData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="An unused coupon expired.",
+    ),
+    EventType(
+        name="points.earned",
+        topic="fugou.loyalty",
+        payload=PointsEarnedData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="Points credited: pending from a paid order, available when its return window closes, a bonus or an adjustment.",
+    ),
+    EventType(
+        name="points.redeemed",
+        topic="fugou.loyalty",
+        payload=PointsRedeemedData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="Points spent on a checkout offset or a points-mall item (a coupon item names the template to issue).",
+    ),
+    EventType(
+        name="points.expiring",
+        topic="fugou.loyalty",
+        payload=PointsExpiringData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="A lot of points expires within the merchant's notice days (once per lot).",
+    ),
+    EventType(
+        name="points.expired",
+        topic="fugou.loyalty",
+        payload=PointsExpiredData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="A lot's unspent points expired.",
+    ),
+    EventType(
+        name="level.changed",
+        topic="fugou.loyalty",
+        payload=LevelChangedData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="A member's level changed: an upgrade at once, a downgrade at a review after the grace period.",
+    ),
+    EventType(
+        name="stored_value.changed",
+        topic="fugou.loyalty",
+        payload=StoredValueChangedData,
+        schema_version=1,
+        customer_scoped=True,
+        direction="outbound",
+        description="Stored value was topped up, spent or refunded (paid and bonus parts, balances after).",
+    ),
 ]
 
 REGISTRY: dict[str, EventType] = {t.name: t for t in _TYPES}
@@ -336,7 +496,7 @@ def _envelope_model(t: EventType) -> type[EnvelopeBase]:
 
 
 ENVELOPE_MODELS: dict[str, type[EnvelopeBase]] = {t.name: _envelope_model(t) for t in _TYPES}
-Envelope = Annotated[Union[tuple(ENVELOPE_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]
+Envelope = Annotated[Union[tuple(ENVELOPE_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
 _adapter: TypeAdapter[EnvelopeBase] = TypeAdapter(Envelope)
 
 
@@ -359,8 +519,12 @@ def _first_error(exc: ValidationError) -> InvalidEvent:
     field = ".".join(loc) or None
     msg = err["msg"]
     if err["type"] == "union_tag_invalid":
-        field, msg = "type", f"unknown event type {err.get('input', {}).get('type')!r}" if isinstance(
-            err.get("input"), dict) else "unknown event type"
+        field, msg = (
+            "type",
+            f"unknown event type {err.get('input', {}).get('type')!r}"
+            if isinstance(err.get("input"), dict)
+            else "unknown event type",
+        )
     elif err["type"] == "union_tag_not_found":
         field, msg = "type", "field required"
     return InvalidEvent(f"{field}: {msg}" if field else msg, field)
@@ -404,20 +568,28 @@ def ensure_serializable(event: EnvelopeBase) -> None:
         raise InvalidEvent(f"{field}: cannot be encoded ({exc})", field, event.event_id) from None
 
 
-def new_event(type_: str, merchant_id: str, data: dict[str, Any] | Payload, customer_id: str | None = None,
-              occurred_at: datetime | None = None, event_id: str | None = None) -> EnvelopeBase:
+def new_event(
+    type_: str,
+    merchant_id: str,
+    data: dict[str, Any] | Payload,
+    customer_id: str | None = None,
+    occurred_at: datetime | None = None,
+    event_id: str | None = None,
+) -> EnvelopeBase:
     """Build an outbound event (validated like any other)."""
     if isinstance(data, Payload):
         data = data.model_dump(mode="json")
-    return parse_event({
-        "event_id": event_id or str(uuid.uuid4()),
-        "type": type_,
-        "merchant_id": merchant_id,
-        "customer_id": customer_id,
-        "occurred_at": (occurred_at or datetime.now(timezone.utc)).isoformat(),
-        "schema_version": REGISTRY[type_].schema_version,
-        "data": data,
-    })
+    return parse_event(
+        {
+            "event_id": event_id or str(uuid.uuid4()),
+            "type": type_,
+            "merchant_id": merchant_id,
+            "customer_id": customer_id,
+            "occurred_at": (occurred_at or clock.now()).isoformat(),
+            "schema_version": REGISTRY[type_].schema_version,
+            "data": data,
+        }
+    )
 
 
 class OutboundEvent:
@@ -427,17 +599,30 @@ class OutboundEvent:
     would cost more than the database work. Its shape is the registered envelope's (tests parse
     what the handlers stage)."""
 
-    __slots__ = ("merchant_id", "type", "key", "payload")
+    __slots__ = ("key", "merchant_id", "payload", "type")
 
-    def __init__(self, type_: str, merchant_id: str, data: dict[str, Any], customer_id: str | None = None,
-                 occurred_at: datetime | None = None):
+    def __init__(
+        self,
+        type_: str,
+        merchant_id: str,
+        data: dict[str, Any],
+        customer_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ):
         self.merchant_id = merchant_id
         self.type = type_
         self.key = f"{merchant_id}:{customer_id or ''}".encode()
-        self.payload = orjson.dumps({
-            "event_id": str(uuid.uuid4()), "type": type_, "merchant_id": merchant_id, "customer_id": customer_id,
-            "occurred_at": occurred_at or datetime.now(timezone.utc),
-            "schema_version": REGISTRY[type_].schema_version, "data": data})
+        self.payload = orjson.dumps(
+            {
+                "event_id": str(uuid.uuid4()),
+                "type": type_,
+                "merchant_id": merchant_id,
+                "customer_id": customer_id,
+                "occurred_at": occurred_at or clock.now(),
+                "schema_version": REGISTRY[type_].schema_version,
+                "data": data,
+            }
+        )
 
     def to_json(self) -> bytes:
         return self.payload

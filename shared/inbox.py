@@ -7,18 +7,19 @@ published twice, a shop that sent the same event again) find their id taken and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
 
 from sqlalchemy import Column, MetaData, String, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared import clock
 from shared.db import UTCDateTime, bulk_insert
 from shared.events import EnvelopeBase
 
 
 def inbox_table(metadata: MetaData) -> Table:
     return Table(
-        "inbox", metadata,
+        "inbox",
+        metadata,
         # Keyed per merchant: one tenant reusing another's event_id must not swallow its event.
         Column("merchant_id", String(128), primary_key=True),
         Column("event_id", String(128), primary_key=True),
@@ -38,9 +39,17 @@ class Inbox:
             unique.setdefault((e.merchant_id, e.event_id), e)
         if not unique:
             return []
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         rows = [(e.merchant_id, e.event_id, e.type, now) for e in unique.values()]  # type: ignore[attr-defined]
-        fresh = {(r[0], r[1]) for r in await bulk_insert(
-            session, self.table, ["merchant_id", "event_id", "type", "applied_at"], rows,
-            conflict=["merchant_id", "event_id"], returning=["merchant_id", "event_id"])}
+        fresh = {
+            (r[0], r[1])
+            for r in await bulk_insert(
+                session,
+                self.table,
+                ["merchant_id", "event_id", "type", "applied_at"],
+                rows,
+                conflict=["merchant_id", "event_id"],
+                returning=["merchant_id", "event_id"],
+            )
+        }
         return [e for key, e in unique.items() if key in fresh]

@@ -21,8 +21,13 @@ def run_env(context: Any) -> None:
     version_table = config.get_main_option("version_table") or "alembic_version"
 
     def _run(connection: Any) -> None:
-        context.configure(connection=connection, target_metadata=metadata, version_table=version_table,
-                          render_as_batch=True, compare_type=True)
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table=version_table,
+            render_as_batch=True,
+            compare_type=True,
+        )
         with context.begin_transaction():
             context.run_migrations()
 

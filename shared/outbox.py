@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 import structlog
-from sqlalchemy import Column, Index, LargeBinary, MetaData, Select, String, Table, delete, func, insert, literal, select, text
+from sqlalchemy import (
+    Column,
+    Index,
+    LargeBinary,
+    MetaData,
+    Select,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import faults, metrics
+from shared import clock, faults, metrics
 from shared.bus.base import Bus, Message
 from shared.db import BigId, UTCDateTime, bulk_insert, json_object, json_text, new_uuid, utf8_bytes
 from shared.events import REGISTRY, EnvelopeBase, OutboundEvent
@@ -27,7 +40,8 @@ log = structlog.get_logger("fugou.outbox")
 
 def outbox_table(metadata: MetaData) -> Table:
     return Table(
-        "outbox", metadata,
+        "outbox",
+        metadata,
         Column("id", BigId, primary_key=True, autoincrement=True),
         Column("merchant_id", String(128), nullable=False),
         Column("topic", String(255), nullable=False),
@@ -46,35 +60,64 @@ class Outbox:
         """Stage one ``type_`` event per row of ``rows`` (columns ``merchant_id``, ``customer_id``
         and ``data``, a json_object), the envelope built by the database in one INSERT … SELECT:
         for statements that announce thousands of changes at once. Returns how many."""
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         r = rows.subquery("announced")
         envelope = json_object(
-            "event_id", new_uuid(), "type", literal(type_), "merchant_id", r.c.merchant_id,
-            "customer_id", r.c.customer_id, "occurred_at", literal(now.isoformat()),
-            "schema_version", literal(REGISTRY[type_].schema_version), "data", json_text(r.c.data))
+            "event_id",
+            new_uuid(),
+            "type",
+            literal(type_),
+            "merchant_id",
+            r.c.merchant_id,
+            "customer_id",
+            r.c.customer_id,
+            "occurred_at",
+            literal(now.isoformat()),
+            "schema_version",
+            literal(REGISTRY[type_].schema_version),
+            "data",
+            json_text(r.c.data),
+        )
         key = utf8_bytes(r.c.merchant_id + literal(":") + func.coalesce(r.c.customer_id, literal("")))
-        result = await session.execute(insert(self.table).from_select(
-            ["merchant_id", "topic", "key", "payload", "created_at"],
-            select(r.c.merchant_id, literal(topic_for(type_)), key, utf8_bytes(envelope),
-                   literal(now, UTCDateTime()))))
+        result = await session.execute(
+            insert(self.table).from_select(
+                ["merchant_id", "topic", "key", "payload", "created_at"],
+                select(
+                    r.c.merchant_id, literal(topic_for(type_)), key, utf8_bytes(envelope), literal(now, UTCDateTime())
+                ),
+            )
+        )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def stage(self, session: AsyncSession, events: Sequence[EnvelopeBase | OutboundEvent]) -> None:
         """Record events to publish, inside the caller's transaction."""
         if not events:
             return
-        now = datetime.now(timezone.utc)
-        await bulk_insert(session, self.table, ["merchant_id", "topic", "key", "payload", "created_at"], [
-            (e.merchant_id, topic_for(e.type), e.key, e.to_json(), now)  # type: ignore[attr-defined]
-            for e in events])
+        now = clock.now()
+        await bulk_insert(
+            session,
+            self.table,
+            ["merchant_id", "topic", "key", "payload", "created_at"],
+            [
+                (e.merchant_id, topic_for(e.type), e.key, e.to_json(), now)  # type: ignore[attr-defined]
+                for e in events
+            ],
+        )
 
 
 class OutboxRelay:
     """Publishes one service's outbox. Run one per service (a PostgreSQL advisory lock keeps a
     second copy idle), so that per-key order on the bus is the order of the commits."""
 
-    def __init__(self, service: str, table: Table, sessions: async_sessionmaker[AsyncSession], bus: Bus,
-                 batch: int = 2000, idle_ms: int = 100):
+    def __init__(
+        self,
+        service: str,
+        table: Table,
+        sessions: async_sessionmaker[AsyncSession],
+        bus: Bus,
+        batch: int = 2000,
+        idle_ms: int = 100,
+    ):
         self.service = service
         self.table = table
         self.sessions = sessions
@@ -92,13 +135,17 @@ class OutboxRelay:
         """Publish up to one batch; return how many rows were published."""
         async with self.sessions() as session, session.begin():
             if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-                got = (await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
-                                             {"k": self._lock_key})).scalar()
+                got = (
+                    await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self._lock_key})
+                ).scalar()
                 if not got:
                     return 0
             t = self.table
-            rows = (await session.execute(
-                select(t.c.id, t.c.topic, t.c.key, t.c.payload).order_by(t.c.id).limit(self.batch))).all()
+            rows = (
+                await session.execute(
+                    select(t.c.id, t.c.topic, t.c.key, t.c.payload).order_by(t.c.id).limit(self.batch)
+                )
+            ).all()
             if not rows:
                 metrics.OUTBOX_PENDING.labels(self.service).set(0)
                 return 0

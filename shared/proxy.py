@@ -36,16 +36,28 @@ from shared.web import INTERNAL_TOKEN_HEADER, MERCHANT_HEADER, ApiError
 log = structlog.get_logger("fugou.proxy")
 
 # RFC 9110 §7.6.1, plus Proxy-Connection (obsolete, still sent by some clients).
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-                        "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 # Not passed upstream: Host is the upstream's own; Expect was answered by this server (it read
 # the body); the internal token (and the merchant it speaks for) is only for service-to-service calls.
 NOT_FORWARDED = HOP_BY_HOP | {"host", "expect", INTERNAL_TOKEN_HEADER.lower(), MERCHANT_HEADER.lower()}
 # Not passed back: the server in front adds its own Date and Server.
 NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
 # An upstream's operations endpoints and docs are its own business, never forwarded.
-NEVER_PROXIED = frozenset({"/metrics", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
-                           "/openapi.json"})
+NEVER_PROXIED = frozenset(
+    {"/metrics", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 REQUEST_ID = "x-request-id"
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
@@ -81,8 +93,13 @@ def route_table(routers: Iterable[APIRouter]) -> list[tuple[str, frozenset[str]]
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[str]:
     """Header names a Connection header declares hop-by-hop for this hop."""
-    return {token.strip().lower() for name, value in headers if name.lower() == b"connection"
-            for token in value.decode("latin-1").split(",") if token.strip()}
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.decode("latin-1").split(",")
+        if token.strip()
+    }
 
 
 def _filtered(headers: Sequence[tuple[bytes, bytes]], dropped: Collection[str]) -> list[tuple[bytes, bytes]]:
@@ -128,8 +145,13 @@ class _Relayed(StreamingResponse):
 class ReverseProxy:
     """Forwards requests to upstreams over one pooled client (``async with proxy:`` opens it)."""
 
-    def __init__(self, upstreams: Sequence[Upstream], *, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 limits: httpx.Limits = DEFAULT_LIMITS):
+    def __init__(
+        self,
+        upstreams: Sequence[Upstream],
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ):
         self.upstreams = list(upstreams)
         self.timeout = timeout
         self.limits = limits
@@ -138,9 +160,13 @@ class ReverseProxy:
     async def __aenter__(self) -> ReverseProxy:
         # No environment proxies (the upstreams are our own services), no redirects followed (the
         # client gets them), and no cookie jar: cookies belong to the callers, not to this client.
-        self._client = httpx.AsyncClient(timeout=self.timeout, limits=self.limits, trust_env=False,
-                                         follow_redirects=False,
-                                         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
+        self._client = httpx.AsyncClient(
+            timeout=self.timeout,
+            limits=self.limits,
+            trust_env=False,
+            follow_redirects=False,
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -153,8 +179,15 @@ class ReverseProxy:
         out: list[BaseRoute] = []
         for upstream in self.upstreams:
             for path, methods in upstream.routes:
-                out.append(Route(path, self._endpoint(upstream), methods=sorted(methods), include_in_schema=False,
-                                 name=f"proxy:{upstream.name}:{path}"))
+                out.append(
+                    Route(
+                        path,
+                        self._endpoint(upstream),
+                        methods=sorted(methods),
+                        include_in_schema=False,
+                        name=f"proxy:{upstream.name}:{path}",
+                    )
+                )
         return out
 
     def _endpoint(self, upstream: Upstream) -> Any:
@@ -181,8 +214,11 @@ class ReverseProxy:
             request_id = uuid.uuid4().hex
             headers.append((REQUEST_ID.encode(), request_id.encode()))
         forwarded_for = [v for k, v in headers if k.lower() == b"x-forwarded-for"]
-        headers = [(k, v) for k, v in headers if k.lower() not in (b"x-forwarded-for", b"x-forwarded-proto",
-                                                                    b"x-forwarded-host")]
+        headers = [
+            (k, v)
+            for k, v in headers
+            if k.lower() not in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+        ]
         chain = [hop.strip() for value in forwarded_for for hop in value.decode("latin-1").split(",") if hop.strip()]
         client = request.client.host if request.client else "unknown"
         # A server that trusts the proxy in front of it (uvicorn's --forwarded-allow-ips) has already
@@ -197,16 +233,16 @@ class ReverseProxy:
         # A body is streamed as it arrives, with the client's Content-Length when it gave one
         # (chunked otherwise); a request without one is sent without one.
         has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
-        outbound = httpx.Request(request.method, url, headers=headers,
-                                 content=request.stream() if has_body else None)
+        outbound = httpx.Request(request.method, url, headers=headers, content=request.stream() if has_body else None)
         try:
             # Built here, not with client.build_request: that would add the client's own Accept,
             # Accept-Encoding and User-Agent to what the caller sent.
             response = await self._client.send(outbound, stream=True)
         except httpx.PoolTimeout as exc:
             self._failed(upstream, request, 503, exc)
-            raise ApiError(503, "upstream_busy", f"too many requests in flight to {upstream.name}; "
-                                                 "try again shortly") from exc
+            raise ApiError(
+                503, "upstream_busy", f"too many requests in flight to {upstream.name}; try again shortly"
+            ) from exc
         except httpx.TimeoutException as exc:
             self._failed(upstream, request, 504, exc)
             raise ApiError(504, "upstream_timeout", f"{upstream.name} did not answer in time") from exc
@@ -224,12 +260,23 @@ class ReverseProxy:
     @staticmethod
     def _failed(upstream: Upstream, request: Request, status: int, exc: Exception) -> None:
         metrics.PROXY_REQUESTS.labels(upstream.name, str(status)).inc()
-        log.warning("proxy.upstream_failed", upstream=upstream.name, method=request.method,
-                    path=request.url.path, status=status, error=repr(exc))
+        log.warning(
+            "proxy.upstream_failed",
+            upstream=upstream.name,
+            method=request.method,
+            path=request.url.path,
+            status=status,
+            error=repr(exc),
+        )
 
 
-def install_proxy(app: FastAPI, upstreams: Sequence[Upstream], *, timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                  limits: httpx.Limits = DEFAULT_LIMITS) -> ReverseProxy:
+def install_proxy(
+    app: FastAPI,
+    upstreams: Sequence[Upstream],
+    *,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    limits: httpx.Limits = DEFAULT_LIMITS,
+) -> ReverseProxy:
     """Forward the upstreams' routes from ``app``, after every route it already has (which win),
     with the client opened and closed by the app's lifespan."""
     proxy = ReverseProxy(upstreams, timeout=timeout, limits=limits)

@@ -43,8 +43,7 @@ class MessagingTables:
     @classmethod
     def on(cls, metadata: MetaData) -> MessagingTables:
         merchants, keys = merchant_tables(metadata)
-        return cls(outbox=outbox_table(metadata), inbox=inbox_table(metadata), merchants=merchants,
-                   merchant_keys=keys)
+        return cls(outbox=outbox_table(metadata), inbox=inbox_table(metadata), merchants=merchants, merchant_keys=keys)
 
 
 @dataclass
@@ -66,7 +65,6 @@ class ServiceSpec:
     @property
     def group_id(self) -> str:
         return f"fugou-{self.name}"
-
 
 
 def alembic_config(spec: ServiceSpec) -> Config:
@@ -117,26 +115,48 @@ class ServiceRuntime:
     async def start(self, *, run_migrations: bool = True, relay: bool = True, consumer: bool = True) -> None:
         self.engine = create_engine(self.database_url, app_name=f"fugou-{self.name}")
         self.sessions = session_factory(self.engine)
-        self.tenancy = Tenancy(self.spec.tables.merchants, self.spec.tables.merchant_keys, self.sessions,
-                               self.settings.api_key_pepper.get_secret_value())
+        self.tenancy = Tenancy(
+            self.spec.tables.merchants,
+            self.spec.tables.merchant_keys,
+            self.sessions,
+            self.settings.api_key_pepper.get_secret_value(),
+        )
         if run_migrations:
             await migrate(self.engine, self.spec)
-        self.relay = OutboxRelay(self.name, self.spec.tables.outbox, self.sessions, self.bus,
-                                 batch=self.settings.relay_batch, idle_ms=self.settings.relay_idle_ms)
+        self.relay = OutboxRelay(
+            self.name,
+            self.spec.tables.outbox,
+            self.sessions,
+            self.bus,
+            batch=self.settings.relay_batch,
+            idle_ms=self.settings.relay_idle_ms,
+        )
         if relay:
             self._spawn(self.relay.run(), "relay")
         if consumer and self.spec.follows_merchants:
             self.merchants = MerchantFollower(
-                service=self.name, subscriber=self.bus.subscriber(f"{self.spec.group_id}-merchants", [MERCHANTS_TOPIC]),
-                sessions=self.sessions, tenancy=self.tenancy, poll_ms=self.settings.consumer_poll_ms)
+                service=self.name,
+                subscriber=self.bus.subscriber(f"{self.spec.group_id}-merchants", [MERCHANTS_TOPIC]),
+                sessions=self.sessions,
+                tenancy=self.tenancy,
+                poll_ms=self.settings.consumer_poll_ms,
+            )
             self._spawn(self.merchants.run(), "merchants")
         if consumer and self.spec.handler is not None and self.spec.topics and self.merchants is not None:
             self.consumer = EventConsumer(
-                service=self.name, group_id=self.spec.group_id,
-                subscriber=self.bus.subscriber(self.spec.group_id, list(self.spec.topics)), bus=self.bus,
-                sessions=self.sessions, inbox=self.inbox, tenancy=self.tenancy, handler=self.spec.handler,
-                merchants=self.merchants, batch=self.settings.consumer_batch,
-                poll_ms=self.settings.consumer_poll_ms, on_applied=self.relay.wake)
+                service=self.name,
+                group_id=self.spec.group_id,
+                subscriber=self.bus.subscriber(self.spec.group_id, list(self.spec.topics)),
+                bus=self.bus,
+                sessions=self.sessions,
+                inbox=self.inbox,
+                tenancy=self.tenancy,
+                handler=self.spec.handler,
+                merchants=self.merchants,
+                batch=self.settings.consumer_batch,
+                poll_ms=self.settings.consumer_poll_ms,
+                on_applied=self.relay.wake,
+            )
             self._spawn(self.consumer.run(), "consumer")
         if consumer:
             for i, task in enumerate(self.spec.background):

@@ -39,7 +39,6 @@ class AudienceNotFound(LookupError):
     """No saved audience with that id for the merchant (deleted, or never there)."""
 
 
-
 class SegmentationClient:
     """Segmentation's audience API on a merchant's behalf (one pooled httpx client)."""
 
@@ -48,13 +47,15 @@ class SegmentationClient:
         self.token = internal_token
 
     @classmethod
-    def build(cls, base_url: str, internal_token: str, local_app: Any = None,
-              timeout: float = 30.0) -> SegmentationClient:
+    def build(
+        cls, base_url: str, internal_token: str, local_app: Any = None, timeout: float = 30.0
+    ) -> SegmentationClient:
         if base_url:
             http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
         elif local_app is not None:
-            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=local_app), base_url=LOCAL_BASE_URL,
-                                     timeout=timeout)
+            http = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=local_app), base_url=LOCAL_BASE_URL, timeout=timeout
+            )
         else:
             http = httpx.AsyncClient(transport=_Unconfigured(), base_url=LOCAL_BASE_URL)
         return cls(http, internal_token)
@@ -81,8 +82,9 @@ class SegmentationClient:
     async def check_filter(self, merchant_id: str, f: Mapping[str, Any]) -> None:
         """Segmentation's own validation of a filter (raises AudienceRejected with its reason);
         among no customers, so that checking costs segmentation nothing at any audience size."""
-        r = await self._call("POST", "/v1/audiences/query", merchant_id,
-                             json={"filter": f, "customer_ids": [], "limit": 1})
+        r = await self._call(
+            "POST", "/v1/audiences/query", merchant_id, json={"filter": f, "customer_ids": [], "limit": 1}
+        )
         if r.status_code == 422:
             raise _rejected(r)
 
@@ -91,9 +93,13 @@ class SegmentationClient:
         ids = sorted(set(customer_ids))
         found: set[str] = set()
         for i in range(0, len(ids), MEMBERS_PER_CHECK):
-            part = ids[i:i + MEMBERS_PER_CHECK]
-            r = await self._call("POST", "/v1/audiences/query", merchant_id,
-                                 json={"filter": f, "customer_ids": part, "limit": MEMBERS_PER_CHECK})
+            part = ids[i : i + MEMBERS_PER_CHECK]
+            r = await self._call(
+                "POST",
+                "/v1/audiences/query",
+                merchant_id,
+                json={"filter": f, "customer_ids": part, "limit": MEMBERS_PER_CHECK},
+            )
             if r.status_code == 422:
                 raise _rejected(r)
             found.update(c["customer_id"] for c in r.json()["customers"])
@@ -102,11 +108,16 @@ class SegmentationClient:
     async def members(self, merchant_id: str, audience: Mapping[str, Any], chunk: int) -> AsyncIterator[list[str]]:
         """Every member of a saved audience or a filter, in chunks, streamed (flat memory)."""
         if "audience_id" in audience:
-            request = self.http.build_request("GET", f"/v1/audiences/{audience['audience_id']}/members.csv",
-                                              headers=self._headers(merchant_id))
+            request = self.http.build_request(
+                "GET", f"/v1/audiences/{audience['audience_id']}/members.csv", headers=self._headers(merchant_id)
+            )
         else:
-            request = self.http.build_request("POST", "/v1/audiences/query.csv", headers=self._headers(merchant_id),
-                                              json={"filter": audience["filter"]})
+            request = self.http.build_request(
+                "POST",
+                "/v1/audiences/query.csv",
+                headers=self._headers(merchant_id),
+                json={"filter": audience["filter"]},
+            )
         try:
             r = await self.http.send(request, stream=True)
         except httpx.HTTPError as e:
@@ -156,7 +167,7 @@ def _rejected(r: httpx.Response) -> AudienceRejected:
         first = (err.get("fields") or [{"field": "body.filter", "message": err["message"]}])[0]
         field = str(first["field"])
         if field.startswith("body.filter"):
-            field = "audience.filter" + field[len("body.filter"):]
+            field = "audience.filter" + field[len("body.filter") :]
         return AudienceRejected(field, str(first["message"]))
     except (ValueError, KeyError, TypeError):
         return AudienceRejected("audience.filter", r.text[:300])
@@ -164,8 +175,9 @@ def _rejected(r: httpx.Response) -> AudienceRejected:
 
 class _Unconfigured(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("FUGOU_SEGMENTATION_URL is not set and segmentation does not run in this process",
-                                 request=request)
+        raise httpx.ConnectError(
+            "FUGOU_SEGMENTATION_URL is not set and segmentation does not run in this process", request=request
+        )
 
 
 # ---------------------------------------------------------------- one client per running service
@@ -179,9 +191,11 @@ def client_for(runtime: Any) -> SegmentationClient:
     """The runtime's segmentation client, built on first use."""
     client = _CLIENTS.get(runtime.engine)
     if client is None:
-        client = SegmentationClient.build(runtime.settings.segmentation_url,
-                                          runtime.settings.internal_token.get_secret_value(),
-                                          getattr(runtime, "local_api", None))
+        client = SegmentationClient.build(
+            runtime.settings.segmentation_url,
+            runtime.settings.internal_token.get_secret_value(),
+            getattr(runtime, "local_api", None),
+        )
         _CLIENTS[runtime.engine] = client
     return client
 
@@ -200,4 +214,3 @@ async def release(runtime: Any) -> None:
 def register(engine: Any, client: SegmentationClient) -> None:
     """For tools and tests that run a service's handlers on an engine of their own."""
     _CLIENTS[engine] = client
-

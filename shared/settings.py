@@ -5,6 +5,7 @@ would be unsafe to leave at their defaults (secrets) are refused at start."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -42,16 +43,27 @@ class Settings(BaseSettings):
     # embedded mode, where every service answers in process. The gateway, the front door of the
     # distributed mode, forwards each service's routes to its URL (a service without one is not
     # forwarded); coupons and notifications also call segmentation's audience API at its URL.
-    segmentation_url: str = Field("", description=(
-        "Base URL of segmentation's API: the gateway forwards segmentation's routes there, and "
-        "coupons and notifications call its audience API there. Empty: in process (embedded mode)."))
-    coupons_url: str = Field("", description=(
-        "Base URL of coupons' API: the gateway forwards coupons' routes there. Empty: not forwarded."))
-    loyalty_url: str = Field("", description=(
-        "Base URL of loyalty's API: the gateway forwards loyalty's routes there. Empty: not forwarded."))
-    notifications_url: str = Field("", description=(
-        "Base URL of notifications' API: the gateway forwards notifications' routes there (unsubscribe "
-        "links and provider receipts included). Empty: not forwarded."))
+    segmentation_url: str = Field(
+        "",
+        description=(
+            "Base URL of segmentation's API: the gateway forwards segmentation's routes there, and "
+            "coupons and notifications call its audience API there. Empty: in process (embedded mode)."
+        ),
+    )
+    coupons_url: str = Field(
+        "", description=("Base URL of coupons' API: the gateway forwards coupons' routes there. Empty: not forwarded.")
+    )
+    loyalty_url: str = Field(
+        "",
+        description=("Base URL of loyalty's API: the gateway forwards loyalty's routes there. Empty: not forwarded."),
+    )
+    notifications_url: str = Field(
+        "",
+        description=(
+            "Base URL of notifications' API: the gateway forwards notifications' routes there (unsubscribe "
+            "links and provider receipts included). Empty: not forwarded."
+        ),
+    )
     bootstrap_api_key: SecretStr | None = None
     # Notifications: the public base URL of the API (unsubscribe links in messages), and what
     # happens to a message on a channel the merchant has configured no provider for: recorded by
@@ -68,6 +80,9 @@ class Settings(BaseSettings):
     relay_idle_ms: int = Field(100, ge=1)
     log_level: str = "INFO"
     log_json: bool = True
+    # Moves the process's clock (shared.clock) by this much: an ISO 8601 duration (P365D, -P365D, PT2H).
+    # For tests and demos that need another day; refused in production.
+    clock_offset: timedelta = timedelta(0)
 
     @field_validator("segmentation_url", "coupons_url", "loyalty_url", "notifications_url")
     @classmethod
@@ -77,11 +92,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _refuse_unsafe_defaults(self) -> "Settings":
+    def _refuse_unsafe_defaults(self) -> Settings:
         if self.env == "production":
             for name in ("api_key_pepper", "admin_token", "internal_token"):
                 if getattr(self, name).get_secret_value() == _DEV_SECRET:
                     raise ValueError(f"FUGOU_{name.upper()} must be set in production")
+            if self.clock_offset:
+                raise ValueError("FUGOU_CLOCK_OFFSET moves the clock; production runs on the real one")
         return self
 
     def database_url(self, service: str) -> str:

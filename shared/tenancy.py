@@ -13,13 +13,14 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import jwt
 from sqlalchemy import Boolean, Column, Index, LargeBinary, MetaData, String, Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import clock
 from shared.db import UTCDateTime, insert_for
 from shared.events import EnvelopeBase
 
@@ -62,7 +63,8 @@ class Customer:
 
 def merchant_tables(metadata: MetaData) -> tuple[Table, Table]:
     merchants = Table(
-        "merchants", metadata,
+        "merchants",
+        metadata,
         Column("merchant_id", String(128), primary_key=True),
         Column("name", String(255), nullable=False),
         Column("timezone", String(64), nullable=False),
@@ -71,7 +73,8 @@ def merchant_tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("updated_at", UTCDateTime, nullable=False),
     )
     keys = Table(
-        "merchant_api_keys", metadata,
+        "merchant_api_keys",
+        metadata,
         Column("key_hash", String(64), primary_key=True),
         Column("merchant_id", String(128), nullable=False),
         Index("ix_merchant_api_keys_merchant_id", "merchant_id"),
@@ -101,8 +104,13 @@ class Tenancy:
         self._tokens.clear()
 
     def _row_to_merchant(self, row: Any) -> Merchant:
-        return Merchant(merchant_id=row.merchant_id, name=row.name, timezone=row.timezone,
-                        jwt_secret=row.jwt_secret.decode(), active=row.active)
+        return Merchant(
+            merchant_id=row.merchant_id,
+            name=row.name,
+            timezone=row.timezone,
+            jwt_secret=row.jwt_secret.decode(),
+            active=row.active,
+        )
 
     async def by_api_key(self, api_key: str) -> Merchant | None:
         digest = hash_api_key(api_key, self.pepper)
@@ -112,8 +120,11 @@ class Tenancy:
             return hit[1]
         m, k = self.merchants, self.keys
         async with self.sessions() as session:
-            row = (await session.execute(
-                select(m).join(k, k.c.merchant_id == m.c.merchant_id).where(k.c.key_hash == digest))).first()
+            row = (
+                await session.execute(
+                    select(m).join(k, k.c.merchant_id == m.c.merchant_id).where(k.c.key_hash == digest)
+                )
+            ).first()
         merchant = self._row_to_merchant(row) if row else None
         if merchant is not None and not merchant.active:
             merchant = None
@@ -128,8 +139,9 @@ class Tenancy:
         if hit and hit[0] > now:
             return hit[1]
         async with self.sessions() as session:
-            row = (await session.execute(select(self.merchants).where(
-                self.merchants.c.merchant_id == merchant_id))).first()
+            row = (
+                await session.execute(select(self.merchants).where(self.merchants.c.merchant_id == merchant_id))
+            ).first()
         merchant = self._row_to_merchant(row) if row else None
         if len(self._by_id) > 10_000:
             self._by_id.clear()
@@ -139,15 +151,18 @@ class Tenancy:
     async def known(self, session: AsyncSession, merchant_ids: set[str]) -> set[str]:
         if not merchant_ids:
             return set()
-        rows = await session.execute(select(self.merchants.c.merchant_id).where(
-            self.merchants.c.merchant_id.in_(merchant_ids), self.merchants.c.active.is_(True)))
+        rows = await session.execute(
+            select(self.merchants.c.merchant_id).where(
+                self.merchants.c.merchant_id.in_(merchant_ids), self.merchants.c.active.is_(True)
+            )
+        )
         return set(rows.scalars())
 
     async def customer_from_token(self, token: str) -> Customer | None:
         hit = self._tokens.get(token)
         if hit is not None:
             exp, secret, mid, sub = hit
-            if time.time() >= exp + _TOKEN_LEEWAY_S:
+            if clock.timestamp() >= exp + _TOKEN_LEEWAY_S:
                 del self._tokens[token]
                 return None
             merchant = await self.by_id(mid)
@@ -165,9 +180,16 @@ class Tenancy:
         if merchant is None or not merchant.active:
             return None
         try:
-            claims = jwt.decode(token, merchant.jwt_secret, algorithms=["HS256"], leeway=_TOKEN_LEEWAY_S,
-                                options={"require": ["sub", "mid", "exp"]})
+            claims = jwt.decode(
+                token,
+                merchant.jwt_secret,
+                algorithms=["HS256"],
+                # exp is judged below against the one clock, not PyJWT's own reading of the time.
+                options={"require": ["sub", "mid", "exp"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            )
         except jwt.PyJWTError:
+            return None
+        if not _in_force(claims, clock.timestamp()):
             return None
         if len(self._tokens) >= _TOKEN_CACHE_SIZE:
             self._tokens.clear()
@@ -181,25 +203,48 @@ class Tenancy:
         latest: dict[str, Any] = {}
         for e in events:
             latest[e.merchant_id] = e
-        now = datetime.now(timezone.utc)
-        rows = [{"merchant_id": mid, "name": e.data.name, "timezone": e.data.timezone,
-                 "jwt_secret": e.data.jwt_secret.encode(), "active": e.data.active, "updated_at": now}
-                for mid, e in latest.items()]
+        now = clock.now()
+        rows = [
+            {
+                "merchant_id": mid,
+                "name": e.data.name,
+                "timezone": e.data.timezone,
+                "jwt_secret": e.data.jwt_secret.encode(),
+                "active": e.data.active,
+                "updated_at": now,
+            }
+            for mid, e in latest.items()
+        ]
         stmt = insert_for(session, self.merchants).values(rows)
         stmt = stmt.on_conflict_do_update(
             index_elements=[self.merchants.c.merchant_id],
-            set_={c: stmt.excluded[c] for c in ("name", "timezone", "jwt_secret", "active", "updated_at")})
+            set_={c: stmt.excluded[c] for c in ("name", "timezone", "jwt_secret", "active", "updated_at")},
+        )
         await session.execute(stmt)
         await session.execute(delete(self.keys).where(self.keys.c.merchant_id.in_(list(latest))))
         key_rows = [{"key_hash": h, "merchant_id": mid} for mid, e in latest.items() for h in e.data.api_key_hashes]
         if key_rows:
             ins = insert_for(session, self.keys).values(key_rows)
-            await session.execute(ins.on_conflict_do_update(
-                index_elements=[self.keys.c.key_hash], set_={"merchant_id": ins.excluded.merchant_id}))
+            await session.execute(
+                ins.on_conflict_do_update(
+                    index_elements=[self.keys.c.key_hash], set_={"merchant_id": ins.excluded.merchant_id}
+                )
+            )
         self.invalidate()
 
 
+def _in_force(claims: dict[str, Any], now: float) -> bool:
+    """A token's times judged against the one clock, with PyJWT's rules: ``exp`` passed, ``nbf`` and
+    ``iat`` not yet reached, each within the leeway, each a number."""
+    times = {name: claims.get(name) for name in ("exp", "nbf", "iat")}
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in times.values()):
+        return False
+    exp, nbf, iat = times["exp"], times["nbf"], times["iat"]
+    if exp is None or now >= exp + _TOKEN_LEEWAY_S:
+        return False
+    return all(t is None or now + _TOKEN_LEEWAY_S >= t for t in (nbf, iat))
+
+
 def mint_customer_token(merchant_id: str, customer_id: str, secret: str, ttl: timedelta = timedelta(hours=2)) -> str:
-    now = datetime.now(timezone.utc)
-    return jwt.encode({"sub": customer_id, "mid": merchant_id, "iat": now, "exp": now + ttl}, secret,
-                      algorithm="HS256")
+    now = clock.now()
+    return jwt.encode({"sub": customer_id, "mid": merchant_id, "iat": now, "exp": now + ttl}, secret, algorithm="HS256")

@@ -3,13 +3,12 @@ error responses that name the field at fault, and the dependencies for sessions 
 
 from __future__ import annotations
 
-import hmac
-
 import gc
+import hmac
 import time
-from datetime import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
@@ -30,8 +29,8 @@ from shared.asyncapi import asyncapi_document
 from shared.bus.base import Bus
 from shared.events import json_schemas
 from shared.runtime import ServiceRuntime
-from shared.topics import all_topics
 from shared.tenancy import Customer, Merchant
+from shared.topics import all_topics
 
 log = structlog.get_logger("fugou.http")
 
@@ -46,8 +45,13 @@ class ApiError(HTTPException):
         self.field = field
 
 
-def _error(status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    fields: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if fields:
         body["error"]["fields"] = fields
@@ -71,8 +75,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict"}.get(exc.status_code, "error")
+        code = {
+            400: "bad_request",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+            409: "conflict",
+        }.get(exc.status_code, "error")
         # FastAPI's only own 400 is a body it could not decode.
         fields = [{"field": "body", "message": str(exc.detail)}] if exc.status_code == 400 else None
         return _error(exc.status_code, code, str(exc.detail), fields, headers=getattr(exc, "headers", None))
@@ -80,8 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not bad input: log it whole, answer in the same shape without internals.
-        log.error("http.unhandled_error", method=request.method, path=request.url.path, error=repr(exc),
-                  exc_info=exc)
+        log.error("http.unhandled_error", method=request.method, path=request.url.path, error=repr(exc), exc_info=exc)
         return _error(500, "internal_error", "internal error; it has been logged")
 
 
@@ -129,11 +138,13 @@ def merchant_dependency(service: str) -> Callable[..., Awaitable[Merchant]]:
 
 
 def customer_dependency(service: str) -> Callable[..., Awaitable[Customer]]:
-    async def _customer(request: Request,
-                        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Customer:
+    async def _customer(
+        request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Customer:
         if cred is None:
-            raise ApiError(401, "unauthorized", "missing customer token (Authorization: Bearer …)",
-                           field="header.Authorization")
+            raise ApiError(
+                401, "unauthorized", "missing customer token (Authorization: Bearer …)", field="header.Authorization"
+            )
         customer = await runtime_of(request, service).tenancy.customer_from_token(cred.credentials)
         if customer is None:
             raise ApiError(401, "unauthorized", "invalid or expired customer token", field="header.Authorization")
@@ -176,10 +187,17 @@ class _Observe:
             metrics.HTTP_SECONDS.labels(scope["method"], path).observe(time.perf_counter() - started)
 
 
-def create_app(*, title: str, description: str, runtimes: Sequence[ServiceRuntime], bus: Bus,
-               on_started: Callable[[FastAPI], Awaitable[None]] | None = None,
-               start_kwargs: dict[str, Any] | None = None, version: str = "0.1.0",
-               serve_api: bool = True) -> FastAPI:
+def create_app(
+    *,
+    title: str,
+    description: str,
+    runtimes: Sequence[ServiceRuntime],
+    bus: Bus,
+    on_started: Callable[[FastAPI], Awaitable[None]] | None = None,
+    start_kwargs: dict[str, Any] | None = None,
+    version: str = "0.1.0",
+    serve_api: bool = True,
+) -> FastAPI:
     """One FastAPI app serving the routers of the given services (health, readiness, metrics and
     docs always; the services' own API unless serve_api is off). Engines, bus clients and
     background tasks are built in the lifespan, never at import time."""
@@ -222,8 +240,12 @@ def create_app(*, title: str, description: str, runtimes: Sequence[ServiceRuntim
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="Readiness: databases and the bus answer",
-             responses={503: {"description": "a dependency is down"}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Readiness: databases and the bus answer",
+        responses={503: {"description": "a dependency is down"}},
+    )
     async def readyz() -> JSONResponse:
         checks: dict[str, Any] = {}
         try:
@@ -233,10 +255,10 @@ def create_app(*, title: str, description: str, runtimes: Sequence[ServiceRuntim
             checks["bus"] = f"error: {type(exc).__name__}"
         for rt in runtimes:
             checks[rt.name] = await rt.check()
-        ok = checks["bus"] == "ok" and all(
-            v == "ok" for rt in runtimes for v in checks[rt.name].values())
-        return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "unavailable",
-                                                                      "checks": checks})
+        ok = checks["bus"] == "ok" and all(v == "ok" for rt in runtimes for v in checks[rt.name].values())
+        return JSONResponse(
+            status_code=200 if ok else 503, content={"status": "ok" if ok else "unavailable", "checks": checks}
+        )
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -271,18 +293,26 @@ def status_router(service: str) -> APIRouter:
     router = APIRouter(tags=[service])
     merchant_dep = merchant_dependency(service)
 
-    @router.get(f"/v1/{service}/status", response_model=ServiceStatus,
-                summary=f"What the {service} service holds for this merchant")
+    @router.get(
+        f"/v1/{service}/status",
+        response_model=ServiceStatus,
+        summary=f"What the {service} service holds for this merchant",
+    )
     async def status(request: Request, merchant: Merchant = Depends(merchant_dep)) -> ServiceStatus:  # noqa: B008
         rt = runtime_of(request, service)
         inbox, outbox = rt.spec.tables.inbox, rt.spec.tables.outbox
         mid = merchant.merchant_id
         async with rt.sessions() as session:
-            applied, last = (await session.execute(
-                select(func.count(), func.max(inbox.c.applied_at)).where(inbox.c.merchant_id == mid))).one()
-            pending = (await session.execute(
-                select(func.count()).select_from(outbox).where(outbox.c.merchant_id == mid))).scalar_one()
-        return ServiceStatus(service=service, merchant_id=mid, events_applied=applied,
-                             outbox_pending=pending, last_applied_at=last)
+            applied, last = (
+                await session.execute(
+                    select(func.count(), func.max(inbox.c.applied_at)).where(inbox.c.merchant_id == mid)
+                )
+            ).one()
+            pending = (
+                await session.execute(select(func.count()).select_from(outbox).where(outbox.c.merchant_id == mid))
+            ).scalar_one()
+        return ServiceStatus(
+            service=service, merchant_id=mid, events_applied=applied, outbox_pending=pending, last_applied_at=last
+        )
 
     return router

@@ -9,8 +9,8 @@ import os
 import sys
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from shared import clock
 from shared.settings import SERVICES, Settings
 from tests.infra import Kafka, Postgres, running_kafka, running_postgres
 
@@ -41,14 +42,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     def stuck() -> None:
-        print(f"\npytest: the process has not exited {EXIT_GRACE_S} s after the session ended; "
-              "the threads still running:", file=sys.stderr, flush=True)
+        print(
+            f"\npytest: the process has not exited {EXIT_GRACE_S} s after the session ended; "
+            "the threads still running:",
+            file=sys.stderr,
+            flush=True,
+        )
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         os._exit(_exit_status)
 
     timer = threading.Timer(EXIT_GRACE_S, stuck)
     timer.daemon = True
     timer.start()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's clock: the wall clock moved by FUGOU_CLOCK_OFFSET (``FUGOU_CLOCK_OFFSET=P365D make
+    test`` runs it a year ahead), installed before test modules are imported so that the times they
+    build at import are read from it too. Service processes the tests start inherit the variable."""
+    clock.install(clock.SystemClock(Settings(env="test").clock_offset))
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[clock.ManualClock]:
+    """A clock that stands still at the suite's now until the test moves it (``advance``, ``set``)."""
+    with clock.installed(clock.ManualClock(clock.now())) as manual:
+        yield manual
 
 
 @pytest.fixture(scope="session")
@@ -87,14 +106,26 @@ def pg_urls(postgres: Postgres) -> dict[str, str]:
 
 
 def embedded_settings(tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(env="test", data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN,  # type: ignore[arg-type]
-                    consumer_poll_ms=50, relay_idle_ms=20, **overrides)
+    return Settings(
+        env="test",
+        data_dir=tmp_path / "data",
+        admin_token=ADMIN_TOKEN,  # type: ignore[arg-type]
+        consumer_poll_ms=50,
+        relay_idle_ms=20,
+        **overrides,
+    )
 
 
 def kafka_pg_settings(tmp_path: Path, kafka: Kafka, pg_urls: dict[str, str], **overrides: object) -> Settings:
     dbs = {f"{svc}_database_url": url for svc, url in pg_urls.items()}
-    return embedded_settings(tmp_path, bus="kafka", kafka_bootstrap=kafka.bootstrap,
-                             kafka_prefix=f"t{uuid.uuid4().hex[:8]}.", **dbs, **overrides)
+    return embedded_settings(
+        tmp_path,
+        bus="kafka",
+        kafka_bootstrap=kafka.bootstrap,
+        kafka_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        **dbs,
+        **overrides,
+    )
 
 
 @asynccontextmanager
@@ -104,4 +135,3 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://fugou.test", timeout=30) as client:
             yield client
-

@@ -39,8 +39,12 @@ class Kafka:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.controller_port),
-                "KAFKA_RUN_DIR": str(self.run_dir)}
+        return {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "KAFKA_RUN_DIR": str(self.run_dir),
+        }
 
     def start(self) -> Kafka:
         self.bootstrap = _run(ROOT / "deploy/kafka/start.sh", self.env, timeout=600)

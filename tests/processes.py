@@ -17,7 +17,7 @@ from tests.infra import ROOT, free_port
 
 @dataclass
 class ServiceProcess:
-    module: str                      # e.g. "services.segmentation run" or "services.embedded"
+    module: str  # e.g. "services.segmentation run" or "services.embedded"
     env: dict[str, str]
     args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
@@ -29,7 +29,11 @@ class ServiceProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-m", mod, *cmd, *self.args, "--port", str(self.port)],
-            cwd=ROOT, env={**os.environ, **self.env, **(extra_env or {})}, stdout=log, stderr=log)
+            cwd=ROOT,
+            env={**os.environ, **self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=log,
+        )
         return self
 
     @property

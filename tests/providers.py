@@ -59,8 +59,8 @@ import httpx
 import orjson
 import uvicorn
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from aiosmtpd.smtp import SMTP as SmtpServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from services.notifications.adapters.channels.sms import aliyun_signature
 from services.notifications.adapters.channels.webhook import verify_webhook_signature
@@ -149,8 +149,9 @@ class FakeProviderApp:
                 if step.get("delay"):
                     await asyncio.sleep(float(step["delay"]))
                 if not step.get("pass"):
-                    await _respond(send, int(step.get("status", 200)), step.get("json"),
-                                   step.get("headers"), step.get("text"))
+                    await _respond(
+                        send, int(step.get("status", 200)), step.get("json"), step.get("headers"), step.get("text")
+                    )
                     return
         status, payload, headers = await handler(scope, body)
         await _respond(send, status, payload, headers)
@@ -210,15 +211,19 @@ class FakeProviderApp:
         if params.get("AccessKeyId") != ALIYUN_ACCESS_KEY_ID:
             return _aliyun_error(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
         if aliyun_signature(params, ALIYUN_ACCESS_KEY_SECRET, scope["method"]) != signature:
-            return _aliyun_error(400, "SignatureDoesNotMatch",
-                                 "Specified signature is not matched with our calculation.")
+            return _aliyun_error(
+                400, "SignatureDoesNotMatch", "Specified signature is not matched with our calculation."
+            )
         nonce = params.get("SignatureNonce", "")
         if not nonce or nonce in self.state.nonces:
             return _aliyun_error(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
         self.state.nonces.add(nonce)
         try:
-            skew = abs((datetime.strptime(params["Timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-                        - datetime.now(UTC)).total_seconds())
+            skew = abs(
+                (
+                    datetime.strptime(params["Timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
+                ).total_seconds()
+            )
         except (KeyError, ValueError):
             skew = float("inf")
         if skew > 900:
@@ -248,8 +253,10 @@ class FakeProviderApp:
             return _aliyun_ok("isv.SMS_SIGNATURE_ILLEGAL", "该账号下找不到对应签名")
         if not params.get("TemplateCode", "").startswith("SMS_"):
             return _aliyun_ok("isv.SMS_TEMPLATE_ILLEGAL", "该账号下找不到对应模板")
-        if any(not (_MAINLAND.fullmatch(str(n)) or (_INTERNATIONAL.fullmatch(str(n)) and not str(n).startswith("86")))
-               for n in numbers):
+        if any(
+            not (_MAINLAND.fullmatch(str(n)) or (_INTERNATIONAL.fullmatch(str(n)) and not str(n).startswith("86")))
+            for n in numbers
+        ):
             return _aliyun_ok("isv.MOBILE_NUMBER_ILLEGAL", "非法手机号")
         for raw in template_params:
             try:
@@ -289,11 +296,17 @@ class FakeProviderApp:
         signature = _header(scope, b"x-fugou-signature")
         if not verify_webhook_signature(WEBHOOK_SECRET, body, signature):
             return 401, {"error": "bad signature"}, None
-        self.state.record("webhook", {
-            "headers": {"x-fugou-message-id": _header(scope, b"x-fugou-message-id"),
-                        "x-fugou-signature": signature, "content-type": _header(scope, b"content-type")},
-            "body": orjson.loads(body),
-        })
+        self.state.record(
+            "webhook",
+            {
+                "headers": {
+                    "x-fugou-message-id": _header(scope, b"x-fugou-message-id"),
+                    "x-fugou-signature": signature,
+                    "content-type": _header(scope, b"content-type"),
+                },
+                "body": orjson.loads(body),
+            },
+        )
         return 200, {"ok": True}, None
 
     # -- control --------------------------------------------------------------------------------
@@ -326,13 +339,23 @@ class FakeProviderApp:
             self.state.refusing = set(doc["refusing_openids"])
         if "token_ttl" in doc:
             self.state.token_ttl = int(doc["token_ttl"])
-        return 200, {"keep": self.state.keep, "refusing_openids": sorted(self.state.refusing),
-                     "token_ttl": self.state.token_ttl}, None
+        return (
+            200,
+            {
+                "keep": self.state.keep,
+                "refusing_openids": sorted(self.state.refusing),
+                "token_ttl": self.state.token_ttl,
+            },
+            None,
+        )
 
 
 def _aliyun_error(status: int, code: str, message: str) -> Reply:
-    return status, {"RequestId": _request_id(), "HostId": "dysmsapi.aliyuncs.com", "Code": code,
-                    "Message": message}, None
+    return (
+        status,
+        {"RequestId": _request_id(), "HostId": "dysmsapi.aliyuncs.com", "Code": code, "Message": message},
+        None,
+    )
 
 
 def _aliyun_ok(code: str, message: str) -> Reply:
@@ -354,8 +377,9 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
-async def _respond(send: Any, status: int, payload: Any, headers: dict[str, str] | None = None,
-                   text: str | None = None) -> None:
+async def _respond(
+    send: Any, status: int, payload: Any, headers: dict[str, str] | None = None, text: str | None = None
+) -> None:
     if text is not None:
         body, content_type = text.encode(), b"text/plain; charset=utf-8"
     else:
@@ -411,8 +435,12 @@ class FakeProvidersClient:
         """Settings that point `provider`'s channel at this fake, with its credentials."""
         configs: dict[str, dict[str, Any]] = {
             "wechat": {"app_id": WECHAT_APP_ID, "app_secret": WECHAT_APP_SECRET, "api_base": self.base_url},
-            "aliyun": {"access_key_id": ALIYUN_ACCESS_KEY_ID, "access_key_secret": ALIYUN_ACCESS_KEY_SECRET,
-                       "sign_name": "复购测试", "endpoint": f"{self.base_url}/"},
+            "aliyun": {
+                "access_key_id": ALIYUN_ACCESS_KEY_ID,
+                "access_key_secret": ALIYUN_ACCESS_KEY_SECRET,
+                "sign_name": "复购测试",
+                "endpoint": f"{self.base_url}/",
+            },
             "generic": {"url": f"{self.base_url}/sms", "token": GENERIC_TOKEN},
             "webhook": {"url": f"{self.base_url}/hook", "secret": WEBHOOK_SECRET},
         }
@@ -437,9 +465,17 @@ def _listening_socket(port: int = 0) -> socket.socket:
 
 
 def _server(app: FakeProviderApp) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(
-        app, loop=_loop_name(), http="httptools", lifespan="off", log_level="warning", access_log=False,
-        backlog=2048))
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            loop=_loop_name(),
+            http="httptools",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            backlog=2048,
+        )
+    )
 
 
 class FakeProviders(FakeProvidersClient):
@@ -450,8 +486,9 @@ class FakeProviders(FakeProvidersClient):
         self._sock = _listening_socket()
         self._uvicorn = _server(self.app)
         super().__init__(f"http://127.0.0.1:{self._sock.getsockname()[1]}")
-        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._sock]},
-                                        name="fake-providers", daemon=True)
+        self._thread = threading.Thread(
+            target=self._uvicorn.run, kwargs={"sockets": [self._sock]}, name="fake-providers", daemon=True
+        )
 
     def __enter__(self) -> FakeProviders:
         self._thread.start()
@@ -472,8 +509,12 @@ class FakeProviders(FakeProvidersClient):
 @contextmanager
 def serve_in_process(port: int = 0, keep: int = DEFAULT_KEEP) -> Iterator[FakeProvidersClient]:
     """The fake providers in a separate Python process (its own core), stopped on exit."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.providers", "--port", str(port), "--keep", str(keep)],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.providers", "--port", str(port), "--keep", str(keep)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -519,21 +560,33 @@ class _SmtpHandler:
     def __init__(self, fake: FakeSmtp) -> None:
         self.fake = fake
 
-    async def handle_EHLO(self, server: SmtpServer, session: Session, envelope: Envelope,  # noqa: N802
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: SmtpServer,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         session.host_name = hostname  # a handle_EHLO hook takes over this part of aiosmtpd's job
         with self.fake.lock:
             self.fake.ehlos += 1
         return responses
 
-    async def handle_RCPT(self, server: SmtpServer, session: Session, envelope: Envelope,  # noqa: N802
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SmtpServer,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         if address.lower() in self.fake.rejected:
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
         with self.fake.lock:
             if self.fake.failures_left > 0:
                 self.fake.failures_left -= 1
@@ -564,13 +617,21 @@ class FakeSmtp:
         self.port = _free_port()
         self.host = "127.0.0.1"
         self._controller = Controller(
-            _SmtpHandler(self), hostname=self.host, port=self.port, auth_require_tls=False,
-            auth_required=bool(self.users), authenticator=self._authenticate)
+            _SmtpHandler(self),
+            hostname=self.host,
+            port=self.port,
+            auth_require_tls=False,
+            auth_required=bool(self.users),
+            authenticator=self._authenticate,
+        )
 
-    def _authenticate(self, server: SmtpServer, session: Session, envelope: Envelope, mechanism: str,
-                      auth_data: Any) -> AuthResult:
-        ok = isinstance(auth_data, LoginPassword) and self.users.get(auth_data.login.decode()) == \
-            auth_data.password.decode()
+    def _authenticate(
+        self, server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and self.users.get(auth_data.login.decode()) == auth_data.password.decode()
+        )
         return AuthResult(success=ok, handled=False)
 
     def reject(self, *addresses: str) -> None:
@@ -581,8 +642,14 @@ class FakeSmtp:
             self.failures_left = n
 
     def channel_config(self, **overrides: Any) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "from_address": "shop@fugou.test",
-                "from_name": "复购小店", "timeout": 5, **overrides}
+        return {
+            "host": self.host,
+            "port": self.port,
+            "from_address": "shop@fugou.test",
+            "from_name": "复购小店",
+            "timeout": 5,
+            **overrides,
+        }
 
     def __enter__(self) -> FakeSmtp:
         self._controller.start()

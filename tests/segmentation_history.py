@@ -21,7 +21,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,7 @@ UNCATEGORISED = {"gift-wrap": 500, "shipping-insurance": 150}  # lines the shop 
 ORDER_TYPES = ("order.created", "order.paid", "order.cancelled", "order.refunded")
 BEHAVIOUR_KINDS = {"cart.added": "cart", "item.favorited": "favorite"}
 
-CUSTOMER_COLUMNS = ["customer_id", "paid_orders", "paid_amount_fen", "first_order_at", "last_order_at",
-                    "unpaid_orders"]
+CUSTOMER_COLUMNS = ["customer_id", "paid_orders", "paid_amount_fen", "first_order_at", "last_order_at", "unpaid_orders"]
 CATEGORY_COLUMNS = ["customer_id", "category", "orders", "amount_fen", "first_at", "last_at"]
 BEHAVIOUR_COLUMNS = ["customer_id", "kind", "sku", "category", "count", "first_at", "last_at"]
 
@@ -70,10 +69,18 @@ def _at(t: datetime) -> str:
     return t.astimezone(CST).isoformat()
 
 
-def _envelope(rng: random.Random, type_: str, merchant_id: str, customer_id: str, at: datetime,
-              data: dict[str, Any]) -> dict[str, Any]:
-    return {"event_id": _uuid(rng), "type": type_, "merchant_id": merchant_id, "customer_id": customer_id,
-            "occurred_at": _at(at), "schema_version": 1, "data": data}
+def _envelope(
+    rng: random.Random, type_: str, merchant_id: str, customer_id: str, at: datetime, data: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "event_id": _uuid(rng),
+        "type": type_,
+        "merchant_id": merchant_id,
+        "customer_id": customer_id,
+        "occurred_at": _at(at),
+        "schema_version": 1,
+        "data": data,
+    }
 
 
 def _when(rng: random.Random, start: datetime, days: int) -> datetime:
@@ -89,16 +96,24 @@ def _lines(rng: random.Random, likes: Sequence[str]) -> list[dict[str, Any]]:
         category = rng.choice(likes) if rng.random() < 0.85 else rng.choice(list(CATALOGUE))
         sku = rng.choice(list(CATALOGUE[category]))
         quantity = rng.choices([1, 2, 3, 6], [70, 20, 7, 3])[0]
-        lines.append({"sku": sku, "category": category, "quantity": quantity,
-                      "amount_fen": CATALOGUE[category][sku] * quantity})
+        lines.append(
+            {"sku": sku, "category": category, "quantity": quantity, "amount_fen": CATALOGUE[category][sku] * quantity}
+        )
     if rng.random() < 0.08:
         sku = rng.choice(list(UNCATEGORISED))
         lines.append({"sku": sku, "category": None, "quantity": 1, "amount_fen": UNCATEGORISED[sku]})
     return lines
 
 
-def _order(rng: random.Random, merchant_id: str, customer_id: str, order_id: str, likes: Sequence[str],
-           start: datetime, days: int) -> list[dict[str, Any]]:
+def _order(
+    rng: random.Random,
+    merchant_id: str,
+    customer_id: str,
+    order_id: str,
+    likes: Sequence[str],
+    start: datetime,
+    days: int,
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     created_at = _when(rng, start, days)
     lines = _lines(rng, likes)
@@ -107,35 +122,72 @@ def _order(rng: random.Random, merchant_id: str, customer_id: str, order_id: str
     coupons = [f"cp-{rng.randrange(1000)}"] if discount else []
     send_created = rng.random() >= 0.03  # a few shops report only the payment of some orders
     if send_created:
-        out.append(_envelope(rng, "order.created", merchant_id, customer_id, created_at,
-                             {"order_id": order_id, "amount_fen": amount, "items": lines, "coupon_ids": coupons}))
+        out.append(
+            _envelope(
+                rng,
+                "order.created",
+                merchant_id,
+                customer_id,
+                created_at,
+                {"order_id": order_id, "amount_fen": amount, "items": lines, "coupon_ids": coupons},
+            )
+        )
     fate = rng.random()
     if send_created and fate < 0.10:  # never paid
         if rng.random() < 0.5:  # the shop cancels it (timeout or by the customer)
-            out.append(_envelope(rng, "order.cancelled", merchant_id, customer_id,
-                                 created_at + timedelta(minutes=rng.randrange(15, 60 * 48)),
-                                 {"order_id": order_id, "reason": rng.choice(["timeout", "customer", None])}))
+            out.append(
+                _envelope(
+                    rng,
+                    "order.cancelled",
+                    merchant_id,
+                    customer_id,
+                    created_at + timedelta(minutes=rng.randrange(15, 60 * 48)),
+                    {"order_id": order_id, "reason": rng.choice(["timeout", "customer", None])},
+                )
+            )
         return out
     paid_at = created_at + timedelta(seconds=rng.randrange(20, 1800))
     paid_lines, paid_amount = lines, amount
     if rng.random() < 0.04:  # the merchant changed the price (改价) before payment: the payment's numbers win
         paid_lines = [dict(line, amount_fen=line["amount_fen"] * 9 // 10) for line in lines]
         paid_amount = max(100, amount * 9 // 10 - rng.randrange(0, 100))
-    out.append(_envelope(rng, "order.paid", merchant_id, customer_id, paid_at,
-                         {"order_id": order_id, "amount_fen": paid_amount, "items": paid_lines,
-                          "coupon_ids": coupons}))
+    out.append(
+        _envelope(
+            rng,
+            "order.paid",
+            merchant_id,
+            customer_id,
+            paid_at,
+            {"order_id": order_id, "amount_fen": paid_amount, "items": paid_lines, "coupon_ids": coupons},
+        )
+    )
 
     def refund(at: datetime, amount_fen: int, full: bool, items: list[dict[str, Any]]) -> None:
         refund_id = f"rf-{order_id}-{sum(e['type'] == 'order.refunded' for e in out) + 1}"
-        out.append(_envelope(rng, "order.refunded", merchant_id, customer_id, at,
-                             {"order_id": order_id, "refund_id": refund_id, "amount_fen": amount_fen,
-                              "full": full, "items": items}))
+        out.append(
+            _envelope(
+                rng,
+                "order.refunded",
+                merchant_id,
+                customer_id,
+                at,
+                {"order_id": order_id, "refund_id": refund_id, "amount_fen": amount_fen, "full": full, "items": items},
+            )
+        )
 
     later = paid_at + timedelta(days=rng.randrange(1, 20), seconds=rng.randrange(86400))
     if fate < 0.15:  # cancelled after payment, usually with a full refund
         cancelled_at = paid_at + timedelta(minutes=rng.randrange(5, 600))
-        out.append(_envelope(rng, "order.cancelled", merchant_id, customer_id, cancelled_at,
-                             {"order_id": order_id, "reason": "customer"}))
+        out.append(
+            _envelope(
+                rng,
+                "order.cancelled",
+                merchant_id,
+                customer_id,
+                cancelled_at,
+                {"order_id": order_id, "reason": "customer"},
+            )
+        )
         if rng.random() < 0.6:
             refund(cancelled_at + timedelta(minutes=rng.randrange(1, 120)), paid_amount, True, paid_lines)
     elif fate < 0.21:  # wholly refunded: flagged full, or refunds that add up to the payment
@@ -145,8 +197,12 @@ def _order(rng: random.Random, merchant_id: str, customer_id: str, order_id: str
         elif how < 0.8 and paid_amount >= 2:
             first = rng.randrange(1, paid_amount)
             refund(later, first, False, paid_lines[:1])
-            refund(later + timedelta(days=rng.randrange(0, 5), minutes=rng.randrange(1, 600)),
-                   paid_amount - first, False, paid_lines[1:])
+            refund(
+                later + timedelta(days=rng.randrange(0, 5), minutes=rng.randrange(1, 600)),
+                paid_amount - first,
+                False,
+                paid_lines[1:],
+            )
         else:  # a full return after a goodwill partial refund: flagged full, amount of what was left
             first = max(1, paid_amount // 10)
             refund(later, first, False, [])
@@ -165,8 +221,15 @@ def _order(rng: random.Random, merchant_id: str, customer_id: str, order_id: str
     return out
 
 
-def generate_history(customers: int, seed: int, *, merchant_id: str = MERCHANT, max_orders: int = 12,
-                     start: datetime = START, days: int = DAYS) -> list[dict[str, Any]]:
+def generate_history(
+    customers: int,
+    seed: int,
+    *,
+    merchant_id: str = MERCHANT,
+    max_orders: int = 12,
+    start: datetime = START,
+    days: int = DAYS,
+) -> list[dict[str, Any]]:
     """A seeded history of ``customers`` customers, every event a shop envelope, in time order."""
     rng = random.Random(seed)
     events: list[dict[str, Any]] = []
@@ -176,16 +239,27 @@ def generate_history(customers: int, seed: int, *, merchant_id: str = MERCHANT, 
         likes = rng.sample(categories, rng.choice([1, 2, 2, 3]))
         if rng.random() < 0.5 and "milk-powder" not in likes:
             likes.append("milk-powder")  # the staple of a mother-and-baby shop
-        n = rng.choices(range(max_orders + 1), [12, 20, 14, 10, 8, 7, 6, 5, 4, 4, 4, 3, 3][:max_orders + 1])[0]
+        n = rng.choices(range(max_orders + 1), [12, 20, 14, 10, 8, 7, 6, 5, 4, 4, 4, 3, 3][: max_orders + 1])[0]
         for k in range(n):
             events += _order(rng, merchant_id, customer_id, f"o-{customer_id}-{k:02d}", likes, start, days)
         for _ in range(rng.choice([0, 0, 1, 2, 3, 5, 8])):
             type_ = rng.choice(list(BEHAVIOUR_KINDS))
             category = rng.choice(likes) if rng.random() < 0.7 else rng.choice(categories)
             sku = rng.choice(list(CATALOGUE[category]))
-            events.append(_envelope(rng, type_, merchant_id, customer_id, _when(rng, start, days),
-                                    {"sku": sku, "category": category if rng.random() < 0.9 else None,
-                                     "quantity": rng.choice([1, 1, 2])}))
+            events.append(
+                _envelope(
+                    rng,
+                    type_,
+                    merchant_id,
+                    customer_id,
+                    _when(rng, start, days),
+                    {
+                        "sku": sku,
+                        "category": category if rng.random() < 0.9 else None,
+                        "quantity": rng.choice([1, 1, 2]),
+                    },
+                )
+            )
     order = sorted(range(len(events)), key=lambda i: (datetime.fromisoformat(events[i]["occurred_at"]), i))
     return [events[i] for i in order]
 
@@ -193,8 +267,9 @@ def generate_history(customers: int, seed: int, *, merchant_id: str = MERCHANT, 
 # ---------------------------------------------------------------- unreliable delivery
 
 
-def redeliver(events: Sequence[dict[str, Any]], rng: random.Random, *, duplicate: float = 0.25,
-              shuffle: bool = True) -> list[dict[str, Any]]:
+def redeliver(
+    events: Sequence[dict[str, Any]], rng: random.Random, *, duplicate: float = 0.25, shuffle: bool = True
+) -> list[dict[str, Any]]:
     """The events as an at-least-once bus might deliver them: each, with probability ``duplicate``,
     a second time, either as the very same envelope (same event id) or, for order events, re-sent
     by the shop under a fresh event id: the same order, payment, cancellation or refund (same
@@ -207,8 +282,9 @@ def redeliver(events: Sequence[dict[str, Any]], rng: random.Random, *, duplicate
         if e["type"] in ORDER_TYPES and rng.random() < 0.6:
             again["event_id"] = _uuid(rng)
             if rng.random() < 0.5:
-                again["occurred_at"] = _at(datetime.fromisoformat(e["occurred_at"])
-                                           + timedelta(seconds=rng.randrange(1, 3 * 86400)))
+                again["occurred_at"] = _at(
+                    datetime.fromisoformat(e["occurred_at"]) + timedelta(seconds=rng.randrange(1, 3 * 86400))
+                )
         out.append(again)
         if rng.random() < 0.1:
             out.append(copy.deepcopy(again))
@@ -222,7 +298,7 @@ def batches(events: Sequence[dict[str, Any]], rng: random.Random, max_size: int)
     out, i = [], 0
     while i < len(events):
         n = rng.randint(1, max_size)
-        out.append(list(events[i:i + n]))
+        out.append(list(events[i : i + n]))
         i += n
     return out
 
@@ -234,15 +310,40 @@ def _frames(events: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFram
     rows, lines = [], []
     for e in events:
         d = e["data"]
-        rows.append({"event_id": e["event_id"], "type": e["type"], "customer_id": e["customer_id"],
-                     "at": e["occurred_at"], "order_id": d.get("order_id"), "amount_fen": d.get("amount_fen"),
-                     "refund_id": d.get("refund_id"), "full": d.get("full"), "sku": d.get("sku"),
-                     "category": d.get("category")})
+        rows.append(
+            {
+                "event_id": e["event_id"],
+                "type": e["type"],
+                "customer_id": e["customer_id"],
+                "at": e["occurred_at"],
+                "order_id": d.get("order_id"),
+                "amount_fen": d.get("amount_fen"),
+                "refund_id": d.get("refund_id"),
+                "full": d.get("full"),
+                "sku": d.get("sku"),
+                "category": d.get("category"),
+            }
+        )
         if e["type"] in ("order.created", "order.paid"):
-            lines += [{"event_id": e["event_id"], "category": it.get("category"), "amount_fen": it["amount_fen"]}
-                      for it in d.get("items", [])]
-    ev = pd.DataFrame(rows, columns=["event_id", "type", "customer_id", "at", "order_id", "amount_fen", "refund_id",
-                                     "full", "sku", "category"])
+            lines += [
+                {"event_id": e["event_id"], "category": it.get("category"), "amount_fen": it["amount_fen"]}
+                for it in d.get("items", [])
+            ]
+    ev = pd.DataFrame(
+        rows,
+        columns=[
+            "event_id",
+            "type",
+            "customer_id",
+            "at",
+            "order_id",
+            "amount_fen",
+            "refund_id",
+            "full",
+            "sku",
+            "category",
+        ],
+    )
     ev["at"] = pd.to_datetime(ev["at"], utc=True, format="ISO8601")
     items = pd.DataFrame(lines, columns=["event_id", "category", "amount_fen"])
     return ev, items
@@ -276,16 +377,20 @@ def expected_tables(events: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]
     orders["refunded_fen"] = refunded["refunded_fen"].reindex(orders.index).fillna(0)
     orders["full"] = refunded["full"].reindex(orders.index).fillna(False).astype(bool)
     is_paid = orders["paid_at"].notna()
-    orders["counts"] = (is_paid & ~orders["cancelled"] & ~orders["full"]
-                        & (orders["refunded_fen"] < orders["paid_fen"].fillna(0)))
+    orders["counts"] = (
+        is_paid & ~orders["cancelled"] & ~orders["full"] & (orders["refunded_fen"] < orders["paid_fen"].fillna(0))
+    )
     orders["unpaid"] = orders["created"] & ~is_paid & ~orders["cancelled"]
     counting = orders[orders["counts"]].copy()
     counting["contribution"] = counting["paid_fen"] - counting["refunded_fen"]
 
     everyone = pd.Index(sorted(orders["customer_id"].unique()), name="customer_id")
-    per = counting.groupby("customer_id").agg(paid_orders=("contribution", "size"),
-                                              paid_amount_fen=("contribution", "sum"),
-                                              first_order_at=("paid_at", "min"), last_order_at=("paid_at", "max"))
+    per = counting.groupby("customer_id").agg(
+        paid_orders=("contribution", "size"),
+        paid_amount_fen=("contribution", "sum"),
+        first_order_at=("paid_at", "min"),
+        last_order_at=("paid_at", "max"),
+    )
     customers = per.reindex(everyone)
     customers["paid_orders"] = customers["paid_orders"].fillna(0).astype("int64")
     customers["paid_amount_fen"] = customers["paid_amount_fen"].fillna(0).astype("int64")
@@ -293,20 +398,30 @@ def expected_tables(events: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]
     customers = customers.reset_index()[CUSTOMER_COLUMNS]
 
     # A counting order always has a payment, whose lines are the ones that count.
-    lines = items.merge(counting.reset_index()[["order_id", "customer_id", "paid_event", "paid_at"]],
-                        left_on="event_id", right_on="paid_event")
+    lines = items.merge(
+        counting.reset_index()[["order_id", "customer_id", "paid_event", "paid_at"]],
+        left_on="event_id",
+        right_on="paid_event",
+    )
     lines = lines[lines["category"].notna()]
-    categories = (lines.groupby(["customer_id", "category"])
-                  .agg(orders=("order_id", "nunique"), amount_fen=("amount_fen", "sum"),
-                       first_at=("paid_at", "min"), last_at=("paid_at", "max"))
-                  .reset_index()[CATEGORY_COLUMNS])
+    categories = (
+        lines.groupby(["customer_id", "category"])
+        .agg(
+            orders=("order_id", "nunique"),
+            amount_fen=("amount_fen", "sum"),
+            first_at=("paid_at", "min"),
+            last_at=("paid_at", "max"),
+        )
+        .reset_index()[CATEGORY_COLUMNS]
+    )
 
     b = ev[ev["type"].isin(list(BEHAVIOUR_KINDS))].copy()
     b["kind"] = b["type"].map(BEHAVIOUR_KINDS)
-    behaviours = (b.groupby(["customer_id", "kind", "sku"])
-                  .agg(category=("category", "first"), count=("event_id", "size"),
-                       first_at=("at", "min"), last_at=("at", "max"))
-                  .reset_index()[BEHAVIOUR_COLUMNS])
+    behaviours = (
+        b.groupby(["customer_id", "kind", "sku"])
+        .agg(category=("category", "first"), count=("event_id", "size"), first_at=("at", "min"), last_at=("at", "max"))
+        .reset_index()[BEHAVIOUR_COLUMNS]
+    )
     return {"customers": customers, "customer_categories": categories, "behaviours": behaviours}
 
 
@@ -317,9 +432,9 @@ def _py(v: Any) -> Any:
     if v is None or v is pd.NaT or (isinstance(v, float) and v != v):
         return None
     if isinstance(v, pd.Timestamp):
-        return v.to_pydatetime().astimezone(timezone.utc)
+        return v.to_pydatetime().astimezone(UTC)
     if isinstance(v, datetime):
-        return v.astimezone(timezone.utc)
+        return v.astimezone(UTC)
     if hasattr(v, "item"):  # numpy scalars
         return v.item()
     return v
@@ -341,8 +456,11 @@ def records(table: str, frame: pd.DataFrame) -> dict[tuple[Any, ...], tuple[Any,
 def diff(table: str, expected: pd.DataFrame, actual: pd.DataFrame, limit: int = 8) -> list[str]:
     """The rows of ``table`` that differ, described; empty when the two are equal."""
     e, a = records(table, expected), records(table, actual)
-    out = [f"{table} {k}: expected {e.get(k)}, got {a.get(k)}"
-           for k in sorted(set(e) | set(a), key=repr) if e.get(k) != a.get(k)]
+    out = [
+        f"{table} {k}: expected {e.get(k)}, got {a.get(k)}"
+        for k in sorted(set(e) | set(a), key=repr)
+        if e.get(k) != a.get(k)
+    ]
     if len(out) > limit:
         out = out[:limit] + [f"… {len(out) - limit} more"]
     return out
@@ -355,11 +473,14 @@ async def read_tables(session: Any, merchant_id: str = MERCHANT) -> dict[str, pd
     from services.segmentation.adapters.tables import behaviours, customer_categories, customers
 
     out = {}
-    for name, table, columns in (("customers", customers, CUSTOMER_COLUMNS),
-                                 ("customer_categories", customer_categories, CATEGORY_COLUMNS),
-                                 ("behaviours", behaviours, BEHAVIOUR_COLUMNS)):
-        rows = (await session.execute(select(*[table.c[c] for c in columns])
-                                      .where(table.c.merchant_id == merchant_id))).all()
+    for name, table, columns in (
+        ("customers", customers, CUSTOMER_COLUMNS),
+        ("customer_categories", customer_categories, CATEGORY_COLUMNS),
+        ("behaviours", behaviours, BEHAVIOUR_COLUMNS),
+    ):
+        rows = (
+            await session.execute(select(*[table.c[c] for c in columns]).where(table.c.merchant_id == merchant_id))
+        ).all()
         out[name] = pd.DataFrame([tuple(r) for r in rows], columns=columns)
     return out
 

@@ -30,8 +30,10 @@ CONTENT_TYPES = {
 
 # The key lives in the page's sessionStorage, so scripts come only from this origin (no inline
 # script, no eval); ECharts sets inline styles on its own elements.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 PAGE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -50,9 +52,15 @@ def console_router(static_dir: Path = STATIC_DIR) -> APIRouter:
     def page(name: str) -> Response:
         path = static_dir / name
         if not path.is_file():
-            return JSONResponse(status_code=503, content={"error": {
-                "code": "console_not_installed",
-                "message": f"the console's files are missing ({path}); install Fugou with its package data"}})
+            return JSONResponse(
+                status_code=503,
+                content={
+                    "error": {
+                        "code": "console_not_installed",
+                        "message": f"the console's files are missing ({path}); install Fugou with its package data",
+                    }
+                },
+            )
         return FileResponse(path, media_type=CONTENT_TYPES[".html"], headers=PAGE_HEADERS)
 
     @router.api_route(PREFIX, methods=["GET", "HEAD"])
@@ -79,8 +87,9 @@ class ConsoleStatic(StaticFiles):
             return  # assets not installed: every file answers 404 (the pages say why)
         await super().check_config()
 
-    def file_response(self, full_path: str | Path, stat_result: object, scope: Scope,
-                      status_code: int = 200) -> Response:
+    def file_response(
+        self, full_path: str | Path, stat_result: object, scope: Scope, status_code: int = 200
+    ) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)  # type: ignore[arg-type]
         suffix = Path(full_path).suffix.lower()
         if response.status_code == 200:

@@ -27,12 +27,21 @@ async def ensure_demo_merchant(gateway: ServiceRuntime, key_file: Path | None) -
     pepper = settings.api_key_pepper.get_secret_value()
     wanted = settings.bootstrap_api_key.get_secret_value() if settings.bootstrap_api_key else None
     async with gateway.sessions() as session:
-        exists = (await session.execute(select(messaging.merchants.c.merchant_id).where(
-            messaging.merchants.c.merchant_id == DEMO))).first() is not None
+        exists = (
+            await session.execute(
+                select(messaging.merchants.c.merchant_id).where(messaging.merchants.c.merchant_id == DEMO)
+            )
+        ).first() is not None
     async with gateway.sessions() as session:
         if not exists:
-            creds = await handlers.create_merchant(session, merchant_id=DEMO, name="Demo shop",
-                                                   timezone_name="Asia/Shanghai", pepper=pepper, api_key=wanted)
+            creds = await handlers.create_merchant(
+                session,
+                merchant_id=DEMO,
+                name="Demo shop",
+                timezone_name="Asia/Shanghai",
+                pepper=pepper,
+                api_key=wanted,
+            )
             key, new = creds.api_key, True
         elif wanted:
             key = await handlers.add_api_key(session, merchant_id=DEMO, pepper=pepper, api_key=wanted)

@@ -8,8 +8,8 @@ from typing import Any
 from services.notifications.adapters.tables import messaging, metadata
 from services.notifications.entrypoints.admin import router as admin_router
 from services.notifications.entrypoints.public import router as public_router
-from services.notifications.service_layer.workers import background
 from services.notifications.service_layer.handlers import handle
+from services.notifications.service_layer.workers import background
 from shared.runtime import ServiceSpec
 from shared.web import status_router
 

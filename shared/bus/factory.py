@@ -10,8 +10,12 @@ def build_bus(settings: Settings, client_id: str = "fugou") -> Bus:
     if settings.bus == "kafka":
         from shared.bus.kafka import KafkaBus
 
-        return KafkaBus(settings.kafka_bootstrap, client_id=f"fugou-{client_id}", prefix=settings.kafka_prefix,
-                        replication_factor=settings.kafka_replication_factor)
+        return KafkaBus(
+            settings.kafka_bootstrap,
+            client_id=f"fugou-{client_id}",
+            prefix=settings.kafka_prefix,
+            replication_factor=settings.kafka_replication_factor,
+        )
     from shared.bus.inprocess import InProcessBus
 
     return InProcessBus(settings.bus_path)

@@ -94,8 +94,15 @@ class InProcessBus:
     async def publish(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        rows = [(m.topic, m.key, m.value, orjson.dumps([[k, v.decode("latin-1")] for k, v in m.headers])
-                 if m.headers else None) for m in messages]
+        rows = [
+            (
+                m.topic,
+                m.key,
+                m.value,
+                orjson.dumps([[k, v.decode("latin-1")] for k, v in m.headers]) if m.headers else None,
+            )
+            for m in messages
+        ]
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -119,19 +126,30 @@ class InProcessBus:
         params: list[object] = [x for t, p in positions.items() for x in (t, p)]
         async with self._lock:
             cur = await self.db.execute(
-                f'SELECT "offset", topic, key, value, headers FROM bus_log WHERE {where} '
-                f'ORDER BY "offset" LIMIT ?', (*params, limit))
+                f'SELECT "offset", topic, key, value, headers FROM bus_log WHERE {where} ORDER BY "offset" LIMIT ?',
+                (*params, limit),
+            )
             rows = await cur.fetchall()
             await cur.close()
-        return [Record(topic=r[1], partition=0, offset=r[0], key=r[2], value=r[3],
-                       headers=tuple((k, v.encode("latin-1")) for k, v in orjson.loads(r[4])) if r[4] else ())
-                for r in rows]
+        return [
+            Record(
+                topic=r[1],
+                partition=0,
+                offset=r[0],
+                key=r[2],
+                value=r[3],
+                headers=tuple((k, v.encode("latin-1")) for k, v in orjson.loads(r[4])) if r[4] else (),
+            )
+            for r in rows
+        ]
 
     async def _committed(self, group_id: str, topics: Sequence[str]) -> dict[str, int]:
         async with self._lock:
             cur = await self.db.execute(
                 f"SELECT topic, next_offset FROM bus_offsets WHERE group_id = ? AND topic IN "
-                f"({','.join('?' * len(topics))})", (group_id, *topics))
+                f"({','.join('?' * len(topics))})",
+                (group_id, *topics),
+            )
             rows = dict(await cur.fetchall())  # type: ignore[arg-type]
             await cur.close()
         return {t: int(rows.get(t, 0)) for t in topics}
@@ -140,7 +158,9 @@ class InProcessBus:
         async with self._lock:
             cur = await self.db.execute(
                 f'SELECT topic, max("offset") + 1 FROM bus_log WHERE topic IN ({",".join("?" * len(topics))}) '
-                f"GROUP BY topic", tuple(topics))
+                f"GROUP BY topic",
+                tuple(topics),
+            )
             rows = dict(await cur.fetchall())  # type: ignore[arg-type]
             await cur.close()
         return {t: int(rows.get(t, 0)) for t in topics}
@@ -150,7 +170,8 @@ class InProcessBus:
             await self.db.executemany(
                 "INSERT INTO bus_offsets (group_id, topic, next_offset) VALUES (?, ?, ?) "
                 "ON CONFLICT (group_id, topic) DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
-                [(group_id, t, o) for t, o in positions.items()])
+                [(group_id, t, o) for t, o in positions.items()],
+            )
 
     async def prune(self) -> int:
         """Drop log rows that every known group has committed past."""
@@ -163,7 +184,9 @@ class InProcessBus:
             async with self._lock:
                 cur = await self.db.execute(
                     f"SELECT count(*), min(next_offset) FROM bus_offsets WHERE topic = ? AND group_id IN "
-                    f"({','.join('?' * len(gids))})", (topic, *gids))
+                    f"({','.join('?' * len(gids))})",
+                    (topic, *gids),
+                )
                 n, low = await cur.fetchone()  # type: ignore[misc]
                 await cur.close()
                 if n != len(gids) or low is None:

@@ -37,8 +37,15 @@ class KafkaBus:
         if self._producer is not None:
             return
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all", enable_idempotence=True,
-            linger_ms=5, max_batch_size=1 << 20, request_timeout_ms=30000, compression_type=None)
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            request_timeout_ms=30000,
+            compression_type=None,
+        )
         await producer.start()
         self._producer = producer
 
@@ -55,8 +62,15 @@ class KafkaBus:
             missing = [self.prefix + t for t in topics if self.prefix + t not in existing]
             if missing:
                 resp = await admin.create_topics(
-                    [NewTopic(name=t, num_partitions=partitions(t[len(self.prefix):]), replication_factor=self.replication_factor)
-                     for t in missing])
+                    [
+                        NewTopic(
+                            name=t,
+                            num_partitions=partitions(t[len(self.prefix) :]),
+                            replication_factor=self.replication_factor,
+                        )
+                        for t in missing
+                    ]
+                )
                 for topic, code, *_ in resp.topic_errors:
                     if code not in (0, _TOPIC_ALREADY_EXISTS):
                         raise RuntimeError(f"could not create topic {topic}: error {code}")
@@ -99,16 +113,25 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class KafkaSubscriber:
-    def __init__(self, bootstrap: str, group_id: str, topics: Sequence[str], client_id: str = "fugou",
-                 prefix: str = ""):
+    def __init__(
+        self, bootstrap: str, group_id: str, topics: Sequence[str], client_id: str = "fugou", prefix: str = ""
+    ):
         self.group_id = group_id
         self.prefix = prefix
         self.topics = [prefix + t for t in topics]
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=prefix + group_id, client_id=f"{client_id}-{group_id}",
-            enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-            max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, session_timeout_ms=30000,
-            heartbeat_interval_ms=3000, max_poll_interval_ms=300000)
+            bootstrap_servers=bootstrap,
+            group_id=prefix + group_id,
+            client_id=f"{client_id}-{group_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 << 20,
+            fetch_max_bytes=32 << 20,
+            session_timeout_ms=30000,
+            heartbeat_interval_ms=3000,
+            max_poll_interval_ms=300000,
+        )
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -124,8 +147,16 @@ class KafkaSubscriber:
         for tp, msgs in batches.items():
             topic = tp.topic[cut:]
             for m in msgs:
-                out.append(Record(topic=topic, partition=tp.partition, offset=m.offset, key=m.key,
-                                  value=m.value, headers=tuple(m.headers or ())))
+                out.append(
+                    Record(
+                        topic=topic,
+                        partition=tp.partition,
+                        offset=m.offset,
+                        key=m.key,
+                        value=m.value,
+                        headers=tuple(m.headers or ()),
+                    )
+                )
         return out
 
     async def caught_up(self) -> bool:

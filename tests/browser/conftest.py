@@ -25,8 +25,16 @@ from tests.infra import ROOT
 from tests.processes import ServiceProcess
 
 CHROMIUM_SCRIPT = ROOT / "deploy/browser/chromium.sh"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 KEY = "fg_browser_demo_key"
 ADMIN_TOKEN = "browser-test-admin-token"
 EMPTY = "empty-shop"
@@ -34,11 +42,21 @@ EMPTY = "empty-shop"
 # have customers, and the biggest cell needs a second page of 50.
 CUSTOMERS, MONTHS, SEED = 400, 4, 7
 # The reports the console draws: the shop is "settled" when they stop changing.
-REPORTS = ("/v1/segments/summary", "/v1/coupons/reports/roi", "/v1/loyalty/reports/liability",
-           "/v1/notifications/funnel")
+REPORTS = (
+    "/v1/segments/summary",
+    "/v1/coupons/reports/roi",
+    "/v1/loyalty/reports/liability",
+    "/v1/notifications/funnel",
+)
 # Every read the console's pages make on their first draw; a new merchant is ready when each answers.
-FIRST_READS = ("/v1/merchant", *REPORTS, "/v1/audiences", "/v1/coupons/rules", "/v1/notifications/rules",
-               "/v1/notifications/templates")
+FIRST_READS = (
+    "/v1/merchant",
+    *REPORTS,
+    "/v1/audiences",
+    "/v1/coupons/rules",
+    "/v1/notifications/rules",
+    "/v1/notifications/templates",
+)
 
 
 # ---------------------------------------------------------------- the browser
@@ -81,12 +99,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-async def tab(browser: Browser, console: Console, artifacts: Path, request: pytest.FixtureRequest
-              ) -> AsyncIterator[Tab]:
+async def tab(
+    browser: Browser, console: Console, artifacts: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Tab]:
     """A fresh tab (its own context: no session or local storage from another test), Chinese as a
     merchant in Shanghai sees it. A failed test leaves a screenshot of where it stopped."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN",
-                                        timezone_id="Asia/Shanghai")
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 900}, locale="zh-CN", timezone_id="Asia/Shanghai"
+    )
     context.set_default_timeout(15_000)
     page = await context.new_page()
     watch = Watch()
@@ -99,7 +119,7 @@ async def tab(browser: Browser, console: Console, artifacts: Path, request: pyte
         if report is not None and report.failed:
             try:
                 await t.shot("FAILED")
-            except Exception:  # noqa: BLE001 - the screenshot is a courtesy; the failure is reported
+            except Exception:
                 pass
         await context.close()
 
@@ -124,7 +144,7 @@ async def settled_reports(url: str, key: str, rounds: int = 3, interval: float =
     seen: list[list[dict[str, Any]]] = []
     while True:
         now = [_steady((await _get(url, key, p)).raise_for_status().json()) for p in REPORTS]
-        seen = [*seen[-(rounds - 1):], now] if rounds > 1 else [now]
+        seen = [*seen[-(rounds - 1) :], now] if rounds > 1 else [now]
         if len(seen) == rounds and all(s == now for s in seen):
             return
         if loop.time() > deadline:
@@ -150,11 +170,21 @@ async def console(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> 
     """`make run` as a merchant's browser meets it: python -m services.embedded on a free loopback
     port (SQLite, in-process bus), the demo shop fed through POST /v1/events and scored."""
     tmp = tmp_path_factory.mktemp("console")
-    env = {"HOST": "127.0.0.1", "FUGOU_ENV": "test", "FUGOU_DATA_DIR": str(tmp / "data"), "FUGOU_BUS": "inprocess",
-           "FUGOU_BOOTSTRAP_API_KEY": KEY, "FUGOU_ADMIN_TOKEN": ADMIN_TOKEN, "FUGOU_LOG_LEVEL": "WARNING",
-           "FUGOU_CONSUMER_POLL_MS": "50", "FUGOU_RELAY_IDLE_MS": "20",
-           **{f"FUGOU_{svc.upper()}_DATABASE_URL": "" for svc in
-              ("gateway", "segmentation", "coupons", "loyalty", "notifications")}}
+    env = {
+        "HOST": "127.0.0.1",
+        "FUGOU_ENV": "test",
+        "FUGOU_DATA_DIR": str(tmp / "data"),
+        "FUGOU_BUS": "inprocess",
+        "FUGOU_BOOTSTRAP_API_KEY": KEY,
+        "FUGOU_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FUGOU_LOG_LEVEL": "WARNING",
+        "FUGOU_CONSUMER_POLL_MS": "50",
+        "FUGOU_RELAY_IDLE_MS": "20",
+        **{
+            f"FUGOU_{svc.upper()}_DATABASE_URL": ""
+            for svc in ("gateway", "segmentation", "coupons", "loyalty", "notifications")
+        },
+    }
     server = ServiceProcess("services.embedded", env, log_path=tmp / "embedded.log").start()
     try:
         await asyncio.to_thread(server.wait_http, "/readyz", 120)

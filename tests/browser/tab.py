@@ -108,8 +108,11 @@ class Watch:
         """Everything that went wrong, but answers with a status the test expects (and the console
         error Chromium logs for each of them)."""
         out = [f"uncaught: {e}" for e in self.page_errors]
-        out += [f"console error: {e}" for e in self.console_errors
-                if not ((m := _LOAD_FAILED.search(e)) and int(m.group(1)) in allow_status)]
+        out += [
+            f"console error: {e}"
+            for e in self.console_errors
+            if not ((m := _LOAD_FAILED.search(e)) and int(m.group(1)) in allow_status)
+        ]
         out += [f"HTTP {s}: {method} {url}" for s, method, url in self.bad_responses if s not in allow_status]
         out += [f"request failed: {e}" for e in self.failed_requests]
         return out
@@ -161,19 +164,24 @@ class Tab:
 
     async def _mark_stale(self) -> None:
         # What the previous page drew must not pass for the next one's.
-        await self.page.evaluate("() => { for (const el of document.querySelectorAll('#view > *')) "
-                                 "el.dataset.stale = '1'; }")
+        await self.page.evaluate(
+            "() => { for (const el of document.querySelectorAll('#view > *')) el.dataset.stale = '1'; }"
+        )
 
     async def settle(self, quiet_s: float = 0.4, timeout_s: float = 20.0) -> None:
         """Until the page has drawn: its header (or its error box) is there, no request has been in
         flight for quiet_s, and every chart has been drawn by ECharts."""
         await self.page.wait_for_selector(
-            "#view > header.page-head:not([data-stale]), #view > .error-box:not([data-stale])", state="attached",
-            timeout=timeout_s * 1000)
+            "#view > header.page-head:not([data-stale]), #view > .error-box:not([data-stale])",
+            state="attached",
+            timeout=timeout_s * 1000,
+        )
         await self.network_idle(quiet_s, timeout_s)
         await self.page.wait_for_function(
             "() => [...document.querySelectorAll('#view .chart')].every("
-            "(el) => window.echarts && window.echarts.getInstanceByDom(el))", timeout=timeout_s * 1000)
+            "(el) => window.echarts && window.echarts.getInstanceByDom(el))",
+            timeout=timeout_s * 1000,
+        )
 
     async def network_idle(self, quiet_s: float = 0.4, timeout_s: float = 20.0) -> None:
         loop = asyncio.get_running_loop()
@@ -197,34 +205,45 @@ class Tab:
         """The value of the KPI tile whose label is t(label_key)."""
         label = t(label_key, self.locale)
         tile = self.page.locator("#view .kpi").filter(
-            has=self.page.locator(".kpi-label", has_text=re.compile(rf"^{re.escape(label)}$")))
+            has=self.page.locator(".kpi-label", has_text=re.compile(rf"^{re.escape(label)}$"))
+        )
         assert await tile.count() == 1, f"one KPI tile labelled {label!r} expected, found {await tile.count()}"
         return (await tile.locator(".kpi-value").inner_text()).strip()
 
     async def kpi_detail(self, label_key: str) -> str:
         label = t(label_key, self.locale)
         tile = self.page.locator("#view .kpi").filter(
-            has=self.page.locator(".kpi-label", has_text=re.compile(rf"^{re.escape(label)}$")))
+            has=self.page.locator(".kpi-label", has_text=re.compile(rf"^{re.escape(label)}$"))
+        )
         return (await tile.locator(".kpi-detail").inner_text()).strip()
 
     async def fmt(self, value: float | int | None, options: dict[str, Any] = INT) -> str:
         """value as the console formats it in this tab's locale (i18n.js: Intl.NumberFormat)."""
         if value is None:
             return t("common.none", self.locale)
-        return str(await self.page.evaluate("([loc, v, o]) => new Intl.NumberFormat(loc, o).format(v)",
-                                            [self.locale, value, options]))
+        return str(
+            await self.page.evaluate(
+                "([loc, v, o]) => new Intl.NumberFormat(loc, o).format(v)", [self.locale, value, options]
+            )
+        )
 
     async def table(self, scope: str) -> list[dict[str, str]]:
         """The first table under scope, as rows keyed by column header."""
-        return await self.page.locator(scope).locator("table").first.evaluate(
-            "(tbl) => { const heads = [...tbl.querySelectorAll('thead th')].map((th) => th.textContent.trim());"
-            " return [...tbl.querySelectorAll('tbody tr')].map((tr) => Object.fromEntries("
-            "[...tr.children].map((td, i) => [heads[i], td.textContent.trim()]))); }")
+        return (
+            await self.page.locator(scope)
+            .locator("table")
+            .first.evaluate(
+                "(tbl) => { const heads = [...tbl.querySelectorAll('thead th')].map((th) => th.textContent.trim());"
+                " return [...tbl.querySelectorAll('tbody tr')].map((tr) => Object.fromEntries("
+                "[...tr.children].map((td, i) => [heads[i], td.textContent.trim()]))); }"
+            )
+        )
 
     async def chart_option(self, selector: str) -> dict[str, Any]:
         """The option ECharts draws a chart from (what the canvas shows), as JSON."""
         return await self.page.locator(selector).evaluate(
-            "(el) => JSON.parse(JSON.stringify(window.echarts.getInstanceByDom(el).getOption()))")
+            "(el) => JSON.parse(JSON.stringify(window.echarts.getInstanceByDom(el).getOption()))"
+        )
 
     async def chart_data(self, selector: str, series: int = 0) -> list[Any]:
         return (await self.chart_option(selector))["series"][series]["data"]

@@ -125,8 +125,10 @@ async def test_the_rfm_page_shows_the_summary_and_draws_every_cell_of_it(tab: Ta
     assert await tab.kpi("rfm.kpi_customers") == await tab.fmt(s["customers"], INT)
     assert await tab.kpi("rfm.kpi_repurchase") == await tab.fmt(s["repurchase_rate"], PCT)
     assert await tab.kpi_detail("rfm.kpi_repurchase") == t(
-        "rfm.kpi_repurchase_detail", repeat=await tab.fmt(s["repeat_customers"]),
-        buying=await tab.fmt(s["buying_customers"]))
+        "rfm.kpi_repurchase_detail",
+        repeat=await tab.fmt(s["repeat_customers"]),
+        buying=await tab.fmt(s["buying_customers"]),
+    )
 
     # One heatmap per M level, highest first; each point is [R-1, F-1, customers].
     levels = round(len(s["cells"]) ** (1 / 3))
@@ -156,7 +158,8 @@ async def test_the_tiers_page_charts_the_summarys_tiers_and_classes(tab: Tab, co
 
 
 async def test_the_coupons_page_shows_each_rules_issued_and_redeemed_from_the_roi_report(
-        tab: Tab, console: Console) -> None:
+    tab: Tab, console: Console
+) -> None:
     await tab.login(console.key)
     await tab.open("coupons")
     async with console.api() as api:
@@ -177,7 +180,7 @@ async def test_the_loyalty_page_shows_the_points_liability_report(tab: Tab, cons
     assert li["points"] > 0 and li["customers"] > 0, "the demo shop's buyers earn points"
     assert await tab.kpi("loyalty.points") == await tab.fmt(li["points"])
     value = await tab.fmt(li["points_value_fen"] / 100, FEN)
-    assert await tab.kpi_detail("loyalty.points") == f'{t("loyalty.value")} {value}'
+    assert await tab.kpi_detail("loyalty.points") == f"{t('loyalty.value')} {value}"
     assert await tab.kpi("loyalty.customers") == await tab.fmt(li["customers"])
     assert await tab.kpi("loyalty.pending") == await tab.fmt(li["pending"])
     tab.assert_clean()
@@ -215,20 +218,26 @@ async def test_clicking_a_heatmap_cell_lists_that_cells_customers_page_by_page(t
     await chart.scroll_into_view_if_needed()
     x, y = await chart.evaluate(
         "(el, [x, y]) => { const [px, py] = window.echarts.getInstanceByDom(el).convertToPixel({ seriesIndex: 0 },"
-        " [x, y]); const box = el.getBoundingClientRect(); return [box.left + px, box.top + py]; }", [r - 1, f - 1])
+        " [x, y]); const box = el.getBoundingClientRect(); return [box.left + px, box.top + py]; }",
+        [r - 1, f - 1],
+    )
     await tab.page.mouse.click(x, y)
 
     title = tab.page.locator("#view .members h3")
     await title.wait_for()
     await tab.network_idle()
-    assert await tab.page.locator("#view .members").locator("xpath=ancestor::section[1]/h2").inner_text() == \
-        t("rfm.cell", cell=cell)
+    assert await tab.page.locator("#view .members").locator("xpath=ancestor::section[1]/h2").inner_text() == t(
+        "rfm.cell", cell=cell
+    )
     assert await title.inner_text() == t("rfm.members_title", cell=cell, count=await tab.fmt(count))
 
     async with console.api() as api:
         first = (await api.post("/v1/audiences/query", json={"filter": {"cell": [cell]}, "limit": 50})).json()
-        second = (await api.post("/v1/audiences/query", json={"filter": {"cell": [cell]}, "limit": 50,
-                                                              "after": first["next_after"]})).json()
+        second = (
+            await api.post(
+                "/v1/audiences/query", json={"filter": {"cell": [cell]}, "limit": 50, "after": first["next_after"]}
+            )
+        ).json()
     assert first["count"] == count
     ids = await _member_ids(tab)
     assert ids == [c["customer_id"] for c in first["customers"]]
@@ -278,7 +287,8 @@ async def test_ticking_tiers_in_the_audience_builder_counts_their_customers_live
 
 
 async def test_switching_to_english_translates_the_navigation_and_the_page_and_is_remembered(
-        tab: Tab, console: Console) -> None:
+    tab: Tab, console: Console
+) -> None:
     await tab.login(console.key)
     routes = await tab.routes()
     nav = tab.page.locator("#nav a[data-route]")
@@ -366,14 +376,19 @@ async def test_a_playbook_is_enabled_with_one_click_and_reaches_its_audience(tab
     await steps.filter(has_text=t("playbooks.enabled")).wait_for(timeout=20_000)
     assert await tab.page.locator("#view ol.steps li.failed").count() == 0
     assert [s.split(" · ")[0] for s in await steps.all_inner_texts()][:5] == [
-        t("playbooks.step_coupon"), t("playbooks.step_wechat"), t("playbooks.step_sms"), t("playbooks.step_rule"),
-        t("playbooks.step_run")]
+        t("playbooks.step_coupon"),
+        t("playbooks.step_wechat"),
+        t("playbooks.step_sms"),
+        t("playbooks.step_rule"),
+        t("playbooks.step_run"),
+    ]
 
     async with console.api() as api:
         [rule] = [r for r in (await api.get("/v1/coupons/rules")).json() if r["preset"] == "audience_winback"]
         assert rule["rule"]["audience"] == {"filter": WINBACK}
-        [reminder] = [r for r in (await api.get("/v1/notifications/rules")).json()
-                      if r["rule_id"] == f"pb-{rule['rule_id']}"]
+        [reminder] = [
+            r for r in (await api.get("/v1/notifications/rules")).json() if r["rule_id"] == f"pb-{rule['rule_id']}"
+        ]
         assert reminder["conditions"]["coupon_rules"] == [rule["rule_id"]]
         assert [c["channel"] for c in reminder["channels"]] == ["wechat", "sms"]
 
@@ -397,12 +412,14 @@ async def test_a_playbook_is_enabled_with_one_click_and_reaches_its_audience(tab
     # Pause stops both parts, the coupon rule and its reminder; resume starts both again.
     for button, enabled in ((t("playbooks.pause"), False), (t("playbooks.resume"), True)):
         await tab.page.locator("#view table button", has_text=button).click()
-        await tab.page.locator("#view table td", has_text=t("playbooks.on" if enabled else "playbooks.off")).first \
-            .wait_for()
+        await tab.page.locator(
+            "#view table td", has_text=t("playbooks.on" if enabled else "playbooks.off")
+        ).first.wait_for()
         await tab.settle()
         async with console.api() as api:
             assert (await api.get(f"/v1/coupons/rules/{rule['rule_id']}")).json()["enabled"] is enabled
-            [reminder] = [r for r in (await api.get("/v1/notifications/rules")).json()
-                          if r["rule_id"] == f"pb-{rule['rule_id']}"]
+            [reminder] = [
+                r for r in (await api.get("/v1/notifications/rules")).json() if r["rule_id"] == f"pb-{rule['rule_id']}"
+            ]
             assert reminder["active"] is enabled
     tab.assert_clean()

@@ -17,8 +17,12 @@ KEY = "fg_e2e_embedded_key"
 
 
 def embedded(tmp_path: Path) -> ServiceProcess:
-    env = {"FUGOU_DATA_DIR": str(tmp_path / "data"), "FUGOU_BOOTSTRAP_API_KEY": KEY, "FUGOU_LOG_LEVEL": "WARNING",
-           "FUGOU_BUS": "inprocess"}
+    env = {
+        "FUGOU_DATA_DIR": str(tmp_path / "data"),
+        "FUGOU_BOOTSTRAP_API_KEY": KEY,
+        "FUGOU_LOG_LEVEL": "WARNING",
+        "FUGOU_BUS": "inprocess",
+    }
     return ServiceProcess("services.embedded", env, log_path=tmp_path / "embedded.log")
 
 
@@ -40,8 +44,9 @@ def stored(tmp_path: Path) -> dict[str, tuple[int, int]]:
 
 
 async def test_kill_9_under_load_loses_no_accepted_event_and_applies_none_twice(tmp_path: Path) -> None:
-    batches = [[order_paid("demo", f"c-{(b * 500 + i) % 300}", f"o-{b}-{i}", 100 + i) for i in range(500)]
-               for b in range(12)]
+    batches = [
+        [order_paid("demo", f"c-{(b * 500 + i) % 300}", f"o-{b}-{i}", 100 + i) for i in range(500)] for b in range(12)
+    ]
     proc = embedded(tmp_path).start()
     proc.wait_http()
     sent_ok = 0
@@ -75,8 +80,9 @@ async def test_kill_9_under_load_loses_no_accepted_event_and_applies_none_twice(
     db = sqlite3.connect(tmp_path / "data" / "segmentation.sqlite")
     # Each order applied once (the inbox also holds loyalty's events, which segmentation reads).
     ids = [e["event_id"] for b in batches for e in b]
-    applied = db.execute(f"SELECT count(*) FROM inbox WHERE event_id IN ({','.join('?' * len(ids))})",
-                         ids).fetchone()[0]
+    applied = db.execute(f"SELECT count(*) FROM inbox WHERE event_id IN ({','.join('?' * len(ids))})", ids).fetchone()[
+        0
+    ]
     assert applied == 6000
     db.close()
 

@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class Api:
         async with self.rt.sessions() as session, session.begin():
             stored = await get_template(session, MERCHANT, template_id)
             assert stored is not None
-            result = await issue(session, MERCHANT, stored, [customer_id], count=count, now=datetime.now(timezone.utc))
+            result = await issue(session, MERCHANT, stored, [customer_id], count=count, now=datetime.now(UTC))
         return [c for _, c in result.issued]
 
     async def scalar(self, statement: Any) -> Any:
@@ -67,21 +67,30 @@ class Api:
 
     async def claim(self, customer_id: str, template_id: str) -> httpx.Response:
         token = mint_customer_token(MERCHANT, customer_id, SECRET)
-        return await self.client.post("/v1/me/coupons/claim", json={"template_id": template_id},
-                                      headers={"Authorization": f"Bearer {token}"})
+        return await self.client.post(
+            "/v1/me/coupons/claim", json={"template_id": template_id}, headers={"Authorization": f"Bearer {token}"}
+        )
 
 
 @pytest.fixture
 async def api(tmp_path: Path, pg_urls: dict[str, str]) -> AsyncIterator[Api]:
     """The coupons API alone on PostgreSQL (no consumer, no relay: the outbox keeps every event)."""
-    app = build_service_app(SPEC, embedded_settings(tmp_path, coupons_database_url=pg_urls["coupons"]),
-                            {"api", "migrate"})
+    app = build_service_app(
+        SPEC, embedded_settings(tmp_path, coupons_database_url=pg_urls["coupons"]), {"api", "migrate"}
+    )
     async with running(app) as client:
         rt = app.state.runtimes["coupons"]
         async with rt.sessions() as session, session.begin():
-            await session.execute(messaging.merchants.insert().values(
-                merchant_id=MERCHANT, name=MERCHANT, timezone="Asia/Shanghai", jwt_secret=SECRET.encode(), active=True,
-                updated_at=datetime.now(timezone.utc)))
+            await session.execute(
+                messaging.merchants.insert().values(
+                    merchant_id=MERCHANT,
+                    name=MERCHANT,
+                    timezone="Asia/Shanghai",
+                    jwt_secret=SECRET.encode(),
+                    active=True,
+                    updated_at=datetime.now(UTC),
+                )
+            )
         yield Api(client, rt)
 
 
@@ -102,10 +111,13 @@ async def test_500_concurrent_claims_of_a_coupon_with_stock_100_issue_exactly_10
     assert await api.scalar(select(func.count()).select_from(coupons).where(coupons.c.template_id == tid)) == 100
     assert await api.scalar(select(templates.c.issued).where(templates.c.template_id == tid)) == 100
     # Nobody refused keeps a count against the per-customer limit; each winner holds one.
-    assert await api.scalar(select(func.sum(customer_limits.c.issued)).where(
-        customer_limits.c.template_id == tid)) == 100
-    assert await api.scalar(select(func.count(func.distinct(coupons.c.customer_id))).where(
-        coupons.c.template_id == tid)) == 100
+    assert (
+        await api.scalar(select(func.sum(customer_limits.c.issued)).where(customer_limits.c.template_id == tid)) == 100
+    )
+    assert (
+        await api.scalar(select(func.count(func.distinct(coupons.c.customer_id))).where(coupons.c.template_id == tid))
+        == 100
+    )
     assert {e.data.coupon_id for e in await outbox_events(api.rt, "coupon.issued")} == winners
 
 
@@ -115,18 +127,34 @@ async def test_a_per_customer_limit_of_1_holds_against_50_concurrent_claims_by_o
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {201: 1, 409: 49}, statuses
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"limit_reached"}
-    assert await api.scalar(select(func.count()).select_from(coupons).where(
-        coupons.c.template_id == tid, coupons.c.customer_id == "greedy")) == 1
+    assert (
+        await api.scalar(
+            select(func.count())
+            .select_from(coupons)
+            .where(coupons.c.template_id == tid, coupons.c.customer_id == "greedy")
+        )
+        == 1
+    )
     assert await api.scalar(select(templates.c.issued).where(templates.c.template_id == tid)) == 1
     assert await api.scalar(select(customer_limits.c.issued).where(customer_limits.c.template_id == tid)) == 1
 
 
 def paid(customer_id: str, order_id: str, coupon_ids: list[str]) -> Any:
-    return parse_event({
-        "event_id": str(uuid.uuid4()), "type": "order.paid", "merchant_id": MERCHANT, "customer_id": customer_id,
-        "occurred_at": datetime.now(timezone.utc).isoformat(),
-        "data": {"order_id": order_id, "amount_fen": 2400, "coupon_ids": coupon_ids,
-                 "items": [{"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 3000}]}})
+    return parse_event(
+        {
+            "event_id": str(uuid.uuid4()),
+            "type": "order.paid",
+            "merchant_id": MERCHANT,
+            "customer_id": customer_id,
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "data": {
+                "order_id": order_id,
+                "amount_fen": 2400,
+                "coupon_ids": coupon_ids,
+                "items": [{"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 3000}],
+            },
+        }
+    )
 
 
 async def redeem_concurrently(rt: ServiceRuntime, events: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,18 +183,28 @@ async def redeem_concurrently(rt: ServiceRuntime, events: list[Any], monkeypatch
     monkeypatch.setattr(wallet, "_load", load)
 
 
-async def test_two_concurrent_redemptions_of_one_coupon_never_both_succeed(api: Api,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_two_concurrent_redemptions_of_one_coupon_never_both_succeed(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tid = await api.template(per_customer_limit=None)
     ids = await api.issue(tid, "u-1", count=20)
     for i, coupon_id in enumerate(ids):
-        await redeem_concurrently(api.rt, [paid("u-1", f"o-{i}-a", [coupon_id]), paid("u-1", f"o-{i}-b", [coupon_id])],
-                                  monkeypatch)
+        await redeem_concurrently(
+            api.rt, [paid("u-1", f"o-{i}-a", [coupon_id]), paid("u-1", f"o-{i}-b", [coupon_id])], monkeypatch
+        )
     async with api.rt.sessions() as session:
-        rows = (await session.execute(select(coupons.c.coupon_id, coupons.c.state, coupons.c.order_id,
-                                             coupons.c.version).where(coupons.c.template_id == tid))).all()
-        refused = (await session.execute(select(redemption_refusals.c.coupon_id, redemption_refusals.c.order_id,
-                                                redemption_refusals.c.code))).all()
+        rows = (
+            await session.execute(
+                select(coupons.c.coupon_id, coupons.c.state, coupons.c.order_id, coupons.c.version).where(
+                    coupons.c.template_id == tid
+                )
+            )
+        ).all()
+        refused = (
+            await session.execute(
+                select(redemption_refusals.c.coupon_id, redemption_refusals.c.order_id, redemption_refusals.c.code)
+            )
+        ).all()
     assert {r.state for r in rows} == {"used"} and {r.version for r in rows} == {1}
     used_on = {r.coupon_id: r.order_id for r in rows}
     # Exactly one redemption per coupon: one coupon.redeemed, and the other order refused.
@@ -181,15 +219,23 @@ async def test_two_concurrent_locks_of_one_coupon_to_two_orders_one_wins(api: Ap
     ids = await api.issue(await api.template(per_customer_limit=None), "u-1", count=10)
     token = {"Authorization": f"Bearer {mint_customer_token(MERCHANT, 'u-1', SECRET)}"}
     for round_, coupon_id in enumerate(ids):
-        responses = await asyncio.gather(*(api.client.post(
-            f"/v1/me/coupons/{coupon_id}/lock", json={"order_id": f"o-{round_}-{k}", "cart": CART}, headers=token)
-            for k in range(2)))
+        responses = await asyncio.gather(
+            *(
+                api.client.post(
+                    f"/v1/me/coupons/{coupon_id}/lock",
+                    json={"order_id": f"o-{round_}-{k}", "cart": CART},
+                    headers=token,
+                )
+                for k in range(2)
+            )
+        )
         assert sorted(r.status_code for r in responses) == [200, 409], [r.text for r in responses]
         loser = next(r for r in responses if r.status_code == 409).json()["error"]
         assert loser["code"] in ("locked_to_other_order", "concurrent_change")
         winner = next(r for r in responses if r.status_code == 200).json()
-        assert await api.scalar(select(coupons.c.order_id).where(coupons.c.coupon_id == coupon_id)) == \
-            winner["order_id"]
+        assert (
+            await api.scalar(select(coupons.c.order_id).where(coupons.c.coupon_id == coupon_id)) == winner["order_id"]
+        )
 
 
 async def test_concurrent_expiry_sweeps_expire_each_coupon_once(api: Api) -> None:
@@ -197,7 +243,7 @@ async def test_concurrent_expiry_sweeps_expire_each_coupon_once(api: Api) -> Non
     ids = []
     for i in range(10):
         ids += await api.issue(tid, f"u-{i}", count=300)
-    later = datetime.now(timezone.utc) + timedelta(days=8)
+    later = datetime.now(UTC) + timedelta(days=8)
     results = await asyncio.gather(*(wallet.run_clock(api.rt.sessions, later, chunk=250) for _ in range(3)))
     assert sum(expired for expired, _ in results) == len(ids) == 3000
     assert await api.scalar(select(func.count()).select_from(coupons).where(coupons.c.state == "expired")) == 3000

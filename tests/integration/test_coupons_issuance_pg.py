@@ -66,8 +66,13 @@ async def applied(s: Shop, events: list[dict[str, Any]]) -> None:
 async def test_a_trigger_replayed_concurrently_issues_once(tmp_path: Path, kafka: Any, pg_urls: dict[str, str]) -> None:
     async with shop(tmp_path, kafka, pg_urls) as s:
         tid = await s.template(percent_template())  # no per-customer limit: only the issuance key holds
-        rule_id = await s.rule({"trigger": {"type": "first_paid_order"}, "caps": {"issues_per_customer": None},
-                                "action": {"issue": [{"template_id": tid, "count": 2}]}})
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "caps": {"issues_per_customer": None},
+                "action": {"issue": [{"template_id": tid, "count": 2}]},
+            }
+        )
         # The shop sends one order's payment under 20 event ids at once, over Kafka.
         await asyncio.gather(*(s.send(paid("u-1", "o-1")) for _ in range(20)))
         await s.settled()
@@ -87,8 +92,13 @@ async def _issued(s: Shop) -> list[Any]:
     from aiokafka import AIOKafkaConsumer
 
     bus = s.app.state.bus
-    consumer = AIOKafkaConsumer(bus.prefix + "fugou.coupons", bootstrap_servers=bus.bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bus.prefix + "fugou.coupons",
+        bootstrap_servers=bus.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     found = []
     try:
@@ -104,16 +114,26 @@ async def _issued(s: Shop) -> list[Any]:
     return [e for e in found if e.type == "coupon.issued"]
 
 
-async def test_caps_hold_when_many_transactions_decide_at_once(tmp_path: Path, kafka: Any,
-                                                               pg_urls: dict[str, str]) -> None:
+async def test_caps_hold_when_many_transactions_decide_at_once(
+    tmp_path: Path, kafka: Any, pg_urls: dict[str, str]
+) -> None:
     async with shop(tmp_path, kafka, pg_urls) as s:
         ten = await s.template(cash_template(1000))
         # Referees are other customers (other partitions): their conversions reward one referrer at once.
-        per_referrer = await s.rule({"trigger": {"type": "referral_conversion"}, "caps": {"issues_per_customer": 3},
-                                     "action": {"issue": [{"template_id": ten}]}})
-        budget = await s.rule({"trigger": {"type": "first_paid_order"},
-                               "caps": {"budget_total_fen": 5000, "issues_per_customer": None},
-                               "action": {"issue": [{"template_id": ten}]}})
+        per_referrer = await s.rule(
+            {
+                "trigger": {"type": "referral_conversion"},
+                "caps": {"issues_per_customer": 3},
+                "action": {"issue": [{"template_id": ten}]},
+            }
+        )
+        budget = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "caps": {"budget_total_fen": 5000, "issues_per_customer": None},
+                "action": {"issue": [{"template_id": ten}]},
+            }
+        )
         referees = [f"r-{i:02d}" for i in range(20)]
         await applied(s, [referred(r, "u-1") for r in referees])
         await applied(s, [paid(r, f"o-{r}") for r in referees])
@@ -126,26 +146,35 @@ async def test_caps_hold_when_many_transactions_decide_at_once(tmp_path: Path, k
 
 
 async def test_a_scheduled_rule_to_thousands_issues_exactly_once_per_customer(
-        tmp_path: Path, kafka: Any, pg_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, kafka: Any, pg_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     n = 3000
     async with shop(tmp_path, kafka, pg_urls) as s:
         people = [f"c-{i:05d}" for i in range(n)]
         for i in range(0, n, 500):
-            await s.send(*[registered(c, "Shanghai") for c in people[i:i + 500]])
+            await s.send(*[registered(c, "Shanghai") for c in people[i : i + 500]])
         await s.send(registered("elsewhere", "Beijing"))
 
         async def in_shanghai() -> int:
-            r = await s.client.post("/v1/audiences/query", json={"filter": {"region": ["Shanghai"]}, "limit": 1},
-                                    headers=H)
+            r = await s.client.post(
+                "/v1/audiences/query", json={"filter": {"region": ["Shanghai"]}, "limit": 1}, headers=H
+            )
             return r.json()["count"]  # type: ignore[no-any-return]
 
         await eventually(in_shanghai, lambda k: k == n, timeout=120)
-        saved = (await s.client.post("/v1/audiences", json={"name": "上海", "filter": {"region": ["Shanghai"]}},
-                                     headers=H)).json()["audience_id"]
+        saved = (
+            await s.client.post("/v1/audiences", json={"name": "上海", "filter": {"region": ["Shanghai"]}}, headers=H)
+        ).json()["audience_id"]
         tid = await s.template(percent_template())
-        rule_id = await s.rule({"trigger": {"type": "schedule", "cron": "0 9 1 * *"}, "holdout_percent": 0,
-                                "caps": {"issues_per_customer": None}, "audience": {"audience_id": saved},
-                                "action": {"issue": [{"template_id": tid}]}})
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "schedule", "cron": "0 9 1 * *"},
+                "holdout_percent": 0,
+                "caps": {"issues_per_customer": None},
+                "audience": {"audience_id": saved},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
         async with s.rt.sessions() as session:
             first = (await session.execute(select(rules.c.next_fire_at).where(rules.c.rule_id == rule_id))).scalar_one()
         client = seg.client_for(s.rt)
@@ -176,17 +205,20 @@ async def test_a_scheduled_rule_to_thousands_issues_exactly_once_per_customer(
         assert await issuance.fire_due(s.rt.sessions, client, at, chunk=700) is True
 
         async with s.rt.sessions() as session:
-            per_customer = Counter((await session.execute(select(coupons.c.customer_id).where(
-                coupons.c.rule_id == rule_id))).scalars())
-            moved_on = (await session.execute(select(rules.c.next_fire_at).where(
-                rules.c.rule_id == rule_id))).scalar_one()
+            per_customer = Counter(
+                (await session.execute(select(coupons.c.customer_id).where(coupons.c.rule_id == rule_id))).scalars()
+            )
+            moved_on = (
+                await session.execute(select(rules.c.next_fire_at).where(rules.c.rule_id == rule_id))
+            ).scalar_one()
         assert per_customer == Counter({c: 1 for c in people})
         assert await count(s, issuances, issuances.c.rule_id == rule_id) == n
         assert moved_on > at
 
 
-async def test_a_preset_works_end_to_end_on_kafka_and_postgres(tmp_path: Path, kafka: Any,
-                                                                pg_urls: dict[str, str]) -> None:
+async def test_a_preset_works_end_to_end_on_kafka_and_postgres(
+    tmp_path: Path, kafka: Any, pg_urls: dict[str, str]
+) -> None:
     async with shop(tmp_path, kafka, pg_urls) as s:
         made = await s.preset("first_order_welcome", holdout_percent=0)
         ids = made["template_ids"]

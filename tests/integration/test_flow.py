@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from services.embedded import build_embedded_app
-from shared.bus.kafka import KafkaBus
 from shared.bus.base import Message
+from shared.bus.kafka import KafkaBus
 from shared.events import parse_event
 from shared.settings import Settings
 from tests.conftest import embedded_settings, kafka_pg_settings, running
@@ -21,8 +21,9 @@ from tests.factories import CST, eventually, order_paid
 KEY = "fg_test_demo_key"
 
 
-@pytest.fixture(params=["inprocess-sqlite", pytest.param("kafka-postgres", marks=[pytest.mark.kafka,
-                                                                                    pytest.mark.postgres])])
+@pytest.fixture(
+    params=["inprocess-sqlite", pytest.param("kafka-postgres", marks=[pytest.mark.kafka, pytest.mark.postgres])]
+)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     if request.param == "inprocess-sqlite":
         return embedded_settings(tmp_path, bootstrap_api_key=KEY)
@@ -88,25 +89,56 @@ async def test_a_first_order_earns_a_coupon_and_the_customer_hears_of_it_once(se
     app = build_embedded_app(settings, announce=False)
     h = {"X-Api-Key": KEY}
     async with running(app) as client:
-        r = await client.post("/v1/coupons/templates", headers=h, json={
-            "name": "10元无门槛券", "kind": {"type": "no_threshold", "amount_off_fen": 1000}, "valid_days": 30})
+        r = await client.post(
+            "/v1/coupons/templates",
+            headers=h,
+            json={"name": "10元无门槛券", "kind": {"type": "no_threshold", "amount_off_fen": 1000}, "valid_days": 30},
+        )
         assert r.status_code == 201, r.text
-        r = await client.post("/v1/coupons/rules", headers=h, json={
-            "name": "首单礼", "trigger": {"type": "first_paid_order"},
-            "action": {"issue": [{"template_id": r.json()["template_id"]}]}})
+        r = await client.post(
+            "/v1/coupons/rules",
+            headers=h,
+            json={
+                "name": "首单礼",
+                "trigger": {"type": "first_paid_order"},
+                "action": {"issue": [{"template_id": r.json()["template_id"]}]},
+            },
+        )
         assert r.status_code == 201, r.text
-        r = await client.post("/v1/notifications/templates", headers=h, json={
-            "key": "coupon-sms", "channel": "sms", "locale": "zh-CN", "trigger": "coupon.issued",
-            "parts": {"text": "{{ shop.name }}送您{{ coupon.name }}，{{ coupon.expires_at | date }}前有效。退订回T"}})
+        r = await client.post(
+            "/v1/notifications/templates",
+            headers=h,
+            json={
+                "key": "coupon-sms",
+                "channel": "sms",
+                "locale": "zh-CN",
+                "trigger": "coupon.issued",
+                "parts": {
+                    "text": "{{ shop.name }}送您{{ coupon.name }}，{{ coupon.expires_at | date }}前有效。退订回T"
+                },
+            },
+        )
         assert r.status_code == 201, r.text
-        r = await client.put("/v1/notifications/rules/coupon-arrived", headers=h, json={
-            "name": "券到账", "trigger": "coupon.issued", "channels": [{"channel": "sms", "template": "coupon-sms"}]})
+        r = await client.put(
+            "/v1/notifications/rules/coupon-arrived",
+            headers=h,
+            json={
+                "name": "券到账",
+                "trigger": "coupon.issued",
+                "channels": [{"channel": "sms", "template": "coupon-sms"}],
+            },
+        )
         assert r.status_code == 200, r.text
         r = await client.put("/v1/notifications/policy", headers=h, json={"quiet_hours": None})
         assert r.status_code == 200, r.text
-        profile = {"event_id": "reg-u-9", "type": "customer.registered", "merchant_id": "demo", "customer_id": "u-9",
-                   "occurred_at": "2026-11-01T10:00:00+08:00",
-                   "data": {"phone": "13800138009", "consents": {"sms": True}}}
+        profile = {
+            "event_id": "reg-u-9",
+            "type": "customer.registered",
+            "merchant_id": "demo",
+            "customer_id": "u-9",
+            "occurred_at": "2026-11-01T10:00:00+08:00",
+            "data": {"phone": "13800138009", "consents": {"sms": True}},
+        }
         order = order_paid("demo", "u-9", "o-90", 8800)
         r = await client.post("/v1/events", headers=h, json=[profile, order, order])
         assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
@@ -115,8 +147,7 @@ async def test_a_first_order_earns_a_coupon_and_the_customer_hears_of_it_once(se
             got = await client.get("/v1/notifications/console", headers=h, params={"customer_id": "u-9"})
             return got.json() if got.status_code == 200 else []
 
-        [message] = await eventually(console, lambda ms: len(ms) == 1 and ms[0]["status"] == "delivered",
-                                     timeout=60)
+        [message] = await eventually(console, lambda ms: len(ms) == 1 and ms[0]["status"] == "delivered", timeout=60)
         assert message["recipient"] == "+8613800138009" and message["trigger"] == "coupon.issued"
         assert "10元无门槛券" in message["content"]["text"]
         # A second paid order: not a first order, no coupon, no message.

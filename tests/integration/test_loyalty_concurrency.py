@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,29 +71,46 @@ async def api(tmp_path: Path, pg_urls: dict[str, str]) -> AsyncIterator[Api]:
     async with running(app) as client:
         rt = app.state.runtimes["loyalty"]
         async with rt.sessions() as session, session.begin():
-            await session.execute(messaging.merchants.insert().values(
-                merchant_id=MERCHANT, name=MERCHANT, timezone="Asia/Shanghai", jwt_secret=SECRET.encode(),
-                active=True, updated_at=datetime.now(timezone.utc)))
-            await session.execute(messaging.merchant_keys.insert().values(
-                key_hash=hash_api_key(KEY, settings.api_key_pepper.get_secret_value()), merchant_id=MERCHANT))
+            await session.execute(
+                messaging.merchants.insert().values(
+                    merchant_id=MERCHANT,
+                    name=MERCHANT,
+                    timezone="Asia/Shanghai",
+                    jwt_secret=SECRET.encode(),
+                    active=True,
+                    updated_at=datetime.now(UTC),
+                )
+            )
+            await session.execute(
+                messaging.merchant_keys.insert().values(
+                    key_hash=hash_api_key(KEY, settings.api_key_pepper.get_secret_value()), merchant_id=MERCHANT
+                )
+            )
         yield Api(client, rt, {"X-Api-Key": KEY})
 
 
 async def test_100_concurrent_redemptions_against_one_balance_never_overspend(api: Api) -> None:
     balance, cost = 1_050, 100
-    r = await api.client.post("/v1/loyalty/adjustments", headers=api.admin, json={
-        "customer_id": "u-1", "points": balance, "reason": "race seed", "operator": "test"})
+    r = await api.client.post(
+        "/v1/loyalty/adjustments",
+        headers=api.admin,
+        json={"customer_id": "u-1", "points": balance, "reason": "race seed", "operator": "test"},
+    )
     assert r.status_code == 201, r.text
-    r = await api.client.post("/v1/loyalty/mall/items", headers=api.admin, json={
-        "item_id": "c1", "name": "1元券", "points": cost, "reward": {"type": "coupon", "template_id": "t1"}})
+    r = await api.client.post(
+        "/v1/loyalty/mall/items",
+        headers=api.admin,
+        json={"item_id": "c1", "name": "1元券", "points": cost, "reward": {"type": "coupon", "template_id": "t1"}},
+    )
     assert r.status_code == 201, r.text
     me = api.me("u-1")
 
     async def redeem(i: int) -> httpx.Response:
         if i % 2:
             return await api.client.post("/v1/me/mall/redeem", json={"item_id": "c1"}, headers=me)
-        return await api.client.post("/v1/me/points/offset", headers=me,
-                                     json={"order_id": f"o-{i}", "order_fen": 100_000, "points": cost})
+        return await api.client.post(
+            "/v1/me/points/offset", headers=me, json={"order_id": f"o-{i}", "order_fen": 100_000, "points": cost}
+        )
 
     responses = await asyncio.gather(*(redeem(i) for i in range(100)))
     statuses = Counter(r.status_code for r in responses)
@@ -104,8 +121,9 @@ async def test_100_concurrent_redemptions_against_one_balance_never_overspend(ap
     # Never negative at any point: every prefix of the entries, in commit order, stays at or above zero.
     running_total, lowest = 0, 0
     async with api.rt.sessions() as session:
-        for (points,) in await session.execute(select(entries.c.points).where(entries.c.customer_id == "u-1")
-                                               .order_by(entries.c.id)):
+        for (points,) in await session.execute(
+            select(entries.c.points).where(entries.c.customer_id == "u-1").order_by(entries.c.id)
+        ):
             running_total += points
             lowest = min(lowest, running_total)
     assert (running_total, lowest) == (balance % cost, 0)
@@ -117,61 +135,83 @@ async def test_100_concurrent_redemptions_against_one_balance_never_overspend(ap
 
 
 async def test_100_concurrent_stored_value_spends_never_overspend(api: Api) -> None:
-    r = await api.client.post("/v1/loyalty/stored-value/plans", headers=api.admin, json={
-        "plan_id": "p500", "name": "充500送50", "pay_fen": 50_000, "bonus_fen": 5_000})
+    r = await api.client.post(
+        "/v1/loyalty/stored-value/plans",
+        headers=api.admin,
+        json={"plan_id": "p500", "name": "充500送50", "pay_fen": 50_000, "bonus_fen": 5_000},
+    )
     assert r.status_code == 201, r.text
-    r = await api.client.post("/v1/loyalty/stored-value/top-ups", headers=api.admin, json={
-        "customer_id": "u-1", "plan_id": "p500", "payment_ref": "wx-1"})
+    r = await api.client.post(
+        "/v1/loyalty/stored-value/top-ups",
+        headers=api.admin,
+        json={"customer_id": "u-1", "plan_id": "p500", "payment_ref": "wx-1"},
+    )
     assert r.status_code == 201, r.text
     total, cost = 55_000, 3_000
 
     async def pay(i: int) -> httpx.Response:
-        return await api.client.post("/v1/loyalty/stored-value/spends", headers=api.admin, json={
-            "customer_id": "u-1", "order_id": f"o-{i}", "amount_fen": cost})
+        return await api.client.post(
+            "/v1/loyalty/stored-value/spends",
+            headers=api.admin,
+            json={"customer_id": "u-1", "order_id": f"o-{i}", "amount_fen": cost},
+        )
 
     responses = await asyncio.gather(*(pay(i) for i in range(100)))
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {201: total // cost, 409: 100 - total // cost}, statuses
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"insufficient_balance"}
     async with api.rt.sessions() as session:
-        paid, bonus = (await session.execute(select(sv_accounts.c.paid_fen, sv_accounts.c.bonus_fen).where(
-            sv_accounts.c.customer_id == "u-1"))).one()
+        paid, bonus = (
+            await session.execute(
+                select(sv_accounts.c.paid_fen, sv_accounts.c.bonus_fen).where(sv_accounts.c.customer_id == "u-1")
+            )
+        ).one()
     assert paid + bonus == total % cost and paid >= 0 and bonus >= 0
     proof = await api.reconciled("u-1")
     assert proof["stored_value_ok"] is True
 
 
 def _paid(customer_id: str, order_id: str, amount_fen: int, at: datetime) -> Any:
-    return parse_event({
-        "event_id": str(uuid.uuid4()), "type": "order.paid", "merchant_id": MERCHANT, "customer_id": customer_id,
-        "occurred_at": at.isoformat(), "data": {"order_id": order_id, "amount_fen": amount_fen}})
+    return parse_event(
+        {
+            "event_id": str(uuid.uuid4()),
+            "type": "order.paid",
+            "merchant_id": MERCHANT,
+            "customer_id": customer_id,
+            "occurred_at": at.isoformat(),
+            "data": {"order_id": order_id, "amount_fen": amount_fen},
+        }
+    )
 
 
 async def test_two_clocks_at_once_mature_each_order_exactly_once(api: Api) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     async with api.rt.sessions() as session, session.begin():
         await handle(session, [_paid(f"u-{i % 50}", f"o-{i}", 1_000, now) for i in range(300)])
     later = now + timedelta(days=8)
-    first, second = await asyncio.gather(run_clock(api.rt.sessions, later, chunk=40),
-                                         run_clock(api.rt.sessions, later, chunk=40))
+    first, second = await asyncio.gather(
+        run_clock(api.rt.sessions, later, chunk=40), run_clock(api.rt.sessions, later, chunk=40)
+    )
     await run_clock(api.rt.sessions, later, chunk=40)  # whatever a busy customer left for the next round
-    assert await api.scalar(select(func.count()).select_from(order_points).where(order_points.c.matured.is_(False))) \
-        == 0
-    assert await api.scalar(select(func.count()).select_from(entries).where(entries.c.kind == "earn_available")) \
-        == 300
+    assert (
+        await api.scalar(select(func.count()).select_from(order_points).where(order_points.c.matured.is_(False))) == 0
+    )
+    assert await api.scalar(select(func.count()).select_from(entries).where(entries.c.kind == "earn_available")) == 300
     assert first["matured"] + second["matured"] <= 300
     assert await api.scalar(select(func.sum(accounts.c.balance))) == 300 * 10
     for i in range(0, 50, 7):
         await api.reconciled(f"u-{i}")
 
 
-async def test_the_consumer_and_customers_on_the_same_accounts_at_once_keep_every_ledger_reconciled(
-        api: Api) -> None:
-    now = datetime.now(timezone.utc)
+async def test_the_consumer_and_customers_on_the_same_accounts_at_once_keep_every_ledger_reconciled(api: Api) -> None:
+    now = datetime.now(UTC)
     customers = [f"u-{i}" for i in range(10)]
     for cid in customers:
-        r = await api.client.post("/v1/loyalty/adjustments", headers=api.admin, json={
-            "customer_id": cid, "points": 500, "reason": "seed", "operator": "test"})
+        r = await api.client.post(
+            "/v1/loyalty/adjustments",
+            headers=api.admin,
+            json={"customer_id": cid, "points": 500, "reason": "seed", "operator": "test"},
+        )
         assert r.status_code == 201, r.text
 
     async def consume(batch: int) -> None:
@@ -181,8 +221,9 @@ async def test_the_consumer_and_customers_on_the_same_accounts_at_once_keep_ever
 
     async def spend(i: int) -> httpx.Response:
         cid = customers[i % len(customers)]
-        return await api.client.post("/v1/me/points/offset", headers=api.me(cid),
-                                     json={"order_id": f"x-{i}", "order_fen": 100_000, "points": 90})
+        return await api.client.post(
+            "/v1/me/points/offset", headers=api.me(cid), json={"order_id": f"x-{i}", "order_fen": 100_000, "points": 90}
+        )
 
     results = await asyncio.gather(*(consume(b) for b in range(5)), *(spend(i) for i in range(60)))
     statuses = Counter(r.status_code for r in results if isinstance(r, httpx.Response))

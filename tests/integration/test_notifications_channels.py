@@ -69,24 +69,38 @@ async def channel(provider: str, config: dict[str, Any]) -> AsyncIterator[Channe
 
 def wechat_message(n: int, openid: str | None = None, **fields: str) -> Outgoing:
     return Outgoing(
-        message_id=f"m-{n}", merchant_id="shop-1", customer_id=f"c-{n}", recipient=openid or f"openid-{n}",
-        rendered=Rendered(provider_template="TPL_REPURCHASE_01", page="pages/coupon/index?id=7",
-                          fields=fields or {"thing1": "您的优惠券即将到期", "time2": "2026-05-01 10:00"}),
+        message_id=f"m-{n}",
+        merchant_id="shop-1",
+        customer_id=f"c-{n}",
+        recipient=openid or f"openid-{n}",
+        rendered=Rendered(
+            provider_template="TPL_REPURCHASE_01",
+            page="pages/coupon/index?id=7",
+            fields=fields or {"thing1": "您的优惠券即将到期", "time2": "2026-05-01 10:00"},
+        ),
     )
 
 
 def sms_message(n: int, phone: str = "", template: str = "SMS_150000001", **fields: str) -> Outgoing:
     return Outgoing(
-        message_id=f"s-{n}", merchant_id="shop-1", customer_id=f"c-{n}",
+        message_id=f"s-{n}",
+        merchant_id="shop-1",
+        customer_id=f"c-{n}",
         recipient=phone or f"+86138{n:08d}",
-        rendered=Rendered(text=f"【复购】您有一张优惠券 {n}", provider_template=template,
-                          fields=fields or {"name": f"顾客{n}", "amount": "20"}),
+        rendered=Rendered(
+            text=f"【复购】您有一张优惠券 {n}",
+            provider_template=template,
+            fields=fields or {"name": f"顾客{n}", "amount": "20"},
+        ),
     )
 
 
 def mail(n: int, to: str = "", *, html: str | None = "<p>Hello</p>", unsubscribe: str | None = None) -> Outgoing:
     return Outgoing(
-        message_id=f"e-{n}", merchant_id="shop-1", customer_id=f"c-{n}", recipient=to or f"buyer{n}@example.test",
+        message_id=f"e-{n}",
+        merchant_id="shop-1",
+        customer_id=f"c-{n}",
+        recipient=to or f"buyer{n}@example.test",
         rendered=Rendered(subject=f"回来看看 #{n}", text=f"Hello {n}", html=html, unsubscribe_url=unsubscribe),
     )
 
@@ -99,10 +113,16 @@ def outcomes(results: list[SendResult]) -> list[str]:
 
 
 def test_aliyun_signature_matches_the_example_in_aliyuns_documentation() -> None:
-    params = {"Timestamp": "2016-02-23T12:46:24Z", "Format": "XML", "AccessKeyId": "testid",
-              "Action": "DescribeRegions", "SignatureMethod": "HMAC-SHA1",
-              "SignatureNonce": "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf", "Version": "2014-05-26",
-              "SignatureVersion": "1.0"}
+    params = {
+        "Timestamp": "2016-02-23T12:46:24Z",
+        "Format": "XML",
+        "AccessKeyId": "testid",
+        "Action": "DescribeRegions",
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureNonce": "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf",
+        "Version": "2014-05-26",
+        "SignatureVersion": "1.0",
+    }
     assert canonical_query(params).startswith("AccessKeyId=testid&Action=DescribeRegions&Format=XML&")
     assert aliyun_signature(params, "testsecret", "GET") == "OLeaidS1JvxuMvnyHOwuJ+uX5qY="
     assert percent_encode("a b*c~d/复") == "a%20b%2Ac~d%2F%E5%A4%8D"
@@ -126,8 +146,11 @@ async def test_wechat_sends_a_subscribe_message_in_the_official_shape(fake: Fake
     assert result.outcome == "sent" and result.provider_id and result.provider_id.isdigit()
     [body] = fake.received("wechat")
     assert body == {
-        "touser": "openid-1", "template_id": "TPL_REPURCHASE_01", "page": "pages/coupon/index?id=7",
-        "miniprogram_state": "trial", "lang": "zh_CN",
+        "touser": "openid-1",
+        "template_id": "TPL_REPURCHASE_01",
+        "page": "pages/coupon/index?id=7",
+        "miniprogram_state": "trial",
+        "lang": "zh_CN",
         "data": {"thing1": {"value": "您的优惠券即将到期"}, "time2": {"value": "2026-05-01 10:00"}},
     }
 
@@ -155,7 +178,8 @@ async def test_wechat_fails_a_refused_subscription_and_retries_a_rate_limit(fake
     fake.script(SEND, {"json": {"errcode": 45009, "errmsg": "reach max api daily quota limit"}})
     async with channel("wechat", fake.channel_config("wechat", concurrency=1)) as wechat:
         limited, refused, fine = await wechat.send(
-            [wechat_message(1), wechat_message(2, openid=REFUSING_OPENID), wechat_message(3)])
+            [wechat_message(1), wechat_message(2, openid=REFUSING_OPENID), wechat_message(3)]
+        )
     assert (limited.outcome, limited.code) == ("retry", "45009")
     assert (refused.outcome, refused.code) == ("failed", "43101")
     assert fine.outcome == "sent"
@@ -169,16 +193,20 @@ async def test_wechat_fails_a_thing_field_longer_than_wechat_allows(fake: FakePr
 
 
 async def test_wechat_retries_on_a_server_error_system_busy_and_a_timeout(fake: FakeProviders) -> None:
-    fake.script(SEND, {"status": 502}, {"json": {"errcode": -1, "errmsg": "system error"}},
-                {"delay": 1.5, "pass": True})
+    fake.script(
+        SEND, {"status": 502}, {"json": {"errcode": -1, "errmsg": "system error"}}, {"delay": 1.5, "pass": True}
+    )
     async with channel("wechat", fake.channel_config("wechat", concurrency=1, timeout=0.5)) as wechat:
         results = await wechat.send([wechat_message(n) for n in range(4)])
     assert [(r.outcome, r.code) for r in results] == [
-        ("retry", "502"), ("retry", "-1"), ("retry", "network"), ("sent", None)]
+        ("retry", "502"),
+        ("retry", "-1"),
+        ("retry", "network"),
+        ("sent", None),
+    ]
 
 
-async def test_wechat_fails_the_whole_batch_on_a_wrong_app_secret_after_one_token_request(
-        fake: FakeProviders) -> None:
+async def test_wechat_fails_the_whole_batch_on_a_wrong_app_secret_after_one_token_request(fake: FakeProviders) -> None:
     async with channel("wechat", fake.channel_config("wechat", app_secret="not-the-secret")) as wechat:
         results = await wechat.send([wechat_message(n) for n in range(10)])
     assert {(r.outcome, r.code) for r in results} == {("failed", "40125")}
@@ -206,7 +234,9 @@ async def test_aliyun_sends_one_message_with_sendsms_signed_and_tagged_with_our_
 async def test_aliyun_sends_150_messages_of_one_template_in_two_batch_calls(fake: FakeProviders) -> None:
     batch = [sms_message(n) for n in range(150)]
     async with channel("aliyun", fake.channel_config("aliyun")) as aliyun:
-        results = [r for n in range(0, 150, aliyun.max_batch) for r in await aliyun.send(batch[n:n + aliyun.max_batch])]
+        results = [
+            r for n in range(0, 150, aliyun.max_batch) for r in await aliyun.send(batch[n : n + aliyun.max_batch])
+        ]
     assert outcomes(results) == ["sent"] * 150
     stats = fake.stats()["counts"]
     assert stats.get("aliyun.SendBatchSms") == 2 and "aliyun.SendSms" not in stats
@@ -222,8 +252,13 @@ async def test_aliyun_sends_150_messages_of_one_template_in_two_batch_calls(fake
 
 
 async def test_aliyun_groups_a_mixed_batch_by_template(fake: FakeProviders) -> None:
-    batch = [sms_message(1), sms_message(2, template="SMS_2"), sms_message(3), sms_message(4), Outgoing(
-        "s-5", "shop-1", None, "+8613800000005", Rendered(text="no template"))]
+    batch = [
+        sms_message(1),
+        sms_message(2, template="SMS_2"),
+        sms_message(3),
+        sms_message(4),
+        Outgoing("s-5", "shop-1", None, "+8613800000005", Rendered(text="no template")),
+    ]
     async with channel("aliyun", fake.channel_config("aliyun")) as aliyun:
         results = await aliyun.send(batch)
     assert outcomes(results) == ["sent", "sent", "sent", "sent", "failed"]
@@ -236,7 +271,10 @@ async def test_aliyun_resends_a_batch_one_by_one_when_one_number_is_illegal(fake
     async with channel("aliyun", fake.channel_config("aliyun")) as aliyun:
         results = await aliyun.send(batch)
     assert [(r.outcome, r.code) for r in results] == [
-        ("sent", None), ("failed", "isv.MOBILE_NUMBER_ILLEGAL"), ("sent", None)]
+        ("sent", None),
+        ("failed", "isv.MOBILE_NUMBER_ILLEGAL"),
+        ("sent", None),
+    ]
     assert fake.stats()["counts"] == {"aliyun.SendBatchSms": 1, "aliyun.SendSms": 3, "aliyun": 2}
 
 
@@ -249,22 +287,33 @@ async def test_aliyun_refuses_a_request_signed_with_the_wrong_secret(fake: FakeP
 
 
 async def test_aliyun_answers_retry_to_its_rate_limits_and_server_errors(fake: FakeProviders) -> None:
-    fake.script("/", {"json": {"Code": "isv.BUSINESS_LIMIT_CONTROL", "Message": "触发分钟级流控Permits:1"}},
-                {"status": 400, "json": {"Code": "Throttling.User", "Message": "Request was denied due to user flow control."}},
-                {"status": 503, "text": "Service Unavailable"})
+    fake.script(
+        "/",
+        {"json": {"Code": "isv.BUSINESS_LIMIT_CONTROL", "Message": "触发分钟级流控Permits:1"}},
+        {"status": 400, "json": {"Code": "Throttling.User", "Message": "Request was denied due to user flow control."}},
+        {"status": 503, "text": "Service Unavailable"},
+    )
     async with channel("aliyun", fake.channel_config("aliyun", concurrency=1)) as aliyun:
-        results = await aliyun.send([sms_message(1, template="SMS_1"), sms_message(2, template="SMS_2"),
-                                     sms_message(3, template="SMS_3"), sms_message(4, template="SMS_4")])
+        results = await aliyun.send(
+            [
+                sms_message(1, template="SMS_1"),
+                sms_message(2, template="SMS_2"),
+                sms_message(3, template="SMS_3"),
+                sms_message(4, template="SMS_4"),
+            ]
+        )
     assert [(r.outcome, r.code, r.retry_after_s) for r in results] == [
-        ("retry", "isv.BUSINESS_LIMIT_CONTROL", 60.0), ("retry", "Throttling.User", 1.0),
-        ("retry", "503", None), ("sent", None, None)]
+        ("retry", "isv.BUSINESS_LIMIT_CONTROL", 60.0),
+        ("retry", "Throttling.User", 1.0),
+        ("retry", "503", None),
+        ("sent", None, None),
+    ]
 
 
 # -- generic SMS gateway ------------------------------------------------------------------------
 
 
-async def test_the_generic_gateway_takes_a_batch_in_one_request_and_answers_per_message(
-        fake: FakeProviders) -> None:
+async def test_the_generic_gateway_takes_a_batch_in_one_request_and_answers_per_message(fake: FakeProviders) -> None:
     batch = [sms_message(1), sms_message(2, phone="13800000000"), sms_message(3)]
     async with channel("generic", fake.channel_config("generic")) as gateway:
         results = await gateway.send(batch)
@@ -285,8 +334,9 @@ async def test_the_generic_gateway_without_batching_posts_one_message_per_reques
 
 
 async def test_the_generic_gateway_retries_after_429_and_500_and_fails_on_401(fake: FakeProviders) -> None:
-    fake.script("/sms", {"status": 429, "headers": {"Retry-After": "7"}, "json": {"error": "slow down"}},
-                {"status": 500})
+    fake.script(
+        "/sms", {"status": 429, "headers": {"Retry-After": "7"}, "json": {"error": "slow down"}}, {"status": 500}
+    )
     async with channel("generic", fake.channel_config("generic")) as gateway:
         throttled = await gateway.send([sms_message(1), sms_message(2)])
         broken = await gateway.send([sms_message(3)])
@@ -301,17 +351,28 @@ async def test_the_generic_gateway_retries_after_429_and_500_and_fails_on_401(fa
 # -- webhook ------------------------------------------------------------------------------------
 
 
-async def test_a_webhook_carries_the_message_and_a_signature_the_receiver_can_verify(
-        fake: FakeProviders) -> None:
-    msg = Outgoing("w-1", "shop-1", "c-9", "anyone", Rendered(
-        subject="Hi", text="回来看看", fields={"coupon": "C-20"}, unsubscribe_url="https://u.test/x"))
+async def test_a_webhook_carries_the_message_and_a_signature_the_receiver_can_verify(fake: FakeProviders) -> None:
+    msg = Outgoing(
+        "w-1",
+        "shop-1",
+        "c-9",
+        "anyone",
+        Rendered(subject="Hi", text="回来看看", fields={"coupon": "C-20"}, unsubscribe_url="https://u.test/x"),
+    )
     async with channel("webhook", fake.channel_config("webhook")) as hook:
         [result] = await hook.send([msg])
     assert result.outcome == "sent"
     [received] = fake.received("webhook")
-    assert received["body"] == {"message_id": "w-1", "merchant_id": "shop-1", "customer_id": "c-9",
-                                "recipient": "anyone", "subject": "Hi", "text": "回来看看",
-                                "fields": {"coupon": "C-20"}, "unsubscribe_url": "https://u.test/x"}
+    assert received["body"] == {
+        "message_id": "w-1",
+        "merchant_id": "shop-1",
+        "customer_id": "c-9",
+        "recipient": "anyone",
+        "subject": "Hi",
+        "text": "回来看看",
+        "fields": {"coupon": "C-20"},
+        "unsubscribe_url": "https://u.test/x",
+    }
     assert received["headers"]["x-fugou-message-id"] == "w-1"
     raw = orjson.dumps(received["body"])  # orjson is canonical for the same dict, so re-serialising matches
     expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), raw, hashlib.sha256).hexdigest()
@@ -325,8 +386,12 @@ async def test_a_webhook_retries_5xx_and_429_and_fails_other_4xx_and_a_bad_signa
     async with channel("webhook", fake.channel_config("webhook", secret="another-secret-of-length")) as hook:
         results += await hook.send([mail(9)])
     assert [(r.outcome, r.code, r.retry_after_s) for r in results] == [
-        ("retry", "500", None), ("retry", "429", 3.0), ("failed", "400", None), ("sent", None, None),
-        ("failed", "401", None)]
+        ("retry", "500", None),
+        ("retry", "429", 3.0),
+        ("failed", "400", None),
+        ("sent", None, None),
+        ("failed", "401", None),
+    ]
 
 
 # -- every HTTP channel and SMTP when nothing listens --------------------------------------------
@@ -334,7 +399,8 @@ async def test_a_webhook_retries_5xx_and_429_and_fails_other_4xx_and_a_bad_signa
 
 @pytest.mark.parametrize("provider", ["wechat", "aliyun", "generic", "webhook", "smtp"])
 async def test_every_channel_answers_retry_for_every_message_when_the_provider_is_unreachable(
-        provider: str, server: FakeProviders) -> None:
+    provider: str, server: FakeProviders
+) -> None:
     closed = f"http://127.0.0.1:{_free_port()}"
     configs = {
         "wechat": server.channel_config("wechat", api_base=closed),
@@ -352,12 +418,12 @@ async def test_every_channel_answers_retry_for_every_message_when_the_provider_i
 # -- email over SMTP ----------------------------------------------------------------------------
 
 
-async def test_email_goes_out_as_text_and_html_with_one_click_unsubscribe_over_one_connection(
-        smtp: FakeSmtp) -> None:
+async def test_email_goes_out_as_text_and_html_with_one_click_unsubscribe_over_one_connection(smtp: FakeSmtp) -> None:
     ehlos_before = smtp.ehlos
     async with channel("smtp", smtp.channel_config()) as email_channel:
         results = await email_channel.send(
-            [mail(1, unsubscribe="https://fugou.test/u/abc"), mail(2, html=None), mail(3)])
+            [mail(1, unsubscribe="https://fugou.test/u/abc"), mail(2, html=None), mail(3)]
+        )
     assert outcomes(results) == ["sent"] * 3
     assert all(r.provider_id and r.provider_id.startswith("Q") for r in results)
     assert smtp.ehlos - ehlos_before == 1
@@ -383,7 +449,11 @@ async def test_email_retries_a_451_fails_a_550_and_still_sends_the_rest_of_the_b
     async with channel("smtp", smtp.channel_config()) as email_channel:
         results = await email_channel.send([mail(1), mail(2, to="gone@example.test"), mail(3), mail(4)])
     assert [(r.outcome, r.code) for r in results] == [
-        ("retry", "451"), ("failed", "550"), ("sent", None), ("sent", None)]
+        ("retry", "451"),
+        ("failed", "550"),
+        ("sent", None),
+        ("sent", None),
+    ]
     assert [m.rcpt_tos for m in smtp.messages] == [["buyer3@example.test"], ["buyer4@example.test"]]
 
 
@@ -403,56 +473,107 @@ async def test_email_logs_in_when_the_server_requires_it_and_fails_on_a_wrong_pa
 
 
 def test_wechat_sent_event_receipts_parse_from_json_and_xml() -> None:
-    one = {"ToUserName": "gh_1", "FromUserName": "openid-1", "CreateTime": 1714530000, "MsgType": "event",
-           "Event": "subscribe_msg_sent_event",
-           "SubscribeMsgSentEvent": {"List": {"TemplateId": "T", "MsgID": 1700, "ErrorCode": 0, "ErrorStatus": "success"}}}
-    many = {**one, "SubscribeMsgSentEvent": {"List": [
-        {"TemplateId": "T", "MsgID": "1701", "ErrorCode": "0", "ErrorStatus": "success"},
-        {"TemplateId": "T", "MsgID": "1702", "ErrorCode": "20001", "ErrorStatus": "failed:user block"}]}}
-    xml = (b"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[openid-1]]></FromUserName>"
-           b"<CreateTime>1714530000</CreateTime><MsgType><![CDATA[event]]></MsgType>"
-           b"<Event><![CDATA[subscribe_msg_sent_event]]></Event><SubscribeMsgSentEvent><List>"
-           b"<TemplateId><![CDATA[T]]></TemplateId><MsgID>1703</MsgID><ErrorCode>20001</ErrorCode>"
-           b"<ErrorStatus><![CDATA[failed:system failed]]></ErrorStatus></List></SubscribeMsgSentEvent></xml>")
+    one = {
+        "ToUserName": "gh_1",
+        "FromUserName": "openid-1",
+        "CreateTime": 1714530000,
+        "MsgType": "event",
+        "Event": "subscribe_msg_sent_event",
+        "SubscribeMsgSentEvent": {"List": {"TemplateId": "T", "MsgID": 1700, "ErrorCode": 0, "ErrorStatus": "success"}},
+    }
+    many = {
+        **one,
+        "SubscribeMsgSentEvent": {
+            "List": [
+                {"TemplateId": "T", "MsgID": "1701", "ErrorCode": "0", "ErrorStatus": "success"},
+                {"TemplateId": "T", "MsgID": "1702", "ErrorCode": "20001", "ErrorStatus": "failed:user block"},
+            ]
+        },
+    }
+    xml = (
+        b"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[openid-1]]></FromUserName>"
+        b"<CreateTime>1714530000</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+        b"<Event><![CDATA[subscribe_msg_sent_event]]></Event><SubscribeMsgSentEvent><List>"
+        b"<TemplateId><![CDATA[T]]></TemplateId><MsgID>1703</MsgID><ErrorCode>20001</ErrorCode>"
+        b"<ErrorStatus><![CDATA[failed:system failed]]></ErrorStatus></List></SubscribeMsgSentEvent></xml>"
+    )
     at = datetime.fromtimestamp(1714530000, UTC)
     assert parse_receipts("wechat", orjson.dumps(one), "application/json") == [
-        Receipt("1700", None, "delivered", None, at)]
+        Receipt("1700", None, "delivered", None, at)
+    ]
     assert parse_receipts("wechat", orjson.dumps(many), "application/json") == [
-        Receipt("1701", None, "delivered", None, at), Receipt("1702", None, "failed", "20001", at)]
+        Receipt("1701", None, "delivered", None, at),
+        Receipt("1702", None, "failed", "20001", at),
+    ]
     assert parse_receipts("wechat", xml, "text/xml") == [Receipt("1703", None, "failed", "20001", at)]
     popup = {**one, "Event": "subscribe_msg_popup_event"}
     assert parse_receipts("wechat", orjson.dumps(popup), "application/json") == []
 
 
 def test_aliyun_sms_reports_parse_into_receipts_matching_our_provider_ids() -> None:
-    body = orjson.dumps([
-        {"phone_number": "13800138000", "send_time": "2026-05-01 10:00:00", "report_time": "2026-05-01 10:00:05",
-         "success": True, "err_code": "DELIVERED", "err_msg": "用户接收成功", "sms_size": "1",
-         "biz_id": "932702304080415357^0", "out_id": "s-1"},
-        {"phone_number": "13800138001", "send_time": "2026-05-01 10:00:00", "report_time": "2026-05-01 10:00:09",
-         "success": False, "err_code": "MK:0001", "err_msg": "号码停机", "sms_size": "1",
-         "biz_id": "932702304080415357^0", "out_id": ""},
-    ])
+    body = orjson.dumps(
+        [
+            {
+                "phone_number": "13800138000",
+                "send_time": "2026-05-01 10:00:00",
+                "report_time": "2026-05-01 10:00:05",
+                "success": True,
+                "err_code": "DELIVERED",
+                "err_msg": "用户接收成功",
+                "sms_size": "1",
+                "biz_id": "932702304080415357^0",
+                "out_id": "s-1",
+            },
+            {
+                "phone_number": "13800138001",
+                "send_time": "2026-05-01 10:00:00",
+                "report_time": "2026-05-01 10:00:09",
+                "success": False,
+                "err_code": "MK:0001",
+                "err_msg": "号码停机",
+                "sms_size": "1",
+                "biz_id": "932702304080415357^0",
+                "out_id": "",
+            },
+        ]
+    )
     china = timezone(timedelta(hours=8))
     assert parse_receipts("aliyun", body, "application/json") == [
-        Receipt("932702304080415357^0:13800138000", "s-1", "delivered", None,
-                datetime(2026, 5, 1, 10, 0, 5, tzinfo=china)),
-        Receipt("932702304080415357^0:13800138001", None, "failed", "MK:0001",
-                datetime(2026, 5, 1, 10, 0, 9, tzinfo=china)),
+        Receipt(
+            "932702304080415357^0:13800138000", "s-1", "delivered", None, datetime(2026, 5, 1, 10, 0, 5, tzinfo=china)
+        ),
+        Receipt(
+            "932702304080415357^0:13800138001", None, "failed", "MK:0001", datetime(2026, 5, 1, 10, 0, 9, tzinfo=china)
+        ),
     ]
 
 
 def test_generic_gateway_receipts_parse_and_a_malformed_push_is_refused() -> None:
-    body = orjson.dumps({"receipts": [
-        {"id": "s-1", "provider_id": "g1", "status": "delivered", "code": None, "at": "2026-05-01T02:00:05Z"},
-        {"id": "s-2", "provider_id": "g2", "status": "failed", "code": "UNDELIV", "at": "2026-05-01T02:00:07+08:00"},
-    ]})
+    body = orjson.dumps(
+        {
+            "receipts": [
+                {"id": "s-1", "provider_id": "g1", "status": "delivered", "code": None, "at": "2026-05-01T02:00:05Z"},
+                {
+                    "id": "s-2",
+                    "provider_id": "g2",
+                    "status": "failed",
+                    "code": "UNDELIV",
+                    "at": "2026-05-01T02:00:07+08:00",
+                },
+            ]
+        }
+    )
     assert parse_receipts("generic", body, "application/json") == [
         Receipt("g1", "s-1", "delivered", None, datetime(2026, 5, 1, 2, 0, 5, tzinfo=UTC)),
         Receipt("g2", "s-2", "failed", "UNDELIV", datetime(2026, 5, 1, 2, 0, 7, tzinfo=timezone(timedelta(hours=8)))),
     ]
-    for provider, bad in [("generic", b"{not json"), ("generic", b'{"receipts": [1]}'), ("aliyun", b'{"a": 1}'),
-                          ("wechat", b"<!DOCTYPE x><xml/>"), ("smtp", b"[]")]:
+    for provider, bad in [
+        ("generic", b"{not json"),
+        ("generic", b'{"receipts": [1]}'),
+        ("aliyun", b'{"a": 1}'),
+        ("wechat", b"<!DOCTYPE x><xml/>"),
+        ("smtp", b"[]"),
+    ]:
         with pytest.raises(ValueError):
             parse_receipts(provider, bad, "text/xml" if b"<" in bad else "application/json")
 
@@ -460,16 +581,19 @@ def test_generic_gateway_receipts_parse_and_a_malformed_push_is_refused() -> Non
 # -- configuration ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("provider", "config", "field"), [
-    ("wechat", {"app_secret": "s"}, "app_id"),
-    ("wechat", {"app_id": "wx1", "app_secret": "s", "api_base": "ftp://x"}, "api_base"),
-    ("wechat", {"app_id": "wx1", "app_secret": "s", "miniprogram_state": "beta"}, "miniprogram_state"),
-    ("aliyun", {"access_key_id": "k", "access_key_secret": "s"}, "sign_name"),
-    ("generic", {"url": "https://sms.test/send", "token": "t", "batch_size": 501}, "batch_size"),
-    ("webhook", {"url": "https://hooks.test/x", "secret": "short"}, "secret"),
-    ("smtp", {"host": "mail.test", "from_address": "not-an-address"}, "from_address"),
-    ("console", {"verbose": True}, "verbose"),
-])
+@pytest.mark.parametrize(
+    ("provider", "config", "field"),
+    [
+        ("wechat", {"app_secret": "s"}, "app_id"),
+        ("wechat", {"app_id": "wx1", "app_secret": "s", "api_base": "ftp://x"}, "api_base"),
+        ("wechat", {"app_id": "wx1", "app_secret": "s", "miniprogram_state": "beta"}, "miniprogram_state"),
+        ("aliyun", {"access_key_id": "k", "access_key_secret": "s"}, "sign_name"),
+        ("generic", {"url": "https://sms.test/send", "token": "t", "batch_size": 501}, "batch_size"),
+        ("webhook", {"url": "https://hooks.test/x", "secret": "short"}, "secret"),
+        ("smtp", {"host": "mail.test", "from_address": "not-an-address"}, "from_address"),
+        ("console", {"verbose": True}, "verbose"),
+    ],
+)
 def test_a_bad_channel_config_is_refused_naming_the_field(provider: str, config: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         build_channel(provider, config)
@@ -479,11 +603,13 @@ def test_a_bad_channel_config_is_refused_naming_the_field(provider: str, config:
 def test_config_models_refuse_contradictions_and_unknown_providers_and_hide_secrets() -> None:
     with pytest.raises(ValidationError, match="exclude each other"):
         CONFIG_MODELS["smtp"].model_validate(
-            {"host": "mail.test", "from_address": "a@b.test", "starttls": True, "use_tls": True})
+            {"host": "mail.test", "from_address": "a@b.test", "starttls": True, "use_tls": True}
+        )
     with pytest.raises(ValueError, match="unknown provider"):
         build_channel("carrier-pigeon", {})
     settings = CONFIG_MODELS["aliyun"].model_validate(
-        {"access_key_id": "k", "access_key_secret": "very-secret-value", "sign_name": "复购"})
+        {"access_key_id": "k", "access_key_secret": "very-secret-value", "sign_name": "复购"}
+    )
     assert "very-secret-value" not in repr(settings) and "very-secret-value" not in settings.model_dump_json()
 
 

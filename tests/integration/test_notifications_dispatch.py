@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from tests.providers import FakeProviders
 
 M = "m-notify"
 # 11:00 in Shanghai: outside the default quiet hours (21:00–09:00).
-NOON = datetime(2026, 11, 24, 3, 0, tzinfo=timezone.utc)
+NOON = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -48,9 +48,16 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await migrate(engine, SPEC)
     sessions = session_factory(engine)
     async with sessions() as s, s.begin():
-        await s.execute(messaging.merchants.insert().values(
-            merchant_id=M, name="贝贝母婴", timezone="Asia/Shanghai", jwt_secret=b"merchant-secret-0123456789",
-            active=True, updated_at=NOON))
+        await s.execute(
+            messaging.merchants.insert().values(
+                merchant_id=M,
+                name="贝贝母婴",
+                timezone="Asia/Shanghai",
+                jwt_secret=b"merchant-secret-0123456789",
+                active=True,
+                updated_at=NOON,
+            )
+        )
     yield Store(sessions, request.param)
     await engine.dispose()
 
@@ -61,23 +68,69 @@ def fake() -> Any:
         yield providers
 
 
-async def setup(store: Store, *, policy: config.Policy | None = None, channel: tuple[str, dict[str, Any]] | None = None,
-                rule_purpose: str | None = None, wechat: bool = False) -> None:
+async def setup(
+    store: Store,
+    *,
+    policy: config.Policy | None = None,
+    channel: tuple[str, dict[str, Any]] | None = None,
+    rule_purpose: str | None = None,
+    wechat: bool = False,
+) -> None:
     async with store.sessions() as s, s.begin():
-        await templates.save(s, M, "cpn-sms", dt.TemplateSpec("sms", "zh-CN", "coupon.issued", dt.TemplateParts(
-            text="{{ shop.name }}送您{{ coupon.name }}，{{ coupon.expires_at | date }}前有效。退订回T")), [], NOON)
+        await templates.save(
+            s,
+            M,
+            "cpn-sms",
+            dt.TemplateSpec(
+                "sms",
+                "zh-CN",
+                "coupon.issued",
+                dt.TemplateParts(
+                    text="{{ shop.name }}送您{{ coupon.name }}，{{ coupon.expires_at | date }}前有效。退订回T"
+                ),
+            ),
+            [],
+            NOON,
+        )
         choices = [{"channel": "sms", "template": "cpn-sms"}]
         if wechat:
-            await templates.save(s, M, "cpn-wx", dt.TemplateSpec("wechat", "zh-CN", "coupon.issued", dt.TemplateParts(
-                provider_template="TPL-COUPON", fields={"thing1": "{{ coupon.name }}"})), [], NOON)
+            await templates.save(
+                s,
+                M,
+                "cpn-wx",
+                dt.TemplateSpec(
+                    "wechat",
+                    "zh-CN",
+                    "coupon.issued",
+                    dt.TemplateParts(provider_template="TPL-COUPON", fields={"thing1": "{{ coupon.name }}"}),
+                ),
+                [],
+                NOON,
+            )
             choices = [{"channel": "wechat", "template": "cpn-wx"}]
-        await config.save_rule(s, M, config.NotifyRule.model_validate({
-            "rule_id": "coupon-arrived", "name": "券到账提醒", "trigger": "coupon.issued", "channels": choices,
-            "purpose": rule_purpose}), NOON)
+        await config.save_rule(
+            s,
+            M,
+            config.NotifyRule.model_validate(
+                {
+                    "rule_id": "coupon-arrived",
+                    "name": "券到账提醒",
+                    "trigger": "coupon.issued",
+                    "channels": choices,
+                    "purpose": rule_purpose,
+                }
+            ),
+            NOON,
+        )
         await config.save_policy(s, M, policy or config.Policy(marketing_requires_explicit_consent=False), NOON)
         if channel is not None:
-            await config.save_channel(s, M, "wechat" if channel[0] == "wechat" else "sms",
-                                      config.ChannelSettings(provider=channel[0], config=channel[1]), NOON)
+            await config.save_channel(
+                s,
+                M,
+                "wechat" if channel[0] == "wechat" else "sms",
+                config.ChannelSettings(provider=channel[0], config=channel[1]),
+                NOON,
+            )
 
 
 def customer(cid: str, phone: str = "13800138000", openid: str | None = None) -> EnvelopeBase:
@@ -88,10 +141,21 @@ def customer(cid: str, phone: str = "13800138000", openid: str | None = None) ->
 
 
 def coupon(cid: str, n: int = 0, value: int = 2000) -> EnvelopeBase:
-    return new_event("coupon.issued", M, {
-        "coupon_id": f"k-{cid}-{n}", "template_id": "t1", "template_name": f"满{value // 100 * 5}减{value // 100}",
-        "kind": "amount_off", "face_value_fen": value, "starts_at": NOON.isoformat(),
-        "expires_at": (NOON + timedelta(days=7)).isoformat()}, customer_id=cid, occurred_at=NOON)
+    return new_event(
+        "coupon.issued",
+        M,
+        {
+            "coupon_id": f"k-{cid}-{n}",
+            "template_id": "t1",
+            "template_name": f"满{value // 100 * 5}减{value // 100}",
+            "kind": "amount_off",
+            "face_value_fen": value,
+            "starts_at": NOON.isoformat(),
+            "expires_at": (NOON + timedelta(days=7)).isoformat(),
+        },
+        customer_id=cid,
+        occurred_at=NOON,
+    )
 
 
 async def feed(store: Store, events: list[EnvelopeBase], now: datetime = NOON) -> None:
@@ -126,8 +190,11 @@ async def test_a_redelivered_trigger_makes_one_message_and_it_reaches_the_provid
 
 async def test_provider_errors_are_retried_with_backoff_then_dead_lettered(store: Store, fake: Any) -> None:
     fake.reset()
-    await setup(store, policy=config.Policy(marketing_requires_explicit_consent=False, max_attempts=3),
-                channel=("generic", fake.channel_config("generic")))
+    await setup(
+        store,
+        policy=config.Policy(marketing_requires_explicit_consent=False, max_attempts=3),
+        channel=("generic", fake.channel_config("generic")),
+    )
     await feed(store, [customer("c1"), coupon("c1")])
     fake.script("/sms", {"status": 500}, {"status": 503}, {"status": 500})
     n = notifier()
@@ -150,14 +217,16 @@ async def test_a_provider_outage_holds_messages_and_loses_none(store: Store, fak
     fake.reset()
     closed = "http://127.0.0.1:9/sms"  # nothing listens on the discard port
     await setup(store, channel=("generic", fake.channel_config("generic", url=closed)))
-    await feed(store, [customer(f"c{i}", phone=f"1380013{i:04d}") for i in range(20)]
-               + [coupon(f"c{i}") for i in range(20)])
+    await feed(
+        store, [customer(f"c{i}", phone=f"1380013{i:04d}") for i in range(20)] + [coupon(f"c{i}") for i in range(20)]
+    )
     n = notifier()
     stats = await dispatch.dispatch_once(n, store.sessions, now=NOON)
     assert stats.retried == 20 and await statuses(store) == {"queued": 20}
     async with store.sessions() as s, s.begin():  # the provider is back
-        await config.save_channel(s, M, "sms", config.ChannelSettings(provider="generic",
-                                                                      config=fake.channel_config("generic")), NOON)
+        await config.save_channel(
+            s, M, "sms", config.ChannelSettings(provider="generic", config=fake.channel_config("generic")), NOON
+        )
     n.routes.clear()
     later = NOON + timedelta(hours=1)
     await dispatch.dispatch_once(n, store.sessions, now=later)
@@ -167,8 +236,9 @@ async def test_a_provider_outage_holds_messages_and_loses_none(store: Store, fak
 
 
 async def test_quiet_hours_hold_marketing_until_the_window_opens_and_let_transactional_through(
-        store: Store, fake: Any) -> None:
-    night = datetime(2026, 11, 24, 14, 30, tzinfo=timezone.utc)  # 22:30 in Shanghai
+    store: Store, fake: Any
+) -> None:
+    night = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)  # 22:30 in Shanghai
     await setup(store)  # console channel, default quiet hours 21:00–09:00
     await feed(store, [customer("c1"), coupon("c1")], now=night)
     n = notifier()
@@ -177,7 +247,7 @@ async def test_quiet_hours_hold_marketing_until_the_window_opens_and_let_transac
     async with store.sessions() as s:
         row = (await s.execute(select(messages.c.status, messages.c.due_at))).one()
     assert row.status == "held"
-    assert row.due_at == datetime(2026, 11, 25, 1, 0, tzinfo=timezone.utc)  # 09:00 the next morning
+    assert row.due_at == datetime(2026, 11, 25, 1, 0, tzinfo=UTC)  # 09:00 the next morning
     # Not before the window opens …
     assert (await dispatch.dispatch_once(n, store.sessions, now=row.due_at - timedelta(seconds=1))).claimed == 0
     # … and then, once.
@@ -185,9 +255,20 @@ async def test_quiet_hours_hold_marketing_until_the_window_opens_and_let_transac
     assert await statuses(store) == {"delivered": 1}
     # A transactional rule at the same hour goes at once.
     async with store.sessions() as s, s.begin():
-        await config.save_rule(s, M, config.NotifyRule.model_validate({
-            "rule_id": "coupon-arrived", "name": "券到账", "trigger": "coupon.issued",
-            "channels": [{"channel": "sms", "template": "cpn-sms"}], "purpose": "transactional"}), night)
+        await config.save_rule(
+            s,
+            M,
+            config.NotifyRule.model_validate(
+                {
+                    "rule_id": "coupon-arrived",
+                    "name": "券到账",
+                    "trigger": "coupon.issued",
+                    "channels": [{"channel": "sms", "template": "cpn-sms"}],
+                    "purpose": "transactional",
+                }
+            ),
+            night,
+        )
     await feed(store, [coupon("c1", 2)], now=night)
     assert (await dispatch.dispatch_once(n, store.sessions, now=night)).sent == 1
     await n.aclose()
@@ -200,8 +281,9 @@ async def test_marketing_caps_count_across_triggers_and_days_on_the_merchants_cl
     sent = []
     for day in range(5):  # Tue … Sat: one coupon a day, two on Tuesday
         now = NOON + timedelta(days=day)
-        await feed(store, [coupon("c1", day * 10), coupon("c1", day * 10 + 1)] if day == 0 else [coupon("c1", day)],
-                   now=now)
+        await feed(
+            store, [coupon("c1", day * 10), coupon("c1", day * 10 + 1)] if day == 0 else [coupon("c1", day)], now=now
+        )
         sent.append((await dispatch.dispatch_once(n, store.sessions, now=now)).sent)
     await n.aclose()
     # Tuesday: one of two (day cap); Wed, Thu: one each; Fri, Sat: none (3 this ISO week).
@@ -217,8 +299,11 @@ async def test_caps_hold_exactly_with_dispatchers_racing_on_postgresql(pg_urls: 
     await migrate(engine, SPEC)
     store = Store(session_factory(engine), "postgres")
     async with store.sessions() as s, s.begin():
-        await s.execute(messaging.merchants.insert().values(
-            merchant_id=M, name="店", timezone="Asia/Shanghai", jwt_secret=b"x" * 20, active=True, updated_at=NOON))
+        await s.execute(
+            messaging.merchants.insert().values(
+                merchant_id=M, name="店", timezone="Asia/Shanghai", jwt_secret=b"x" * 20, active=True, updated_at=NOON
+            )
+        )
     await setup(store)  # sms 1/day: each customer may get exactly one of their 6 coupons today
     customers = [f"c{i}" for i in range(40)]
     await feed(store, [customer(c, phone=f"139{i:08d}") for i, c in enumerate(customers)])
@@ -227,16 +312,23 @@ async def test_caps_hold_exactly_with_dispatchers_racing_on_postgresql(pg_urls: 
     # Four dispatchers at once, small batches, so that one customer's messages land in different ones.
     await asyncio.gather(*(dispatch.dispatch_once(x, store.sessions, limit=15, now=NOON) for x in notifiers))
     for _ in range(20):
-        rounds = await asyncio.gather(*(dispatch.dispatch_once(x, store.sessions, limit=15, now=NOON)
-                                        for x in notifiers))
+        rounds = await asyncio.gather(
+            *(dispatch.dispatch_once(x, store.sessions, limit=15, now=NOON) for x in notifiers)
+        )
         if all(r.claimed == 0 for r in rounds):
             break
     for x in notifiers:
         await x.aclose()
     async with store.sessions() as s:
-        per_customer = dict(list(await s.execute(
-            select(messages.c.customer_id, func.count()).where(messages.c.status.in_(("sent", "delivered")))
-            .group_by(messages.c.customer_id))))
+        per_customer = dict(
+            list(
+                await s.execute(
+                    select(messages.c.customer_id, func.count())
+                    .where(messages.c.status.in_(("sent", "delivered")))
+                    .group_by(messages.c.customer_id)
+                )
+            )
+        )
         left = (await s.execute(select(func.count()).where(messages.c.status == "queued"))).scalar()
     await engine.dispose()
     assert left == 0
@@ -244,13 +336,19 @@ async def test_caps_hold_exactly_with_dispatchers_racing_on_postgresql(pg_urls: 
 
 
 async def test_wechat_credits_go_to_the_most_valuable_message_and_come_back_when_refused(
-        store: Store, fake: Any) -> None:
+    store: Store, fake: Any
+) -> None:
     fake.reset()
     openid = "o" + "x" * 27
-    await setup(store, wechat=True, channel=("wechat", fake.channel_config("wechat")),
-                policy=config.Policy(marketing_requires_explicit_consent=False, caps={}))
-    grant = new_event("wechat.subscription.granted", M, {"template_id": "TPL-COUPON", "count": 1},
-                      customer_id="c1", occurred_at=NOON)
+    await setup(
+        store,
+        wechat=True,
+        channel=("wechat", fake.channel_config("wechat")),
+        policy=config.Policy(marketing_requires_explicit_consent=False, caps={}),
+    )
+    grant = new_event(
+        "wechat.subscription.granted", M, {"template_id": "TPL-COUPON", "count": 1}, customer_id="c1", occurred_at=NOON
+    )
     await feed(store, [customer("c1", openid=openid), grant])
     await feed(store, [coupon("c1", 1, value=500), coupon("c1", 2, value=5000)])
     n = notifier()
@@ -279,19 +377,42 @@ async def test_birthdays_are_wished_on_the_merchants_own_day_once_a_year(store: 
     from services.notifications.service_layer.workers import birthdays_once
 
     async with store.sessions() as s, s.begin():
-        await templates.save(s, M, "bday", dt.TemplateSpec("sms", "zh-CN", "birthday", dt.TemplateParts(
-            text="{{ shop.name }}祝您{{ birthday.month }}月{{ birthday.day }}日生日快乐！退订回T")), [], NOON)
-        await config.save_rule(s, M, config.NotifyRule.model_validate({
-            "rule_id": "birthday", "name": "生日祝福", "trigger": "birthday",
-            "channels": [{"channel": "sms", "template": "bday"}]}), NOON)
+        await templates.save(
+            s,
+            M,
+            "bday",
+            dt.TemplateSpec(
+                "sms",
+                "zh-CN",
+                "birthday",
+                dt.TemplateParts(text="{{ shop.name }}祝您{{ birthday.month }}月{{ birthday.day }}日生日快乐！退订回T"),
+            ),
+            [],
+            NOON,
+        )
+        await config.save_rule(
+            s,
+            M,
+            config.NotifyRule.model_validate(
+                {
+                    "rule_id": "birthday",
+                    "name": "生日祝福",
+                    "trigger": "birthday",
+                    "channels": [{"channel": "sms", "template": "bday"}],
+                }
+            ),
+            NOON,
+        )
         await config.save_policy(s, M, config.Policy(marketing_requires_explicit_consent=False), NOON)
-    born = new_event("customer.registered", M, {"phone": "13800138000", "birthday": "1990-11-25"},
-                     customer_id="c1", occurred_at=NOON)
-    other = new_event("customer.registered", M, {"phone": "13800138001", "birthday": "11-24"},
-                      customer_id="c2", occurred_at=NOON)
+    born = new_event(
+        "customer.registered", M, {"phone": "13800138000", "birthday": "1990-11-25"}, customer_id="c1", occurred_at=NOON
+    )
+    other = new_event(
+        "customer.registered", M, {"phone": "13800138001", "birthday": "11-24"}, customer_id="c2", occurred_at=NOON
+    )
     await feed(store, [born, other])
     # 2026-11-24 17:00 UTC is already the 25th in Shanghai: c1's birthday there, not c2's.
-    evening = datetime(2026, 11, 24, 17, 0, tzinfo=timezone.utc)
+    evening = datetime(2026, 11, 24, 17, 0, tzinfo=UTC)
     assert await birthdays_once(store.sessions, "http://fugou.test", evening) == 1
     assert await birthdays_once(store.sessions, "http://fugou.test", evening + timedelta(hours=2)) == 0  # once
     async with store.sessions() as s:
@@ -307,37 +428,88 @@ async def test_birthdays_are_wished_on_the_merchants_own_day_once_a_year(store: 
 
 async def test_a_dormant_customer_gets_the_recall_and_a_due_category_its_replenishment(store: Store) -> None:
     async with store.sessions() as s, s.begin():
-        await templates.save(s, M, "recall", dt.TemplateSpec("sms", "zh-CN", "segment.changed", dt.TemplateParts(
-            text="{{ shop.name }}想您了，回来看看？退订回T")), [], NOON)
-        await templates.save(s, M, "restock", dt.TemplateSpec("sms", "zh-CN", "replenishment.due", dt.TemplateParts(
-            text="您的{{ replenishment.category }}该补货啦。退订回T")), [], NOON)
-        await config.save_rule(s, M, config.NotifyRule.model_validate({
-            "rule_id": "recall", "name": "沉睡召回", "trigger": "segment.changed",
-            "conditions": {"entered_tags": ["dormant"]}, "channels": [{"channel": "sms", "template": "recall"}]}), NOON)
-        await config.save_rule(s, M, config.NotifyRule.model_validate({
-            "rule_id": "restock", "name": "补货提醒", "trigger": "replenishment.due",
-            "channels": [{"channel": "sms", "template": "restock"}]}), NOON)
+        await templates.save(
+            s,
+            M,
+            "recall",
+            dt.TemplateSpec(
+                "sms", "zh-CN", "segment.changed", dt.TemplateParts(text="{{ shop.name }}想您了，回来看看？退订回T")
+            ),
+            [],
+            NOON,
+        )
+        await templates.save(
+            s,
+            M,
+            "restock",
+            dt.TemplateSpec(
+                "sms",
+                "zh-CN",
+                "replenishment.due",
+                dt.TemplateParts(text="您的{{ replenishment.category }}该补货啦。退订回T"),
+            ),
+            [],
+            NOON,
+        )
+        await config.save_rule(
+            s,
+            M,
+            config.NotifyRule.model_validate(
+                {
+                    "rule_id": "recall",
+                    "name": "沉睡召回",
+                    "trigger": "segment.changed",
+                    "conditions": {"entered_tags": ["dormant"]},
+                    "channels": [{"channel": "sms", "template": "recall"}],
+                }
+            ),
+            NOON,
+        )
+        await config.save_rule(
+            s,
+            M,
+            config.NotifyRule.model_validate(
+                {
+                    "rule_id": "restock",
+                    "name": "补货提醒",
+                    "trigger": "replenishment.due",
+                    "channels": [{"channel": "sms", "template": "restock"}],
+                }
+            ),
+            NOON,
+        )
         await config.save_policy(s, M, config.Policy(marketing_requires_explicit_consent=False, caps={}), NOON)
 
     def changed(cid: str, before: list[str], after: list[str]) -> EnvelopeBase:
-        return new_event("segment.changed", M, {"before": {"tier": "B", "tags": before},
-                                                 "after": {"tier": "B", "tags": after}}, customer_id=cid,
-                         occurred_at=NOON)
+        return new_event(
+            "segment.changed",
+            M,
+            {"before": {"tier": "B", "tags": before}, "after": {"tier": "B", "tags": after}},
+            customer_id=cid,
+            occurred_at=NOON,
+        )
 
     await feed(store, [customer("c1"), customer("c2", phone="13800138002"), customer("c3", phone="13800138003")])
-    await feed(store, [changed("c1", ["new"], ["dormant"]),                        # entered dormant: recall
-                       changed("c2", ["dormant"], ["dormant", "replenish_due:milk-powder"]),  # already dormant
-                       changed("c3", [], ["interest"])])                            # neither
+    await feed(
+        store,
+        [
+            changed("c1", ["new"], ["dormant"]),  # entered dormant: recall
+            changed("c2", ["dormant"], ["dormant", "replenish_due:milk-powder"]),  # already dormant
+            changed("c3", [], ["interest"]),
+        ],
+    )  # neither
     async with store.sessions() as s:
-        rows = sorted((r.customer_id, r.rule_id) for r in await s.execute(
-            select(messages.c.customer_id, messages.c.rule_id)))
+        rows = sorted(
+            (r.customer_id, r.rule_id) for r in await s.execute(select(messages.c.customer_id, messages.c.rule_id))
+        )
     assert rows == [("c1", "recall"), ("c2", "restock")]
     n = notifier()
     await dispatch.dispatch_once(n, store.sessions, now=NOON)
     await n.aclose()
     async with store.sessions() as s:
-        texts = {r.customer_id: r.rendered for r in await s.execute(select(messages.c.customer_id,
-                                                                             messages.c.rendered))}
+        texts = {
+            r.customer_id: r.rendered for r in await s.execute(select(messages.c.customer_id, messages.c.rendered))
+        }
     assert "milk-powder该补货啦" in texts["c2"]
 
 
@@ -352,18 +524,26 @@ async def test_provider_receipts_mark_their_messages_delivered_or_failed_once(st
     assert (await dispatch.dispatch_once(n, store.sessions, now=NOON)).sent == 2
     await n.aclose()
     async with store.sessions() as s:
-        sent = {r.customer_id: r.provider_id for r in await s.execute(
-            select(messages.c.customer_id, messages.c.provider_id))}
-    report = [Receipt(sent["c1"], None, "delivered", "DELIVERED", NOON + timedelta(seconds=5)),
-              Receipt(sent["c1"], None, "delivered", "DELIVERED", NOON + timedelta(seconds=9)),  # pushed again
-              Receipt(sent["c2"], None, "failed", "UNDELIV", None),
-              Receipt("not-ours", None, "delivered", None, None)]
+        sent = {
+            r.customer_id: r.provider_id
+            for r in await s.execute(select(messages.c.customer_id, messages.c.provider_id))
+        }
+    report = [
+        Receipt(sent["c1"], None, "delivered", "DELIVERED", NOON + timedelta(seconds=5)),
+        Receipt(sent["c1"], None, "delivered", "DELIVERED", NOON + timedelta(seconds=9)),  # pushed again
+        Receipt(sent["c2"], None, "failed", "UNDELIV", None),
+        Receipt("not-ours", None, "delivered", None, None),
+    ]
     async with store.sessions() as s, s.begin():
         assert await reads.apply_receipts(s, M, "generic", report, NOON + timedelta(minutes=1)) == 3
         assert await reads.apply_receipts(s, "another-merchant", "generic", report, NOON) == 0
         assert await reads.apply_receipts(s, M, "aliyun", report, NOON) == 0  # another provider's ids
     async with store.sessions() as s:
-        rows = {r.customer_id: r for r in await s.execute(
-            select(messages.c.customer_id, messages.c.status, messages.c.reason, messages.c.delivered_at))}
+        rows = {
+            r.customer_id: r
+            for r in await s.execute(
+                select(messages.c.customer_id, messages.c.status, messages.c.reason, messages.c.delivered_at)
+            )
+        }
     assert (rows["c1"].status, rows["c1"].delivered_at) == ("delivered", NOON + timedelta(seconds=5))
     assert (rows["c2"].status, rows["c2"].reason) == ("failed", "UNDELIV")

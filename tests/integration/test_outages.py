@@ -101,12 +101,19 @@ def alive(*procs: ServiceProcess) -> None:
 
 
 def start_gateway_and_segmentation(env: dict[str, str], tmp_path: Path) -> tuple[ServiceProcess, ServiceProcess]:
-    seg = ServiceProcess("services.segmentation run", env, args=["--roles", "migrate,api,consumer,relay"],
-                         log_path=tmp_path / "segmentation.log")
+    seg = ServiceProcess(
+        "services.segmentation run",
+        env,
+        args=["--roles", "migrate,api,consumer,relay"],
+        log_path=tmp_path / "segmentation.log",
+    )
     # The gateway is the front door: it forwards segmentation's routes (see through_the_front_door).
-    gateway = ServiceProcess("services.gateway run", env | {"FUGOU_BOOTSTRAP_API_KEY": KEY,
-                                                             "FUGOU_SEGMENTATION_URL": seg.url},
-                             args=["--roles", "migrate,api,relay"], log_path=tmp_path / "gateway.log").start()
+    gateway = ServiceProcess(
+        "services.gateway run",
+        env | {"FUGOU_BOOTSTRAP_API_KEY": KEY, "FUGOU_SEGMENTATION_URL": seg.url},
+        args=["--roles", "migrate,api,relay"],
+        log_path=tmp_path / "gateway.log",
+    ).start()
     seg.start()
     gateway.wait_http()
     seg.wait_http()
@@ -149,7 +156,9 @@ async def database_down(seg: ServiceProcess) -> dict:
     """Poll segmentation's /readyz until it answers 503 naming the database; return the body."""
     _, body = await eventually(
         lambda: readyz(seg),
-        lambda v: v[0] == 503 and v[1]["checks"]["segmentation"]["database"].startswith("error"), timeout=30)
+        lambda v: v[0] == 503 and v[1]["checks"]["segmentation"]["database"].startswith("error"),
+        timeout=30,
+    )
     assert body["status"] == "unavailable"
     assert body["checks"]["bus"] == "ok", body  # only the database is blamed
     return body
@@ -175,8 +184,9 @@ async def test_postgresql_down(kafka: Kafka, own_postgres: Postgres, tmp_path: P
         retries_before = await consumer_retries(seg, "segmentation")
         await publish(kafka, prefix, second + second[:20])
         # The consumer fetches them, cannot apply them, and retries with backoff: it stays up.
-        await eventually(lambda: consumer_retries(seg, "segmentation"), lambda n: n >= retries_before + 2,
-                         timeout=30, interval=0.3)
+        await eventually(
+            lambda: consumer_retries(seg, "segmentation"), lambda n: n >= retries_before + 2, timeout=30, interval=0.3
+        )
         status, body = await readyz(seg)
         assert status == 503 and body["checks"]["segmentation"]["consumer"] == "ok", body  # still running
         alive(gateway, seg)
@@ -189,8 +199,11 @@ async def test_postgresql_down(kafka: Kafka, own_postgres: Postgres, tmp_path: P
         got = await eventually(lambda: totals(seg_dsn, MERCHANT), lambda v: v == want, timeout=60, interval=0.3)
         assert got == want
         distinct = len({e["event_id"] for e in first + second})
-        await eventually(lambda: scalar(seg_dsn, f"SELECT count(*) FROM inbox WHERE merchant_id = '{MERCHANT}'"),
-                         lambda n: n == distinct, timeout=30)
+        await eventually(
+            lambda: scalar(seg_dsn, f"SELECT count(*) FROM inbox WHERE merchant_id = '{MERCHANT}'"),
+            lambda n: n == distinct,
+            timeout=30,
+        )
         assert await all_rfm(seg, want) == want  # and the API serves them again
         assert await dead_lettered(seg, "segmentation") == 0
         alive(gateway, seg)
@@ -222,8 +235,9 @@ def start_not_accepting_connections(pg: Postgres) -> None:
     _pg_ctl(pg, "start", "-w", "-t", "60", "-l", str(pg.run_dir / "postgres.log"))
 
 
-async def test_postgresql_coming_back_through_startup_loses_nothing(kafka: Kafka, own_postgres: Postgres,
-                                                                    tmp_path: Path) -> None:
+async def test_postgresql_coming_back_through_startup_loses_nothing(
+    kafka: Kafka, own_postgres: Postgres, tmp_path: Path
+) -> None:
     pg = own_postgres
     first, second = orders(0, 40), orders(40, 20)
     gateway, seg, seg_dsn, prefix = await services_on(kafka, pg, tmp_path)
@@ -235,8 +249,9 @@ async def test_postgresql_coming_back_through_startup_loses_nothing(kafka: Kafka
         await database_down(seg)
         retries_before = await consumer_retries(seg, "segmentation")
         await publish(kafka, prefix, second)
-        await eventually(lambda: consumer_retries(seg, "segmentation"), lambda n: n >= retries_before + 2,
-                         timeout=30, interval=0.3)
+        await eventually(
+            lambda: consumer_retries(seg, "segmentation"), lambda n: n >= retries_before + 2, timeout=30, interval=0.3
+        )
 
         # It comes back, but first spends a while starting up (refusing sessions with 57P03): still
         # not ready, and the consumer must go on retrying, not give up on the events.
@@ -246,7 +261,10 @@ async def test_postgresql_coming_back_through_startup_loses_nothing(kafka: Kafka
         retries_before = await consumer_retries(seg, "segmentation")
         await eventually(
             lambda: asyncio.gather(consumer_retries(seg, "segmentation"), dead_lettered(seg, "segmentation")),
-            lambda v: v[0] > retries_before or v[1] > 0, timeout=45, interval=0.3)
+            lambda v: v[0] > retries_before or v[1] > 0,
+            timeout=45,
+            interval=0.3,
+        )
         assert await dead_lettered(seg, "segmentation") == 0, "events dead-lettered while PostgreSQL started up"
 
         # Ready at last: everything applied exactly once.
@@ -280,10 +298,12 @@ async def test_kafka_down(own_kafka: Kafka, pg_urls: dict[str, str], tmp_path: P
         # 2. Kafka goes down: readiness fails on both services and names the bus.
         kafka.stop()
         status, body = await eventually(
-            lambda: readyz(seg), lambda v: v[0] == 503 and v[1]["checks"]["bus"].startswith("error"), timeout=30)
+            lambda: readyz(seg), lambda v: v[0] == 503 and v[1]["checks"]["bus"].startswith("error"), timeout=30
+        )
         assert body["checks"]["segmentation"]["database"] == "ok", body  # only the bus is blamed
-        await eventually(lambda: readyz(gateway),
-                         lambda v: v[0] == 503 and v[1]["checks"]["bus"].startswith("error"), timeout=30)
+        await eventually(
+            lambda: readyz(gateway), lambda v: v[0] == 503 and v[1]["checks"]["bus"].startswith("error"), timeout=30
+        )
 
         # 3. The gateway still takes events: they wait in its outbox (PostgreSQL), the relay retries.
         assert (await post_events(gateway, second))["accepted"] == len(second)
@@ -298,14 +318,18 @@ async def test_kafka_down(own_kafka: Kafka, pg_urls: dict[str, str], tmp_path: P
         kafka.start()
         await eventually(lambda: readyz(seg), lambda v: v[0] == 200, timeout=60, interval=0.3)
         await eventually(lambda: readyz(gateway), lambda v: v[0] == 200, timeout=60, interval=0.3)
-        await eventually(lambda: scalar(gw_dsn, "SELECT count(*) FROM outbox"), lambda n: n == 0, timeout=60,
-                         interval=0.3)
+        await eventually(
+            lambda: scalar(gw_dsn, "SELECT count(*) FROM outbox"), lambda n: n == 0, timeout=60, interval=0.3
+        )
         want = expected_totals(first + second)
         got = await eventually(lambda: totals(seg_dsn, MERCHANT), lambda v: v == want, timeout=60, interval=0.3)
         assert got == want
         distinct = len({e["event_id"] for e in first + second})
-        await eventually(lambda: scalar(seg_dsn, f"SELECT count(*) FROM inbox WHERE merchant_id = '{MERCHANT}'"),
-                         lambda n: n == distinct, timeout=30)
+        await eventually(
+            lambda: scalar(seg_dsn, f"SELECT count(*) FROM inbox WHERE merchant_id = '{MERCHANT}'"),
+            lambda n: n == distinct,
+            timeout=30,
+        )
         assert await all_rfm(seg, want) == want
         alive(gateway, seg)
     finally:

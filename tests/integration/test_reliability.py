@@ -33,9 +33,16 @@ def plain_dsn(url: str) -> str:
 
 
 def env_for(kafka: Kafka, pg_urls: dict[str, str], prefix: str) -> dict[str, str]:
-    env = {"FUGOU_ENV": "test", "FUGOU_BUS": "kafka", "FUGOU_KAFKA_BOOTSTRAP": kafka.bootstrap,
-           "FUGOU_KAFKA_PREFIX": prefix, "FUGOU_LOG_LEVEL": "WARNING", "FUGOU_CONSUMER_BATCH": "100",
-           "FUGOU_CONSUMER_POLL_MS": "50", "FUGOU_RELAY_IDLE_MS": "20"}
+    env = {
+        "FUGOU_ENV": "test",
+        "FUGOU_BUS": "kafka",
+        "FUGOU_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "FUGOU_KAFKA_PREFIX": prefix,
+        "FUGOU_LOG_LEVEL": "WARNING",
+        "FUGOU_CONSUMER_BATCH": "100",
+        "FUGOU_CONSUMER_POLL_MS": "50",
+        "FUGOU_RELAY_IDLE_MS": "20",
+    }
     env.update({f"FUGOU_{svc.upper()}_DATABASE_URL": url for svc, url in pg_urls.items()})
     return env
 
@@ -61,8 +68,9 @@ async def publish(kafka: Kafka, prefix: str, events: list[dict] | list[bytes], t
 async def totals(dsn: str, merchant_id: str) -> dict[str, tuple[int, int]]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT customer_id, paid_orders, paid_amount_fen FROM customers "
-                                "WHERE merchant_id = $1", merchant_id)
+        rows = await conn.fetch(
+            "SELECT customer_id, paid_orders, paid_amount_fen FROM customers WHERE merchant_id = $1", merchant_id
+        )
     except asyncpg.UndefinedTableError:
         return {}
     finally:
@@ -108,32 +116,40 @@ async def test_consumer_killed_after_db_commit_applies_nothing_twice(kafka, pg_u
     env = env_for(kafka, pg_urls, prefix)
     # The service learns the merchant first, so that the batch it dies on is one of orders.
     await publish(kafka, prefix, [merchant_upserted(merchant, KEY)])
-    first = ServiceProcess("services.segmentation run", env, args=["--roles", "migrate,consumer"],
-                           log_path=tmp_path / "seg0.log").start()
+    first = ServiceProcess(
+        "services.segmentation run", env, args=["--roles", "migrate,consumer"], log_path=tmp_path / "seg0.log"
+    ).start()
     try:
         await eventually(lambda: scalar(seg_dsn, "SELECT count(*) FROM merchants"), lambda n: n == 1, timeout=60)
     finally:
         first.stop()
     await publish(kafka, prefix, events + events + resent)
 
-    crashing = ServiceProcess("services.segmentation run", env, args=["--roles", "migrate,consumer,relay"],
-                              log_path=tmp_path / "seg1.log")
+    crashing = ServiceProcess(
+        "services.segmentation run", env, args=["--roles", "migrate,consumer,relay"], log_path=tmp_path / "seg1.log"
+    )
     crashing.start({"FUGOU_FAULT": "consumer.after_db_commit"})
     assert crashing.wait_exit(120) == 137, crashing.tail()
     applied_before_crash = await scalar(seg_dsn, "SELECT count(*) FROM inbox")
     assert applied_before_crash > 0  # the crash came after a database commit...
-    assert await committed_offsets(kafka, f"{prefix}fugou-segmentation", f"{prefix}shop.orders") == 0  # ...and before the offset commit
+    assert (
+        await committed_offsets(kafka, f"{prefix}fugou-segmentation", f"{prefix}shop.orders") == 0
+    )  # ...and before the offset commit
 
-    survivor = ServiceProcess("services.segmentation run", env, args=["--roles", "consumer,relay"],
-                              log_path=tmp_path / "seg2.log").start()
+    survivor = ServiceProcess(
+        "services.segmentation run", env, args=["--roles", "consumer,relay"], log_path=tmp_path / "seg2.log"
+    ).start()
     try:
         want = expected_totals(events)
         got = await eventually(lambda: totals(seg_dsn, merchant), lambda v: v == want, timeout=90)
         assert got == want
         # Every distinct event applied exactly once (the re-sent orders come last in the stream);
         # the redelivered batch was absorbed by the inbox and the aggregates did not move.
-        await eventually(lambda: scalar(seg_dsn, f"SELECT count(*) FROM inbox WHERE merchant_id = '{merchant}'"),
-                         lambda n: n == 650, timeout=60)
+        await eventually(
+            lambda: scalar(seg_dsn, f"SELECT count(*) FROM inbox WHERE merchant_id = '{merchant}'"),
+            lambda n: n == 650,
+            timeout=60,
+        )
         assert await totals(seg_dsn, merchant) == want
     finally:
         survivor.stop()
@@ -146,8 +162,9 @@ async def test_relay_killed_between_publish_and_delete_loses_nothing(kafka, pg_u
     events = orders_for("demo", 300, customers=25)
 
     # 1. The gateway takes the events (API only: they wait in its outbox).
-    api = ServiceProcess("services.gateway run", env, args=["--roles", "migrate,api"],
-                         log_path=tmp_path / "gw-api.log").start()
+    api = ServiceProcess(
+        "services.gateway run", env, args=["--roles", "migrate,api"], log_path=tmp_path / "gw-api.log"
+    ).start()
     try:
         api.wait_http()
         async with httpx.AsyncClient(base_url=api.url, headers={"X-Api-Key": KEY}) as client:
@@ -165,10 +182,12 @@ async def test_relay_killed_between_publish_and_delete_loses_nothing(kafka, pg_u
     assert await scalar(gw_dsn, "SELECT count(*) FROM outbox") == pending
 
     # 3. Restarted, it publishes them again and only then forgets them.
-    relay = ServiceProcess("services.gateway run", env, args=["--roles", "relay"],
-                           log_path=tmp_path / "gw-r2.log").start()
-    seg = ServiceProcess("services.segmentation run", env, args=["--roles", "migrate,consumer"],
-                         log_path=tmp_path / "seg.log").start()
+    relay = ServiceProcess(
+        "services.gateway run", env, args=["--roles", "relay"], log_path=tmp_path / "gw-r2.log"
+    ).start()
+    seg = ServiceProcess(
+        "services.segmentation run", env, args=["--roles", "migrate,consumer"], log_path=tmp_path / "seg.log"
+    ).start()
     try:
         await eventually(lambda: scalar(gw_dsn, "SELECT count(*) FROM outbox"), lambda n: n == 0, timeout=60)
         seg_dsn = plain_dsn(pg_urls["segmentation"])
@@ -183,7 +202,8 @@ async def test_relay_killed_between_publish_and_delete_loses_nothing(kafka, pg_u
 
 
 async def test_malformed_messages_go_to_the_dead_letter_topic_and_the_rest_is_processed(
-        kafka, pg_urls, tmp_path: Path) -> None:
+    kafka, pg_urls, tmp_path: Path
+) -> None:
     prefix = f"r{uuid.uuid4().hex[:8]}."
     merchant = "m-dlq"
     good_before = order_paid(merchant, "c-1", "o-1", 1000)
@@ -197,12 +217,17 @@ async def test_malformed_messages_go_to_the_dead_letter_topic_and_the_rest_is_pr
     bus = KafkaBus(kafka.bootstrap, prefix=prefix)
     await bus.start()
     import orjson
+
     await bus.publish([Message("shop.orders", b"m-dlq:c-2", orjson.dumps(bad_amount))])
     await bus.stop()
     await publish(kafka, prefix, [stranger, good_after])
 
-    seg = ServiceProcess("services.segmentation run", ({**env_for(kafka, pg_urls, prefix)}),
-                         args=["--roles", "migrate,consumer"], log_path=tmp_path / "seg.log").start()
+    seg = ServiceProcess(
+        "services.segmentation run",
+        ({**env_for(kafka, pg_urls, prefix)}),
+        args=["--roles", "migrate,consumer"],
+        log_path=tmp_path / "seg.log",
+    ).start()
     try:
         seg_dsn = plain_dsn(pg_urls["segmentation"])
         got = await eventually(lambda: totals(seg_dsn, merchant), lambda v: v.get("c-1") == (2, 3000), timeout=90)
@@ -221,8 +246,9 @@ async def test_malformed_messages_go_to_the_dead_letter_topic_and_the_rest_is_pr
 
 
 async def read_all(kafka: Kafka, topic: str, expect: int, timeout: float = 30) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     got: list = []
     try:
@@ -235,5 +261,3 @@ async def read_all(kafka: Kafka, topic: str, expect: int, timeout: float = 30) -
         await consumer.stop()
     assert len(got) == expect, [dict(m.headers).get("reason") for m in got]
     return got
-
-

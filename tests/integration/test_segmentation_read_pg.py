@@ -17,14 +17,16 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
-async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_urls: dict[str, str]
-                  ) -> AsyncIterator[rfm.Service]:
+async def service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_urls: dict[str, str]
+) -> AsyncIterator[rfm.Service]:
     async with rfm.serving(tmp_path, monkeypatch, pg_urls["segmentation"]) as s:
         yield s
 
 
 async def test_a_saved_configuration_shows_at_once_and_the_stored_segment_answers_once_re_scored(
-        service: rfm.Service) -> None:
+    service: rfm.Service,
+) -> None:
     await rfm.test_a_saved_configuration_shows_at_once_and_the_stored_segment_answers_once_re_scored(service)
 
 

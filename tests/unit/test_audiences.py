@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,24 @@ from tests.factories import eventually, order_paid
 
 KEY = "fg_audience_key"
 H = {"X-Api-Key": KEY}
-NOW = datetime.now(timezone.utc)
-CONFIG = {"period_days": None, "levels": 3,
-          "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4], "monetary_fen": [10_000, 50_000]},
-          "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000}}
+NOW = datetime.now(UTC)
+CONFIG = {
+    "period_days": None,
+    "levels": 3,
+    "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4], "monetary_fen": [10_000, 50_000]},
+    "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000},
+}
 
 
 def event(type_: str, customer: str, data: dict[str, Any], days_ago: float, merchant: str = "demo") -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "type": type_, "merchant_id": merchant, "customer_id": customer,
-            "occurred_at": (NOW - timedelta(days=days_ago)).isoformat(), "data": data}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": type_,
+        "merchant_id": merchant,
+        "customer_id": customer,
+        "occurred_at": (NOW - timedelta(days=days_ago)).isoformat(),
+        "data": data,
+    }
 
 
 def paid(customer: str, order: str, amount: int, days_ago: float, category: str) -> dict[str, Any]:
@@ -45,11 +54,15 @@ def history() -> list[dict[str, Any]]:
     # vip: 5 orders of ¥200 over the last 50 days -> 3-3-3, tier S.
     ev += [paid("vip", f"v{i}", 20_000, 2 + 10 * i, "diapers") for i in range(5)]
     # fan: favourited an item, never bought it; region Shanghai (no order: no tier).
-    ev += [event("item.favorited", "fan", {"sku": "sku-toys", "category": "toys"}, 1),
-           event("customer.registered", "fan", {"region": "上海"}, 30)]
+    ev += [
+        event("item.favorited", "fan", {"sku": "sku-toys", "category": "toys"}, 1),
+        event("customer.registered", "fan", {"region": "上海"}, 30),
+    ]
     # carted-then-bought: carted snacks, bought them after.
-    ev += [event("cart.added", "buyer", {"sku": "sku-snacks", "category": "snacks"}, 5),
-           paid("buyer", "b1", 3_000, 4, "snacks")]
+    ev += [
+        event("cart.added", "buyer", {"sku": "sku-snacks", "category": "snacks"}, 5),
+        paid("buyer", "b1", 3_000, 4, "snacks"),
+    ]
     # unpaid: created an order, never paid.
     ev += [event("order.created", "unpaid", {"order_id": "u1", "amount_fen": 9_000}, 3)]
     ev += [event("customer.registered", "vip", {"region": "北京"}, 100)]
@@ -65,9 +78,19 @@ async def client(tmp_path: Path):  # type: ignore[no-untyped-def]
         assert (await c.post("/v1/events", json=events, headers=H)).json()["accepted"] == len(events)
 
         async def count() -> int:
-            r = await c.post("/v1/audiences/query", json={"filter": {"or": [
-                {"tier": ["S", "A", "B", "C"]}, {"interested_not_bought": "any"}, {"ordered_unpaid": True}]}},
-                headers=H)
+            r = await c.post(
+                "/v1/audiences/query",
+                json={
+                    "filter": {
+                        "or": [
+                            {"tier": ["S", "A", "B", "C"]},
+                            {"interested_not_bought": "any"},
+                            {"ordered_unpaid": True},
+                        ]
+                    }
+                },
+                headers=H,
+            )
             return r.json()["count"]
 
         await eventually(count, lambda n: n == 7)
@@ -83,8 +106,13 @@ async def ids(c: httpx.AsyncClient, f: dict[str, Any]) -> set[str]:
 
 
 async def test_the_issue_example_tier_b_bought_x_recently_never_bought_y(client: httpx.AsyncClient) -> None:
-    f = {"and": [{"tier": ["B"]}, {"bought_category": {"category": "milk-powder", "within_days": 90}},
-                 {"not": {"bought_category": {"category": "toys"}}}]}
+    f = {
+        "and": [
+            {"tier": ["B"]},
+            {"bought_category": {"category": "milk-powder", "within_days": 90}},
+            {"not": {"bought_category": {"category": "toys"}}},
+        ]
+    }
     assert await ids(client, f) == {"milk-10"}
     # milk-toys is tier B too and bought milk powder: only "never toys" keeps it out.
     assert await ids(client, {"and": f["and"][:2]}) == {"milk-10", "milk-toys"}
@@ -99,7 +127,10 @@ async def test_conditions_on_segments_values_dates_and_region(client: httpx.Asyn
     assert await ids(client, {"frequency": {"gte": 2}}) == {"vip", "milk-toys"}
     assert await ids(client, {"monetary_fen": {"gte": 100_000}}) == {"vip"}
     assert await ids(client, {"last_order_at": {"gte": (NOW - timedelta(days=12)).isoformat()}}) == {
-        "milk-10", "vip", "buyer"}
+        "milk-10",
+        "vip",
+        "buyer",
+    }
     assert await ids(client, {"region": ["上海", "北京"]}) == {"fan", "vip"}
     assert await ids(client, {"tag": ["dormant"]}) == {"milk-200"}
 
@@ -116,12 +147,16 @@ async def test_not_includes_customers_without_a_segment(client: httpx.AsyncClien
 
 
 async def test_pages_follow_each_other_and_csv_streams_everyone(client: httpx.AsyncClient) -> None:
-    every = {"not": {"tier": ["X"]}} if False else {"or": [{"tier": ["S", "A", "B", "C"]}, {"ordered_unpaid": True},
-                                                           {"interested_not_bought": "any"}]}
+    every = (
+        {"not": {"tier": ["X"]}}
+        if False
+        else {"or": [{"tier": ["S", "A", "B", "C"]}, {"ordered_unpaid": True}, {"interested_not_bought": "any"}]}
+    )
     seen, after = [], None
     while True:
-        r = (await client.post("/v1/audiences/query", json={"filter": every, "limit": 3, "after": after},
-                               headers=H)).json()
+        r = (
+            await client.post("/v1/audiences/query", json={"filter": every, "limit": 3, "after": after}, headers=H)
+        ).json()
         assert r["count"] == 7
         seen += [m["customer_id"] for m in r["customers"]]
         after = r["next_after"]
@@ -136,8 +171,10 @@ async def test_pages_follow_each_other_and_csv_streams_everyone(client: httpx.As
 
 
 async def test_a_saved_audience_is_referenced_by_id(client: httpx.AsyncClient) -> None:
-    body = {"name": "B 且近期买过奶粉", "filter": {"and": [{"tier": ["B"]}, {"bought_category": {
-        "category": "milk-powder", "within_days": 90}}]}}
+    body = {
+        "name": "B 且近期买过奶粉",
+        "filter": {"and": [{"tier": ["B"]}, {"bought_category": {"category": "milk-powder", "within_days": 90}}]},
+    }
     saved = (await client.post("/v1/audiences", json=body, headers=H)).json()
     aid = saved["audience_id"]
     assert saved["filter"] == body["filter"]
@@ -152,14 +189,16 @@ async def test_a_saved_audience_is_referenced_by_id(client: httpx.AsyncClient) -
     assert (await client.get(f"/v1/audiences/{aid}", headers=H)).status_code == 404
 
 
-@pytest.mark.parametrize(("f", "field"), [
-    ({"tier": ["X"]}, "body.filter.tier.tier.0"),
-    ({"tiers": ["B"]}, "body.filter"),
-    ({"recency_days": {"gte": 9, "lte": 1}}, "body.filter.recency_days.recency_days"),
-    ({"tier": ["B"], "cell": ["1-1-1"]}, "body.filter"),
-])
-async def test_a_bad_filter_is_a_422_naming_the_field(client: httpx.AsyncClient, f: dict[str, Any],
-                                                     field: str) -> None:
+@pytest.mark.parametrize(
+    ("f", "field"),
+    [
+        ({"tier": ["X"]}, "body.filter.tier.tier.0"),
+        ({"tiers": ["B"]}, "body.filter"),
+        ({"recency_days": {"gte": 9, "lte": 1}}, "body.filter.recency_days.recency_days"),
+        ({"tier": ["B"], "cell": ["1-1-1"]}, "body.filter"),
+    ],
+)
+async def test_a_bad_filter_is_a_422_naming_the_field(client: httpx.AsyncClient, f: dict[str, Any], field: str) -> None:
     r = await client.post("/v1/audiences/query", json={"filter": f}, headers=H)
     assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == field
 

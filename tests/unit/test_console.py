@@ -112,9 +112,14 @@ async def test_every_asset_the_pages_reference_is_served_with_its_type(client: h
     for js in JS_FILES:
         for rel in re.findall(r"""from\s+["']\./([\w.-]+\.js)["']""", js.read_text()):
             seen.add(f"/console/static/{rel}")
-    assert {"/console/static/app.js", "/console/static/api.js", "/console/static/i18n.js",
-            "/console/static/login.js", "/console/static/style.css",
-            "/console/static/vendor/echarts.min.js"} <= seen
+    assert {
+        "/console/static/app.js",
+        "/console/static/api.js",
+        "/console/static/i18n.js",
+        "/console/static/login.js",
+        "/console/static/style.css",
+        "/console/static/vendor/echarts.min.js",
+    } <= seen
     for url in sorted(seen):
         r = await client.get(url)
         assert r.status_code == 200, url
@@ -158,8 +163,10 @@ def called_paths() -> dict[str, tuple[str, str]]:
     """PATHS in api.js: name -> (method, path)."""
     block = re.search(r"export const PATHS = \{(.*?)\};", API_JS.read_text(), re.S)
     assert block, "api.js must declare PATHS"
-    found = {name: (method, path) for name, method, path in
-             re.findall(r'(\w+):\s*"(GET|POST|PUT|PATCH|DELETE) (/[^"]*)"', block.group(1))}
+    found = {
+        name: (method, path)
+        for name, method, path in re.findall(r'(\w+):\s*"(GET|POST|PUT|PATCH|DELETE) (/[^"]*)"', block.group(1))
+    }
     assert found, "PATHS is empty"
     return found
 
@@ -203,8 +210,12 @@ async def test_the_calls_answer_for_a_real_merchant_and_refuse_a_wrong_key(clien
     # The console treats 401 as "back to login": a wrong key must get exactly that, a good one 200.
     creates = {  # the POSTs that make something: their body, and 201
         "audienceSave": {"name": "S", "filter": {"tier": ["S"]}},
-        "notifyTemplateSave": {"key": "console-check", "channel": "sms", "trigger": "coupon.issued",
-                               "parts": {"text": "{{ coupon.name }}"}},
+        "notifyTemplateSave": {
+            "key": "console-check",
+            "channel": "sms",
+            "trigger": "coupon.issued",
+            "parts": {"text": "{{ coupon.name }}"},
+        },
     }
     for name, (method, path) in called_paths().items():
         if "{" in path:
@@ -225,16 +236,27 @@ async def test_an_empty_merchant_gets_the_zeros_the_empty_states_test_for(client
     roi = (await client.get("/v1/coupons/reports/roi", headers=H)).json()
     assert roi["rules"] == [] and roi["templates"] == []
     liab = (await client.get("/v1/loyalty/reports/liability", headers=H)).json()
-    assert all(liab[f] == 0 for f in ("customers", "points", "pending", "debt", "stored_value_paid_fen",
-                                      "stored_value_bonus_fen"))
+    assert all(
+        liab[f] == 0
+        for f in ("customers", "points", "pending", "debt", "stored_value_paid_fen", "stored_value_bonus_fen")
+    )
     assert liab["expiry_forecast"] == []
     funnel = (await client.get("/v1/notifications/funnel", headers=H)).json()
     assert funnel["total"] == 0 and funnel["reasons"] == {}
     q = (await client.post("/v1/audiences/query", headers=H, json={"filter": {"cell": ["3-3-3"]}, "limit": 1})).json()
     assert q["count"] == 0 and q["customers"] == [] and q["next_after"] is None
     js = "\n".join(p.read_text() for p in JS_FILES)
-    for field in ("s.customers", "rules.length", "templates.length", "l.customers", "l.points", "l.pending",
-                  "f.total", "res.count", "res.next_after"):
+    for field in (
+        "s.customers",
+        "rules.length",
+        "templates.length",
+        "l.customers",
+        "l.points",
+        "l.pending",
+        "f.total",
+        "res.count",
+        "res.next_after",
+    ):
         assert field in js, f"the console's JS no longer reads {field}"
 
 

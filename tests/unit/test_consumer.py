@@ -43,10 +43,18 @@ class Harness:
 
     def consumer(self, handler: BatchHandler = handle) -> EventConsumer:
         return EventConsumer(
-            service="segmentation", group_id=SPEC.group_id,
-            subscriber=self.bus.subscriber(SPEC.group_id, [TOPIC]), bus=self.bus,
-            sessions=self.runtime.sessions, inbox=self.runtime.inbox, tenancy=self.runtime.tenancy,
-            handler=handler, merchants=self.follower, batch=100, poll_ms=20)
+            service="segmentation",
+            group_id=SPEC.group_id,
+            subscriber=self.bus.subscriber(SPEC.group_id, [TOPIC]),
+            bus=self.bus,
+            sessions=self.runtime.sessions,
+            inbox=self.runtime.inbox,
+            tenancy=self.runtime.tenancy,
+            handler=handler,
+            merchants=self.follower,
+            batch=100,
+            poll_ms=20,
+        )
 
     async def fetch(self, consumer: EventConsumer) -> list[Record]:
         await consumer.subscriber.start()
@@ -72,15 +80,16 @@ class Harness:
 
     async def totals(self, merchant_id: str) -> dict[str, tuple[int, int]]:
         async with self.runtime.sessions() as session:
-            rows = await session.execute(select(customers.c.customer_id, customers.c.paid_orders,
-                                                customers.c.paid_amount_fen)
-                                         .where(customers.c.merchant_id == merchant_id))
+            rows = await session.execute(
+                select(customers.c.customer_id, customers.c.paid_orders, customers.c.paid_amount_fen).where(
+                    customers.c.merchant_id == merchant_id
+                )
+            )
             return {r.customer_id: (r.paid_orders, r.paid_amount_fen) for r in rows}
 
     async def inbox_size(self) -> int:
         async with self.runtime.sessions() as session:
-            return int((await session.execute(select(func.count()).select_from(self.runtime.inbox.table)))
-                       .scalar_one())
+            return int((await session.execute(select(func.count()).select_from(self.runtime.inbox.table))).scalar_one())
 
     async def dead_letters(self) -> list[Record]:
         # A new group each time, so every call reads the whole dead-letter topic.
@@ -95,9 +104,13 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
     await bus.start()
     runtime = ServiceRuntime(SPEC, embedded_settings(tmp_path), bus)
     await runtime.start(relay=False, consumer=False)
-    follower = MerchantFollower(service="segmentation",
-                                subscriber=bus.subscriber(f"{SPEC.group_id}-merchants", [MERCHANTS_TOPIC]),
-                                sessions=runtime.sessions, tenancy=runtime.tenancy, poll_ms=20)
+    follower = MerchantFollower(
+        service="segmentation",
+        subscriber=bus.subscriber(f"{SPEC.group_id}-merchants", [MERCHANTS_TOPIC]),
+        sessions=runtime.sessions,
+        tenancy=runtime.tenancy,
+        poll_ms=20,
+    )
     harness = Harness(bus, runtime, follower, [])
     try:
         yield harness
@@ -202,8 +215,7 @@ async def test_an_infrastructure_error_retries_the_batch_instead_of_dead_letteri
     assert await h.dead_letters() == []
 
 
-async def test_an_unknown_merchant_waits_until_the_merchant_copy_is_caught_up_then_is_dead_lettered(
-        h: Harness) -> None:
+async def test_an_unknown_merchant_waits_until_the_merchant_copy_is_caught_up_then_is_dead_lettered(h: Harness) -> None:
     await h.know_merchant("m1")
     # Another merchant's record is on the merchants topic, so catching up means reading it.
     await h.publish(merchant_upserted("m2", "k2"), topic=MERCHANTS_TOPIC)
@@ -288,10 +300,12 @@ class SlowToAnswer:
 
 
 async def test_a_merchant_arriving_while_the_consumer_asks_whether_the_copy_is_complete_is_not_dead_lettered(
-        h: Harness) -> None:
+    h: Harness,
+) -> None:
     slow = SlowToAnswer(h.bus.subscriber(f"{SPEC.group_id}-merchants", [MERCHANTS_TOPIC]))
-    h.follower = MerchantFollower(service="segmentation", subscriber=slow, sessions=h.runtime.sessions,
-                                  tenancy=h.runtime.tenancy, poll_ms=20)
+    h.follower = MerchantFollower(
+        service="segmentation", subscriber=slow, sessions=h.runtime.sessions, tenancy=h.runtime.tenancy, poll_ms=20
+    )
     h.run_follower()
     # The follower is up and has read the (empty) merchants topic.
     await eventually(h.follower.caught_up, bool, timeout=5, interval=0.02)

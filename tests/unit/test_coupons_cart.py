@@ -47,9 +47,13 @@ SHIP: dict[str, Any] = {"type": "free_shipping"}
 
 
 def cart(*lines: tuple[str, str | None, int], shipping: int = 0, paid_today: int = 0) -> Cart:
-    return Cart.model_validate({"lines": [{"sku": s, "category": c, "quantity": 1, "amount_fen": a}
-                                          for s, c, a in lines],
-                                "shipping_fen": shipping, "paid_orders_today": paid_today})
+    return Cart.model_validate(
+        {
+            "lines": [{"sku": s, "category": c, "quantity": 1, "amount_fen": a} for s, c, a in lines],
+            "shipping_fen": shipping,
+            "paid_orders_today": paid_today,
+        }
+    )
 
 
 def held(coupon_id: str, template: CouponTemplate, days: int = 10) -> Held:
@@ -167,12 +171,17 @@ def test_ties_go_to_fewer_coupons_then_the_soonest_expiry_then_the_id() -> None:
 
 
 def test_coupons_that_do_not_apply_are_listed_with_their_reasons() -> None:
-    coupons = [held("toys", tpl(off(3000, 30000), scope={"categories": ["toys"]})),
-               held("night", tpl(pct(50), hours=[[20, 24]])), held("ok", tpl(off(100)))]
+    coupons = [
+        held("toys", tpl(off(3000, 30000), scope={"categories": ["toys"]})),
+        held("night", tpl(pct(50), hours=[[20, 24]])),
+        held("ok", tpl(off(100))),
+    ]
     best = best_combination(coupons, MILK_AND_TOY, NOW, SH)
     assert best.coupon_ids == ("ok",)
-    assert {k: v.reason for k, v in best.refused.items()} == {"toys": Reason.BELOW_THRESHOLD,
-                                                              "night": Reason.OUTSIDE_HOURS}
+    assert {k: v.reason for k, v in best.refused.items()} == {
+        "toys": Reason.BELOW_THRESHOLD,
+        "night": Reason.OUTSIDE_HOURS,
+    }
 
 
 def test_no_usable_coupon_gives_the_empty_combination() -> None:
@@ -182,12 +191,16 @@ def test_no_usable_coupon_gives_the_empty_combination() -> None:
 
 def test_stacked_groups_never_take_more_than_a_line_is_worth() -> None:
     duck = {"skus": ["duck"]}
-    coupons = [held("g1", tpl(off(2000), scope=duck, stack_group="platform"), days=1),
-               held("g2", tpl(off(2000), scope=duck, stack_group="shop"), days=2)]
+    coupons = [
+        held("g1", tpl(off(2000), scope=duck, stack_group="platform"), days=1),
+        held("g2", tpl(off(2000), scope=duck, stack_group="shop"), days=2),
+    ]
     best = best_combination(coupons, cart(("duck", None, 3000), ("milk", None, 9000)), NOW, SH)
     assert best.total_discount_fen == 3000
     assert [(p.coupon_id, p.discount_fen, p.lines_fen) for p in best.chosen] == [
-        ("g1", 2000, (2000, 0)), ("g2", 1000, (1000, 0))]
+        ("g1", 2000, (2000, 0)),
+        ("g2", 1000, (1000, 0)),
+    ]
 
 
 def test_a_discount_is_spread_over_its_lines_in_proportion() -> None:
@@ -219,41 +232,54 @@ SKUS, CATEGORIES = ("x", "y", "z"), ("a", "b")
 def kinds(draw: st.DrawFn) -> dict[str, Any]:
     which = draw(st.sampled_from(["percent", "amount_off", "no_threshold", "free_shipping"]))
     if which == "percent":
-        return pct(draw(st.integers(1, 99)),
-                   max_discount_fen=draw(st.none() | st.integers(1, 5000)))
+        return pct(draw(st.integers(1, 99)), max_discount_fen=draw(st.none() | st.integers(1, 5000)))
     if which == "amount_off":
         amount = draw(st.integers(1, 5000))
         return off(amount, draw(st.integers(amount, 20000)))
     if which == "no_threshold":
         return off(draw(st.integers(1, 5000)))
-    return {**SHIP, "nth_order_today": draw(st.none() | st.integers(2, 3)),
-            "max_shipping_fen": draw(st.none() | st.integers(1, 1000))}
+    return {
+        **SHIP,
+        "nth_order_today": draw(st.none() | st.integers(2, 3)),
+        "max_shipping_fen": draw(st.none() | st.integers(1, 1000)),
+    }
 
 
-scopes = st.one_of(st.just("all"),
-                   st.lists(st.sampled_from(CATEGORIES), min_size=1, max_size=2, unique=True).map(
-                       lambda c: {"categories": c}),
-                   st.lists(st.sampled_from(SKUS), min_size=1, max_size=3, unique=True).map(lambda s: {"skus": s}))
+scopes = st.one_of(
+    st.just("all"),
+    st.lists(st.sampled_from(CATEGORIES), min_size=1, max_size=2, unique=True).map(lambda c: {"categories": c}),
+    st.lists(st.sampled_from(SKUS), min_size=1, max_size=3, unique=True).map(lambda s: {"skus": s}),
+)
 
 
 @st.composite
 def templates(draw: st.DrawFn) -> CouponTemplate:
-    return tpl(draw(kinds()), scope=draw(scopes), exclusive=draw(st.integers(0, 4)) == 0,
-               stack_group=draw(st.sampled_from([None, None, "g1", "g2"])))
+    return tpl(
+        draw(kinds()),
+        scope=draw(scopes),
+        exclusive=draw(st.integers(0, 4)) == 0,
+        stack_group=draw(st.sampled_from([None, None, "g1", "g2"])),
+    )
 
 
 @st.composite
 def carts(draw: st.DrawFn) -> Cart:
-    lines = draw(st.lists(st.tuples(st.sampled_from(SKUS), st.sampled_from([*CATEGORIES, None]),
-                                    st.integers(0, 20000)), min_size=1, max_size=3))
+    lines = draw(
+        st.lists(
+            st.tuples(st.sampled_from(SKUS), st.sampled_from([*CATEGORIES, None]), st.integers(0, 20000)),
+            min_size=1,
+            max_size=3,
+        )
+    )
     return cart(*lines, shipping=draw(st.integers(0, 1500)), paid_today=draw(st.integers(0, 3)))
 
 
 @st.composite
 def wallets(draw: st.DrawFn) -> list[Held]:
     n = draw(st.integers(0, 7))
-    return [Held(f"c{i}", draw(templates()), expires_at=NOW + timedelta(days=draw(st.integers(0, 5))))
-            for i in range(n)]
+    return [
+        Held(f"c{i}", draw(templates()), expires_at=NOW + timedelta(days=draw(st.integers(0, 5)))) for i in range(n)
+    ]
 
 
 def brute_force(coupons: list[Held], c: Cart) -> tuple[int, tuple[str, ...]]:
@@ -292,8 +318,7 @@ def test_best_combination_matches_brute_force_and_never_breaks_stacking(coupons:
 
 
 @given(carts(), st.integers(1, 99), st.none() | st.integers(1, 50000), scopes)
-def test_a_percent_discount_never_exceeds_the_in_scope_amount(c: Cart, pay: int, cap: int | None,
-                                                               scope: Any) -> None:
+def test_a_percent_discount_never_exceeds_the_in_scope_amount(c: Cart, pay: int, cap: int | None, scope: Any) -> None:
     t = tpl(pct(pay, max_discount_fen=cap), scope=scope)
     applied = discount_for(t, c)
     base = c.in_scope_fen(t)

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,47 +34,88 @@ KEY = "fg_coupons_issuance_key"
 H = {"X-Api-Key": KEY}
 M = "demo"
 NOV = datetime(2026, 11, 1, 10, 0, tzinfo=CST)
-LATER = datetime(2030, 1, 1, tzinfo=timezone.utc)  # crafted segments win over segmentation's own
+LATER = datetime(2030, 1, 1, tzinfo=UTC)  # crafted segments win over segmentation's own
 
 
-def paid(customer: str, order: str, fen: int = 8000, at: datetime = NOV, category: str = "milk-powder",
-         event_id: str | None = None) -> dict[str, Any]:
+def paid(
+    customer: str,
+    order: str,
+    fen: int = 8000,
+    at: datetime = NOV,
+    category: str = "milk-powder",
+    event_id: str | None = None,
+) -> dict[str, Any]:
     return order_paid(M, customer, order, fen, at=at, category=category, event_id=event_id)
 
 
 def cancelled(customer: str, order: str, at: datetime = NOV) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "type": "order.cancelled", "merchant_id": M, "customer_id": customer,
-            "occurred_at": at.isoformat(), "data": {"order_id": order}}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "order.cancelled",
+        "merchant_id": M,
+        "customer_id": customer,
+        "occurred_at": at.isoformat(),
+        "data": {"order_id": order},
+    }
 
 
 def referred(referee: str, referrer: str, at: datetime = NOV - timedelta(days=1)) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "type": "referral.bound", "merchant_id": M, "customer_id": referee,
-            "occurred_at": at.isoformat(), "data": {"referrer_id": referrer}}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "referral.bound",
+        "merchant_id": M,
+        "customer_id": referee,
+        "occurred_at": at.isoformat(),
+        "data": {"referrer_id": referrer},
+    }
 
 
 def registered(customer: str, region: str) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "type": "customer.registered", "merchant_id": M, "customer_id": customer,
-            "occurred_at": NOV.isoformat(), "data": {"region": region}}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "customer.registered",
+        "merchant_id": M,
+        "customer_id": customer,
+        "occurred_at": NOV.isoformat(),
+        "data": {"region": region},
+    }
 
 
-def segment(customer: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-            at: datetime = LATER) -> dict[str, Any]:
+def segment(
+    customer: str, before: dict[str, Any] | None, after: dict[str, Any] | None, at: datetime = LATER
+) -> dict[str, Any]:
     def state(s: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if s is None else {"tier": None, "cell": None, "rfm_class": None, "tags": [], **s}
 
-    return {"event_id": str(uuid.uuid4()), "type": "segment.changed", "merchant_id": M, "customer_id": customer,
-            "occurred_at": at.isoformat(), "schema_version": 1,
-            "data": {"before": state(before), "after": state(after), "config_version": 1}}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "segment.changed",
+        "merchant_id": M,
+        "customer_id": customer,
+        "occurred_at": at.isoformat(),
+        "schema_version": 1,
+        "data": {"before": state(before), "after": state(after), "config_version": 1},
+    }
 
 
 def percent_template(name: str = "回购券", pay_percent: int = 85, **over: Any) -> dict[str, Any]:
-    return {"name": name, "kind": {"type": "percent", "pay_percent": pay_percent}, "valid_days": 30,
-            "per_customer_limit": None, **over}
+    return {
+        "name": name,
+        "kind": {"type": "percent", "pay_percent": pay_percent},
+        "valid_days": 30,
+        "per_customer_limit": None,
+        **over,
+    }
 
 
 def cash_template(fen: int = 1000, **over: Any) -> dict[str, Any]:
-    return {"name": f"{fen // 100}元无门槛券", "kind": {"type": "no_threshold", "amount_off_fen": fen},
-            "valid_days": 30, "per_customer_limit": None, **over}
+    return {
+        "name": f"{fen // 100}元无门槛券",
+        "kind": {"type": "no_threshold", "amount_off_fen": fen},
+        "valid_days": 30,
+        "per_customer_limit": None,
+        **over,
+    }
 
 
 @dataclass
@@ -96,11 +137,21 @@ class Shop:
 
     async def redeliver(self, *events: dict[str, Any]) -> None:
         """Put events on the bus again as they are, as a broker redelivering would."""
-        topics = {"segment.changed": "fugou.segments", "referral.bound": "shop.customers",
-                  "customer.registered": "shop.customers"}
-        await self.app.state.bus.publish([
-            Message(topic=topics.get(e["type"], "shop.orders"), key=f"{M}:{e['customer_id']}".encode(),
-                    value=orjson.dumps(e)) for e in events])
+        topics = {
+            "segment.changed": "fugou.segments",
+            "referral.bound": "shop.customers",
+            "customer.registered": "shop.customers",
+        }
+        await self.app.state.bus.publish(
+            [
+                Message(
+                    topic=topics.get(e["type"], "shop.orders"),
+                    key=f"{M}:{e['customer_id']}".encode(),
+                    value=orjson.dumps(e),
+                )
+                for e in events
+            ]
+        )
         self.sent.update(e["event_id"] for e in events)
 
     async def settled(self) -> None:
@@ -109,8 +160,13 @@ class Shop:
 
         async def applied() -> int:
             async with self.rt.sessions() as s:
-                return int((await s.execute(select(func.count()).select_from(inbox).where(
-                    inbox.c.event_id.in_(sorted(self.sent))))).scalar_one())
+                return int(
+                    (
+                        await s.execute(
+                            select(func.count()).select_from(inbox).where(inbox.c.event_id.in_(sorted(self.sent)))
+                        )
+                    ).scalar_one()
+                )
 
         await eventually(applied, lambda n: n == len(self.sent), timeout=30)
 
@@ -139,14 +195,24 @@ class Shop:
     async def holders(self, rule_id: str) -> Counter[str]:
         """Coupons of a rule, counted by customer."""
         async with self.rt.sessions() as s:
-            return Counter((await s.execute(select(coupons.c.customer_id).where(
-                coupons.c.merchant_id == M, coupons.c.rule_id == rule_id))).scalars())
+            return Counter(
+                (
+                    await s.execute(
+                        select(coupons.c.customer_id).where(coupons.c.merchant_id == M, coupons.c.rule_id == rule_id)
+                    )
+                ).scalars()
+            )
 
     async def decisions(self, rule_id: str) -> list[tuple[str, str, str]]:
         i = issuances.c
         async with self.rt.sessions() as s:
-            return sorted((await s.execute(select(i.customer_id, i.trigger_key, i.outcome).where(
-                i.merchant_id == M, i.rule_id == rule_id))).all())
+            return sorted(
+                (
+                    await s.execute(
+                        select(i.customer_id, i.trigger_key, i.outcome).where(i.merchant_id == M, i.rule_id == rule_id)
+                    )
+                ).all()
+            )
 
     async def outcomes(self, rule_id: str) -> Counter[str]:
         return Counter(o for _, _, o in await self.decisions(rule_id))
@@ -191,8 +257,9 @@ async def test_the_first_order_preset_gives_one_8_zhe_and_two_85_coupons_once(tm
         events = await eventually(announced, lambda v: len(v) == 3)
         assert Counter(e.data.template_id for e in events) == Counter({welcome: 1, repurchase: 2})
         assert {e.data.rule_id for e in events} == {rule_id}
-        assert all(e.data.kind == "percent" and e.data.expires_at - e.data.starts_at == timedelta(days=30)
-                   for e in events)
+        assert all(
+            e.data.kind == "percent" and e.data.expires_at - e.data.starts_at == timedelta(days=30) for e in events
+        )
 
         await s.send(paid("u-1", "o-2", at=NOV + timedelta(days=3)))  # a second order is not a first
         await s.settled()
@@ -207,8 +274,13 @@ async def test_a_replayed_trigger_issues_nothing_twice(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         # No per-customer limit anywhere: only the issuance key can stop a second bundle.
         tid = await s.template(percent_template())
-        rule_id = await s.rule({"trigger": {"type": "first_paid_order"}, "caps": {"issues_per_customer": None},
-                                "action": {"issue": [{"template_id": tid, "count": 2}]}})
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "caps": {"issues_per_customer": None},
+                "action": {"issue": [{"template_id": tid, "count": 2}]},
+            }
+        )
         first = paid("u-1", "o-1")
         await s.send(first)
         await s.settled()
@@ -221,14 +293,20 @@ async def test_a_replayed_trigger_issues_nothing_twice(tmp_path: Path) -> None:
 
 
 async def test_the_nth_order_fires_once_whatever_the_delivery_order_and_cancelled_orders_do_not_count(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with shop(tmp_path) as s:
         # u-4 had two orders before the rule existed: its third is not a second.
         await s.send(paid("u-4", "o-41"), paid("u-4", "o-42", at=NOV + timedelta(days=1)))
         await s.settled()
         tid = await s.template(percent_template())
-        rule_id = await s.rule({"trigger": {"type": "nth_paid_order", "n": 2}, "caps": {"issues_per_customer": None},
-                                "action": {"issue": [{"template_id": tid}]}})
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "nth_paid_order", "n": 2},
+                "caps": {"issues_per_customer": None},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
         await s.send(paid("u-4", "o-43", at=NOV + timedelta(days=2)))
         # u-1: the later payment arrives first; the second order counted is the earlier one.
         await s.send(paid("u-1", "o-12", at=NOV + timedelta(days=5)))
@@ -254,10 +332,16 @@ async def test_the_nth_order_fires_once_whatever_the_delivery_order_and_cancelle
 async def test_an_order_in_the_category_fires_once_per_order(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         tid = await s.template(percent_template())
-        rule_id = await s.rule({"trigger": {"type": "order_in_category", "category": "milk-powder"},
-                                "caps": {"issues_per_customer": None}, "action": {"issue": [{"template_id": tid}]}})
-        await s.send(paid("u-1", "o-1"), paid("u-1", "o-2", category="toys"),
-                     paid("u-1", "o-3", at=NOV + timedelta(days=2)))
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "order_in_category", "category": "milk-powder"},
+                "caps": {"issues_per_customer": None},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
+        await s.send(
+            paid("u-1", "o-1"), paid("u-1", "o-2", category="toys"), paid("u-1", "o-3", at=NOV + timedelta(days=2))
+        )
         await s.send(paid("u-1", "o-1"))  # o-1 again, under another event id
         await s.settled()
         assert await s.decisions(rule_id) == [("u-1", "order:o-1", "issued"), ("u-1", "order:o-3", "issued")]
@@ -267,10 +351,20 @@ async def test_an_order_in_the_category_fires_once_per_order(tmp_path: Path) -> 
 async def test_entering_a_tier_or_a_tag_fires_and_staying_in_it_does_not(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         tid = await s.template(percent_template())
-        into_a = await s.rule({"trigger": {"type": "segment_changed", "into": {"tier": "A"}},
-                               "caps": {"issues_per_customer": None}, "action": {"issue": [{"template_id": tid}]}})
-        due = await s.rule({"trigger": {"type": "segment_changed", "into": {"tag": "replenish_due:milk-powder"}},
-                            "caps": {"issues_per_customer": None}, "action": {"issue": [{"template_id": tid}]}})
+        into_a = await s.rule(
+            {
+                "trigger": {"type": "segment_changed", "into": {"tier": "A"}},
+                "caps": {"issues_per_customer": None},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
+        due = await s.rule(
+            {
+                "trigger": {"type": "segment_changed", "into": {"tag": "replenish_due:milk-powder"}},
+                "caps": {"issues_per_customer": None},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
         tag = ["replenish_due:milk-powder"]
         await s.redeliver(
             segment("u-1", None, {"tier": "B"}),
@@ -279,7 +373,8 @@ async def test_entering_a_tier_or_a_tag_fires_and_staying_in_it_does_not(tmp_pat
             segment("u-1", {"tier": "A", "tags": tag}, {"tier": "B", "tags": tag}),
             segment("u-1", {"tier": "B", "tags": tag}, {"tier": "A", "tags": tag}),  # into A again
             segment("u-2", None, {"tier": "A", "rfm_class": "important_value"}),  # into A from no segment
-            segment("u-3", {"tier": "A"}, None))  # out of everything
+            segment("u-3", {"tier": "A"}, None),
+        )  # out of everything
         await s.settled()
         assert await s.holders(into_a) == Counter({"u-1": 2, "u-2": 1})
         assert await s.holders(due) == Counter({"u-1": 1})
@@ -288,8 +383,13 @@ async def test_entering_a_tier_or_a_tag_fires_and_staying_in_it_does_not(tmp_pat
 async def test_a_referees_first_paid_order_rewards_the_referrer_once(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         tid = await s.template(cash_template(2000))
-        rule_id = await s.rule({"trigger": {"type": "referral_conversion"}, "caps": {"issues_per_customer": None},
-                                "action": {"issue": [{"template_id": tid}]}})
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "referral_conversion"},
+                "caps": {"issues_per_customer": None},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
         await s.send(referred("r-1", "u-1"), referred("r-2", "u-1"))
         await s.send(paid("r-1", "o-1"), paid("x-1", "o-x"))  # x-1 was referred by nobody
         await s.send(paid("r-1", "o-2", at=NOV + timedelta(days=1)))
@@ -304,13 +404,18 @@ async def test_a_referees_first_paid_order_rewards_the_referrer_once(tmp_path: P
 async def test_goals_fire_once_when_crossed_in_their_window(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         orders = (await s.preset("goal_orders_in_month", year=2026, month=11))["rule"]["rule_id"]
-        spend = (await s.preset("goal_spend_in_window", window_start="2026-11-01T00:00:00+08:00",
-                                window_end="2026-12-01T00:00:00+08:00"))["rule"]["rule_id"]
+        spend = (
+            await s.preset(
+                "goal_spend_in_window", window_start="2026-11-01T00:00:00+08:00", window_end="2026-12-01T00:00:00+08:00"
+            )
+        )["rule"]["rule_id"]
         referral = (await s.preset("referral_double_order"))["rule"]["rule_id"]
 
         # More than 5 orders in November: an October order does not count; the 6th November one does.
-        await s.send(paid("u-1", "o-oct", at=NOV - timedelta(days=3)),
-                     *[paid("u-1", f"o-{k}", fen=1000, at=NOV + timedelta(days=k)) for k in range(5)])
+        await s.send(
+            paid("u-1", "o-oct", at=NOV - timedelta(days=3)),
+            *[paid("u-1", f"o-{k}", fen=1000, at=NOV + timedelta(days=k)) for k in range(5)],
+        )
         await s.settled()
         assert await s.holders(orders) == Counter()
         await s.send(paid("u-1", "o-5", fen=1000, at=NOV + timedelta(days=6)))
@@ -335,8 +440,13 @@ async def test_goals_fire_once_when_crossed_in_their_window(tmp_path: Path) -> N
 async def test_holdout_customers_are_recorded_and_get_no_coupon(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         tid = await s.template(percent_template())
-        rule_id = await s.rule({"trigger": {"type": "first_paid_order"}, "holdout_percent": 50,
-                                "action": {"issue": [{"template_id": tid}]}})
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "holdout_percent": 50,
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
         customers = [f"c-{i:02d}" for i in range(40)]
         await s.send(*[paid(c, f"o-{c}") for c in customers])
         await s.settled()
@@ -350,14 +460,27 @@ async def test_holdout_customers_are_recorded_and_get_no_coupon(tmp_path: Path) 
 async def test_caps_hold_the_total_and_daily_budgets_and_the_issues_per_customer(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         ten = await s.template(cash_template(1000))
-        total = await s.rule({"trigger": {"type": "order_in_category", "category": "milk-powder"},
-                              "caps": {"budget_total_fen": 3000, "issues_per_customer": None},
-                              "action": {"issue": [{"template_id": ten}]}})
-        daily = await s.rule({"trigger": {"type": "order_in_category", "category": "milk-powder"},
-                              "caps": {"budget_per_day_fen": 2000, "issues_per_customer": None},
-                              "action": {"issue": [{"template_id": ten}]}})
-        twice = await s.rule({"trigger": {"type": "order_in_category", "category": "toys"},
-                              "caps": {"issues_per_customer": 2}, "action": {"issue": [{"template_id": ten}]}})
+        total = await s.rule(
+            {
+                "trigger": {"type": "order_in_category", "category": "milk-powder"},
+                "caps": {"budget_total_fen": 3000, "issues_per_customer": None},
+                "action": {"issue": [{"template_id": ten}]},
+            }
+        )
+        daily = await s.rule(
+            {
+                "trigger": {"type": "order_in_category", "category": "milk-powder"},
+                "caps": {"budget_per_day_fen": 2000, "issues_per_customer": None},
+                "action": {"issue": [{"template_id": ten}]},
+            }
+        )
+        twice = await s.rule(
+            {
+                "trigger": {"type": "order_in_category", "category": "toys"},
+                "caps": {"issues_per_customer": 2},
+                "action": {"issue": [{"template_id": ten}]},
+            }
+        )
         await s.send(*[paid(f"c-{i}", f"o-{i}") for i in range(3)])
         await s.send(*[paid(f"c-{i}", f"o-{i}") for i in range(3, 5)])
         await s.send(*[paid("t-1", f"t-{k}", category="toys", at=NOV + timedelta(days=k)) for k in range(3)])
@@ -367,8 +490,12 @@ async def test_caps_hold_the_total_and_daily_budgets_and_the_issues_per_customer
         assert await s.outcomes(twice) == Counter({"issued": 2, "capped_customer": 1})
         assert sum((await s.holders(total)).values()) == 3 and sum((await s.holders(daily)).values()) == 2
         async with s.rt.sessions() as session:
-            spent = {p: fen for p, fen in await session.execute(select(rule_spend.c.period, rule_spend.c.spent_fen)
-                                                                .where(rule_spend.c.rule_id == total))}
+            spent = {
+                p: fen
+                for p, fen in await session.execute(
+                    select(rule_spend.c.period, rule_spend.c.spent_fen).where(rule_spend.c.rule_id == total)
+                )
+            }
         assert spent["total"] == 3000
         detail = (await s.client.get(f"/v1/coupons/rules/{daily}", headers=H)).json()
         assert detail["spend"] == {"today_fen": 2000, "total_fen": 2000, "coupons": 2}
@@ -377,8 +504,13 @@ async def test_caps_hold_the_total_and_daily_budgets_and_the_issues_per_customer
 async def test_a_template_out_of_stock_is_recorded_and_the_reservations_given_back(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         scarce = await s.template(cash_template(1000, stock=2))
-        rule_id = await s.rule({"trigger": {"type": "first_paid_order"}, "caps": {"budget_total_fen": 10_000},
-                                "action": {"issue": [{"template_id": scarce}]}})
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "caps": {"budget_total_fen": 10_000},
+                "action": {"issue": [{"template_id": scarce}]},
+            }
+        )
         await s.send(*[paid(f"c-{i}", f"o-{i}") for i in range(4)])
         await s.settled()
         assert await s.outcomes(rule_id) == Counter({"issued": 2, "out_of_stock": 2})
@@ -392,22 +524,43 @@ async def test_a_template_out_of_stock_is_recorded_and_the_reservations_given_ba
 async def test_a_tier_class_or_tag_filter_is_evaluated_on_the_segments_replica(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
         tid = await s.template(percent_template())
-        b_or_vip = await s.rule({"trigger": {"type": "first_paid_order"}, "action": {"issue": [{"template_id": tid}]},
-                                 "audience": {"filter": {"or": [{"tier": ["B"]}, {"tag": ["custom:vip"]}]}}})
-        not_c = await s.rule({"trigger": {"type": "first_paid_order"}, "action": {"issue": [{"template_id": tid}]},
-                              "audience": {"filter": {"not": {"tier": ["C"]}}}})
-        await s.redeliver(segment("u-1", None, {"tier": "B"}), segment("u-2", None, {"tier": "C"}),
-                          segment("u-3", None, {"tier": "C", "tags": ["custom:vip"]}),
-                          segment("u-5", None, {"tier": "C", "tags": ["custom:vipx"]}))
+        b_or_vip = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "action": {"issue": [{"template_id": tid}]},
+                "audience": {"filter": {"or": [{"tier": ["B"]}, {"tag": ["custom:vip"]}]}},
+            }
+        )
+        not_c = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "action": {"issue": [{"template_id": tid}]},
+                "audience": {"filter": {"not": {"tier": ["C"]}}},
+            }
+        )
+        await s.redeliver(
+            segment("u-1", None, {"tier": "B"}),
+            segment("u-2", None, {"tier": "C"}),
+            segment("u-3", None, {"tier": "C", "tags": ["custom:vip"]}),
+            segment("u-5", None, {"tier": "C", "tags": ["custom:vipx"]}),
+        )
         await s.settled()
         await s.send(*[paid(f"u-{i}", f"o-{i}") for i in range(1, 6)])  # u-4 has no segment yet
         await s.settled()
         assert {c: o for c, _, o in await s.decisions(b_or_vip)} == {
-            "u-1": "issued", "u-2": "out_of_audience", "u-3": "issued", "u-4": "out_of_audience",
-            "u-5": "out_of_audience"}
+            "u-1": "issued",
+            "u-2": "out_of_audience",
+            "u-3": "issued",
+            "u-4": "out_of_audience",
+            "u-5": "out_of_audience",
+        }
         assert {c: o for c, _, o in await s.decisions(not_c)} == {
-            "u-1": "issued", "u-2": "out_of_audience", "u-3": "out_of_audience", "u-4": "issued",
-            "u-5": "out_of_audience"}
+            "u-1": "issued",
+            "u-2": "out_of_audience",
+            "u-3": "out_of_audience",
+            "u-4": "issued",
+            "u-5": "out_of_audience",
+        }
 
 
 async def test_saved_audiences_and_other_filters_are_asked_of_segmentation(tmp_path: Path) -> None:
@@ -420,28 +573,53 @@ async def test_saved_audiences_and_other_filters_are_asked_of_segmentation(tmp_p
 
         await eventually(in_shanghai, lambda n: n == 2)
         # What coupons asks segmentation for a batch: members among given customers only.
-        r = await s.client.post("/v1/audiences/query", headers=H, json={
-            "filter": {"region": ["Shanghai"]}, "customer_ids": ["u-1", "u-2", "u-9"]})
+        r = await s.client.post(
+            "/v1/audiences/query",
+            headers=H,
+            json={"filter": {"region": ["Shanghai"]}, "customer_ids": ["u-1", "u-2", "u-9"]},
+        )
         assert [m["customer_id"] for m in r.json()["customers"]] == ["u-1"] and r.json()["count"] == 1
-        saved = (await s.client.post("/v1/audiences", json={"name": "上海", "filter": {"region": ["Shanghai"]}},
-                                     headers=H)).json()["audience_id"]
+        saved = (
+            await s.client.post("/v1/audiences", json={"name": "上海", "filter": {"region": ["Shanghai"]}}, headers=H)
+        ).json()["audience_id"]
         tid = await s.template(percent_template())
-        by_id = await s.rule({"trigger": {"type": "first_paid_order"}, "audience": {"audience_id": saved},
-                              "action": {"issue": [{"template_id": tid}]}})
-        beijing = await s.rule({"trigger": {"type": "first_paid_order"},
-                                "audience": {"filter": {"region": ["Beijing"]}},
-                                "action": {"issue": [{"template_id": tid}]}})
+        by_id = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "audience": {"audience_id": saved},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
+        beijing = await s.rule(
+            {
+                "trigger": {"type": "first_paid_order"},
+                "audience": {"filter": {"region": ["Beijing"]}},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
         await s.send(*[paid(f"u-{i}", f"o-{i}") for i in range(1, 5)])
         await s.settled()
         assert {c: o for c, _, o in await s.decisions(by_id)} == {
-            "u-1": "issued", "u-2": "out_of_audience", "u-3": "issued", "u-4": "out_of_audience"}
+            "u-1": "issued",
+            "u-2": "out_of_audience",
+            "u-3": "issued",
+            "u-4": "out_of_audience",
+        }
         assert {c: o for c, _, o in await s.decisions(beijing)} == {
-            "u-1": "out_of_audience", "u-2": "issued", "u-3": "out_of_audience", "u-4": "out_of_audience"}
+            "u-1": "out_of_audience",
+            "u-2": "issued",
+            "u-3": "out_of_audience",
+            "u-4": "out_of_audience",
+        }
 
 
 LOCAL_FILTERS: list[dict[str, Any]] = [
-    {"tier": ["A", "B"]}, {"not": {"tier": ["C"]}}, {"cell": ["3-3-3"]}, {"rfm_class": ["important_value"]},
-    {"tag": ["replenish_due:milk_powder"]}, {"not": {"tag": ["dormant", "x%"]}},
+    {"tier": ["A", "B"]},
+    {"not": {"tier": ["C"]}},
+    {"cell": ["3-3-3"]},
+    {"rfm_class": ["important_value"]},
+    {"tag": ["replenish_due:milk_powder"]},
+    {"not": {"tag": ["dormant", "x%"]}},
     {"and": [{"or": [{"tier": ["A"]}, {"tag": ["vip"]}]}, {"not": {"rfm_class": ["general_winback"]}}]},
 ]
 
@@ -454,15 +632,31 @@ async def check_local_filters(url: str) -> None:
     from services.coupons.adapters.tables import customer_segments
     from shared.db import create_engine
 
-    rows = [("c-1", "A", "3-3-3", "important_value", ["vip"]), ("c-2", "C", "1-1-1", "general_winback", ["dormant"]),
-            ("c-3", None, None, None, []), ("c-4", "B", "2-2-2", None, ["replenish_due:milk_powder", "x%"]),
-            ("c-5", "C", "1-2-1", "general_value", ["replenish_due:milkXpowder", "vip"])]
+    rows = [
+        ("c-1", "A", "3-3-3", "important_value", ["vip"]),
+        ("c-2", "C", "1-1-1", "general_winback", ["dormant"]),
+        ("c-3", None, None, None, []),
+        ("c-4", "B", "2-2-2", None, ["replenish_due:milk_powder", "x%"]),
+        ("c-5", "C", "1-2-1", "general_value", ["replenish_due:milkXpowder", "vip"]),
+    ]
     engine = create_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(customer_segments.create)
-        await conn.execute(insert(customer_segments), [
-            {"merchant_id": M, "customer_id": c, "tier": t, "cell": cell, "rfm_class": k,
-             "tags": orjson.dumps(tags).decode(), "updated_at": NOV} for c, t, cell, k, tags in rows])
+        await conn.execute(
+            insert(customer_segments),
+            [
+                {
+                    "merchant_id": M,
+                    "customer_id": c,
+                    "tier": t,
+                    "cell": cell,
+                    "rfm_class": k,
+                    "tags": orjson.dumps(tags).decode(),
+                    "updated_at": NOV,
+                }
+                for c, t, cell, k, tags in rows
+            ],
+        )
 
     def in_python(f: dict[str, Any]) -> set[str]:
         return {c for c, t, cell, k, tags in rows if seg.matches(f, seg.Segment(t, cell, k, frozenset(tags)))}
@@ -471,8 +665,13 @@ async def check_local_filters(url: str) -> None:
         for f in LOCAL_FILTERS:
             assert seg.is_local(f) and seg.check_local(f) is None
             async with engine.connect() as conn:
-                in_sql = set((await conn.execute(select(customer_segments.c.customer_id).where(
-                    seg.where(f, customer_segments)))).scalars())
+                in_sql = set(
+                    (
+                        await conn.execute(
+                            select(customer_segments.c.customer_id).where(seg.where(f, customer_segments))
+                        )
+                    ).scalars()
+                )
             assert in_python(f) == in_sql, f
         assert in_python({"tag": ["replenish_due:milk_powder"]}) == {"c-4"}
         assert in_python({"not": {"tier": ["C"]}}) == {"c-1", "c-3", "c-4"}
@@ -524,7 +723,8 @@ async def test_a_scheduled_rule_issues_to_its_audience_once_per_fire_however_oft
         assert await issuance.fire_due(s.rt.sessions, client, second + timedelta(minutes=1), chunk=100) is True
         assert await s.holders(rule_id) == Counter({c: 2 for c in tier_c})
         assert Counter(k for _, k, _ in await s.decisions(rule_id)) == Counter(
-            {f"schedule:{first.isoformat()}": 7, f"schedule:{second.isoformat()}": 7})
+            {f"schedule:{first.isoformat()}": 7, f"schedule:{second.isoformat()}": 7}
+        )
 
 
 async def test_run_now_fires_a_scheduled_rule_at_once_then_its_schedule_resumes(tmp_path: Path) -> None:
@@ -557,16 +757,24 @@ async def test_a_scheduled_rule_with_a_saved_audience_streams_its_members_from_s
         await s.send(*[registered(f"u-{i}", "Shanghai" if i % 2 else "Beijing") for i in range(9)])
 
         async def registered_ones() -> int:
-            r = await s.client.post("/v1/audiences/query", json={"filter": {"region": ["Shanghai", "Beijing"]}},
-                                    headers=H)
+            r = await s.client.post(
+                "/v1/audiences/query", json={"filter": {"region": ["Shanghai", "Beijing"]}}, headers=H
+            )
             return r.json()["count"]  # type: ignore[no-any-return]
 
         await eventually(registered_ones, lambda n: n == 9)
-        saved = (await s.client.post("/v1/audiences", json={"name": "上海", "filter": {"region": ["Shanghai"]}},
-                                     headers=H)).json()["audience_id"]
+        saved = (
+            await s.client.post("/v1/audiences", json={"name": "上海", "filter": {"region": ["Shanghai"]}}, headers=H)
+        ).json()["audience_id"]
         tid = await s.template(percent_template())
-        rule_id = await s.rule({"trigger": {"type": "schedule", "cron": "0 10 * * 1"}, "holdout_percent": 0,
-                                "audience": {"audience_id": saved}, "action": {"issue": [{"template_id": tid}]}})
+        rule_id = await s.rule(
+            {
+                "trigger": {"type": "schedule", "cron": "0 10 * * 1"},
+                "holdout_percent": 0,
+                "audience": {"audience_id": saved},
+                "action": {"issue": [{"template_id": tid}]},
+            }
+        )
         fire_at = await _next_fire(s, rule_id)
         assert fire_at.astimezone(CST).isoweekday() == 1
         assert await issuance.fire_due(s.rt.sessions, seg.client_for(s.rt), fire_at, chunk=2) is True

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from shared.runtime import ServiceRuntime
 from shared.settings import Settings
 
 M = "m-roi"
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 DECIDED = NOW - timedelta(days=10)
 
 
@@ -44,37 +44,88 @@ async def coupons_runtime(data_dir: Path, database_url: str | None) -> AsyncIter
 
 
 def order(order_id: str, customer_id: str, amount: int, paid_at: datetime, cancelled: bool = False) -> dict:
-    return {"merchant_id": M, "order_id": order_id, "customer_id": customer_id, "amount_fen": amount,
-            "paid_at": paid_at, "cancelled_at": paid_at + timedelta(hours=1) if cancelled else None,
-            "refunded_fen": 0}
+    return {
+        "merchant_id": M,
+        "order_id": order_id,
+        "customer_id": customer_id,
+        "amount_fen": amount,
+        "paid_at": paid_at,
+        "cancelled_at": paid_at + timedelta(hours=1) if cancelled else None,
+        "refunded_fen": 0,
+    }
 
 
 async def test_roi_baseline_and_holdout_lift(tmp_path: Path, database_url: str | None) -> None:
     async with coupons_runtime(tmp_path, database_url) as rt:
         async with rt.sessions() as session, session.begin():
-            tpl = await create_template(session, M, CouponTemplate.model_validate(
-                {"name": "¥20 off", "kind": {"type": "no_threshold", "amount_off_fen": 2000}, "valid_days": 30}))
-            await session.execute(rules.insert().values(
-                merchant_id=M, rule_id="r1", name="welcome", body="{}", trigger_type="first_paid_order",
-                enabled=True, created_at=DECIDED, updated_at=DECIDED))
+            tpl = await create_template(
+                session,
+                M,
+                CouponTemplate.model_validate(
+                    {"name": "¥20 off", "kind": {"type": "no_threshold", "amount_off_fen": 2000}, "valid_days": 30}
+                ),
+            )
+            await session.execute(
+                rules.insert().values(
+                    merchant_id=M,
+                    rule_id="r1",
+                    name="welcome",
+                    body="{}",
+                    trigger_type="first_paid_order",
+                    enabled=True,
+                    created_at=DECIDED,
+                    updated_at=DECIDED,
+                )
+            )
             treated, held = ["c1", "c2", "c3"], ["c4", "c5"]
-            await session.execute(issuances.insert(), [
-                {"merchant_id": M, "issuance_key": f"k-{c}", "rule_id": "r1", "customer_id": c, "trigger_key": "t",
-                 "outcome": "issued" if c in treated else "holdout", "decided_at": DECIDED} for c in treated + held])
+            await session.execute(
+                issuances.insert(),
+                [
+                    {
+                        "merchant_id": M,
+                        "issuance_key": f"k-{c}",
+                        "rule_id": "r1",
+                        "customer_id": c,
+                        "trigger_key": "t",
+                        "outcome": "issued" if c in treated else "holdout",
+                        "decided_at": DECIDED,
+                    }
+                    for c in treated + held
+                ],
+            )
             # ¥50 of coupons (20 + 20 + 10 given) on three ¥80 orders.
-            await session.execute(coupons.insert(), [
-                {"merchant_id": M, "coupon_id": f"cpn-{c}", "customer_id": c, "template_id": tpl.template_id,
-                 "rule_id": "r1", "state": "used", "order_id": f"o-{c}", "starts_at": DECIDED,
-                 "expires_at": NOW + timedelta(days=20), "issued_at": DECIDED, "used_at": DECIDED + timedelta(days=1),
-                 "discount_fen": d, "order_amount_fen": 8000, "version": 2}
-                for c, d in zip(treated, (2000, 2000, 1000))])
-            await session.execute(orders.insert(), [
-                *[order(f"o-{c}", c, 8000, DECIDED + timedelta(days=1)) for c in treated],
-                order("o-before", "c1", 99_999, DECIDED - timedelta(days=1)),  # before the decision: not counted
-                order("o-c2-cancelled", "c2", 50_000, DECIDED + timedelta(days=2), cancelled=True),
-                order("o-c4", "c4", 8000, DECIDED + timedelta(days=3)),  # one of the two held out buys
-                order("o-c6", "c6", 6000, DECIDED + timedelta(days=4)),  # never decided for: the baseline
-            ])
+            await session.execute(
+                coupons.insert(),
+                [
+                    {
+                        "merchant_id": M,
+                        "coupon_id": f"cpn-{c}",
+                        "customer_id": c,
+                        "template_id": tpl.template_id,
+                        "rule_id": "r1",
+                        "state": "used",
+                        "order_id": f"o-{c}",
+                        "starts_at": DECIDED,
+                        "expires_at": NOW + timedelta(days=20),
+                        "issued_at": DECIDED,
+                        "used_at": DECIDED + timedelta(days=1),
+                        "discount_fen": d,
+                        "order_amount_fen": 8000,
+                        "version": 2,
+                    }
+                    for c, d in zip(treated, (2000, 2000, 1000))
+                ],
+            )
+            await session.execute(
+                orders.insert(),
+                [
+                    *[order(f"o-{c}", c, 8000, DECIDED + timedelta(days=1)) for c in treated],
+                    order("o-before", "c1", 99_999, DECIDED - timedelta(days=1)),  # before the decision: not counted
+                    order("o-c2-cancelled", "c2", 50_000, DECIDED + timedelta(days=2), cancelled=True),
+                    order("o-c4", "c4", 8000, DECIDED + timedelta(days=3)),  # one of the two held out buys
+                    order("o-c6", "c6", 6000, DECIDED + timedelta(days=4)),  # never decided for: the baseline
+                ],
+            )
         async with rt.sessions() as session:
             report = await rule_report(session, M, "r1")
             everything = await roi_reports(session, M)

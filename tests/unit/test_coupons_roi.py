@@ -25,8 +25,7 @@ from services.coupons.domain.roi import (
 def arm(values: list[int], orders: int | None = None) -> Arm:
     """An arm from each customer's GMV in fen (0 = did not order)."""
     converted = sum(1 for v in values if v > 0)
-    return Arm(len(values), converted, converted if orders is None else orders, sum(values),
-               sum(v * v for v in values))
+    return Arm(len(values), converted, converted if orders is None else orders, sum(values), sum(v * v for v in values))
 
 
 def test_three_orders_of_80_yuan_with_50_yuan_of_coupons_is_an_roi_of_4_8() -> None:
@@ -48,8 +47,12 @@ def test_nothing_is_divided_by_zero() -> None:
     assert any("nothing issued" in why for why in out.insufficient)
     assert any("ROI: no cost" in why for why in out.insufficient)
     assert roi(100, 0) is None and redemption_rate(0, 0) is None
-    empty = report(Redemptions(issued=5, redeemed=0, discount_fen=0, gmv_fen=0), treatment=Arm(0, 0, 0, 0, 0),
-                   holdout=Arm(0, 0, 0, 0, 0), baseline=Arm(0, 0, 0, 0, 0))
+    empty = report(
+        Redemptions(issued=5, redeemed=0, discount_fen=0, gmv_fen=0),
+        treatment=Arm(0, 0, 0, 0, 0),
+        holdout=Arm(0, 0, 0, 0, 0),
+        baseline=Arm(0, 0, 0, 0, 0),
+    )
     assert empty.lift is not None and empty.lift.conversion_diff is None
     assert empty.lift.gmv_per_customer_diff_fen is None and empty.lift.incremental_gmv_fen is None
     assert empty.baseline is not None and empty.baseline.gmv_per_customer_fen is None
@@ -58,8 +61,12 @@ def test_nothing_is_divided_by_zero() -> None:
 def test_the_baseline_is_customers_without_coupons_per_customer() -> None:
     out = report(Redemptions(10, 3, 5000, 24000), baseline=arm([0, 0, 6000, 9000], orders=3))
     assert out.baseline is not None
-    assert (out.baseline.conversion, out.baseline.gmv_per_customer_fen, out.baseline.orders_per_customer,
-            out.baseline.aov_fen) == (0.5, 3750.0, 0.75, 5000.0)
+    assert (
+        out.baseline.conversion,
+        out.baseline.gmv_per_customer_fen,
+        out.baseline.orders_per_customer,
+        out.baseline.aov_fen,
+    ) == (0.5, 3750.0, 0.75, 5000.0)
 
 
 def test_lift_against_the_holdout_gives_incremental_gmv_and_an_honest_roi() -> None:
@@ -93,8 +100,9 @@ def test_wilson_and_newcombe_match_the_published_example() -> None:
     assert proportion_diff(1, 0, 1, 2) is None
 
 
-@pytest.mark.parametrize(("df", "q"), [(1, 12.7062), (2, 4.3027), (5, 2.5706), (10, 2.2281), (30, 2.0423),
-                                       (120, 1.9799), (1e9, 1.9600)])
+@pytest.mark.parametrize(
+    ("df", "q"), [(1, 12.7062), (2, 4.3027), (5, 2.5706), (10, 2.2281), (30, 2.0423), (120, 1.9799), (1e9, 1.9600)]
+)
 def test_t_quantiles_match_the_tables(df: float, q: float) -> None:
     assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
     assert t_quantile(0.025, df) == pytest.approx(-q, abs=1e-4)
@@ -108,7 +116,7 @@ def test_welch_from_sums_matches_the_textbook_formula() -> None:
     va = sum((x - ma) ** 2 for x in a) / (len(a) - 1)
     vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1)
     se = math.sqrt(va / len(a) + vb / len(b))
-    df = se ** 4 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
+    df = se**4 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
     half = t_quantile(0.975, df) * se
     assert (got.estimate, got.low, got.high) == pytest.approx((ma - mb, ma - mb - half, ma - mb + half))
     assert mean_diff(1, 5, 25, 3, 3, 3) is None  # one customer: no variance to speak of
@@ -133,8 +141,9 @@ def test_a_difference_of_proportions_interval_holds_its_estimate(x1: int, n1: in
     assert d is not None and -1 <= d.low <= d.estimate <= d.high <= 1
 
 
-@given(st.lists(st.integers(0, 10**7), min_size=2, max_size=30), st.lists(st.integers(0, 10**7), min_size=2,
-                                                                           max_size=30))
+@given(
+    st.lists(st.integers(0, 10**7), min_size=2, max_size=30), st.lists(st.integers(0, 10**7), min_size=2, max_size=30)
+)
 def test_a_welch_interval_holds_its_estimate(a: list[int], b: list[int]) -> None:
     got = mean_diff(len(a), sum(a), sum(x * x for x in a), len(b), sum(b), sum(x * x for x in b))
     if got is not None:

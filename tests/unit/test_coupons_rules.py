@@ -70,13 +70,16 @@ def test_a_rule_has_sensible_defaults() -> None:
 
 
 def test_every_trigger_kind_validates() -> None:
-    for trigger in ({"type": "nth_paid_order", "n": 3}, {"type": "order_in_category", "category": "milk-powder"},
-                    {"type": "segment_changed", "into": {"tier": "A"}},
-                    {"type": "segment_changed", "into": {"rfm_class": "important_winback"}},
-                    {"type": "segment_changed", "into": {"tag": "replenish_due:milk-powder"}},
-                    {"type": "referral_conversion"},
-                    {"type": "goal", "metric": "paid_orders", "within_days": 30, "threshold": 5, "comparison": "gt"},
-                    {"type": "schedule", "cron": "0 9 1 * *", "timezone": "Asia/Shanghai"}):
+    for trigger in (
+        {"type": "nth_paid_order", "n": 3},
+        {"type": "order_in_category", "category": "milk-powder"},
+        {"type": "segment_changed", "into": {"tier": "A"}},
+        {"type": "segment_changed", "into": {"rfm_class": "important_winback"}},
+        {"type": "segment_changed", "into": {"tag": "replenish_due:milk-powder"}},
+        {"type": "referral_conversion"},
+        {"type": "goal", "metric": "paid_orders", "within_days": 30, "threshold": 5, "comparison": "gt"},
+        {"type": "schedule", "cron": "0 9 1 * *", "timezone": "Asia/Shanghai"},
+    ):
         assert rule(trigger=trigger).trigger.type == trigger["type"]
 
 
@@ -84,8 +87,9 @@ def test_bad_triggers_say_why() -> None:
     assert "first_paid_order" in rejection(trigger={"type": "nth_paid_order", "n": 1})[1]
     loc, msg = rejection(trigger={"type": "segment_changed", "into": {"tier": "A", "tag": "dormant"}})
     assert loc == "trigger.segment_changed.into" and "exactly one" in msg
-    assert rejection(trigger={"type": "segment_changed", "into": {"tier": "D"}})[0] == \
-        "trigger.segment_changed.into.tier"
+    assert (
+        rejection(trigger={"type": "segment_changed", "into": {"tier": "D"}})[0] == "trigger.segment_changed.into.tier"
+    )
     assert rejection(trigger={"type": "birthday"})[0] == "trigger"
 
 
@@ -93,14 +97,21 @@ def test_a_goal_has_one_window_and_a_meaningful_threshold() -> None:
     start = datetime(2026, 11, 1, tzinfo=SH)
     base = {"type": "goal", "metric": "paid_fen", "threshold": 66600, "comparison": "gt"}
     assert rule(trigger={**base, "window_start": start, "window_end": start + timedelta(days=30)})
-    assert "not both" in rejection(trigger={**base, "within_days": 30, "window_start": start,
-                                            "window_end": start + timedelta(days=1)})[1]
+    assert (
+        "not both"
+        in rejection(
+            trigger={**base, "within_days": 30, "window_start": start, "window_end": start + timedelta(days=1)}
+        )[1]
+    )
     assert "not both" in rejection(trigger=base)[1]
     assert "after window_start" in rejection(trigger={**base, "window_start": start, "window_end": start})[1]
-    assert "timezone" in rejection(trigger={**base, "window_start": "2026-11-01T00:00:00",
-                                            "window_end": "2026-12-01T00:00:00+08:00"})[1]
-    assert "met by everyone" in rejection(trigger={**base, "threshold": 0, "comparison": "gte",
-                                                   "within_days": 30})[1]
+    assert (
+        "timezone"
+        in rejection(
+            trigger={**base, "window_start": "2026-11-01T00:00:00", "window_end": "2026-12-01T00:00:00+08:00"}
+        )[1]
+    )
+    assert "met by everyone" in rejection(trigger={**base, "threshold": 0, "comparison": "gte", "within_days": 30})[1]
     assert rejection(trigger={**base, "metric": "visits", "within_days": 3})[0] == "trigger.goal.metric"
 
 
@@ -145,8 +156,12 @@ def test_the_never_fires_check_is_against_the_validation_moment() -> None:
 
 
 def test_bad_crons_and_time_zones_are_refused() -> None:
-    for cron, words in (("61 * * * *", "not a valid cron"), ("* * * *", "has 4 fields"),
-                        ("0 9 1 * * 0", "has 6 fields"), ("@monthly", "has 1 fields")):
+    for cron, words in (
+        ("61 * * * *", "not a valid cron"),
+        ("* * * *", "has 4 fields"),
+        ("0 9 1 * * 0", "has 6 fields"),
+        ("@monthly", "has 1 fields"),
+    ):
         loc, msg = rejection(trigger={"type": "schedule", "cron": cron})
         assert loc == "trigger.schedule.cron" and words in msg
     loc, msg = rejection(trigger={"type": "schedule", "cron": "0 9 1 * *", "timezone": "Asia/Beijing"})
@@ -175,8 +190,11 @@ def test_fires_between_is_bounded_and_resumable() -> None:
 def test_a_wall_time_repeated_when_clocks_turn_back_fires_once() -> None:
     s = schedule("30 1 * * *", "America/New_York")
     fires = fires_between(s, datetime(2026, 10, 31, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
-    assert fires == [datetime(2026, 10, 31, 5, 30, tzinfo=UTC), datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
-                     datetime(2026, 11, 2, 6, 30, tzinfo=UTC)]
+    assert fires == [
+        datetime(2026, 10, 31, 5, 30, tzinfo=UTC),
+        datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
+        datetime(2026, 11, 2, 6, 30, tzinfo=UTC),
+    ]
     assert next_fire(s, datetime(2026, 11, 1, 5, 30, tzinfo=UTC)) == datetime(2026, 11, 2, 6, 30, tzinfo=UTC)
 
 
@@ -225,20 +243,32 @@ def test_raising_the_holdout_only_adds_customers(rule_id: str, customer_id: str,
 
 
 def test_holdout_and_issuance_keys_are_stable_across_processes() -> None:
-    code = ("import json; from services.coupons.domain.rules import in_holdout, issuance_key; "
-            "print(json.dumps([[in_holdout('r', f'u{i}', 10) for i in range(50)], issuance_key('r', 'evt-1', 'u1')]))")
+    code = (
+        "import json; from services.coupons.domain.rules import in_holdout, issuance_key; "
+        "print(json.dumps([[in_holdout('r', f'u{i}', 10) for i in range(50)], issuance_key('r', 'evt-1', 'u1')]))"
+    )
     here = [[in_holdout("r", f"u{i}", 10) for i in range(50)], issuance_key("r", "evt-1", "u1")]
     for seed in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
         assert json.loads(out) == here
 
 
 def test_a_replayed_trigger_has_the_same_issuance_key() -> None:
     key = issuance_key("rule-1", "evt-9", "u-42")
     assert key == issuance_key("rule-1", "evt-9", "u-42") and len(key) == 32
-    others = {issuance_key("rule-2", "evt-9", "u-42"), issuance_key("rule-1", "evt-10", "u-42"),
-              issuance_key("rule-1", "evt-9", "u-43"), issuance_key("rule-1", "evt-9u", "-42")}
+    others = {
+        issuance_key("rule-2", "evt-9", "u-42"),
+        issuance_key("rule-1", "evt-10", "u-42"),
+        issuance_key("rule-1", "evt-9", "u-43"),
+        issuance_key("rule-1", "evt-9u", "-42"),
+    }
     assert key not in others and len(others) == 4
     with pytest.raises(ValueError, match="customer_id"):
         issuance_key("rule-1", "evt-9", "")
@@ -249,8 +279,10 @@ def test_a_replayed_trigger_has_the_same_issuance_key() -> None:
 
 def test_every_preset_builds_valid_rules_and_templates_that_bind() -> None:
     window = {"window_start": datetime(2026, 11, 1, tzinfo=SH), "window_end": datetime(2026, 12, 1, tzinfo=SH)}
-    args: dict[str, dict[str, Any]] = {"goal_orders_in_month": {"year": 2026, "month": 11},
-                                       "goal_spend_in_window": window}
+    args: dict[str, dict[str, Any]] = {
+        "goal_orders_in_month": {"year": 2026, "month": 11},
+        "goal_spend_in_window": window,
+    }
     limits: dict[str, dict[str, int | None]] = {}
     for name, make in PRESETS.items():
         preset = make(**args.get(name, {}))
@@ -263,11 +295,16 @@ def test_every_preset_builds_valid_rules_and_templates_that_bind() -> None:
             preset.bind({})
         limits[name] = {key: t.per_customer_limit for key, t in preset.templates.items()}
     # a recurring rule needs templates a customer can get again and again
-    assert limits == {"first_order_welcome": {"welcome": 1, "repurchase": 2}, "monthly_loyal": {"repurchase": None},
-                      "goal_orders_in_month": {"reward": 1}, "goal_spend_in_window": {"reward": 1},
-                      "referral_double_order": {"reward": 10}, "category_replenishment": {"replenish": None},
-                      "tier_c_second_order_free_shipping": {"free_shipping": None},
-                      "audience_winback": {"winback": 1}}
+    assert limits == {
+        "first_order_welcome": {"welcome": 1, "repurchase": 2},
+        "monthly_loyal": {"repurchase": None},
+        "goal_orders_in_month": {"reward": 1},
+        "goal_spend_in_window": {"reward": 1},
+        "referral_double_order": {"reward": 10},
+        "category_replenishment": {"replenish": None},
+        "tier_c_second_order_free_shipping": {"free_shipping": None},
+        "audience_winback": {"winback": 1},
+    }
 
 
 def test_a_preset_cannot_issue_more_than_its_templates_allow() -> None:
@@ -321,8 +358,9 @@ def test_goal_presets_encode_the_merchants_incentives() -> None:
     assert isinstance(orders, Goal) and (orders.metric, orders.comparison, orders.threshold) == ("paid_orders", "gt", 5)
     assert orders.window_start == datetime(2026, 12, 1, tzinfo=SH)
     assert orders.window_end == datetime(2027, 1, 1, tzinfo=SH)
-    spend = goal_spend_in_window(window_start=datetime(2026, 11, 1, tzinfo=SH),
-                                 window_end=datetime(2026, 11, 12, tzinfo=SH)).rule.trigger
+    spend = goal_spend_in_window(
+        window_start=datetime(2026, 11, 1, tzinfo=SH), window_end=datetime(2026, 11, 12, tzinfo=SH)
+    ).rule.trigger
     assert isinstance(spend, Goal) and (spend.metric, spend.comparison, spend.threshold) == ("paid_fen", "gt", 66600)
     referral = PRESETS["referral_double_order"]().rule.trigger
     assert isinstance(referral, Goal)

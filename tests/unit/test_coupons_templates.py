@@ -53,8 +53,7 @@ def test_a_discount_above_100_percent_is_refused_with_that_reason() -> None:
     assert "a discount above 100%" in msg and "1..99" in msg
 
 
-@pytest.mark.parametrize(("pay", "words"), [(0, "100% discount"), (100, "no discount"),
-                                            (120, "negative discount")])
+@pytest.mark.parametrize(("pay", "words"), [(0, "100% discount"), (100, "no discount"), (120, "negative discount")])
 def test_pay_percent_must_leave_a_real_discount(pay: int, words: str) -> None:
     loc, msg = rejection(kind={"type": "percent", "pay_percent": pay})
     assert loc == "kind.percent.pay_percent" and words in msg and "8折 = 80" in msg
@@ -161,8 +160,9 @@ def test_a_fixed_template_cannot_be_issued_after_its_window() -> None:
 
 def test_usable_at_reads_the_window_then_the_merchants_weekdays_and_hours() -> None:
     start = datetime(2026, 11, 2, tzinfo=SH)  # a Monday
-    t = template(valid_days=None, valid_from=start, valid_until=start + timedelta(days=14),
-                 weekdays=[6, 7], hours=[[9, 12]])
+    t = template(
+        valid_days=None, valid_from=start, valid_until=start + timedelta(days=14), weekdays=[6, 7], hours=[[9, 12]]
+    )
     saturday_10 = datetime(2026, 11, 7, 10, tzinfo=SH)
     assert usable_at(t, saturday_10, SH)
     # the same instant in UTC is still Saturday 10:00 on the merchant's clock

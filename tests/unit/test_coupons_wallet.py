@@ -175,10 +175,15 @@ def test_of_two_concurrent_redemptions_only_one_wins_the_version() -> None:
         redeem(stored, "o-2", now=T0, owner="u-42")
 
 
-operations = st.lists(st.tuples(st.sampled_from(["lock", "redeem", "release", "restore", "keep", "expire", "revoke"]),
-                                st.sampled_from(["o-1", "o-2", "o-3"]),
-                                st.sampled_from(["u-42", "u-42", "u-42", "u-7"]),
-                                st.integers(-1, 9)), max_size=25)
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["lock", "redeem", "release", "restore", "keep", "expire", "revoke"]),
+        st.sampled_from(["o-1", "o-2", "o-3"]),
+        st.sampled_from(["u-42", "u-42", "u-42", "u-7"]),
+        st.integers(-1, 9),
+    ),
+    max_size=25,
+)
 
 
 def step(c: Coupon, op: str, order: str, owner: str, now: datetime) -> Transition:

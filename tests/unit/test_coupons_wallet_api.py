@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,18 +35,35 @@ KEY = "fg_wallet_key"
 H = {"X-Api-Key": KEY}
 SH = ZoneInfo("Asia/Shanghai")
 
-PERCENT_80 = {"name": "8折券", "kind": {"type": "percent", "pay_percent": 80, "max_discount_fen": 1000},
-              "valid_days": 30}
-MILK_300_OFF = {"name": "奶粉满20减3", "kind": {"type": "amount_off", "amount_off_fen": 300, "threshold_fen": 2000},
-                "scope": {"categories": ["milk-powder"]}, "valid_days": 30}
+PERCENT_80 = {
+    "name": "8折券",
+    "kind": {"type": "percent", "pay_percent": 80, "max_discount_fen": 1000},
+    "valid_days": 30,
+}
+MILK_300_OFF = {
+    "name": "奶粉满20减3",
+    "kind": {"type": "amount_off", "amount_off_fen": 300, "threshold_fen": 2000},
+    "scope": {"categories": ["milk-powder"]},
+    "valid_days": 30,
+}
 FREE_SHIPPING = {"name": "包邮券", "kind": {"type": "free_shipping"}, "valid_days": 30}
-DIAPERS_500_OFF = {"name": "纸尿裤无门槛5元", "kind": {"type": "no_threshold", "amount_off_fen": 500},
-                   "scope": {"categories": ["diapers"]}, "valid_days": 30}
-CART = {"lines": [{"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 3000},
-                  {"sku": "crackers", "category": "snacks", "quantity": 2, "amount_fen": 1000}],
-        "shipping_fen": 800}
-ITEMS = [{"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 3000},
-         {"sku": "crackers", "category": "snacks", "quantity": 2, "amount_fen": 1000}]
+DIAPERS_500_OFF = {
+    "name": "纸尿裤无门槛5元",
+    "kind": {"type": "no_threshold", "amount_off_fen": 500},
+    "scope": {"categories": ["diapers"]},
+    "valid_days": 30,
+}
+CART = {
+    "lines": [
+        {"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 3000},
+        {"sku": "crackers", "category": "snacks", "quantity": 2, "amount_fen": 1000},
+    ],
+    "shipping_fen": 800,
+}
+ITEMS = [
+    {"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 3000},
+    {"sku": "crackers", "category": "snacks", "quantity": 2, "amount_fen": 1000},
+]
 
 
 @dataclass
@@ -62,16 +79,16 @@ class Shop:
 
     async def template(self, body: dict[str, Any], template_id: str | None = None, **over: Any) -> str:
         async with self.rt.sessions() as session, session.begin():
-            stored = await create_template(session, self.merchant_id, CouponTemplate.model_validate(body | over),
-                                           template_id)
+            stored = await create_template(
+                session, self.merchant_id, CouponTemplate.model_validate(body | over), template_id
+            )
         return stored.template_id
 
     async def issue(self, template_id: str, customer_id: str, count: int = 1) -> list[str]:
         async with self.rt.sessions() as session, session.begin():
             stored = await get_template(session, self.merchant_id, template_id)
             assert stored is not None
-            result = await issue(session, self.merchant_id, stored, [customer_id], count=count,
-                                 now=datetime.now(timezone.utc))
+            result = await issue(session, self.merchant_id, stored, [customer_id], count=count, now=datetime.now(UTC))
         return [cid for _, cid in result.issued]
 
     async def token(self, customer_id: str) -> dict[str, str]:
@@ -85,18 +102,23 @@ class Shop:
 
     async def coupon(self, coupon_id: str) -> Any:
         async with self.rt.sessions() as session:
-            return (await session.execute(select(coupons).where(coupons.c.merchant_id == self.merchant_id,
-                                                                coupons.c.coupon_id == coupon_id))).one()
+            return (
+                await session.execute(
+                    select(coupons).where(coupons.c.merchant_id == self.merchant_id, coupons.c.coupon_id == coupon_id)
+                )
+            ).one()
 
     async def state(self, coupon_id: str) -> str:
         return (await self.coupon(coupon_id)).state  # type: ignore[no-any-return]
 
     async def end_window(self, coupon_id: str) -> None:
         """As if the coupon's window had ended a moment ago (and begun a day before)."""
-        now = datetime.now(timezone.utc)
-        await self.sql(update(coupons).where(coupons.c.merchant_id == self.merchant_id,
-                                             coupons.c.coupon_id == coupon_id).values(
-            starts_at=now - timedelta(days=1), expires_at=now - timedelta(seconds=1)))
+        now = datetime.now(UTC)
+        await self.sql(
+            update(coupons)
+            .where(coupons.c.merchant_id == self.merchant_id, coupons.c.coupon_id == coupon_id)
+            .values(starts_at=now - timedelta(days=1), expires_at=now - timedelta(seconds=1))
+        )
 
     async def sql(self, statement: Any) -> None:
         async with self.rt.sessions() as session, session.begin():
@@ -121,18 +143,39 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
         yield Shop(client, app, "demo", H)
 
 
-def paid(shop: Shop, customer_id: str, order_id: str, coupon_ids: list[str], amount_fen: int = 3500,
-         items: list[dict[str, Any]] | None = None, at: datetime | None = None) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "type": "order.paid", "merchant_id": shop.merchant_id,
-            "customer_id": customer_id, "occurred_at": (at or datetime.now(timezone.utc)).isoformat(),
-            "data": {"order_id": order_id, "amount_fen": amount_fen, "items": ITEMS if items is None else items,
-                     "coupon_ids": coupon_ids}}
+def paid(
+    shop: Shop,
+    customer_id: str,
+    order_id: str,
+    coupon_ids: list[str],
+    amount_fen: int = 3500,
+    items: list[dict[str, Any]] | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "order.paid",
+        "merchant_id": shop.merchant_id,
+        "customer_id": customer_id,
+        "occurred_at": (at or datetime.now(UTC)).isoformat(),
+        "data": {
+            "order_id": order_id,
+            "amount_fen": amount_fen,
+            "items": ITEMS if items is None else items,
+            "coupon_ids": coupon_ids,
+        },
+    }
 
 
 def order_event(shop: Shop, type_: str, customer_id: str, order_id: str, **data: Any) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "type": type_, "merchant_id": shop.merchant_id,
-            "customer_id": customer_id, "occurred_at": datetime.now(timezone.utc).isoformat(),
-            "data": {"order_id": order_id, **data}}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": type_,
+        "merchant_id": shop.merchant_id,
+        "customer_id": customer_id,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "data": {"order_id": order_id, **data},
+    }
 
 
 def error(r: httpx.Response, status: int) -> tuple[str, str | None]:
@@ -160,11 +203,20 @@ async def test_my_wallet_lists_my_coupons_by_state_soonest_expiry_first(shop: Sh
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["customer_id"] == "u-1" and body["has_more"] is False
-    assert [(c["coupon_id"], c["state"]) for c in body["coupons"]] == [(a, "available"), (b, "available"),
-                                                                       (gone, "expired")]
+    assert [(c["coupon_id"], c["state"]) for c in body["coupons"]] == [
+        (a, "available"),
+        (b, "available"),
+        (gone, "expired"),
+    ]
     first = body["coupons"][0]
-    assert (first["name"], first["kind"]["type"], first["kind"]["pay_percent"], first["face_value_fen"],
-            first["scope"], first["order_id"]) == ("8折券", "percent", 80, 1000, "all", None)
+    assert (
+        first["name"],
+        first["kind"]["type"],
+        first["kind"]["pay_percent"],
+        first["face_value_fen"],
+        first["scope"],
+        first["order_id"],
+    ) == ("8折券", "percent", 80, 1000, "all", None)
     assert body["coupons"][1]["scope"] == {"categories": ["milk-powder"]}
     assert body["coupons"][1]["face_value_fen"] == 300
     # Encoded by hand for speed: exactly what the documented model would give, and the merchant's view.
@@ -182,8 +234,10 @@ async def test_my_wallet_lists_my_coupons_by_state_soonest_expiry_first(shop: Sh
 
     assert error(await shop.client.get("/v1/me/coupons?state=lost", headers=me), 422)[1] == "query.state"
     assert error(await shop.client.get("/v1/me/coupons"), 401) == ("unauthorized", "header.Authorization")
-    assert error(await shop.client.get("/v1/me/coupons", headers={"Authorization": "Bearer nope"}), 401)[0] == \
-        "unauthorized"
+    assert (
+        error(await shop.client.get("/v1/me/coupons", headers={"Authorization": "Bearer nope"}), 401)[0]
+        == "unauthorized"
+    )
 
 
 # ---------------------------------------------------------------- claiming
@@ -198,28 +252,41 @@ async def test_claiming_a_public_coupon_respects_the_limit_and_the_stock(shop: S
     assert r.status_code == 201, r.text
     got = r.json()
     assert (got["template_id"], got["state"], got["name"]) == (public, "available", "8折券")
-    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": public}, headers=me), 409) == \
-        ("limit_reached", "body.template_id")
-    assert (await shop.client.post("/v1/me/coupons/claim", json={"template_id": public}, headers=other)).status_code \
-        == 201
-    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": public}, headers=third), 409) == \
-        ("out_of_stock", "body.template_id")
+    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": public}, headers=me), 409) == (
+        "limit_reached",
+        "body.template_id",
+    )
+    assert (
+        await shop.client.post("/v1/me/coupons/claim", json={"template_id": public}, headers=other)
+    ).status_code == 201
+    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": public}, headers=third), 409) == (
+        "out_of_stock",
+        "body.template_id",
+    )
     async with shop.rt.sessions() as session:
         issued = (await session.execute(select(templates.c.issued).where(templates.c.template_id == public))).scalar()
     assert issued == 2
 
     # A template that is not public is not there for customers; nor is one that does not exist.
-    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": private}, headers=me), 404) == \
-        ("not_found", "body.template_id")
-    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": "tpl_nope"}, headers=me),
-                 404)[0] == "not_found"
+    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": private}, headers=me), 404) == (
+        "not_found",
+        "body.template_id",
+    )
+    assert (
+        error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": "tpl_nope"}, headers=me), 404)[0]
+        == "not_found"
+    )
     stopped = await shop.template(FREE_SHIPPING, public=True)
     await shop.sql(update(templates).where(templates.c.template_id == stopped).values(active=False))
-    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": stopped}, headers=third),
-                 409)[0] == "inactive"
-    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template": public}, headers=me), 422)[1] == \
-        "body.template_id"
-    assert len((await shop.published("coupon.issued"))) == 2
+    assert (
+        error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": stopped}, headers=third), 409)[0]
+        == "inactive"
+    )
+    assert (
+        error(await shop.client.post("/v1/me/coupons/claim", json={"template": public}, headers=me), 422)[1]
+        == "body.template_id"
+    )
+    assert len(await shop.published("coupon.issued")) == 2
 
 
 # ---------------------------------------------------------------- pricing a cart
@@ -240,8 +307,11 @@ async def test_applicable_prices_every_coupon_and_finds_the_best_combination(sho
     assert set(by_id) == {pct, milk, ship, diapers}
     # 20% of 4,000 is 800 (under the cap of 1,000); 300 off the 3,000 of milk; the 800 shipping.
     assert {k: (v["applies"], v["discount_fen"], v["reason"]) for k, v in by_id.items()} == {
-        pct: (True, 800, None), milk: (True, 300, None), ship: (True, 800, None),
-        diapers: (False, 0, "out_of_scope")}
+        pct: (True, 800, None),
+        milk: (True, 300, None),
+        ship: (True, 800, None),
+        diapers: (False, 0, "out_of_scope"),
+    }
     assert body["coupons"][-1]["coupon_id"] == diapers  # those that apply first
     best = body["best"]
     assert sorted(best["coupon_ids"]) == sorted([pct, ship])  # one discount and one shipping stack
@@ -255,19 +325,25 @@ async def test_applicable_prices_every_coupon_and_finds_the_best_combination(sho
     assert by_id[ship]["reason"] == "nothing_to_discount"
 
     bad = {"lines": [{"sku": "x", "quantity": 1, "amount_fen": 12.5}]}
-    assert error(await shop.client.post("/v1/me/coupons/applicable", json=bad, headers=me), 422)[1] == \
-        "body.lines.0.amount_fen"
-    assert error(await shop.client.post("/v1/me/coupons/applicable", json={"lines": []}, headers=me), 422)[1] == \
-        "body.lines"
+    assert (
+        error(await shop.client.post("/v1/me/coupons/applicable", json=bad, headers=me), 422)[1]
+        == "body.lines.0.amount_fen"
+    )
+    assert (
+        error(await shop.client.post("/v1/me/coupons/applicable", json={"lines": []}, headers=me), 422)[1]
+        == "body.lines"
+    )
 
 
 # ---------------------------------------------------------------- locking
 
 
-async def lock(shop: Shop, who: dict[str, str], coupon_id: str, order_id: str,
-               cart: dict[str, Any] = CART) -> httpx.Response:
-    return await shop.client.post(f"/v1/me/coupons/{coupon_id}/lock", json={"order_id": order_id, "cart": cart},
-                                  headers=who)
+async def lock(
+    shop: Shop, who: dict[str, str], coupon_id: str, order_id: str, cart: dict[str, Any] = CART
+) -> httpx.Response:
+    return await shop.client.post(
+        f"/v1/me/coupons/{coupon_id}/lock", json={"order_id": order_id, "cart": cart}, headers=who
+    )
 
 
 async def test_locking_says_which_rule_refuses_with_the_right_status(shop: Shop) -> None:
@@ -301,11 +377,14 @@ async def test_locking_says_which_rule_refuses_with_the_right_status(shop: Shop)
     foreign = await lock(shop, me, theirs, "o-2")
     missing = await lock(shop, me, "cpn_does_not_exist", "o-2")
     assert error(foreign, 404) == error(missing, 404) == ("not_found", "path.coupon_id")
-    assert foreign.json()["error"]["message"].replace(theirs, "X") == \
-        missing.json()["error"]["message"].replace("cpn_does_not_exist", "X")
+    assert foreign.json()["error"]["message"].replace(theirs, "X") == missing.json()["error"]["message"].replace(
+        "cpn_does_not_exist", "X"
+    )
     assert await shop.state(theirs) == "available"
-    assert error(await shop.client.post(f"/v1/me/coupons/{pct}/lock", json={"order_id": "o-1"}, headers=me),
-                 422)[1] == "body.cart"
+    assert (
+        error(await shop.client.post(f"/v1/me/coupons/{pct}/lock", json={"order_id": "o-1"}, headers=me), 422)[1]
+        == "body.cart"
+    )
 
     # Used: 409 already_used.
     await shop.events([paid(shop, "u-1", "o-1", [pct])])
@@ -317,8 +396,10 @@ async def test_locking_says_which_rule_refuses_with_the_right_status(shop: Shop)
     assert (await lock(shop, me, pct2, "o-3")).status_code == 200
     r = await shop.client.post(f"/v1/me/coupons/{pct2}/release", json={"order_id": "o-3"}, headers=me)
     assert r.status_code == 200 and r.json()["state"] == "available" and r.json()["order_id"] is None
-    assert error(await shop.client.post(f"/v1/me/coupons/{theirs}/release", json={"order_id": "o-3"}, headers=me),
-                 404)[0] == "not_found"
+    assert (
+        error(await shop.client.post(f"/v1/me/coupons/{theirs}/release", json={"order_id": "o-3"}, headers=me), 404)[0]
+        == "not_found"
+    )
     assert error(await lock(shop, other, pct2, "o-4"), 404)[0] == "not_found"
 
 
@@ -344,30 +425,45 @@ async def test_an_order_paid_redeems_its_coupons_once_and_refuses_the_rest(shop:
     e1["data"]["shipping_fen"] = 600
     await shop.events([e1])
     await eventually(lambda: shop.state(ship), lambda s: s == "used")
-    await shop.events([paid(shop, "u-1", "o-2", [theirs, diapers, milk, second, "cpn_forged"]),
-                       paid(shop, "u-1", "o-3", [locked])])
+    await shop.events(
+        [paid(shop, "u-1", "o-2", [theirs, diapers, milk, second, "cpn_forged"]), paid(shop, "u-1", "o-3", [locked])]
+    )
     await eventually(lambda: shop.state(milk), lambda s: s == "used")
 
     got = {c: await shop.coupon(c) for c in (locked, ship, milk, diapers, second, theirs)}
-    assert (got[locked].state, got[locked].order_id, got[locked].discount_fen, got[locked].order_amount_fen) == \
-        ("used", "o-1", 800, 2400)
+    assert (got[locked].state, got[locked].order_id, got[locked].discount_fen, got[locked].order_amount_fen) == (
+        "used",
+        "o-1",
+        800,
+        2400,
+    )
     assert (got[ship].state, got[ship].order_id, got[ship].discount_fen) == ("used", "o-1", 600)
     assert (got[milk].state, got[milk].order_id, got[milk].discount_fen) == ("used", "o-2", 300)
     assert (got[diapers].state, got[second].state, got[theirs].state) == ("available",) * 3
 
     redeemed = {e.data.coupon_id: e.data for e in await shop.published("coupon.redeemed")}
     assert set(redeemed) == {locked, ship, milk}
-    assert (redeemed[locked].order_id, redeemed[locked].discount_fen, redeemed[locked].order_amount_fen) == \
-        ("o-1", 800, 2400)
+    assert (redeemed[locked].order_id, redeemed[locked].discount_fen, redeemed[locked].order_amount_fen) == (
+        "o-1",
+        800,
+        2400,
+    )
 
     view = (await shop.client.get("/v1/customers/u-1/coupons", headers=H)).json()
     refused = {(r["order_id"], r["coupon_id"]): r["code"] for r in view["refused_redemptions"]}
-    assert refused == {("o-2", diapers): "out_of_scope", ("o-2", theirs): "not_yours",
-                       ("o-2", second): "stacking_conflict", ("o-2", "cpn_forged"): "unknown_coupon",
-                       ("o-3", locked): "already_used"}
+    assert refused == {
+        ("o-2", diapers): "out_of_scope",
+        ("o-2", theirs): "not_yours",
+        ("o-2", second): "stacking_conflict",
+        ("o-2", "cpn_forged"): "unknown_coupon",
+        ("o-3", locked): "already_used",
+    }
     used = [c for c in view["coupons"] if c["state"] == "used"]
     assert {c["coupon_id"]: (c["order_id"], c["order_amount_fen"]) for c in used} == {
-        locked: ("o-1", 2400), ship: ("o-1", 2400), milk: ("o-2", 3500)}
+        locked: ("o-1", 2400),
+        ship: ("o-1", 2400),
+        milk: ("o-2", 3500),
+    }
     mine = (await shop.client.get("/v1/me/coupons?state=used", headers=me)).json()["coupons"]
     assert [c["coupon_id"] for c in mine][0] in {milk}  # the latest use first
 
@@ -394,9 +490,13 @@ async def test_a_cancelled_order_gives_its_coupons_back(shop: Shop) -> None:
     # late's window ends while its order is open: cancelled, it comes back expired.
     await shop.end_window(late)
 
-    await shop.events([order_event(shop, "order.cancelled", "u-1", "o-1"),
-                       order_event(shop, "order.cancelled", "u-1", "o-2"),
-                       order_event(shop, "order.cancelled", "u-1", "o-3")])
+    await shop.events(
+        [
+            order_event(shop, "order.cancelled", "u-1", "o-1"),
+            order_event(shop, "order.cancelled", "u-1", "o-2"),
+            order_event(shop, "order.cancelled", "u-1", "o-3"),
+        ]
+    )
     await eventually(lambda: shop.state(late), lambda s: s == "expired")
     assert (await shop.state(held), await shop.state(spent)) == ("available", "available")
     assert (await shop.coupon(spent)).order_id is None
@@ -406,35 +506,51 @@ async def test_a_cancelled_order_gives_its_coupons_back(shop: Shop) -> None:
 
 async def test_a_full_refund_gives_coupons_back_only_under_the_restore_policy(shop: Shop) -> None:
     assert (await shop.client.get("/v1/coupons/policy", headers=H)).json() == {
-        "refund_policy": "keep_used", "expiring_days_before": 3}
+        "refund_policy": "keep_used",
+        "expiring_days_before": 3,
+    }
     t = await shop.template(PERCENT_80, per_customer_limit=3)
     [kept, restored, partly] = await shop.issue(t, "u-1", count=3)
-    await shop.events([paid(shop, "u-1", "o-1", [kept]), paid(shop, "u-1", "o-2", [restored]),
-                       paid(shop, "u-1", "o-3", [partly])])
+    await shop.events(
+        [paid(shop, "u-1", "o-1", [kept]), paid(shop, "u-1", "o-2", [restored]), paid(shop, "u-1", "o-3", [partly])]
+    )
     await eventually(lambda: shop.state(partly), lambda s: s == "used")
 
-    await shop.events([order_event(shop, "order.refunded", "u-1", "o-1", refund_id="r-1", amount_fen=3500,
-                                   full=True)])
+    await shop.events([order_event(shop, "order.refunded", "u-1", "o-1", refund_id="r-1", amount_fen=3500, full=True)])
 
     async def refunded() -> int:
         async with shop.rt.sessions() as session:
-            return int((await session.execute(select(orders.c.refunded_fen).where(
-                orders.c.merchant_id == shop.merchant_id, orders.c.order_id == "o-1"))).scalar_one())
+            return int(
+                (
+                    await session.execute(
+                        select(orders.c.refunded_fen).where(
+                            orders.c.merchant_id == shop.merchant_id, orders.c.order_id == "o-1"
+                        )
+                    )
+                ).scalar_one()
+            )
 
     await eventually(refunded, lambda fen: fen == 3500)  # applied under keep_used
     r = await shop.client.put("/v1/coupons/policy", json={"refund_policy": "restore"}, headers=H)
     assert r.status_code == 200 and r.json() == {"refund_policy": "restore", "expiring_days_before": 3}
-    await shop.events([order_event(shop, "order.refunded", "u-1", "o-2", refund_id="r-2", amount_fen=3500,
-                                   full=True),
-                       order_event(shop, "order.refunded", "u-1", "o-3", refund_id="r-3", amount_fen=100)])
+    await shop.events(
+        [
+            order_event(shop, "order.refunded", "u-1", "o-2", refund_id="r-2", amount_fen=3500, full=True),
+            order_event(shop, "order.refunded", "u-1", "o-3", refund_id="r-3", amount_fen=100),
+        ]
+    )
     await eventually(lambda: shop.state(restored), lambda s: s == "available")
     assert (await shop.state(kept), await shop.state(partly)) == ("used", "used")  # keep_used then; partial
     assert [e.data.coupon_id for e in await shop.published("coupon.released")] == [restored]
 
-    assert error(await shop.client.put("/v1/coupons/policy", json={"refund_policy": "give_back"}, headers=H),
-                 422)[1] == "body.refund_policy"
-    assert error(await shop.client.put("/v1/coupons/policy", json={"expiring_days_before": 0}, headers=H),
-                 422)[1] == "body.expiring_days_before"
+    assert (
+        error(await shop.client.put("/v1/coupons/policy", json={"refund_policy": "give_back"}, headers=H), 422)[1]
+        == "body.refund_policy"
+    )
+    assert (
+        error(await shop.client.put("/v1/coupons/policy", json={"expiring_days_before": 0}, headers=H), 422)[1]
+        == "body.expiring_days_before"
+    )
     assert error(await shop.client.get("/v1/coupons/policy"), 401)[1] == "header.X-Api-Key"
 
 
@@ -443,6 +559,7 @@ async def test_a_full_refund_gives_coupons_back_only_under_the_restore_policy(sh
 
 async def every_coupon_event(shop: Shop) -> list[str]:
     """The ids of every coupon event raised so far, once the relay has published them all."""
+
     async def pending() -> int:
         async with shop.rt.sessions() as session:
             return int((await session.execute(select(func.count()).select_from(messaging.outbox))).scalar_one())
@@ -455,7 +572,7 @@ async def every_coupon_event(shop: Shop) -> list[str]:
 
 
 async def test_the_expiry_sweep_and_the_reminders_touch_each_coupon_once(shop: Shop) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     me = await shop.token("u-1")
     t = await shop.template(PERCENT_80, valid_days=10, per_customer_limit=5)
     ids = await shop.issue(t, "u-1", count=5)
@@ -482,8 +599,9 @@ async def test_the_expiry_sweep_and_the_reminders_touch_each_coupon_once(shop: S
     assert await shop.state(ids[0]) == "available"
 
     # A merchant with a 15-day window is reminded of the 20-day coupon at day 8 too.
-    assert (await shop.client.put("/v1/coupons/policy", json={"expiring_days_before": 15}, headers=H)).status_code \
-        == 200
+    assert (
+        await shop.client.put("/v1/coupons/policy", json={"expiring_days_before": 15}, headers=H)
+    ).status_code == 200
     assert await step(wallet.remind_expiring, day8) == 1
     assert await step(wallet.remind_expiring, day8) == 0
     assert far in {e.data.coupon_id for e in await shop.published("coupon.expiring")}
@@ -511,8 +629,9 @@ async def test_the_expiry_sweep_and_the_reminders_touch_each_coupon_once(shop: S
 
 
 async def test_a_customer_token_of_one_merchant_never_reaches_another_merchants_coupons(shop: Shop) -> None:
-    r = await shop.client.post("/v1/platform/merchants", headers={"X-Admin-Token": ADMIN_TOKEN},
-                               json={"merchant_id": "m-b", "name": "Shop B"})
+    r = await shop.client.post(
+        "/v1/platform/merchants", headers={"X-Admin-Token": ADMIN_TOKEN}, json={"merchant_id": "m-b", "name": "Shop B"}
+    )
     assert r.status_code == 201, r.text
     b = Shop(shop.client, shop.app, "m-b", {"X-Api-Key": r.json()["api_key"]})
     await eventually(lambda: b.client.get("/v1/coupons/policy", headers=b.headers), lambda r: r.status_code == 200)
@@ -525,15 +644,19 @@ async def test_a_customer_token_of_one_merchant_never_reaches_another_merchants_
 
     mine = (await shop.client.get("/v1/me/coupons", headers=a_same)).json()["coupons"]
     assert [c["coupon_id"] for c in mine] == [a_coupon]
-    assert [c["coupon_id"] for c in (await b.client.get("/v1/me/coupons", headers=b_same)).json()["coupons"]] == \
-        [b_coupon]
+    assert [c["coupon_id"] for c in (await b.client.get("/v1/me/coupons", headers=b_same)).json()["coupons"]] == [
+        b_coupon
+    ]
     assert error(await lock(shop, a_same, b_coupon, "o-1"), 404)[0] == "not_found"
-    assert error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": b_public}, headers=a_same),
-                 404)[0] == "not_found"
+    assert (
+        error(await shop.client.post("/v1/me/coupons/claim", json={"template_id": b_public}, headers=a_same), 404)[0]
+        == "not_found"
+    )
     applicable = (await shop.client.post("/v1/me/coupons/applicable", json=CART, headers=a_same)).json()
     assert [c["coupon_id"] for c in applicable["coupons"]] == [a_coupon]
-    assert [c["coupon_id"] for c in (await shop.client.get("/v1/customers/same/coupons", headers=H)).json()[
-        "coupons"]] == [a_coupon]
+    assert [
+        c["coupon_id"] for c in (await shop.client.get("/v1/customers/same/coupons", headers=H)).json()["coupons"]
+    ] == [a_coupon]
     # A's order naming B's coupon redeems nothing at B.
     await shop.events([paid(shop, "same", "o-x", [b_coupon, a_coupon])])
     await eventually(lambda: shop.state(a_coupon), lambda s: s == "used")

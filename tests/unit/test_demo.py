@@ -160,8 +160,13 @@ def test_the_shop_has_every_lifecycle_situation(the_shop: Shop) -> None:
     curious = [c for c, t in interest.items() if NOW - t < 7 * days and (not paid[c] or paid[c][-1] < t)]
     due = [c for c, t in milk.items() if 27 * days <= NOW - t < 60 * days]
     never = [c.customer_id for c in the_shop.customers if c.customer_id not in paid]
-    for name, group in (("new", new), ("dormant", dormant), ("interest", curious), ("replenish_due", due),
-                        ("never paid", never)):
+    for name, group in (
+        ("new", new),
+        ("dormant", dormant),
+        ("interest", curious),
+        ("replenish_due", due),
+        ("never paid", never),
+    ):
         assert len(group) >= 15, name
     assert len(paid) > 0.85 * 1500 and 0 < the_shop.buyers() <= len(paid)
     assert any(e["type"] == "referral.bound" for e in the_shop.events)
@@ -200,20 +205,27 @@ async def test_a_small_shop_fed_through_the_api_shows_tiers_coupons_and_points(t
             r = await client.get(url, headers=h, params=params)
             return r.json() if r.status_code == 200 else {"status": r.status_code, "body": r.text}
 
-        summary = await eventually(lambda: get("/v1/segments/summary"),
-                                   lambda v: v.get("customers", 0) >= small.buyers(), timeout=60)
+        summary = await eventually(
+            lambda: get("/v1/segments/summary"), lambda v: v.get("customers", 0) >= small.buyers(), timeout=60
+        )
         assert summary["customers"] == small.buyers()
         assert sum(1 for n in summary["tiers"].values() if n) > 1, summary["tiers"]
 
         rules = {r["name"]: r["rule_id"] for r in (await client.get("/v1/coupons/rules", headers=h)).json()}
-        decided = await eventually(lambda: get(f"/v1/coupons/rules/{rules['首单礼']}/decisions"),
-                                   lambda v: v.get("outcomes", {}).get("issued", 0) > 0, timeout=30)
+        decided = await eventually(
+            lambda: get(f"/v1/coupons/rules/{rules['首单礼']}/decisions"),
+            lambda v: v.get("outcomes", {}).get("issued", 0) > 0,
+            timeout=30,
+        )
         payers = {e["customer_id"] for e in events if e["type"] == "order.paid"}
         assert decided["outcomes"]["issued"] <= len(payers)  # once each, paid orders refunded since included
 
         buyer = next(e["customer_id"] for e in events if e["type"] == "order.paid")
-        points = await eventually(lambda: get(f"/v1/loyalty/customers/{buyer}/points"),
-                                  lambda v: v.get("balance", 0) + v.get("pending", 0) > 0, timeout=30)
+        points = await eventually(
+            lambda: get(f"/v1/loyalty/customers/{buyer}/points"),
+            lambda v: v.get("balance", 0) + v.get("pending", 0) > 0,
+            timeout=30,
+        )
         assert points["level"] is not None  # the ladder is in force
         assert (await get(f"/v1/loyalty/customers/{buyer}/reconciliation"))["ok"]
 
@@ -232,8 +244,13 @@ async def test_a_wrong_key_is_a_clear_error_not_a_retry_loop() -> None:
 
 
 async def test_busy_answers_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    answers = iter([httpx.Response(503), httpx.Response(429, headers={"retry-after": "0"}),
-                    httpx.Response(200, json={"accepted": 1, "duplicates": 0, "rejected": 0, "results": []})])
+    answers = iter(
+        [
+            httpx.Response(503),
+            httpx.Response(429, headers={"retry-after": "0"}),
+            httpx.Response(200, json={"accepted": 1, "duplicates": 0, "rejected": 0, "results": []}),
+        ]
+    )
 
     async def flaky(request: httpx.Request) -> httpx.Response:
         return next(answers)

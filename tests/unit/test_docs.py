@@ -11,13 +11,15 @@ from tests.infra import ROOT
 
 def test_the_committed_asyncapi_document_is_the_one_the_code_generates() -> None:
     committed = json.loads((ROOT / "docs/asyncapi.json").read_text())
-    assert committed == json.loads(json.dumps(asyncapi_document())), \
+    assert committed == json.loads(json.dumps(asyncapi_document())), (
         "docs/asyncapi.json is stale: python -m shared.asyncapi > docs/asyncapi.json"
+    )
 
 
 def test_the_event_table_in_the_docs_lists_every_registered_type() -> None:
-    assert event_table_markdown() in (ROOT / "docs/events.md").read_text(), \
+    assert event_table_markdown() in (ROOT / "docs/events.md").read_text(), (
         "docs/events.md's table of types is stale (shared.asyncapi.event_table_markdown)"
+    )
 
 
 def test_the_readme_quick_start_is_the_two_make_commands_and_ci_runs_the_test_one() -> None:

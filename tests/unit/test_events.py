@@ -174,23 +174,38 @@ def test_the_asyncapi_document_lists_every_topic_and_type_and_its_refs_resolve()
 
 # ---------------------------------------------------------------- property
 
-ids = st.text(alphabet=st.characters(categories=("L", "N"), include_characters="-_:."), min_size=1,
-              max_size=40).filter(lambda s: s.strip() == s)
+ids = st.text(alphabet=st.characters(categories=("L", "N"), include_characters="-_:."), min_size=1, max_size=40).filter(
+    lambda s: s.strip() == s
+)
 offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 moments = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1), timezones=offsets)
 
 
 @settings(max_examples=150, deadline=None)
-@given(event_id=ids, merchant_id=ids, customer_id=ids, order_id=ids, at=moments,
-       amounts=st.lists(st.integers(min_value=0, max_value=MAX_FEN), min_size=0, max_size=4),
-       amount=st.integers(min_value=0, max_value=MAX_FEN))
+@given(
+    event_id=ids,
+    merchant_id=ids,
+    customer_id=ids,
+    order_id=ids,
+    at=moments,
+    amounts=st.lists(st.integers(min_value=0, max_value=MAX_FEN), min_size=0, max_size=4),
+    amount=st.integers(min_value=0, max_value=MAX_FEN),
+)
 def test_any_valid_order_paid_survives_json_with_the_same_instant(
-        event_id: str, merchant_id: str, customer_id: str, order_id: str, at: datetime, amounts: list[int],
-        amount: int) -> None:
-    raw = {"event_id": event_id, "type": "order.paid", "merchant_id": merchant_id, "customer_id": customer_id,
-           "occurred_at": at.isoformat(),
-           "data": {"order_id": order_id, "amount_fen": amount,
-                    "items": [{"sku": f"s{i}", "amount_fen": a} for i, a in enumerate(amounts)]}}
+    event_id: str, merchant_id: str, customer_id: str, order_id: str, at: datetime, amounts: list[int], amount: int
+) -> None:
+    raw = {
+        "event_id": event_id,
+        "type": "order.paid",
+        "merchant_id": merchant_id,
+        "customer_id": customer_id,
+        "occurred_at": at.isoformat(),
+        "data": {
+            "order_id": order_id,
+            "amount_fen": amount,
+            "items": [{"sku": f"s{i}", "amount_fen": a} for i, a in enumerate(amounts)],
+        },
+    }
     event = parse_event(raw)
     again = parse_event(event.to_json())
     assert again == event

@@ -61,11 +61,18 @@ class LoopbackServer:
         self.sock.listen(128)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         # The proxy headers as `serve` has them (uvicorn's defaults: the loopback peer is trusted).
-        self.server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False,
-                                                    timeout_graceful_shutdown=5, proxy_headers=True,
-                                                    forwarded_allow_ips="127.0.0.1"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name=name,
-                                       daemon=True)
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                lifespan="on",
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=5,
+                proxy_headers=True,
+                forwarded_allow_ips="127.0.0.1",
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name=name, daemon=True)
 
     def __enter__(self) -> LoopbackServer:
         self.thread.start()
@@ -107,12 +114,17 @@ def recording_upstream(rec: Recorder) -> Starlette:
                     rec.first_chunk_in.set()
         except ClientDisconnect:  # the gateway gave up on a slow answer
             return Response(status_code=499)
-        seen = {"method": request.method, "raw_path": request.scope["raw_path"].decode(),
-                "query": request.scope["query_string"].decode(), "headers": [(k.decode(), v.decode()) for k, v in
-                                                                             request.headers.raw],
-                "size": size, "sha256": body.hexdigest()}
+        seen = {
+            "method": request.method,
+            "raw_path": request.scope["raw_path"].decode(),
+            "query": request.scope["query_string"].decode(),
+            "headers": [(k.decode(), v.decode()) for k, v in request.headers.raw],
+            "size": size,
+            "sha256": body.hexdigest(),
+        }
         rec.seen.append(seen)
         if mode == "stream":
+
             async def two_parts() -> Any:
                 yield b"first part\n"
                 await asyncio.to_thread(rec.release.wait, 10)  # until the client has the first part
@@ -160,14 +172,24 @@ def door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
     seg_settings = embedded_settings(tmp)
     seg_app = build_service_app(SPECS["segmentation"], seg_settings, {"api", "migrate", "consumer", "relay"})
     with LoopbackServer(seg_app, "segmentation") as seg, LoopbackServer(recording_upstream(rec), "coupons") as coupons:
-        gw_settings = embedded_settings(tmp, bootstrap_api_key=KEY, segmentation_url=seg.url, coupons_url=coupons.url,
-                                        loyalty_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+        gw_settings = embedded_settings(
+            tmp,
+            bootstrap_api_key=KEY,
+            segmentation_url=seg.url,
+            coupons_url=coupons.url,
+            loyalty_url=f"http://127.0.0.1:{free_port()}",
+        )  # nothing listens there
 
         async def bootstrap(app: FastAPI) -> None:
             await ensure_demo_merchant(app.state.runtimes["gateway"], key_file=None)
 
-        gw_app = build_gateway_app(SPECS["gateway"], gw_settings, {"api", "migrate", "consumer", "relay"}, bootstrap,
-                                   proxy_timeout=httpx.Timeout(5.0, read=READ_TIMEOUT))
+        gw_app = build_gateway_app(
+            SPECS["gateway"],
+            gw_settings,
+            {"api", "migrate", "consumer", "relay"},
+            bootstrap,
+            proxy_timeout=httpx.Timeout(5.0, read=READ_TIMEOUT),
+        )
         with LoopbackServer(gw_app, "gateway") as gw:
             d = Door(gw.url, seg.url, coupons.url, rec, gw_app)
             with d.direct() as direct:  # segmentation has the merchant from fugou.merchants
@@ -178,8 +200,10 @@ def door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
                 r = via.post("/v1/events", json=events, headers=H)
                 assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
             with d.direct() as direct:
-                _wait(lambda: direct.get("/v1/segments/summary", headers=H).json(),
-                      lambda s: s["customers"] == 12 and s["repeat_customers"] == 1)
+                _wait(
+                    lambda: direct.get("/v1/segments/summary", headers=H).json(),
+                    lambda s: s["customers"] == 12 and s["repeat_customers"] == 1,
+                )
             try:
                 yield d
             finally:
@@ -222,8 +246,10 @@ def test_a_json_body_is_forwarded_and_the_upstreams_answer_comes_back_whole(door
         assert direct.get(f"/v1/audiences/{audience['audience_id']}", headers=H).json() == audience
         query = {"filter": {"frequency": {"gte": 2}}, "limit": 10}
         through = via.post("/v1/audiences/query", json=query, headers=H)
-        assert through.status_code == 200 and through.json() == direct.post("/v1/audiences/query", json=query,
-                                                                             headers=H).json()
+        assert (
+            through.status_code == 200
+            and through.json() == direct.post("/v1/audiences/query", json=query, headers=H).json()
+        )
         assert [m["customer_id"] for m in through.json()["customers"]] == ["u-0"]
         # The upstream's 4xx comes back as it is, field at fault included.
         bad = via.post("/v1/audiences", json={"name": "", "filter": {"tier": ["S"]}}, headers=H)
@@ -250,8 +276,10 @@ def test_query_strings_reach_the_upstream_unchanged(door: Door) -> None:
     with door.via() as via, door.direct() as direct:
         through = via.get("/v1/segments/trend", params={"days": 7}, headers=H)
         assert through.status_code == 200 and len(through.json()["days"]) <= 7
-        assert via.get("/v1/segments/trend?days=0", headers=H).json() == \
-            direct.get("/v1/segments/trend?days=0", headers=H).json()  # the upstream's own 422
+        assert (
+            via.get("/v1/segments/trend?days=0", headers=H).json()
+            == direct.get("/v1/segments/trend?days=0", headers=H).json()
+        )  # the upstream's own 422
         via.get("/v1/coupons/templates?tag=%E5%A4%8D%E8%B4%AD&tag=a+b&empty=&x=%26", headers=H)
     assert door.rec.seen[-1]["raw_path"] == "/v1/coupons/templates"
     assert door.rec.seen[-1]["query"] == "tag=%E5%A4%8D%E8%B4%AD&tag=a+b&empty=&x=%26"
@@ -275,20 +303,42 @@ def test_the_internal_service_token_does_not_pass_the_gateway(door: Door) -> Non
 
 def test_hop_by_hop_headers_stay_on_their_hop_and_forwarding_headers_are_added(door: Door) -> None:
     with door.via() as via:
-        r = via.post("/v1/coupons/templates", content=b'{"x": 1}', headers={
-            **H, "Content-Type": "application/json", "Connection": "keep-alive, X-Hop-Secret",
-            "X-Hop-Secret": "for this hop only", "Keep-Alive": "timeout=5", "TE": "trailers",
-            "Trailer": "X-Checksum", "Proxy-Authorization": "Basic c2VjcmV0", "Upgrade": "websocket",
-            "X-Forwarded-Host": "spoofed.example",
-            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "X-Request-Id": "req-123", "Cookie": "session=abc", "Authorization": "Bearer t",
-            "User-Agent": "shop-backend/1.0", "Accept-Encoding": "identity"})
+        r = via.post(
+            "/v1/coupons/templates",
+            content=b'{"x": 1}',
+            headers={
+                **H,
+                "Content-Type": "application/json",
+                "Connection": "keep-alive, X-Hop-Secret",
+                "X-Hop-Secret": "for this hop only",
+                "Keep-Alive": "timeout=5",
+                "TE": "trailers",
+                "Trailer": "X-Checksum",
+                "Proxy-Authorization": "Basic c2VjcmV0",
+                "Upgrade": "websocket",
+                "X-Forwarded-Host": "spoofed.example",
+                "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "X-Request-Id": "req-123",
+                "Cookie": "session=abc",
+                "Authorization": "Bearer t",
+                "User-Agent": "shop-backend/1.0",
+                "Accept-Encoding": "identity",
+            },
+        )
     assert r.status_code == 200, r.text
     sent = door.rec.seen[-1]
     headers = dict(sent["headers"])
     assert len(headers) == len(sent["headers"]), f"a header arrived twice: {sent['headers']}"
-    for hop in ("connection", "x-hop-secret", "keep-alive", "te", "trailer", "proxy-authorization", "upgrade",
-                "transfer-encoding"):
+    for hop in (
+        "connection",
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "upgrade",
+        "transfer-encoding",
+    ):
         assert hop not in headers, f"{hop} was forwarded"
     gateway_host = door.gateway.removeprefix("http://")
     assert headers["host"] == door.coupons.removeprefix("http://")  # the upstream's, not the gateway's
@@ -297,7 +347,10 @@ def test_hop_by_hop_headers_stay_on_their_hop_and_forwarding_headers_are_added(d
     assert headers["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     assert headers["x-request-id"] == "req-123" and r.headers["x-request-id"] == "req-123"
     assert (headers["cookie"], headers["authorization"], headers["content-type"]) == (
-        "session=abc", "Bearer t", "application/json")
+        "session=abc",
+        "Bearer t",
+        "application/json",
+    )
     assert headers["content-length"] == "8" and sent["size"] == 8
     # The caller's, not what the gateway's own HTTP client would put there.
     assert (headers["user-agent"], headers["accept-encoding"]) == ("shop-backend/1.0", "identity")
@@ -369,8 +422,9 @@ def test_an_upstream_that_is_down_is_a_502_in_the_usual_error_shape(door: Door) 
         r = via.get("/v1/loyalty/rules", headers=H)
         metrics = via.get("/metrics").text
     assert r.status_code == 502
-    assert r.json() == {"error": {"code": "upstream_unavailable",
-                                  "message": "loyalty is unavailable; try again shortly"}}
+    assert r.json() == {
+        "error": {"code": "upstream_unavailable", "message": "loyalty is unavailable; try again shortly"}
+    }
     assert 'fugou_proxy_requests_total{status="502",upstream="loyalty"}' in metrics
     assert 'fugou_proxy_requests_total{status="200",upstream="segmentation"}' in metrics
 

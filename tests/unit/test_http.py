@@ -60,8 +60,11 @@ def new_merchant_id() -> str:
 
 
 async def create_merchant(client: httpx.AsyncClient, merchant_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    r = await client.post("/v1/platform/merchants", headers=ADMIN,
-                          json={"merchant_id": merchant_id or new_merchant_id(), "name": "Shop", **extra})
+    r = await client.post(
+        "/v1/platform/merchants",
+        headers=ADMIN,
+        json={"merchant_id": merchant_id or new_merchant_id(), "name": "Shop", **extra},
+    )
     assert r.status_code == 201, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -114,14 +117,18 @@ def _with_note(note: Any) -> dict[str, Any]:
     return event
 
 
-@pytest.mark.parametrize(("event", "field"), [
-    pytest.param(_with_amount(10**30), "data.amount_fen", id="amount-10^30"),
-    pytest.param(_with_amount(2**63), "data.amount_fen", id="amount-bigint+1"),
-    pytest.param(_with_note("\ud800"), "data.note", id="extra-lone-surrogate"),
-    pytest.param(_with_note(10**30), "data.note", id="extra-int-beyond-64-bits"),
-])
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        pytest.param(_with_amount(10**30), "data.amount_fen", id="amount-10^30"),
+        pytest.param(_with_amount(2**63), "data.amount_fen", id="amount-bigint+1"),
+        pytest.param(_with_note("\ud800"), "data.note", id="extra-lone-surrogate"),
+        pytest.param(_with_note(10**30), "data.note", id="extra-int-beyond-64-bits"),
+    ],
+)
 async def test_an_event_the_system_cannot_carry_is_rejected_alone_not_a_500(
-        served: tuple[FastAPI, httpx.AsyncClient], event: dict[str, Any], field: str) -> None:
+    served: tuple[FastAPI, httpx.AsyncClient], event: dict[str, Any], field: str
+) -> None:
     app, _ = served
     # See the status the server would send, rather than the exception the test transport re-raises.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -142,8 +149,9 @@ async def test_missing_api_key_is_a_401_naming_the_header(client: httpx.AsyncCli
 
 
 async def test_a_wrong_api_key_is_a_401(client: httpx.AsyncClient) -> None:
-    error_of(await client.get("/v1/merchant", headers={"X-Api-Key": "fg_nope"}), 401, "unauthorized",
-             "header.X-Api-Key")
+    error_of(
+        await client.get("/v1/merchant", headers={"X-Api-Key": "fg_nope"}), 401, "unauthorized", "header.X-Api-Key"
+    )
     error_of(await client.get("/v1/customers/u1/rfm", headers={"X-Api-Key": "fg_nope"}), 401, "unauthorized")
 
 
@@ -195,8 +203,17 @@ async def test_one_openapi_document_covers_every_service(client: httpx.AsyncClie
     r = await client.get("/openapi.json")
     assert r.status_code == 200
     paths = r.json()["paths"]
-    for path in ("/v1/events", "/v1/platform/merchants", "/v1/merchant", "/v1/customer-tokens",
-                 "/v1/customers/{customer_id}/rfm", "/v1/me/rfm", "/healthz", "/readyz", "/asyncapi.json"):
+    for path in (
+        "/v1/events",
+        "/v1/platform/merchants",
+        "/v1/merchant",
+        "/v1/customer-tokens",
+        "/v1/customers/{customer_id}/rfm",
+        "/v1/me/rfm",
+        "/healthz",
+        "/readyz",
+        "/asyncapi.json",
+    ):
         assert path in paths, path
 
 
@@ -221,7 +238,8 @@ async def test_creating_a_merchant_needs_the_admin_token(client: httpx.AsyncClie
 
 
 async def test_a_new_merchant_key_works_in_the_gateway_and_after_replication_in_the_services(
-        client: httpx.AsyncClient) -> None:
+    client: httpx.AsyncClient,
+) -> None:
     mid = new_merchant_id()
     created = await create_merchant(client, mid, timezone="Europe/Paris")
     assert created["api_key"].startswith("fg_") and created["jwt_secret"]
@@ -248,8 +266,11 @@ async def test_a_second_merchant_with_the_same_id_is_a_409(client: httpx.AsyncCl
 
 
 async def test_an_unknown_time_zone_is_a_422_naming_body_timezone(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/platform/merchants", headers=ADMIN,
-                          json={"merchant_id": new_merchant_id(), "name": "Shop", "timezone": "Mars/Olympus"})
+    r = await client.post(
+        "/v1/platform/merchants",
+        headers=ADMIN,
+        json={"merchant_id": new_merchant_id(), "name": "Shop", "timezone": "Mars/Olympus"},
+    )
     err = error_of(r, 422, "validation_error", "body.timezone")
     assert "Mars/Olympus" in err["message"]
 
@@ -264,8 +285,9 @@ async def test_rotating_api_keys_stops_the_old_key_and_keeps_the_new_one(client:
     old = {"X-Api-Key": created["api_key"]}
     assert (await client.get("/v1/merchant", headers=old)).status_code == 200
     # Warm segmentation's cache with the old key, so its revocation must really invalidate it.
-    await eventually(lambda: client.get("/v1/customers/nobody/rfm", headers=old), lambda r: r.status_code == 404,
-                     timeout=10)
+    await eventually(
+        lambda: client.get("/v1/customers/nobody/rfm", headers=old), lambda r: r.status_code == 404, timeout=10
+    )
 
     r = await client.post("/v1/merchant/api-keys", headers=old)
     assert r.status_code == 201, r.text
@@ -279,17 +301,20 @@ async def test_rotating_api_keys_stops_the_old_key_and_keeps_the_new_one(client:
     error_of(await client.get("/v1/merchant", headers=old), 401, "unauthorized")
     assert (await client.get("/v1/merchant", headers=new)).status_code == 200
     # The other services drop theirs when the merchant change reaches them.
-    await eventually(lambda: client.get("/v1/customers/nobody/rfm", headers=old), lambda r: r.status_code == 401,
-                     timeout=10)
-    await eventually(lambda: client.get("/v1/customers/nobody/rfm", headers=new), lambda r: r.status_code == 404,
-                     timeout=10)
+    await eventually(
+        lambda: client.get("/v1/customers/nobody/rfm", headers=old), lambda r: r.status_code == 401, timeout=10
+    )
+    await eventually(
+        lambda: client.get("/v1/customers/nobody/rfm", headers=new), lambda r: r.status_code == 404, timeout=10
+    )
 
 
 async def test_revoking_a_key_that_is_not_the_merchants_is_a_404(client: httpx.AsyncClient) -> None:
     other = await create_merchant(client)
     mine = await create_merchant(client)
-    r = await client.post("/v1/merchant/api-keys/revoke", headers={"X-Api-Key": mine["api_key"]},
-                          json={"api_key": other["api_key"]})
+    r = await client.post(
+        "/v1/merchant/api-keys/revoke", headers={"X-Api-Key": mine["api_key"]}, json={"api_key": other["api_key"]}
+    )
     error_of(r, 404, "not_found", "body.api_key")
     # The other merchant's key still works.
     assert (await client.get("/v1/merchant", headers={"X-Api-Key": other["api_key"]})).status_code == 200

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -60,9 +60,15 @@ def generated_rows(n: int, customers_: int, seed: int = 7) -> list[Row]:
     for i in range(n):
         at = start + timedelta(seconds=rng.randrange(400 * 86400), microseconds=rng.randrange(1_000_000))
         style = i % 4
-        paid_at = (at.isoformat() if style == 0 else at.replace(tzinfo=None).isoformat(sep=" ") if style == 1
-                   else at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if style == 2
-                   else at.astimezone(timezone(timedelta(hours=-5))).isoformat())
+        paid_at = (
+            at.isoformat()
+            if style == 0
+            else at.replace(tzinfo=None).isoformat(sep=" ")
+            if style == 1
+            else at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            if style == 2
+            else at.astimezone(timezone(timedelta(hours=-5))).isoformat()
+        )
         status = rng.choice(["paid", "paid", "paid", "", "PAID", "refunded", "cancelled"])
         rows.append(Row(f"o-{i}", f"u-{rng.randrange(customers_)}", paid_at, rng.randrange(0, 100_000), status))
     for i in rng.sample(range(n), n // 20):  # 5% repeats of an earlier order (the first occurrence wins)
@@ -80,7 +86,7 @@ def expected_customers(rows: list[Row], zone: ZoneInfo = SHANGHAI) -> dict[str, 
             continue
         seen.add(r.order_id)
         at = datetime.fromisoformat(r.paid_at)
-        at = (at if at.tzinfo else at.replace(tzinfo=zone)).astimezone(timezone.utc)
+        at = (at if at.tzinfo else at.replace(tzinfo=zone)).astimezone(UTC)
         n, amount, first, last = out.get(r.customer_id, (0, 0, at, at))
         out[r.customer_id] = (n + 1, amount + r.amount_fen, min(first, at), max(last, at))
     return out
@@ -103,13 +109,30 @@ async def _state(url: str) -> dict[str, list[tuple[Any, ...]]]:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            o = (await conn.execute(select(orders.c.merchant_id, orders.c.order_id, orders.c.customer_id,
-                                           orders.c.status, orders.c.amount_fen, orders.c.paid_at)
-                                    .order_by(orders.c.merchant_id, orders.c.order_id))).all()
-            c = (await conn.execute(select(customers.c.merchant_id, customers.c.customer_id, customers.c.paid_orders,
-                                           customers.c.paid_amount_fen, customers.c.first_order_at,
-                                           customers.c.last_order_at)
-                                    .order_by(customers.c.merchant_id, customers.c.customer_id))).all()
+            o = (
+                await conn.execute(
+                    select(
+                        orders.c.merchant_id,
+                        orders.c.order_id,
+                        orders.c.customer_id,
+                        orders.c.status,
+                        orders.c.amount_fen,
+                        orders.c.paid_at,
+                    ).order_by(orders.c.merchant_id, orders.c.order_id)
+                )
+            ).all()
+            c = (
+                await conn.execute(
+                    select(
+                        customers.c.merchant_id,
+                        customers.c.customer_id,
+                        customers.c.paid_orders,
+                        customers.c.paid_amount_fen,
+                        customers.c.first_order_at,
+                        customers.c.last_order_at,
+                    ).order_by(customers.c.merchant_id, customers.c.customer_id)
+                )
+            ).all()
         return {"orders": [tuple(r) for r in o], "customers": [tuple(r) for r in c]}
     finally:
         await engine.dispose()
@@ -123,12 +146,19 @@ def job_row(url: str) -> Any:
                 return (await conn.execute(select(import_jobs))).one()
         finally:
             await engine.dispose()
+
     return asyncio.run(read())
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.segmentation", "import-orders", "--no-progress", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "services.segmentation", "import-orders", "--no-progress", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 async def receive_live(url: str, events: list[dict[str, Any]]) -> None:
@@ -143,6 +173,7 @@ async def receive_live(url: str, events: list[dict[str, Any]]) -> None:
 
 
 # -- what an import stores --------------------------------------------------------------------------
+
 
 def test_an_import_gives_each_customer_the_aggregates_of_their_paid_orders(tmp_path: Path) -> None:
     rows = generated_rows(3000, 250)
@@ -163,38 +194,54 @@ def test_an_import_gives_each_customer_the_aggregates_of_their_paid_orders(tmp_p
 
 
 def test_each_stored_order_keeps_its_first_row_in_utc_with_status_paid(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "orders.csv", [
-        Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 8000),
-        Row("o-2", "u-1", "2026-11-02 21:30:00", 4500, ""),
-        Row("o-1", "u-2", "2026-12-01T09:00:00+08:00", 1),
-    ])
+    path = write_csv(
+        tmp_path / "orders.csv",
+        [
+            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 8000),
+            Row("o-2", "u-1", "2026-11-02 21:30:00", 4500, ""),
+            Row("o-1", "u-2", "2026-12-01T09:00:00+08:00", 1),
+        ],
+    )
     url = sqlite_url(tmp_path)
     import_orders(path, "demo", database_url=url)
     assert state(url)["orders"] == [
-        ("demo", "o-1", "u-1", "paid", 8000, datetime(2026, 10, 1, 1, 0, tzinfo=timezone.utc)),
-        ("demo", "o-2", "u-1", "paid", 4500, datetime(2026, 11, 2, 13, 30, tzinfo=timezone.utc)),
+        ("demo", "o-1", "u-1", "paid", 8000, datetime(2026, 10, 1, 1, 0, tzinfo=UTC)),
+        ("demo", "o-2", "u-1", "paid", 4500, datetime(2026, 11, 2, 13, 30, tzinfo=UTC)),
     ]
-    assert state(url)["customers"] == [("demo", "u-1", 2, 12500, datetime(2026, 10, 1, 1, 0, tzinfo=timezone.utc),
-                                         datetime(2026, 11, 2, 13, 30, tzinfo=timezone.utc))]
+    assert state(url)["customers"] == [
+        (
+            "demo",
+            "u-1",
+            2,
+            12500,
+            datetime(2026, 10, 1, 1, 0, tzinfo=UTC),
+            datetime(2026, 11, 2, 13, 30, tzinfo=UTC),
+        )
+    ]
     # Stored exactly as SQLAlchemy stores UTCDateTime on SQLite, so text comparisons (min/max) hold.
     with sqlite3.connect(tmp_path / "segmentation.sqlite") as conn:
         assert conn.execute("SELECT paid_at FROM orders WHERE order_id = 'o-1'").fetchone() == (
-            "2026-10-01 01:00:00.000000",)
+            "2026-10-01 01:00:00.000000",
+        )
 
 
 def test_an_order_repeated_in_the_file_counts_once_even_across_chunks(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "orders.csv", [
-        Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),
-        Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),  # same chunk
-        Row("o-2", "u-1", "2026-10-02T09:00:00+08:00", 200),
-        Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),  # a later chunk
-        Row("o-2", "u-2", "2026-10-05T09:00:00+08:00", 999),  # same order under another customer
-    ])
+    path = write_csv(
+        tmp_path / "orders.csv",
+        [
+            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),
+            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),  # same chunk
+            Row("o-2", "u-1", "2026-10-02T09:00:00+08:00", 200),
+            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),  # a later chunk
+            Row("o-2", "u-2", "2026-10-05T09:00:00+08:00", 999),  # same order under another customer
+        ],
+    )
     url = sqlite_url(tmp_path)
     result = import_orders(path, "demo", database_url=url, chunk=3)
     assert (result.imported, result.present) == (2, 3)
-    assert stored_customers(url) == {"u-1": (2, 300, datetime(2026, 10, 1, 1, tzinfo=timezone.utc),
-                                             datetime(2026, 10, 2, 1, tzinfo=timezone.utc))}
+    assert stored_customers(url) == {
+        "u-1": (2, 300, datetime(2026, 10, 1, 1, tzinfo=UTC), datetime(2026, 10, 2, 1, tzinfo=UTC))
+    }
 
 
 def test_paid_at_without_offset_is_read_in_the_merchants_time_zone_unless_one_is_given(tmp_path: Path) -> None:
@@ -207,9 +254,9 @@ def test_paid_at_without_offset_is_read_in_the_merchants_time_zone_unless_one_is
     import_orders(path, "given-zone", database_url=url, timezone_name="America/New_York")
 
     paid = {r[0]: r[5] for r in state(url)["orders"]}
-    assert paid["berlin-shop"] == datetime(2026, 7, 1, 10, 0, tzinfo=timezone.utc)   # CEST, +02:00
-    assert paid["unknown-shop"] == datetime(2026, 7, 1, 4, 0, tzinfo=timezone.utc)   # Asia/Shanghai, +08:00
-    assert paid["given-zone"] == datetime(2026, 7, 1, 16, 0, tzinfo=timezone.utc)    # EDT, -04:00
+    assert paid["berlin-shop"] == datetime(2026, 7, 1, 10, 0, tzinfo=UTC)  # CEST, +02:00
+    assert paid["unknown-shop"] == datetime(2026, 7, 1, 4, 0, tzinfo=UTC)  # Asia/Shanghai, +08:00
+    assert paid["given-zone"] == datetime(2026, 7, 1, 16, 0, tzinfo=UTC)  # EDT, -04:00
 
 
 async def _add_merchant(url: str, merchant_id: str, tz: str) -> None:
@@ -217,31 +264,40 @@ async def _add_merchant(url: str, merchant_id: str, tz: str) -> None:
     try:
         await migrate(engine, SPEC)
         async with engine.begin() as conn:
-            await conn.execute(insert(messaging.merchants).values(
-                merchant_id=merchant_id, name=merchant_id, timezone=tz, jwt_secret=b"x", active=True,
-                updated_at=datetime.now(timezone.utc)))
+            await conn.execute(
+                insert(messaging.merchants).values(
+                    merchant_id=merchant_id,
+                    name=merchant_id,
+                    timezone=tz,
+                    jwt_secret=b"x",
+                    active=True,
+                    updated_at=datetime.now(UTC),
+                )
+            )
     finally:
         await engine.dispose()
 
 
 # -- bad input --------------------------------------------------------------------------------------
 
+
 def test_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     path.write_text(
-        "order_id,customer_id,paid_at,amount_fen,status\n"   # line 1
-        "o-1,u-1,2026-10-01T09:00:00+08:00,8000,paid\n"      # 2 ok
-        "o-2,u-1,2026-10-01T09:00:00+08:00,-5,paid\n"        # 3 negative amount
-        "o-3,u-1,yesterday,100,paid\n"                       # 4 bad time
-        '"o-4\nwith a newline",u-2,2026-10-01,100,paid\n'    # 5-6 ok (a quoted newline)
-        "o-5,u-2,2026-10-01,12.50,paid\n"                    # 7 not an integer
-        "o-6,,2026-10-01,100,paid\n"                         # 8 no customer
-        "o-7,u-3\n"                                          # 9 too few fields
-        "\n"                                                 # 10 blank: ignored
-        "o-8,u-3,2026-10-01,100,refunded\n"                  # 11 not paid: skipped, not bad
-        "o-9,u-3,2999-01-01T00:00:00+08:00,100,paid\n"       # 12 in the future
-        "o-10,u-3,2026-10-01,7,paid\n",                      # 13 ok
-        encoding="utf-8")
+        "order_id,customer_id,paid_at,amount_fen,status\n"  # line 1
+        "o-1,u-1,2026-10-01T09:00:00+08:00,8000,paid\n"  # 2 ok
+        "o-2,u-1,2026-10-01T09:00:00+08:00,-5,paid\n"  # 3 negative amount
+        "o-3,u-1,yesterday,100,paid\n"  # 4 bad time
+        '"o-4\nwith a newline",u-2,2026-10-01,100,paid\n'  # 5-6 ok (a quoted newline)
+        "o-5,u-2,2026-10-01,12.50,paid\n"  # 7 not an integer
+        "o-6,,2026-10-01,100,paid\n"  # 8 no customer
+        "o-7,u-3\n"  # 9 too few fields
+        "\n"  # 10 blank: ignored
+        "o-8,u-3,2026-10-01,100,refunded\n"  # 11 not paid: skipped, not bad
+        "o-9,u-3,2999-01-01T00:00:00+08:00,100,paid\n"  # 12 in the future
+        "o-10,u-3,2026-10-01,7,paid\n",  # 13 ok
+        encoding="utf-8",
+    )
     url = sqlite_url(tmp_path)
     seen: list[tuple[int, str]] = []
 
@@ -264,7 +320,7 @@ def test_the_command_prints_the_first_ten_reasons_and_still_succeeds(tmp_path: P
     proc = cli("--merchant", "demo", str(path), "--database-url", sqlite_url(tmp_path))
 
     assert proc.returncode == 0, proc.stderr
-    summary = proc.stderr[proc.stderr.index("skipped 15 bad row(s); the first 10:"):]
+    summary = proc.stderr[proc.stderr.index("skipped 15 bad row(s); the first 10:") :]
     assert [line.split(":")[0].strip() for line in summary.splitlines()[1:]] == [f"line {n}" for n in range(2, 12)]
     assert "imported 1 orders; skipped 15 rows" in proc.stdout
     assert "rows/s" in proc.stdout
@@ -278,14 +334,17 @@ def test_a_file_missing_a_required_column_is_refused_with_a_non_zero_exit(tmp_pa
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
     assert cli("--merchant", "demo", str(empty), "--database-url", sqlite_url(tmp_path)).returncode == 2
-    assert cli("--merchant", "demo", str(tmp_path / "absent.csv"), "--database-url",
-               sqlite_url(tmp_path)).returncode == 2
+    assert (
+        cli("--merchant", "demo", str(tmp_path / "absent.csv"), "--database-url", sqlite_url(tmp_path)).returncode == 2
+    )
 
 
 def test_a_header_with_a_byte_order_mark_and_other_columns_in_any_order_is_understood(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
-    path.write_bytes("\ufeffAmount_Fen,channel,Paid_At,customer_id,order_id\r\n"
-                     "100,wechat,2026-10-01T09:00:00+08:00,u-1,o-1\r\n".encode())
+    path.write_bytes(
+        "\ufeffAmount_Fen,channel,Paid_At,customer_id,order_id\r\n"
+        "100,wechat,2026-10-01T09:00:00+08:00,u-1,o-1\r\n".encode()
+    )
     url = sqlite_url(tmp_path)
     result = import_orders(path, "demo", database_url=url)
     assert result.imported == 1
@@ -294,13 +353,22 @@ def test_a_header_with_a_byte_order_mark_and_other_columns_in_any_order_is_under
 
 # -- resuming ---------------------------------------------------------------------------------------
 
+
 def test_an_import_killed_after_a_chunk_resumes_to_the_same_state_as_one_clean_run(tmp_path: Path) -> None:
     rows = generated_rows(2000, 150, seed=11)
     path = write_csv(tmp_path / "orders.csv", rows)
     interrupted, clean = sqlite_url(tmp_path, "interrupted"), sqlite_url(tmp_path, "clean")
 
-    killed = cli("--merchant", "demo", str(path), "--database-url", interrupted, "--chunk", "300",
-                 env={"FUGOU_FAULT": "import.after_chunk"})
+    killed = cli(
+        "--merchant",
+        "demo",
+        str(path),
+        "--database-url",
+        interrupted,
+        "--chunk",
+        "300",
+        env={"FUGOU_FAULT": "import.after_chunk"},
+    )
     assert killed.returncode == 137, killed.stderr
     job = job_row(interrupted)
     assert job.finished_at is None and job.rows_done == 300 and 0 < job.position < path.stat().st_size
@@ -318,14 +386,25 @@ def test_an_import_killed_after_a_chunk_resumes_to_the_same_state_as_one_clean_r
 
 
 def test_line_numbers_stay_right_after_a_resume(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "orders.csv", [
-        Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 1),
-        Row("o-2\nx", "u-1", "2026-10-01T09:00:00+08:00", 1),   # lines 3-4
-        Row("o-3", "u-1", "never", 1),                           # line 5
-    ])
+    path = write_csv(
+        tmp_path / "orders.csv",
+        [
+            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 1),
+            Row("o-2\nx", "u-1", "2026-10-01T09:00:00+08:00", 1),  # lines 3-4
+            Row("o-3", "u-1", "never", 1),  # line 5
+        ],
+    )
     url = sqlite_url(tmp_path)
-    killed = cli("--merchant", "demo", str(path), "--database-url", url, "--chunk", "2",
-                 env={"FUGOU_FAULT": "import.after_chunk"})
+    killed = cli(
+        "--merchant",
+        "demo",
+        str(path),
+        "--database-url",
+        url,
+        "--chunk",
+        "2",
+        env={"FUGOU_FAULT": "import.after_chunk"},
+    )
     assert killed.returncode == 137
     result = import_orders(path, "demo", database_url=url, chunk=2)
     assert result.resumed_from > 0
@@ -375,24 +454,38 @@ def test_a_changed_file_is_a_new_job_that_adds_only_the_new_orders(tmp_path: Pat
 
 # -- with the live consumer -------------------------------------------------------------------------
 
+
 async def test_orders_already_received_live_are_not_counted_twice(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
-    live = [order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, 0, tzinfo=CST)),
-            order_paid("demo", "u-2", "o-9", 500, at=datetime(2026, 11, 5, 9, 0, tzinfo=CST))]
+    live = [
+        order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, 0, tzinfo=CST)),
+        order_paid("demo", "u-2", "o-9", 500, at=datetime(2026, 11, 5, 9, 0, tzinfo=CST)),
+    ]
     await receive_live(url, live)
-    path = write_csv(tmp_path / "orders.csv", [
-        Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 8000),   # the order the consumer stored
-        Row("o-2", "u-1", "2026-09-01T09:00:00+08:00", 300),    # an older one, only in history
-    ])
+    path = write_csv(
+        tmp_path / "orders.csv",
+        [
+            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 8000),  # the order the consumer stored
+            Row("o-2", "u-1", "2026-09-01T09:00:00+08:00", 300),  # an older one, only in history
+        ],
+    )
 
     result = await asyncio.to_thread(import_orders, path, "demo", database_url=url)
 
     assert (result.imported, result.present) == (1, 1)
     customers_ = {r[1]: r[2:] for r in (await _state(url))["customers"]}
-    assert customers_["u-1"] == (2, 8300, datetime(2026, 9, 1, 1, tzinfo=timezone.utc),
-                                 datetime(2026, 10, 1, 1, tzinfo=timezone.utc))
-    assert customers_["u-2"] == (1, 500, datetime(2026, 11, 5, 1, tzinfo=timezone.utc),
-                                 datetime(2026, 11, 5, 1, tzinfo=timezone.utc))
+    assert customers_["u-1"] == (
+        2,
+        8300,
+        datetime(2026, 9, 1, 1, tzinfo=UTC),
+        datetime(2026, 10, 1, 1, tzinfo=UTC),
+    )
+    assert customers_["u-2"] == (
+        1,
+        500,
+        datetime(2026, 11, 5, 1, tzinfo=UTC),
+        datetime(2026, 11, 5, 1, tzinfo=UTC),
+    )
 
 
 async def test_an_imported_order_received_live_afterwards_adds_nothing(tmp_path: Path) -> None:
@@ -400,12 +493,21 @@ async def test_an_imported_order_received_live_afterwards_adds_nothing(tmp_path:
     path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 8000)])
     await asyncio.to_thread(import_orders, path, "demo", database_url=url)
 
-    await receive_live(url, [order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, 0, tzinfo=CST)),
-                             order_paid("demo", "u-1", "o-2", 100, at=datetime(2026, 12, 1, 9, 0, tzinfo=CST))])
+    await receive_live(
+        url,
+        [
+            order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, 0, tzinfo=CST)),
+            order_paid("demo", "u-1", "o-2", 100, at=datetime(2026, 12, 1, 9, 0, tzinfo=CST)),
+        ],
+    )
 
     customers_ = {r[1]: r[2:] for r in (await _state(url))["customers"]}
-    assert customers_["u-1"] == (2, 8100, datetime(2026, 10, 1, 1, tzinfo=timezone.utc),
-                                 datetime(2026, 12, 1, 1, tzinfo=timezone.utc))
+    assert customers_["u-1"] == (
+        2,
+        8100,
+        datetime(2026, 10, 1, 1, tzinfo=UTC),
+        datetime(2026, 12, 1, 1, tzinfo=UTC),
+    )
 
 
 def test_another_merchants_orders_with_the_same_ids_are_left_alone(tmp_path: Path) -> None:
@@ -413,11 +515,14 @@ def test_another_merchants_orders_with_the_same_ids_are_left_alone(tmp_path: Pat
     url = sqlite_url(tmp_path)
     import_orders(path, "shop-a", database_url=url)
     import_orders(path, "shop-b", database_url=url)
-    assert [(r[0], r[1], r[2], r[3]) for r in state(url)["customers"]] == [("shop-a", "u-1", 1, 100),
-                                                                          ("shop-b", "u-1", 1, 100)]
+    assert [(r[0], r[1], r[2], r[3]) for r in state(url)["customers"]] == [
+        ("shop-a", "u-1", 1, 100),
+        ("shop-b", "u-1", 1, 100),
+    ]
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------------
+
 
 def test_the_postgresql_statements_render(tmp_path: Path) -> None:
     """The PostgreSQL path shares the SQL; its full run is the postgres-marked test below."""

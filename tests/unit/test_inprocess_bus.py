@@ -72,7 +72,8 @@ async def test_a_waiting_fetch_wakes_up_when_a_message_is_published(bus: InProce
 
 
 async def test_a_restarted_subscriber_resumes_from_its_commit_and_sees_uncommitted_records_again(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "bus.sqlite"
     first = InProcessBus(path, prune_every_s=3600)
     await first.start()
@@ -144,8 +145,9 @@ async def test_headers_and_a_missing_key_survive_the_log(bus: InProcessBus) -> N
     sub = bus.subscriber("g", ["t"])
     await sub.start()
     reason = "未知商户 unknown merchant".encode()
-    await bus.publish([Message(topic="t", key=None, value=b"\x00\xff", headers=(("reason", reason),
-                                                                               ("raw", bytes(range(256)))))])
+    await bus.publish(
+        [Message(topic="t", key=None, value=b"\x00\xff", headers=(("reason", reason), ("raw", bytes(range(256)))))]
+    )
     (r,) = await sub.fetch(10, 100)
     assert r.key is None
     assert r.value == b"\x00\xff"

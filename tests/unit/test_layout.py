@@ -42,14 +42,25 @@ def test_a_service_imports_only_itself_and_shared(service: str) -> None:
 
 
 def test_shared_code_imports_no_service() -> None:
-    offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in (ROOT / "shared").rglob("*.py")
-                 for m in imported_modules(p) if m == "services" or m.startswith("services.")]
+    offenders = [
+        f"{p.relative_to(ROOT)} imports {m}"
+        for p in (ROOT / "shared").rglob("*.py")
+        for m in imported_modules(p)
+        if m == "services" or m.startswith("services.")
+    ]
     assert not offenders
 
 
 def test_every_service_has_the_layout_of_the_design_card() -> None:
     for service in SERVICES:
         base = ROOT / "services" / service
-        for part in ("domain", "service_layer", "adapters", "entrypoints", "migrations/versions", "__main__.py",
-                     "spec.py"):
+        for part in (
+            "domain",
+            "service_layer",
+            "adapters",
+            "entrypoints",
+            "migrations/versions",
+            "__main__.py",
+            "spec.py",
+        ):
             assert (base / part).exists(), f"services/{service}/{part} is missing"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -21,13 +21,18 @@ from tests.conftest import embedded_settings, running
 from tests.factories import CST, eventually, order_paid
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=CST)
-CFG = LifecycleConfig(interest_days=7, new_days=30, dormant_days=90, churn_factor=2.0, replenish_lead_days=3,
-                      category_cycles={"milk-powder": 30})
+CFG = LifecycleConfig(
+    interest_days=7,
+    new_days=30,
+    dormant_days=90,
+    churn_factor=2.0,
+    replenish_lead_days=3,
+    category_cycles={"milk-powder": 30},
+)
 
 
 def tags_of(**kw: object) -> tuple[list[str], datetime | None]:
-    base = {"paid_orders": 0, "first_order_at": None, "last_order_at": None, "last_interest_at": None,
-            "categories": ()}
+    base = {"paid_orders": 0, "first_order_at": None, "last_order_at": None, "last_interest_at": None, "categories": ()}
     return lifecycle_tags(TagInputs(**(base | kw)), CFG, NOW)  # type: ignore[arg-type]
 
 
@@ -36,8 +41,15 @@ def test_a_cart_without_a_purchase_since_is_interest_until_its_window_closes() -
     tags, until = tags_of(last_interest_at=carted)
     assert tags == ["interest"] and until == carted + timedelta(days=7)
     # A purchase after the cart ends the interest; a cart after the purchase starts it again.
-    assert "interest" not in tags_of(paid_orders=1, first_order_at=NOW - timedelta(days=1),
-                                     last_order_at=NOW - timedelta(days=1), last_interest_at=carted)[0]
+    assert (
+        "interest"
+        not in tags_of(
+            paid_orders=1,
+            first_order_at=NOW - timedelta(days=1),
+            last_order_at=NOW - timedelta(days=1),
+            last_interest_at=carted,
+        )[0]
+    )
     assert tags_of(last_interest_at=NOW - timedelta(days=8))[0] == []
 
 
@@ -62,8 +74,12 @@ def test_category_cycles_come_from_the_merchant_or_the_customers_own_rhythm() ->
     milk = CategoryHistory("milk-powder", 1, NOW - timedelta(days=28), NOW - timedelta(days=28))
     snacks = CategoryHistory("snacks", 3, NOW - timedelta(days=20), NOW - timedelta(days=2))  # every 9 days
     toys = CategoryHistory("toys", 1, NOW - timedelta(days=5), NOW - timedelta(days=5))  # no cycle known
-    tags, soon = tags_of(paid_orders=5, first_order_at=NOW - timedelta(days=28), last_order_at=NOW - timedelta(days=2),
-                         categories=(milk, snacks, toys))
+    tags, soon = tags_of(
+        paid_orders=5,
+        first_order_at=NOW - timedelta(days=28),
+        last_order_at=NOW - timedelta(days=2),
+        categories=(milk, snacks, toys),
+    )
     assert tags == ["replenish_due:milk-powder", "repurchase_cycle:snacks"]
     assert soon == NOW - timedelta(days=2) + timedelta(days=9) - timedelta(days=3)
 
@@ -78,11 +94,18 @@ def test_recency_passes_a_boundary_at_the_merchants_midnight() -> None:
 async def test_the_sweep_moves_exactly_the_customers_who_crossed_and_is_idempotent(tmp_path: Path) -> None:
     key = "fg_sweep_key"
     app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=key), announce=False)
-    now = datetime.now(timezone.utc)
-    config = {"period_days": None, "levels": 3,
-              "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4],
-                             "monetary_fen": [10_000, 50_000]},
-              "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000}}
+    now = datetime.now(UTC)
+    config = {
+        "period_days": None,
+        "levels": 3,
+        "boundaries": {
+            "mode": "fixed",
+            "recency_days": [30, 90],
+            "frequency": [2, 4],
+            "monetary_fen": [10_000, 50_000],
+        },
+        "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000},
+    }
     async with running(app) as client:
         h = {"X-Api-Key": key}
         assert (await client.put("/v1/segmentation/config", json=config, headers=h)).status_code == 200
@@ -102,8 +125,11 @@ async def test_the_sweep_moves_exactly_the_customers_who_crossed_and_is_idempote
         assert looked_at == 20
         async with rt.sessions() as session:
             rows = dict((await session.execute(select(segments.c.customer_id, segments.c.r_level))).all())
-            tagged = set((await session.execute(select(customer_tags.c.customer_id).where(
-                customer_tags.c.tag == "new"))).scalars())
+            tagged = set(
+                (
+                    await session.execute(select(customer_tags.c.customer_id).where(customer_tags.c.tag == "new"))
+                ).scalars()
+            )
         assert all(rows[f"old-{i}"] == 2 for i in range(20)) and all(rows[f"new-{i}"] == 3 for i in range(80))
         # 'new' lasts 30 days after the one order: the 20 lost it in the same sweep, the 80 keep it.
         assert tagged == {f"new-{i}" for i in range(80)}

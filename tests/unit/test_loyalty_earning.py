@@ -71,8 +71,13 @@ def test_multipliers_are_per_mille_within_a_tenth_and_ten_times() -> None:
 
 def test_a_bonus_event_is_listed_once_and_gets_its_default_trigger() -> None:
     assert "'sign_in' twice" in refused(bonuses=[{"event": "sign_in", "points": 5}, {"event": "sign_in", "points": 6}])
-    r = rules(bonuses=[{"event": "first_order", "points": 100}, {"event": "sign_in", "points": 5},
-                       {"event": "review", "points": 20, "trigger": "review.approved"}])
+    r = rules(
+        bonuses=[
+            {"event": "first_order", "points": 100},
+            {"event": "sign_in", "points": 5},
+            {"event": "review", "points": 20, "trigger": "review.approved"},
+        ]
+    )
     assert [b.trigger for b in r.bonuses] == ["order.paid", "customer.signed_in", "review.approved"]
     assert [b.event for b in r.triggered_by("order.paid")] == [BonusEvent.FIRST_ORDER]
     assert "trigger" in refused(bonuses=[{"event": "review", "points": 5, "trigger": "not an event"}])
@@ -120,18 +125,27 @@ def test_the_daily_cap_says_how_much_it_took_off() -> None:
     assert Earned(200, 100).uncapped == 300
 
 
-@pytest.mark.parametrize(("value", "code"), [(-1, "negative_amount"), (12.5, "invalid_amount"),
-                                             (True, "invalid_amount"), ("100", "invalid_amount")])
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [(-1, "negative_amount"), (12.5, "invalid_amount"), (True, "invalid_amount"), ("100", "invalid_amount")],
+)
 def test_order_amounts_must_be_whole_non_negative_fen(value: object, code: str) -> None:
     with pytest.raises(LoyaltyError) as info:
         points_for_order(EarnRules(), value)  # type: ignore[arg-type]
     assert (info.value.code, info.value.http_status, info.value.field) == (code, 422, "amount_fen")
 
 
-@given(fen=st.integers(0, 10**9), points=st.integers(1, 50), per_fen=st.integers(1, 10_000),
-       permille=st.integers(100, 10_000), today=st.integers(0, 10**6), cap=st.none() | st.integers(1, 10**6))
-def test_order_points_are_the_exact_floor_and_never_exceed_the_cap(fen: int, points: int, per_fen: int,
-                                                                  permille: int, today: int, cap: int | None) -> None:
+@given(
+    fen=st.integers(0, 10**9),
+    points=st.integers(1, 50),
+    per_fen=st.integers(1, 10_000),
+    permille=st.integers(100, 10_000),
+    today=st.integers(0, 10**6),
+    cap=st.none() | st.integers(1, 10**6),
+)
+def test_order_points_are_the_exact_floor_and_never_exceed_the_cap(
+    fen: int, points: int, per_fen: int, permille: int, today: int, cap: int | None
+) -> None:
     r = rules(rate={"points": points, "per_fen": per_fen}, level_multipliers={"x": permille}, daily_cap=cap)
     earned = points_for_order(r, fen, level="x", earned_today=today)
     exact = Fraction(fen * points * permille, per_fen * 1000)
@@ -145,9 +159,13 @@ def test_order_points_are_the_exact_floor_and_never_exceed_the_cap(fen: int, poi
 # --- bonuses ------------------------------------------------------------------------------------
 
 
-BONUSES = rules(bonuses=[{"event": e, "points": p} for e, p in
-                         (("first_order", 100), ("birthday_month", 200), ("sign_in", 5), ("review", 20))],
-                daily_cap=210)
+BONUSES = rules(
+    bonuses=[
+        {"event": e, "points": p}
+        for e, p in (("first_order", 100), ("birthday_month", 200), ("sign_in", 5), ("review", 20))
+    ],
+    daily_cap=210,
+)
 
 
 def test_sign_in_is_once_per_merchant_local_day() -> None:
@@ -201,8 +219,11 @@ def test_errors_carry_code_status_and_field() -> None:
         amount("points", -5, unit="points")
     err = info.value
     assert (err.code, err.http_status, err.field) == ("negative_amount", 422, "points")
-    assert err.as_dict() == {"code": "negative_amount", "message": "points must not be negative, got -5 points",
-                             "field": "points"}
+    assert err.as_dict() == {
+        "code": "negative_amount",
+        "message": "points must not be negative, got -5 points",
+        "field": "points",
+    }
     assert "negative_amount" in repr(err)
     assert amount("points", 0, unit="points", allow_zero=True) == 0
     with pytest.raises(LoyaltyError, match="at least 1 points"):
@@ -226,7 +247,9 @@ def test_the_clock_is_the_merchants() -> None:
 
 
 @given(total=st.integers(0, 10**6), paid=st.integers(1, 10**7), data=st.data())
-def test_proportional_removal_is_cumulative_and_exact_at_full_refund(total: int, paid: int, data: st.DataObject) -> None:
+def test_proportional_removal_is_cumulative_and_exact_at_full_refund(
+    total: int, paid: int, data: st.DataObject
+) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, paid), max_size=6)))
     removed = [removed_on_refund(total, paid, r) for r in [0, *cuts, paid]]
     assert removed[0] == 0 and removed[-1] == total

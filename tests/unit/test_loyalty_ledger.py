@@ -76,9 +76,19 @@ class Book:
         return posting
 
     def order(self, order_id: str, points: int, at: datetime, *, paid_fen: int = 10_000, window: int = 7) -> Posting:
-        return self.apply(post_order(self.account, order_id=order_id, paid_fen=paid_fen, points=points,
-                                     event_id=f"paid:{order_id}", at=at, matures_at=at + timedelta(days=window),
-                                     rules=self.rules, tz=SH))
+        return self.apply(
+            post_order(
+                self.account,
+                order_id=order_id,
+                paid_fen=paid_fen,
+                points=points,
+                event_id=f"paid:{order_id}",
+                at=at,
+                matures_at=at + timedelta(days=window),
+                rules=self.rules,
+                tz=SH,
+            )
+        )
 
     def mature(self, order_id: str, at: datetime) -> Posting:
         return self.apply(mature(self.account, self.orders[order_id], at=at, rules=self.rules, tz=SH))
@@ -87,8 +97,9 @@ class Book:
         return self.apply(credit(self.account, points, event_id=event_id, at=at, rules=self.rules, tz=SH))
 
     def refund(self, order_id: str, fen: int, at: datetime, event_id: str = "refund") -> Posting:
-        return self.apply(refund(self.account, self.orders[order_id], fen, event_id=event_id, at=at,
-                                 rules=self.rules, tz=SH))
+        return self.apply(
+            refund(self.account, self.orders[order_id], fen, event_id=event_id, at=at, rules=self.rules, tz=SH)
+        )
 
     def redeem(self, points: int, at: datetime, event_id: str = "redeem") -> Posting:
         return self.apply(redeem(self.account, points, event_id=event_id, at=at))
@@ -129,8 +140,11 @@ def test_rules_validate_terms_and_notice_days() -> None:
         LedgerRules.model_validate({"notice_days": -1})
     with pytest.raises(ValidationError, match="Extra inputs"):
         LedgerRules.model_validate({"expiry": {"type": "never", "days": 3}})
-    assert LedgerRules().model_dump() == {"expiry": {"type": "end_of_year", "years_after": 1},
-                                          "debt_policy": "carry", "notice_days": 30}
+    assert LedgerRules().model_dump() == {
+        "expiry": {"type": "end_of_year", "years_after": 1},
+        "debt_policy": "carry",
+        "notice_days": 30,
+    }
 
 
 # --- pending, maturing --------------------------------------------------------------------------
@@ -140,12 +154,14 @@ def test_order_points_are_pending_then_available_when_the_window_closes() -> Non
     book = Book()
     posted = book.order("o-1", 100, T0)
     assert [(e.kind, e.points, e.pending, e.event_id) for e in posted.entries] == [
-        (Kind.EARN_PENDING, 0, 100, "paid:o-1")]
+        (Kind.EARN_PENDING, 0, 100, "paid:o-1")
+    ]
     assert book.account.balance == 0 and book.orders["o-1"].pending == 100
     assert not book.mature("o-1", day(6.9)).changed  # the window is still open
     matured = book.mature("o-1", day(8))
     assert [(e.kind, e.points, e.pending, e.lot_id, e.at) for e in matured.entries] == [
-        (Kind.EARN_AVAILABLE, 100, -100, "mature:o-1", day(7))]  # dated when the window closed
+        (Kind.EARN_AVAILABLE, 100, -100, "mature:o-1", day(7))
+    ]  # dated when the window closed
     assert book.account.balance == 100 and book.account.lots[0].earned_at == day(7)
     assert not book.mature("o-1", day(9)).changed  # safe to run twice
     book.check()
@@ -203,7 +219,9 @@ def test_a_refund_after_the_window_claws_back_from_the_oldest_lots_first() -> No
     book.mature("o-1", day(7))
     clawed = book.refund("o-1", 10_000, day(10))
     assert [(e.kind, e.points, e.lot_id) for e in clawed.entries] == [
-        (Kind.CLAWBACK, -50, "bonus:first_order"), (Kind.CLAWBACK, -50, "mature:o-1")]
+        (Kind.CLAWBACK, -50, "bonus:first_order"),
+        (Kind.CLAWBACK, -50, "mature:o-1"),
+    ]
     assert book.lots() == {"mature:o-1": 50} and book.account.debt == 0
     book.check()
 
@@ -213,7 +231,9 @@ def test_a_refund_at_the_window_end_matures_first_even_if_the_sweep_was_late() -
     book.order("o-1", 100, T0)
     posting = book.refund("o-1", 5_000, day(7))  # exactly at matures_at: after the window
     assert [(e.kind, e.points, e.pending) for e in posting.entries] == [
-        (Kind.EARN_AVAILABLE, 100, -100), (Kind.CLAWBACK, -50, 0)]
+        (Kind.EARN_AVAILABLE, 100, -100),
+        (Kind.CLAWBACK, -50, 0),
+    ]
     assert book.account.balance == 50 and book.orders["o-1"].matured
     book.check()
 
@@ -226,13 +246,18 @@ def test_a_clawback_shortfall_is_debt_recovered_from_later_earnings_only() -> No
     clawed = book.refund("o-1", 10_000, day(9))
     assert [(e.kind, e.points, e.debt) for e in clawed.entries] == [(Kind.CLAWBACK, -10, 0), (Kind.CLAWBACK, 0, 90)]
     assert (book.account.balance, book.account.debt) == (0, 90)
-    book.apply(adjust(book.account, 10, reason="late delivery", operator="ops-1", event_id="adj-1", at=day(9),
-                      rules=RULES, tz=SH))
+    book.apply(
+        adjust(
+            book.account, 10, reason="late delivery", operator="ops-1", event_id="adj-1", at=day(9), rules=RULES, tz=SH
+        )
+    )
     assert (book.account.balance, book.account.debt) == (10, 90)  # an operator's gift does not repay debt
     recovered = book.credit(50, "bonus:sign_in", day(10))
     assert [(e.kind, e.points, e.debt, e.lot_id) for e in recovered.entries] == [
         (Kind.EARN_AVAILABLE, 50, 0, "bonus:sign_in"),
-        (Kind.RECOVER, -10, -10, "adj-1"), (Kind.RECOVER, -40, -40, "bonus:sign_in")]  # FIFO: the older lot first
+        (Kind.RECOVER, -10, -10, "adj-1"),
+        (Kind.RECOVER, -40, -40, "bonus:sign_in"),
+    ]  # FIFO: the older lot first
     assert (book.account.balance, book.account.debt) == (10, 40)
     book.order("o-2", 60, day(10))
     book.mature("o-2", day(17))
@@ -247,7 +272,10 @@ def test_the_write_off_policy_forgives_the_shortfall_and_records_the_loss() -> N
     book.redeem(70, day(8))
     clawed = book.refund("o-1", 10_000, day(9))
     assert [(e.kind, e.points, e.debt) for e in clawed.entries] == [
-        (Kind.CLAWBACK, -30, 0), (Kind.CLAWBACK, 0, 70), (Kind.WRITE_OFF, 0, -70)]
+        (Kind.CLAWBACK, -30, 0),
+        (Kind.CLAWBACK, 0, 70),
+        (Kind.WRITE_OFF, 0, -70),
+    ]
     assert book.account.debt == 0
     assert -sum(e.debt for e in book.entries if e.kind == Kind.WRITE_OFF) == 70
     book.check()
@@ -271,15 +299,21 @@ def test_redeeming_takes_the_oldest_lots_first_one_entry_per_lot() -> None:
     book.credit(30, "b3", day(2))
     posting = book.redeem(45, day(3), "checkout:o-9")
     assert [(e.kind, e.points, e.lot_id, e.event_id) for e in posting.entries] == [
-        (Kind.REDEEM, -30, "b1", "checkout:o-9"), (Kind.REDEEM, -15, "b2", "checkout:o-9")]
+        (Kind.REDEEM, -30, "b1", "checkout:o-9"),
+        (Kind.REDEEM, -15, "b2", "checkout:o-9"),
+    ]
     assert book.lots() == {"b2": 15, "b3": 30}
     book.check()
 
 
 def test_redeeming_more_than_the_balance_is_refused_and_changes_nothing() -> None:
     account = credit(Account(), 30, event_id="b1", at=T0, rules=RULES, tz=SH).account
-    for points, code, status in ((31, "insufficient_points", 409), (-5, "negative_amount", 422),
-                                 (0, "invalid_amount", 422), (1.5, "invalid_amount", 422)):
+    for points, code, status in (
+        (31, "insufficient_points", 409),
+        (-5, "negative_amount", 422),
+        (0, "invalid_amount", 422),
+        (1.5, "invalid_amount", 422),
+    ):
         with pytest.raises(LoyaltyError) as info:
             redeem(account, points, event_id="r", at=T0)  # type: ignore[arg-type]
         assert (info.value.code, info.value.http_status, info.value.field) == (code, status, "points")
@@ -297,7 +331,9 @@ def test_expired_points_are_never_spent_even_before_the_sweep() -> None:
         redeem(book.account, 31, event_id="r", at=day(32))
     posting = book.redeem(20, day(32))
     assert [(e.kind, e.points, e.lot_id, e.event_id) for e in posting.entries] == [
-        (Kind.EXPIRE, -30, "b1", "expire:b1"), (Kind.REDEEM, -20, "b2", "redeem")]
+        (Kind.EXPIRE, -30, "b1", "expire:b1"),
+        (Kind.REDEEM, -20, "b2", "redeem"),
+    ]
     assert posting.entries[0].at == datetime(2026, 12, 2, tzinfo=SH)
     book.check()
 
@@ -309,7 +345,8 @@ def test_the_expiry_sweep_is_dated_at_each_lot_expiry_and_safe_to_run_twice() ->
     swept = book.apply(expire(book.account, at=day(60)))
     assert [(e.kind, e.points, e.event_id, e.at) for e in swept.entries] == [
         (Kind.EXPIRE, -30, "expire:b1", datetime(2026, 12, 2, tzinfo=SH)),
-        (Kind.EXPIRE, -40, "expire:b2", datetime(2026, 12, 7, tzinfo=SH))]
+        (Kind.EXPIRE, -40, "expire:b2", datetime(2026, 12, 7, tzinfo=SH)),
+    ]
     assert not expire(book.account, at=day(61)).changed
     assert book.account.balance == 0
     book.check()
@@ -324,8 +361,14 @@ def test_fifo_spends_what_expires_first_when_the_term_changed() -> None:
 
 
 def test_expiring_sums_points_per_expiry_inside_the_horizon() -> None:
-    lots = [Lot("a", T0, day(10), 10, 5), Lot("b", T0, day(10), 10, 10), Lot("c", T0, day(20), 10, 7),
-            Lot("d", T0, day(40), 10, 10), Lot("e", T0, None, 10, 10), Lot("f", T0, day(15), 10, 0)]
+    lots = [
+        Lot("a", T0, day(10), 10, 5),
+        Lot("b", T0, day(10), 10, 10),
+        Lot("c", T0, day(20), 10, 7),
+        Lot("d", T0, day(40), 10, 10),
+        Lot("e", T0, None, 10, 10),
+        Lot("f", T0, day(15), 10, 0),
+    ]
     soon = expiring(lots, 30, day(0))
     assert [(x.expires_at, x.points) for x in soon] == [(day(10), 15), (day(20), 7)]
     later = expiring(lots, 30, day(10))  # what expires at day 10 is gone by then; day 40 is now in reach
@@ -344,11 +387,11 @@ def test_a_cancelled_redemption_goes_back_onto_its_lots() -> None:
     spent = book.redeem(70, day(2), "checkout:o-9").entries
     with pytest.raises(ValueError, match="lot b1 is neither open nor among the records"):
         restore(book.account, spent, event_id="cancel:o-9", at=day(3))
-    back = book.apply(restore(book.account, spent, event_id="cancel:o-9", at=day(3), points=30,
-                              lots=records.values()))
+    back = book.apply(restore(book.account, spent, event_id="cancel:o-9", at=day(3), points=30, lots=records.values()))
     assert [(e.kind, e.points, e.lot_id) for e in back.entries] == [(Kind.RESTORE, 20, "b2"), (Kind.RESTORE, 10, "b1")]
-    rest = book.apply(restore(book.account, spent, event_id="refund:o-9", at=day(3), already_restored=30,
-                              lots=records.values()))
+    rest = book.apply(
+        restore(book.account, spent, event_id="refund:o-9", at=day(3), already_restored=30, lots=records.values())
+    )
     assert [(e.points, e.lot_id) for e in rest.entries] == [(40, "b1")]
     assert book.lots() == {"b1": 50, "b2": 50}
     with pytest.raises(LoyaltyError) as info:
@@ -363,8 +406,10 @@ def test_restored_points_of_an_expired_lot_come_back_and_expire() -> None:
     record = book.account.lots[0]
     spent = book.redeem(50, day(1)).entries
     back = book.apply(restore(book.account, spent, event_id="cancel", at=day(40), lots=[record]))
-    assert [(e.kind, e.points, e.event_id) for e in back.entries] == [(Kind.RESTORE, 50, "cancel"),
-                                                                      (Kind.EXPIRE, -50, "cancel")]
+    assert [(e.kind, e.points, e.event_id) for e in back.entries] == [
+        (Kind.RESTORE, 50, "cancel"),
+        (Kind.EXPIRE, -50, "cancel"),
+    ]
     assert book.account.balance == 0
     book.check()
 
@@ -379,21 +424,36 @@ def test_restore_takes_only_redeem_entries() -> None:
 
 def test_adjustments_are_audited_and_never_take_more_than_the_balance() -> None:
     book = Book()
-    plus = book.apply(adjust(book.account, 100, reason="compensation", operator="ops-1", event_id="adj-1", at=T0,
-                             rules=RULES, tz=SH))
+    plus = book.apply(
+        adjust(book.account, 100, reason="compensation", operator="ops-1", event_id="adj-1", at=T0, rules=RULES, tz=SH)
+    )
     assert [(e.kind, e.points, e.reason, e.operator, e.lot_id) for e in plus.entries] == [
-        (Kind.ADJUST, 100, "compensation", "ops-1", "adj-1")]
-    minus = book.apply(adjust(book.account, -40, reason="duplicate credit", operator="ops-2", event_id="adj-2",
-                              at=day(1), rules=RULES, tz=SH))
+        (Kind.ADJUST, 100, "compensation", "ops-1", "adj-1")
+    ]
+    minus = book.apply(
+        adjust(
+            book.account,
+            -40,
+            reason="duplicate credit",
+            operator="ops-2",
+            event_id="adj-2",
+            at=day(1),
+            rules=RULES,
+            tz=SH,
+        )
+    )
     assert [(e.points, e.lot_id) for e in minus.entries] == [(-40, "adj-1")]
-    cases = [(-61, "compensation", "ops", "insufficient_points", 409, "points"),
-             (0, "x", "ops", "invalid_amount", 422, "points"),
-             (5, " ", "ops", "reason_required", 422, "reason"),
-             (5, "fine", "", "reason_required", 422, "operator")]
+    cases = [
+        (-61, "compensation", "ops", "insufficient_points", 409, "points"),
+        (0, "x", "ops", "invalid_amount", 422, "points"),
+        (5, " ", "ops", "reason_required", 422, "reason"),
+        (5, "fine", "", "reason_required", 422, "operator"),
+    ]
     for points, reason, operator, code, status, field in cases:
         with pytest.raises(LoyaltyError) as info:
-            adjust(book.account, points, reason=reason, operator=operator, event_id="adj-3", at=day(2),
-                   rules=RULES, tz=SH)
+            adjust(
+                book.account, points, reason=reason, operator=operator, event_id="adj-3", at=day(2), rules=RULES, tz=SH
+            )
         assert (info.value.code, info.value.http_status, info.value.field) == (code, status, field)
     book.check()
 
@@ -435,13 +495,19 @@ def test_reconciliation_reports_every_difference() -> None:
     lots = list(book.account.lots)
     tampered = [replace(lots[0], remaining=25)]
     stray = Entry(Kind.ADJUST, "stray", T0, points=5)
-    proof = reconcile([*book.entries, stray], tampered, debt=3, orders=[replace(book.orders["o-1"], points=90)],
-                      balance=40)
+    proof = reconcile(
+        [*book.entries, stray], tampered, debt=3, orders=[replace(book.orders["o-1"], points=90)], balance=40
+    )
     assert not proof.ok
     assert {(d.check, d.entries, d.record, d.ref) for d in proof.differences} == {
-        ("balance_vs_lots", 35, 25, None), ("unlotted", 5, 0, "stray"), ("lot", 30, 25, "b1"),
-        ("debt", 0, 3, None), ("balance", 35, 40, None), ("pending", 100, 90, None),
-        ("order_pending", 100, 90, "o-1")}
+        ("balance_vs_lots", 35, 25, None),
+        ("unlotted", 5, 0, "stray"),
+        ("lot", 30, 25, "b1"),
+        ("debt", 0, 3, None),
+        ("balance", 35, 40, None),
+        ("pending", 100, 90, None),
+        ("order_pending", 100, 90, "o-1"),
+    }
     assert totals(book.entries).pending == 100
     negative = reconcile([Entry(Kind.REDEEM, "r", T0, points=-5, lot_id="x")], [])
     assert {d.check for d in negative.differences} == {"balance_vs_lots", "lot", "negative_balance"}
@@ -451,8 +517,9 @@ def test_reconciliation_reports_every_difference() -> None:
 
 
 @given(earned=st.integers(1, 500), spent_share=st.integers(0, 100), later=st.lists(st.integers(1, 300), max_size=5))
-def test_a_shortfall_is_recovered_from_later_earnings_until_repaid(earned: int, spent_share: int,
-                                                                   later: list[int]) -> None:
+def test_a_shortfall_is_recovered_from_later_earnings_until_repaid(
+    earned: int, spent_share: int, later: list[int]
+) -> None:
     book = Book()
     book.order("o-1", earned, T0)
     book.mature("o-1", day(7))
@@ -519,9 +586,19 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(points=st.integers(0, 400), paid=st.integers(1, 50_000), window=st.integers(0, 10))
     def order_paid(self, points: int, paid: int, window: int) -> None:
         order_id = self.next_id("o")
-        self.remember(post_order(self.book.account, order_id=order_id, paid_fen=paid, points=points,
-                                 event_id=f"paid:{order_id}", at=self.now, matures_at=self.now + timedelta(days=window),
-                                 rules=self.book.rules, tz=SH))
+        self.remember(
+            post_order(
+                self.book.account,
+                order_id=order_id,
+                paid_fen=paid,
+                points=points,
+                event_id=f"paid:{order_id}",
+                at=self.now,
+                matures_at=self.now + timedelta(days=window),
+                rules=self.book.rules,
+                tz=SH,
+            )
+        )
 
     @rule()
     def mature_sweep(self) -> None:
@@ -530,8 +607,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(points=st.integers(1, 300))
     def bonus(self, points: int) -> None:
-        self.remember(credit(self.book.account, points, event_id=self.next_id("bonus"), at=self.now,
-                             rules=self.book.rules, tz=SH))
+        self.remember(
+            credit(self.book.account, points, event_id=self.next_id("bonus"), at=self.now, rules=self.book.rules, tz=SH)
+        )
 
     @rule(share=st.just(100) | st.integers(1, 100), over=st.integers(1, 50))
     def redeem_points(self, share: int, over: int) -> None:
@@ -559,8 +637,17 @@ class LedgerMachine(RuleBasedStateMachine):
         left = order.paid_fen - order.refunded_fen
         fen = data.draw(st.just(left) | st.integers(1, left))  # full refunds often: they make shortfalls
         before = self.book.account.debt
-        posting = self.remember(refund(self.book.account, order, fen, event_id=self.next_id("refund"),
-                                       at=self.now, rules=self.book.rules, tz=SH))
+        posting = self.remember(
+            refund(
+                self.book.account,
+                order,
+                fen,
+                event_id=self.next_id("refund"),
+                at=self.now,
+                rules=self.book.rules,
+                tz=SH,
+            )
+        )
         kinds = {e.kind for e in posting.entries}
         assert not (Kind.CANCEL in kinds and Kind.CLAWBACK in kinds)
         if self.book.rules.debt_policy == DebtPolicy.WRITE_OFF:
@@ -577,8 +664,17 @@ class LedgerMachine(RuleBasedStateMachine):
         if spendable := self.book.account.spendable(self.now):
             self.remember(redeem(self.book.account, spendable, event_id=self.next_id("r"), at=self.now))
         order = data.draw(st.sampled_from(matured))
-        self.remember(refund(self.book.account, order, order.paid_fen - order.refunded_fen,
-                             event_id=self.next_id("refund"), at=self.now, rules=self.book.rules, tz=SH))
+        self.remember(
+            refund(
+                self.book.account,
+                order,
+                order.paid_fen - order.refunded_fen,
+                event_id=self.next_id("refund"),
+                at=self.now,
+                rules=self.book.rules,
+                tz=SH,
+            )
+        )
         assert self.book.account.balance == 0
 
     @rule()
@@ -588,8 +684,16 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(points=st.integers(-300, 300).filter(bool))
     def manual(self, points: int) -> None:
         try:
-            posting = adjust(self.book.account, points, reason="test", operator="ops", event_id=self.next_id("adj"),
-                             at=self.now, rules=self.book.rules, tz=SH)
+            posting = adjust(
+                self.book.account,
+                points,
+                reason="test",
+                operator="ops",
+                event_id=self.next_id("adj"),
+                at=self.now,
+                rules=self.book.rules,
+                tz=SH,
+            )
         except LoyaltyError as e:
             assert e.code == "insufficient_points" and -points > self.book.account.spendable(self.now)
             return
@@ -604,8 +708,17 @@ class LedgerMachine(RuleBasedStateMachine):
         if not left:
             return
         points = data.draw(st.integers(1, left))
-        self.remember(restore(self.book.account, spent, event_id=self.next_id("restore"), at=self.now,
-                              points=points, already_restored=restored, lots=self.records.values()))
+        self.remember(
+            restore(
+                self.book.account,
+                spent,
+                event_id=self.next_id("restore"),
+                at=self.now,
+                points=points,
+                already_restored=restored,
+                lots=self.records.values(),
+            )
+        )
         self.redemptions[i] = (spent, restored + points)
 
     @rule()

@@ -35,13 +35,32 @@ T0 = datetime(2026, 1, 1, tzinfo=SH)
 LADDER: dict[str, Any] = {
     "levels": [
         {"code": "silver", "name": "白银会员", "threshold": 0},
-        {"code": "gold", "name": "黄金会员", "threshold": 1000, "keep_threshold": 600,
-         "benefits": {"pay_percent": 95, "points_multiplier_permille": 1500}},
-        {"code": "platinum", "name": "铂金会员", "threshold": 3000, "keep_threshold": 2000,
-         "benefits": {"pay_percent": 92, "points_multiplier_permille": 1800, "free_shipping": True}},
-        {"code": "diamond", "name": "钻石会员", "threshold": 5000, "keep_threshold": 3000,
-         "benefits": {"pay_percent": 90, "points_multiplier_permille": 2000, "free_shipping": True,
-                      "coupon_template_ids": ["t-vip"]}},
+        {
+            "code": "gold",
+            "name": "黄金会员",
+            "threshold": 1000,
+            "keep_threshold": 600,
+            "benefits": {"pay_percent": 95, "points_multiplier_permille": 1500},
+        },
+        {
+            "code": "platinum",
+            "name": "铂金会员",
+            "threshold": 3000,
+            "keep_threshold": 2000,
+            "benefits": {"pay_percent": 92, "points_multiplier_permille": 1800, "free_shipping": True},
+        },
+        {
+            "code": "diamond",
+            "name": "钻石会员",
+            "threshold": 5000,
+            "keep_threshold": 3000,
+            "benefits": {
+                "pay_percent": 90,
+                "points_multiplier_permille": 2000,
+                "free_shipping": True,
+                "coupon_template_ids": ["t-vip"],
+            },
+        },
     ],
     "growth_bonus": {"sign_in": 1, "review": 10},
     "review": {"every_months": 12, "grace_days": 30},
@@ -74,7 +93,9 @@ def test_the_first_level_is_for_everyone() -> None:
 
 
 def test_thresholds_rise_and_codes_are_unique() -> None:
-    assert "'platinum' (1000) is not above 'gold' (1000)" in refused(levels=with_level(2, threshold=1000, keep_threshold=900))
+    assert "'platinum' (1000) is not above 'gold' (1000)" in refused(
+        levels=with_level(2, threshold=1000, keep_threshold=900)
+    )
     assert "code 'gold' twice" in refused(levels=with_level(2, code="gold"))
     assert "code" in refused(levels=with_level(1, code="Gold!"))
 
@@ -86,10 +107,10 @@ def test_keep_thresholds_are_at_most_the_threshold_and_never_fall_up_the_ladder(
 
 
 def test_benefits_are_validated() -> None:
-    assert "pay_percent is the share the member pays" in refused(
-        levels=with_level(1, benefits={"pay_percent": 0}))
+    assert "pay_percent is the share the member pays" in refused(levels=with_level(1, benefits={"pay_percent": 0}))
     assert "points_multiplier_permille is per mille" in refused(
-        levels=with_level(1, benefits={"points_multiplier_permille": 15}))
+        levels=with_level(1, benefits={"points_multiplier_permille": 15})
+    )
     assert "lists a template twice" in refused(levels=with_level(1, benefits={"coupon_template_ids": ["a", "a"]}))
     assert "Extra inputs" in refused(levels=with_level(1, benefits={"discount": 95}))
 
@@ -127,8 +148,9 @@ def test_refunds_take_growth_back_in_proportion() -> None:
 
 def test_the_growth_window_is_rolling_on_the_merchant_calendar() -> None:
     assert window_start(RULES, datetime(2026, 3, 31, 12, tzinfo=SH), SH) == datetime(2025, 3, 31, 12, tzinfo=SH)
-    assert window_start(ladder(window_months=1), datetime(2026, 3, 31, tzinfo=SH), SH) == datetime(2026, 2, 28,
-                                                                                                    tzinfo=SH)
+    assert window_start(ladder(window_months=1), datetime(2026, 3, 31, tzinfo=SH), SH) == datetime(
+        2026, 2, 28, tzinfo=SH
+    )
 
 
 def test_level_multipliers_feed_the_earn_rules() -> None:
@@ -142,7 +164,15 @@ def test_level_multipliers_feed_the_earn_rules() -> None:
 
 def test_level_for_growth_boundaries() -> None:
     assert [level_for(RULES, g).code for g in (-5, 0, 999, 1000, 2999, 3000, 5000, 10**9)] == [
-        "silver", "silver", "silver", "gold", "gold", "platinum", "diamond", "diamond"]
+        "silver",
+        "silver",
+        "silver",
+        "gold",
+        "gold",
+        "platinum",
+        "diamond",
+        "diamond",
+    ]
 
 
 def test_upgrades_happen_at_once_straight_to_the_highest_level_reached() -> None:
@@ -161,7 +191,11 @@ def test_falling_growth_never_downgrades_outside_a_review() -> None:
 
 def test_no_review_before_the_period_ends() -> None:
     outcome = review(RULES, "gold", 0, now=T0 + timedelta(days=364), last_review=T0, tz=SH)
-    assert (outcome.action, outcome.level, outcome.next_review_at) == ("not_due", "gold", datetime(2027, 1, 1, tzinfo=SH))
+    assert (outcome.action, outcome.level, outcome.next_review_at) == (
+        "not_due",
+        "gold",
+        datetime(2027, 1, 1, tzinfo=SH),
+    )
     assert not outcome.completed
     assert next_review_at(RULES, T0, SH) == datetime(2027, 1, 1, tzinfo=SH)
 
@@ -180,8 +214,11 @@ def test_short_growth_warns_then_downgrades_after_the_grace() -> None:
     last_day = review(RULES, "diamond", 2500, now=datetime(2027, 1, 30, 23, 59, tzinfo=SH), last_review=T0, tz=SH)
     assert last_day.action == "warn"
     after = review(RULES, "diamond", 2500, now=datetime(2027, 1, 31, tzinfo=SH), last_review=T0, tz=SH)
-    assert (after.action, after.level, after.change) == ("downgrade", "platinum",
-                                                         LevelChange("diamond", "platinum", "downgrade"))
+    assert (after.action, after.level, after.change) == (
+        "downgrade",
+        "platinum",
+        LevelChange("diamond", "platinum", "downgrade"),
+    )
     assert after.completed and after.review_at == datetime(2027, 1, 1, tzinfo=SH)
     assert after.next_review_at == datetime(2028, 1, 1, tzinfo=SH)
 
@@ -208,14 +245,16 @@ def test_a_review_never_upgrades() -> None:
 def test_a_late_sweep_decides_the_latest_boundary_counted_from_the_anchor() -> None:
     anchor = datetime(2026, 1, 31, 8, tzinfo=SH)
     monthly = ladder(review={"every_months": 1, "grace_days": 0})
-    assert review(monthly, "gold", 600, now=datetime(2026, 2, 28, 8, tzinfo=SH), last_review=anchor,
-                  tz=SH).review_at == datetime(2026, 2, 28, 8, tzinfo=SH)  # clamped to the month's end
+    assert review(
+        monthly, "gold", 600, now=datetime(2026, 2, 28, 8, tzinfo=SH), last_review=anchor, tz=SH
+    ).review_at == datetime(2026, 2, 28, 8, tzinfo=SH)  # clamped to the month's end
     outcome = review(monthly, "gold", 600, now=datetime(2026, 5, 30, tzinfo=SH), last_review=anchor, tz=SH)
     assert outcome.review_at == datetime(2026, 4, 30, 8, tzinfo=SH)  # not yet May 31
     assert outcome.next_review_at == datetime(2026, 5, 31, 8, tzinfo=SH)  # the 31st again, no drift
     utc_now = datetime(2026, 3, 30, 16, tzinfo=UTC)  # 2026-03-31 00:00 in Shanghai
     assert review(monthly, "gold", 600, now=utc_now, last_review=anchor, tz=SH).review_at == datetime(
-        2026, 2, 28, 8, tzinfo=SH)
+        2026, 2, 28, 8, tzinfo=SH
+    )
 
 
 def test_review_refuses_naive_times_and_non_integer_growth() -> None:
@@ -232,7 +271,12 @@ def test_review_refuses_naive_times_and_non_integer_growth() -> None:
 def test_progress_to_the_next_level_and_to_keeping_this_one() -> None:
     p = progress(RULES, "gold", 2000)
     assert (p.level.code, p.next.code if p.next else None, p.needed, p.permille, p.keep_needed) == (
-        "gold", "platinum", 1000, 500, 0)
+        "gold",
+        "platinum",
+        1000,
+        500,
+        0,
+    )
     kept = progress(RULES, "platinum", 1500)  # kept from last year, growth now below the threshold
     assert (kept.needed, kept.permille, kept.keep_needed) == (3500, 0, 500)
     top = progress(RULES, "diamond", 6000)
@@ -243,12 +287,18 @@ def test_progress_to_the_next_level_and_to_keeping_this_one() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(steps=st.lists(st.tuples(st.integers(0, 120), st.integers(-500, 6000)), min_size=1, max_size=30),
-       grace=st.integers(0, 60), every=st.sampled_from([1, 3, 6, 12]), max_steps=st.none() | st.integers(1, 3))
+@given(
+    steps=st.lists(st.tuples(st.integers(0, 120), st.integers(-500, 6000)), min_size=1, max_size=30),
+    grace=st.integers(0, 60),
+    every=st.sampled_from([1, 3, 6, 12]),
+    max_steps=st.none() | st.integers(1, 3),
+)
 def test_upgrades_are_immediate_and_downgrades_only_at_a_review_after_the_grace(
-        steps: list[tuple[int, int]], grace: int, every: int, max_steps: int | None) -> None:
-    rules = ladder(review={"every_months": every, "grace_days": min(grace, every * 28 - 1),
-                           "max_steps_down": max_steps})
+    steps: list[tuple[int, int]], grace: int, every: int, max_steps: int | None
+) -> None:
+    rules = ladder(
+        review={"every_months": every, "grace_days": min(grace, every * 28 - 1), "max_steps_down": max_steps}
+    )
     now, last_review, level = T0, T0, "silver"
     for days, growth in steps:
         now += timedelta(days=days)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -56,8 +56,9 @@ def local_midnight_after(moment: datetime, days: int) -> datetime:
 
 
 async def test_a_paid_order_earns_pending_points_that_become_available_when_the_return_window_closes(
-        shop: Shop) -> None:
-    now = datetime.now(timezone.utc)
+    shop: Shop,
+) -> None:
+    now = datetime.now(UTC)
     await shop.send(paid(shop, "u-1", "o-1", 8_099, at=now))  # ¥80.99 at 1 point per ¥1: 80 (floored)
     assert (await shop.points("u-1"))[("balance")] == 0
     assert (await shop.points("u-1"))["pending"] == 80
@@ -71,11 +72,15 @@ async def test_a_paid_order_earns_pending_points_that_become_available_when_the_
 
     history = await shop.history("u-1")
     assert [(e["kind"], e["points"], e["pending"], e["order_id"]) for e in history] == [
-        ("earn_pending", 0, 80, "o-1"), ("earn_available", 80, -80, "o-1")]
+        ("earn_pending", 0, 80, "o-1"),
+        ("earn_available", 80, -80, "o-1"),
+    ]
     assert history[1]["lot_id"] == "mature:o-1"
     earned = sorted(await shop.published("points.earned"), key=lambda e: e.data.status != "pending")
-    assert [(e.data.status, e.data.points, e.data.cause) for e in earned] == [("pending", 80, "order"),
-                                                                              ("available", 80, "maturity")]
+    assert [(e.data.status, e.data.points, e.data.cause) for e in earned] == [
+        ("pending", 80, "order"),
+        ("available", 80, "maturity"),
+    ]
     # End of next year (the default term), on the merchant's calendar.
     assert earned[1].data.expires_at == datetime(now.astimezone(SH).year + 2, 1, 1, tzinfo=SH)
     assert earned[1].data.balance == 80
@@ -83,7 +88,7 @@ async def test_a_paid_order_earns_pending_points_that_become_available_when_the_
 
 
 async def test_an_order_reported_after_its_window_closed_is_available_at_once(shop: Shop) -> None:
-    long_ago = datetime.now(timezone.utc) - 10 * DAY
+    long_ago = datetime.now(UTC) - 10 * DAY
     await shop.send(paid(shop, "u-1", "o-old", 5_000, at=long_ago))
     mine = await shop.points("u-1")
     assert (mine["balance"], mine["pending"]) == (50, 0)
@@ -100,7 +105,7 @@ async def test_the_same_order_paid_twice_under_two_event_ids_earns_once(shop: Sh
 
 
 async def test_a_refund_inside_the_window_cancels_pending_points_in_proportion(shop: Shop) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     await shop.send(paid(shop, "u-1", "o-1", 10_000, at=now))
     await shop.send(refunded(shop, "u-1", "o-1", 2_500, at=now + DAY))  # a quarter back: 25 points cancelled
     assert (await shop.points("u-1"))["pending"] == 75
@@ -114,14 +119,18 @@ async def test_a_refund_inside_the_window_cancels_pending_points_in_proportion(s
 
 
 async def test_a_refund_after_the_window_claws_points_back_and_a_shortfall_is_recovered_from_later_earnings(
-        shop: Shop) -> None:
-    now = datetime.now(timezone.utc)
+    shop: Shop,
+) -> None:
+    now = datetime.now(UTC)
     await shop.send(paid(shop, "u-1", "o-1", 10_000, at=now))
     await shop.clock(now + 8 * DAY)
     assert (await shop.points("u-1"))["balance"] == 100
     # The customer spends 80 of them.
-    r = await shop.client.post("/v1/loyalty/adjustments", headers=shop.headers, json={
-        "customer_id": "u-1", "points": -80, "reason": "gift at the counter", "operator": "clerk-7"})
+    r = await shop.client.post(
+        "/v1/loyalty/adjustments",
+        headers=shop.headers,
+        json={"customer_id": "u-1", "points": -80, "reason": "gift at the counter", "operator": "clerk-7"},
+    )
     assert r.status_code == 201, r.text
 
     await shop.send(refunded(shop, "u-1", "o-1", 10_000, at=now + 9 * DAY, full=True))
@@ -142,8 +151,11 @@ async def test_a_refund_after_the_window_claws_points_back_and_a_shortfall_is_re
 async def test_under_a_write_off_policy_a_clawback_shortfall_is_forgiven(shop: Shop) -> None:
     await shop.rules(ledger={"debt_policy": "write_off"}, earn={"return_window_days": 0})
     await shop.send(paid(shop, "u-1", "o-1", 10_000))
-    await shop.client.post("/v1/loyalty/adjustments", headers=shop.headers, json={
-        "customer_id": "u-1", "points": -60, "reason": "spent", "operator": "ops"})
+    await shop.client.post(
+        "/v1/loyalty/adjustments",
+        headers=shop.headers,
+        json={"customer_id": "u-1", "points": -60, "reason": "spent", "operator": "ops"},
+    )
     await shop.send(refunded(shop, "u-1", "o-1", 10_000, full=True))
     mine = await shop.points("u-1")
     assert (mine["balance"], mine["debt"]) == (0, 0)
@@ -169,16 +181,18 @@ async def test_a_cancelled_paid_order_loses_its_points_and_a_refund_before_the_p
 
 
 async def test_lots_expire_first_in_first_out_with_one_notice_per_lot(shop: Shop) -> None:
-    await shop.rules(earn={"return_window_days": 0}, ledger={"expiry": {"type": "days", "days": 30},
-                                                             "notice_days": 7})
-    now = datetime.now(timezone.utc)
+    await shop.rules(earn={"return_window_days": 0}, ledger={"expiry": {"type": "days", "days": 30}, "notice_days": 7})
+    now = datetime.now(UTC)
     t1, t2 = now - 20 * DAY, now - 10 * DAY
     await shop.send(paid(shop, "u-1", "o-1", 10_000, at=t1), paid(shop, "u-1", "o-2", 5_000, at=t2))
     first, second = local_midnight_after(t1, 31), local_midnight_after(t2, 31)
     assert (await shop.points("u-1"))["balance"] == 150
     # Taking 30 takes them from the lot that expires first.
-    await shop.client.post("/v1/loyalty/adjustments", headers=shop.headers, json={
-        "customer_id": "u-1", "points": -30, "reason": "correction", "operator": "ops"})
+    await shop.client.post(
+        "/v1/loyalty/adjustments",
+        headers=shop.headers,
+        json={"customer_id": "u-1", "points": -30, "reason": "correction", "operator": "ops"},
+    )
     assert [(e["lot_id"], e["points"]) for e in await shop.history("u-1")][-1] == ("mature:o-1", -30)
 
     assert (await shop.clock(first - 8 * DAY))["notified"] == 0
@@ -192,7 +206,9 @@ async def test_lots_expire_first_in_first_out_with_one_notice_per_lot(shop: Shop
     soon = (await shop.client.get("/v1/me/points", headers=me)).json()
     assert soon["balance"] == 120 and soon["expiring_within_days"] == 30
     assert [(datetime.fromisoformat(x["expires_at"]), x["points"]) for x in soon["expiring"]] == [
-        (first, 70), (second, 50)]
+        (first, 70),
+        (second, 50),
+    ]
     assert PointsView.model_validate(soon).model_dump(mode="json") == soon
     done = await shop.clock(first + timedelta(seconds=1))
     assert done["expired"] == 1
@@ -209,11 +225,19 @@ async def test_lots_expire_first_in_first_out_with_one_notice_per_lot(shop: Shop
 
 # ---------------------------------------------------------------- levels
 
-LADDER = {"levels": [
-    {"code": "silver", "name": "白银会员", "threshold": 0},
-    {"code": "gold", "name": "黄金会员", "threshold": 1000, "keep_threshold": 600,
-     "benefits": {"pay_percent": 95, "points_multiplier_permille": 1500}}],
-    "review": {"every_months": 1, "grace_days": 7}}
+LADDER = {
+    "levels": [
+        {"code": "silver", "name": "白银会员", "threshold": 0},
+        {
+            "code": "gold",
+            "name": "黄金会员",
+            "threshold": 1000,
+            "keep_threshold": 600,
+            "benefits": {"pay_percent": 95, "points_multiplier_permille": 1500},
+        },
+    ],
+    "review": {"every_months": 1, "grace_days": 7},
+}
 
 
 async def test_members_upgrade_at_once_and_are_downgraded_at_a_review_after_the_grace_period(shop: Shop) -> None:
@@ -225,8 +249,11 @@ async def test_members_upgrade_at_once_and_are_downgraded_at_a_review_after_the_
     await shop.send(paid(shop, "u-1", "o-2", 10_000))  # at gold: 1.5 × 100
     assert (await shop.points("u-1"))["pending"] == 1200 + 150
     level = (await shop.client.get("/v1/me/level", headers=me)).json()
-    assert (level["level"]["code"], level["progress"]["growth"], level["progress"]["next_level"]) == \
-        ("gold", 1300, None)
+    assert (level["level"]["code"], level["progress"]["growth"], level["progress"]["next_level"]) == (
+        "gold",
+        1300,
+        None,
+    )
     mine = (await shop.client.get("/v1/me/points", headers=me)).json()
     assert mine["level"] == {"code": "gold", "name": "黄金会员"} and mine["progress"]["growth"] == 1300
     # Encoded by hand for speed: exactly what the documented model gives.
@@ -250,8 +277,11 @@ async def test_members_upgrade_at_once_and_are_downgraded_at_a_review_after_the_
 
 
 async def test_a_ladder_with_its_own_multipliers_in_the_earn_rules_is_refused(sqlite_shop: Shop) -> None:
-    r = await sqlite_shop.client.put("/v1/loyalty/rules", headers=sqlite_shop.headers, json={
-        "levels": LADDER, "earn": {"level_multipliers": {"gold": 2000}}})
+    r = await sqlite_shop.client.put(
+        "/v1/loyalty/rules",
+        headers=sqlite_shop.headers,
+        json={"levels": LADDER, "earn": {"level_multipliers": {"gold": 2000}}},
+    )
     code, _ = error(r, 422)
     assert code == "validation_error" and "level_multipliers" in r.text
 
@@ -260,18 +290,29 @@ async def test_a_ladder_with_its_own_multipliers_in_the_earn_rules_is_refused(sq
 
 
 async def test_first_order_and_birthday_bonuses_respect_the_daily_cap_and_a_sign_in_counts_once_a_day(
-        shop: Shop) -> None:
-    await shop.rules(earn={"bonuses": [{"event": "first_order", "points": 100},
-                                       {"event": "birthday_month", "points": 200},
-                                       {"event": "sign_in", "points": 5}], "daily_cap": 300})
-    now = datetime.now(timezone.utc)
+    shop: Shop,
+) -> None:
+    await shop.rules(
+        earn={
+            "bonuses": [
+                {"event": "first_order", "points": 100},
+                {"event": "birthday_month", "points": 200},
+                {"event": "sign_in", "points": 5},
+            ],
+            "daily_cap": 300,
+        }
+    )
+    now = datetime.now(UTC)
     month = now.astimezone(SH).month
     await shop.send(event(shop, "customer.registered", "u-1", birthday=f"1990-{month:02d}-15"))
     await shop.send(paid(shop, "u-1", "o-1", 10_000, at=now))  # 100 pending + 100 first order + 100 of 200
     mine = await shop.points("u-1")
     assert (mine["pending"], mine["balance"]) == (100, 200)
-    bonuses = sorted((e.data.bonus, e.data.points, e.data.capped_by) for e in await shop.published("points.earned")
-                     if e.data.cause == "bonus")
+    bonuses = sorted(
+        (e.data.bonus, e.data.points, e.data.capped_by)
+        for e in await shop.published("points.earned")
+        if e.data.cause == "bonus"
+    )
     assert bonuses == [("birthday_month", 100, 100), ("first_order", 100, 0)]
     await shop.send(paid(shop, "u-1", "o-2", 10_000, at=now))  # the day's cap is used up; not a first order
     assert (await shop.points("u-1"))["pending"] == 100
@@ -283,8 +324,9 @@ async def test_first_order_and_birthday_bonuses_respect_the_daily_cap_and_a_sign
     again = (await shop.client.post("/v1/loyalty/bonuses", json=body, headers=shop.headers)).json()
     assert again["awarded"] is False
     assert (await shop.points("u-1"))["balance"] == 205
-    r = await shop.client.post("/v1/loyalty/bonuses", json={"customer_id": "u-1", "event": "review"},
-                               headers=shop.headers)
+    r = await shop.client.post(
+        "/v1/loyalty/bonuses", json={"customer_id": "u-1", "event": "review"}, headers=shop.headers
+    )
     assert error(r, 422) == ("ref_required", "body.ref")
     await shop.reconciled("u-1")
 
@@ -302,8 +344,7 @@ async def test_the_mini_program_sign_in_awards_its_bonus_once_a_day(sqlite_shop:
 # ---------------------------------------------------------------- exactly once, and tenants apart
 
 
-async def test_a_replayed_refund_fails_on_the_entries_unique_cause_instead_of_counting_twice(
-        sqlite_shop: Shop) -> None:
+async def test_a_replayed_refund_fails_on_the_entries_unique_cause_instead_of_counting_twice(sqlite_shop: Shop) -> None:
     shop = sqlite_shop
     await shop.send(paid(shop, "u-1", "o-1", 10_000))
     refund = refunded(shop, "u-1", "o-1", 1_000)
@@ -326,8 +367,11 @@ async def test_merchants_are_kept_apart(sqlite_shop: Shop) -> None:
     assert (await b.points("u-1"))["pending"] == 30
     await b.rules(earn={"return_window_days": 0})
     assert (await a.client.get("/v1/loyalty/rules", headers=a.headers)).json()["version"] == 0
-    r = await a.client.post("/v1/loyalty/adjustments", headers=b.headers, json={
-        "customer_id": "u-1", "points": -50, "reason": "x", "operator": "y"})
+    r = await a.client.post(
+        "/v1/loyalty/adjustments",
+        headers=b.headers,
+        json={"customer_id": "u-1", "points": -50, "reason": "x", "operator": "y"},
+    )
     assert error(r, 409)[0] == "insufficient_points"  # b's u-1 has nothing available
     await a.reconciled("u-1")
     await b.reconciled("u-1")
@@ -338,9 +382,12 @@ async def test_merchants_are_kept_apart(sqlite_shop: Shop) -> None:
 async def test_the_liability_report_forecasts_expiry_by_month(sqlite_shop: Shop) -> None:
     shop = sqlite_shop
     await shop.rules(earn={"return_window_days": 0}, ledger={"expiry": {"type": "days", "days": 40}})
-    now = datetime.now(timezone.utc)
-    await shop.send(paid(shop, "u-1", "o-1", 10_000, at=now), paid(shop, "u-2", "o-2", 20_000, at=now),
-                    paid(shop, "u-3", "o-3", 30_000, at=now - 60 * DAY))
+    now = datetime.now(UTC)
+    await shop.send(
+        paid(shop, "u-1", "o-1", 10_000, at=now),
+        paid(shop, "u-2", "o-2", 20_000, at=now),
+        paid(shop, "u-3", "o-3", 30_000, at=now - 60 * DAY),
+    )
     await shop.send(paid(shop, "u-4", "o-4", 1_000, at=now))
     r = (await shop.client.get("/v1/loyalty/reports/liability", headers=shop.headers)).json()
     last_day = (local_midnight_after(now, 41) - timedelta(microseconds=1)).strftime("%Y-%m")

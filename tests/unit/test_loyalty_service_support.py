@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,15 @@ class Shop:
 
         async def applied() -> int:
             async with self.rt.sessions() as session:
-                return int((await session.execute(select(func.count()).select_from(inbox).where(
-                    inbox.c.merchant_id == self.merchant_id, inbox.c.event_id.in_(ids)))).scalar_one())
+                return int(
+                    (
+                        await session.execute(
+                            select(func.count())
+                            .select_from(inbox)
+                            .where(inbox.c.merchant_id == self.merchant_id, inbox.c.event_id.in_(ids))
+                        )
+                    ).scalar_one()
+                )
 
         await eventually(applied, lambda n: n == len(ids), timeout=30)
 
@@ -97,8 +104,11 @@ class Shop:
 
     async def other_merchant(self, merchant_id: str) -> Shop:
         """A second merchant on the same system, known to loyalty."""
-        r = await self.client.post("/v1/platform/merchants", json={"merchant_id": merchant_id, "name": merchant_id},
-                                   headers={"X-Admin-Token": ADMIN_TOKEN})
+        r = await self.client.post(
+            "/v1/platform/merchants",
+            json={"merchant_id": merchant_id, "name": merchant_id},
+            headers={"X-Admin-Token": ADMIN_TOKEN},
+        )
         assert r.status_code == 201, r.text
         headers = {"X-Api-Key": r.json()["api_key"]}
 
@@ -118,19 +128,41 @@ def error(r: httpx.Response, status: int) -> tuple[str, str | None]:
 
 
 def event(shop: Shop, type_: str, customer_id: str, at: datetime | None = None, **data: Any) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "type": type_, "merchant_id": shop.merchant_id,
-            "customer_id": customer_id, "occurred_at": (at or datetime.now(timezone.utc)).isoformat(), "data": data}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": type_,
+        "merchant_id": shop.merchant_id,
+        "customer_id": customer_id,
+        "occurred_at": (at or datetime.now(UTC)).isoformat(),
+        "data": data,
+    }
 
 
 def paid(shop: Shop, customer_id: str, order_id: str, amount_fen: int, at: datetime | None = None) -> dict[str, Any]:
-    return event(shop, "order.paid", customer_id, at, order_id=order_id, amount_fen=amount_fen,
-                 items=[{"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": amount_fen}])
+    return event(
+        shop,
+        "order.paid",
+        customer_id,
+        at,
+        order_id=order_id,
+        amount_fen=amount_fen,
+        items=[{"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": amount_fen}],
+    )
 
 
-def refunded(shop: Shop, customer_id: str, order_id: str, amount_fen: int, at: datetime | None = None,
-             full: bool = False) -> dict[str, Any]:
-    return event(shop, "order.refunded", customer_id, at, order_id=order_id, refund_id=f"r-{uuid.uuid4().hex[:8]}",
-                 amount_fen=amount_fen, full=full)
+def refunded(
+    shop: Shop, customer_id: str, order_id: str, amount_fen: int, at: datetime | None = None, full: bool = False
+) -> dict[str, Any]:
+    return event(
+        shop,
+        "order.refunded",
+        customer_id,
+        at,
+        order_id=order_id,
+        refund_id=f"r-{uuid.uuid4().hex[:8]}",
+        amount_fen=amount_fen,
+        full=full,
+    )
 
 
 def cancelled(shop: Shop, customer_id: str, order_id: str, at: datetime | None = None) -> dict[str, Any]:

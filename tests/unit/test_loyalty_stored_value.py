@@ -53,25 +53,42 @@ def refused(call: object) -> LoyaltyError:
 def test_a_plan_is_pay_and_bonus_in_whole_fen() -> None:
     plan = TopUpPlan.model_validate({"plan_id": "p500", "name": "充500送50", "pay_fen": 50_000, "bonus_fen": 5_000})
     assert (plan.pay_fen, plan.bonus_fen) == (50_000, 5_000)
-    for bad, needle in (({"pay_fen": 500.0}, "pay_fen"), ({"pay_fen": 0}, "pay_fen"), ({"bonus_fen": -1}, "bonus_fen"),
-                        ({"bonus_fen": 60_000}, "bonus_fen 60000 (¥600.00) is above pay_fen 50000"),
-                        ({"gift": 1}, "Extra inputs")):
+    for bad, needle in (
+        ({"pay_fen": 500.0}, "pay_fen"),
+        ({"pay_fen": 0}, "pay_fen"),
+        ({"bonus_fen": -1}, "bonus_fen"),
+        ({"bonus_fen": 60_000}, "bonus_fen 60000 (¥600.00) is above pay_fen 50000"),
+        ({"gift": 1}, "Extra inputs"),
+    ):
         with pytest.raises(ValidationError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             TopUpPlan.model_validate({"plan_id": "p", "name": "n", "pay_fen": 50_000, **bad})
 
 
 def test_plans_are_distinct_and_looked_up_by_id() -> None:
-    plans = TopUpPlans.model_validate({"plans": [{"plan_id": "a", "name": "a", "pay_fen": 100},
-                                                 {"plan_id": "b", "name": "b", "pay_fen": 200, "bonus_fen": 20}]})
+    plans = TopUpPlans.model_validate(
+        {
+            "plans": [
+                {"plan_id": "a", "name": "a", "pay_fen": 100},
+                {"plan_id": "b", "name": "b", "pay_fen": 200, "bonus_fen": 20},
+            ]
+        }
+    )
     assert plans.get("b").bonus_fen == 20
     err = refused(lambda: plans.get("c"))
     assert (err.code, err.http_status, err.field) == ("unknown_plan", 404, "plan_id")
     with pytest.raises(ValidationError, match="plan_id 'a' twice"):
-        TopUpPlans.model_validate({"plans": [{"plan_id": "a", "name": "a", "pay_fen": 100},
-                                             {"plan_id": "a", "name": "b", "pay_fen": 200}]})
+        TopUpPlans.model_validate(
+            {"plans": [{"plan_id": "a", "name": "a", "pay_fen": 100}, {"plan_id": "a", "name": "b", "pay_fen": 200}]}
+        )
     with pytest.raises(ValidationError, match="same pay_fen 100"):
-        TopUpPlans.model_validate({"plans": [{"plan_id": "a", "name": "a", "pay_fen": 100},
-                                             {"plan_id": "b", "name": "b", "pay_fen": 100, "bonus_fen": 5}]})
+        TopUpPlans.model_validate(
+            {
+                "plans": [
+                    {"plan_id": "a", "name": "a", "pay_fen": 100},
+                    {"plan_id": "b", "name": "b", "pay_fen": 100, "bonus_fen": 5},
+                ]
+            }
+        )
 
 
 # --- top-up and spend ---------------------------------------------------------------------------
@@ -173,8 +190,9 @@ class StoredValueMachine(RuleBasedStateMachine):
 
     @rule(pay=st.integers(1, 100_000), share=st.integers(0, 100))
     def top_up(self, pay: int, share: int) -> None:
-        posting = top_up(self.balance, pay, pay * share // 100, top_up_id=f"tu-{self.n}", event_id=f"e-{self.n}",
-                         at=self.now)
+        posting = top_up(
+            self.balance, pay, pay * share // 100, top_up_id=f"tu-{self.n}", event_id=f"e-{self.n}", at=self.now
+        )
         self.top_ups.append(posting.record)
         self.post(posting)
 
@@ -202,8 +220,9 @@ class StoredValueMachine(RuleBasedStateMachine):
         left = spent.amount_fen - spent.refunded_fen
         if not left:
             return
-        posting = refund_spend(self.balance, spent, data.draw(st.just(left) | st.integers(1, left)),
-                               event_id=f"e-{self.n}", at=self.now)
+        posting = refund_spend(
+            self.balance, spent, data.draw(st.just(left) | st.integers(1, left)), event_id=f"e-{self.n}", at=self.now
+        )
         self.spends[i] = posting.record
         self.post(posting)
 

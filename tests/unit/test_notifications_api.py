@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -64,40 +64,73 @@ class Shop:
     async def policy(self, **over: Any) -> None:
         await self.ok("PUT", "/v1/notifications/policy", json={**OPEN_POLICY, **over})
 
-    async def template(self, key: str, channel: str = "sms", text: str = COUPON_SMS, trigger: str = "coupon.issued",
-                       **more: Any) -> None:
+    async def template(
+        self, key: str, channel: str = "sms", text: str = COUPON_SMS, trigger: str = "coupon.issued", **more: Any
+    ) -> None:
         body = {"key": key, "channel": channel, "trigger": trigger, "parts": {"text": text, **more}}
         await self.ok("POST", "/v1/notifications/templates", 201, json=body)
 
     async def rule(self, rule_id: str, template: str, channel: str = "sms", **over: Any) -> None:
-        await self.ok("PUT", f"/v1/notifications/rules/{rule_id}", json={
-            "name": rule_id, "trigger": "coupon.issued", "channels": [{"channel": channel, "template": template}],
-            **over})
+        await self.ok(
+            "PUT",
+            f"/v1/notifications/rules/{rule_id}",
+            json={
+                "name": rule_id,
+                "trigger": "coupon.issued",
+                "channels": [{"channel": channel, "template": template}],
+                **over,
+            },
+        )
 
     async def register(self, customer_id: str, phone: str | None = "13800138000", **data: Any) -> None:
         """customer.registered through POST /v1/events; returns once notifications has the profile."""
         consents = data.pop("consents", {"sms": True})
-        event = {"event_id": str(uuid.uuid4()), "type": "customer.registered", "merchant_id": self.merchant_id,
-                 "customer_id": customer_id,
-                 "occurred_at": (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat(),
-                 "data": {"phone": phone, "consents": consents, **data}}
+        event = {
+            "event_id": str(uuid.uuid4()),
+            "type": "customer.registered",
+            "merchant_id": self.merchant_id,
+            "customer_id": customer_id,
+            "occurred_at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+            "data": {"phone": phone, "consents": consents, **data},
+        }
         r = await self.client.post("/v1/events", json=[event], headers=self.headers)
         assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
-        await eventually(lambda: self.get(f"/v1/customers/{customer_id}/consents"),
-                         lambda r: bool(r.json()["consents"]), timeout=15)
+        await eventually(
+            lambda: self.get(f"/v1/customers/{customer_id}/consents"), lambda r: bool(r.json()["consents"]), timeout=15
+        )
 
-    def coupon(self, customer_id: str, n: int = 0, rule_id: str = "welcome",
-               template_id: str = "tpl-100-20") -> EnvelopeBase:
-        at = datetime.now(timezone.utc)
-        return new_event("coupon.issued", self.merchant_id, {
-            "coupon_id": f"k-{customer_id}-{n}", "template_id": template_id, "template_name": "满100减20券",
-            "rule_id": rule_id, "kind": "amount_off", "face_value_fen": 2000, "starts_at": at.isoformat(),
-            "expires_at": datetime(2030, 1, 31, 12, tzinfo=timezone.utc).isoformat()}, customer_id=customer_id)
+    def coupon(
+        self, customer_id: str, n: int = 0, rule_id: str = "welcome", template_id: str = "tpl-100-20"
+    ) -> EnvelopeBase:
+        at = datetime.now(UTC)
+        return new_event(
+            "coupon.issued",
+            self.merchant_id,
+            {
+                "coupon_id": f"k-{customer_id}-{n}",
+                "template_id": template_id,
+                "template_name": "满100减20券",
+                "rule_id": rule_id,
+                "kind": "amount_off",
+                "face_value_fen": 2000,
+                "starts_at": at.isoformat(),
+                "expires_at": datetime(2030, 1, 31, 12, tzinfo=UTC).isoformat(),
+            },
+            customer_id=customer_id,
+        )
 
     async def publish(self, *events: EnvelopeBase) -> None:
         """On the bus, as the coupons service publishes them (coupon.issued is not a shop event)."""
-        await self.app.state.bus.publish([Message(topic=REGISTRY[e.type].topic,  # type: ignore[attr-defined]
-                                                  key=e.key, value=e.to_json()) for e in events])
+        await self.app.state.bus.publish(
+            [
+                Message(
+                    topic=REGISTRY[e.type].topic,  # type: ignore[attr-defined]
+                    key=e.key,
+                    value=e.to_json(),
+                )
+                for e in events
+            ]
+        )
 
     async def applied(self, event_id: str) -> None:
         """Wait until notifications has applied an event (its inbox holds the id)."""
@@ -106,8 +139,9 @@ class Shop:
 
         async def seen() -> bool:
             async with rt.sessions() as s:
-                return (await s.execute(select(inbox.c.event_id).where(inbox.c.event_id == event_id))).first() \
-                    is not None
+                return (
+                    await s.execute(select(inbox.c.event_id).where(inbox.c.event_id == event_id))
+                ).first() is not None
 
         await eventually(seen, bool, timeout=15)
 
@@ -118,8 +152,11 @@ class Shop:
 
     async def settled(self, n: int, **params: Any) -> list[dict[str, Any]]:
         """Eventually n messages (of these filters), none of them still on its way."""
-        return await eventually(lambda: self.messages(**params), lambda ms: len(ms) == n and all(
-            m["status"] not in ("queued", "sending") for m in ms), timeout=15)
+        return await eventually(
+            lambda: self.messages(**params),
+            lambda ms: len(ms) == n and all(m["status"] not in ("queued", "sending") for m in ms),
+            timeout=15,
+        )
 
 
 def fields_of(r: httpx.Response, status: int = 422) -> dict[str, str]:
@@ -137,8 +174,11 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]
 
 async def open_shop(served: App, name: str = "贝贝母婴") -> Shop:
     merchant_id = f"m-{uuid.uuid4().hex[:10]}"
-    r = await served.client.post("/v1/platform/merchants", headers={"X-Admin-Token": ADMIN_TOKEN},
-                                 json={"merchant_id": merchant_id, "name": name})
+    r = await served.client.post(
+        "/v1/platform/merchants",
+        headers={"X-Admin-Token": ADMIN_TOKEN},
+        json={"merchant_id": merchant_id, "name": name},
+    )
     assert r.status_code == 201, r.text
     made = r.json()
     runtimes = [rt for n, rt in served.app.state.runtimes.items() if n != "gateway"]
@@ -156,18 +196,32 @@ async def shop(served: App) -> Shop:
 
 async def test_templates_are_refused_naming_every_part_at_fault_and_versioned_by_content(shop: Shop) -> None:
     url = "/v1/notifications/templates"
-    body = {"key": "cpn", "channel": "sms", "locale": "zh-CN", "trigger": "coupon.issued",
-            "parts": {"text": "{{ coupon.nmae }}到账"}}
+    body = {
+        "key": "cpn",
+        "channel": "sms",
+        "locale": "zh-CN",
+        "trigger": "coupon.issued",
+        "parts": {"text": "{{ coupon.nmae }}到账"},
+    }
     bad = fields_of(await shop.client.post(url, json=body, headers=shop.headers))
     assert "nmae" in bad["body.parts.text"] and "coupon.name" in bad["body.parts.text"]  # with the hint
-    bad = fields_of(await shop.client.post(url, json={**body, "channel": "fax", "locale": "fr",
-                                                      "parts": {"text": "hi"}}, headers=shop.headers))
+    bad = fields_of(
+        await shop.client.post(
+            url, json={**body, "channel": "fax", "locale": "fr", "parts": {"text": "hi"}}, headers=shop.headers
+        )
+    )
     assert set(bad) == {"body.channel", "body.locale"} and "fax" in bad["body.channel"]
-    bad = fields_of(await shop.client.post(url, json={**body, "channel": "wechat", "parts": {
-        "fields": {"thing1": "{{ coupon.name }}", "colour2": "x"}}}, headers=shop.headers))
+    bad = fields_of(
+        await shop.client.post(
+            url,
+            json={**body, "channel": "wechat", "parts": {"fields": {"thing1": "{{ coupon.name }}", "colour2": "x"}}},
+            headers=shop.headers,
+        )
+    )
     assert {"body.parts.provider_template", "body.parts.fields.colour2"} <= set(bad)
-    assert "body.parts.bogus" in fields_of(await shop.client.post(url, json={**body, "parts": {"bogus": "x"}},
-                                                                  headers=shop.headers))
+    assert "body.parts.bogus" in fields_of(
+        await shop.client.post(url, json={**body, "parts": {"bogus": "x"}}, headers=shop.headers)
+    )
 
     good = {**body, "parts": {"text": COUPON_SMS}}
     assert await shop.ok("POST", url, 201, json=good) == {"key": "cpn", "version": 1, "created": True}
@@ -179,8 +233,7 @@ async def test_templates_are_refused_naming_every_part_at_fault_and_versioned_by
     [latest] = await shop.ok("GET", url)
     assert (latest["key"], latest["version"], latest["parts"]["text"]) == ("cpn", 2, COUPON_SMS + "！")
     assert (await shop.get(f"{url}/nope")).status_code == 404
-    assert fields_of(await shop.get(f"{url}/cpn/versions/9"), 404) == {"path.version": "no version 9 of template "
-                                                                                       "'cpn'"}
+    assert fields_of(await shop.get(f"{url}/cpn/versions/9"), 404) == {"path.version": "no version 9 of template 'cpn'"}
     assert (await shop.client.get(url)).status_code == 401
 
 
@@ -192,18 +245,35 @@ async def test_preview_renders_the_sample_values_or_the_ones_given(shop: Shop) -
     assert shown["context"]["coupon"]["face_value_fen"] == 3000
     given = await shop.ok("POST", url, json={**body, "variables": {"coupon.name": "新人专享券", "shop.name": "小店"}})
     assert given["rendered"]["text"].startswith("小店送您新人专享券，")
-    own = await shop.ok("POST", url, json={"channel": "email", "locale": "en", "trigger": "campaign",
-                                           "vars": ["headline"], "variables": {"vars.headline": "<b>50% off</b>"},
-                                           "parts": {"subject": "{{ campaign.name }}",
-                                                     "html": "<p>{{ vars.headline }}</p>"}})
+    own = await shop.ok(
+        "POST",
+        url,
+        json={
+            "channel": "email",
+            "locale": "en",
+            "trigger": "campaign",
+            "vars": ["headline"],
+            "variables": {"vars.headline": "<b>50% off</b>"},
+            "parts": {"subject": "{{ campaign.name }}", "html": "<p>{{ vars.headline }}</p>"},
+        },
+    )
     assert own["rendered"]["subject"] == "Double 11 restock"
     assert own["rendered"]["html"] == "<p>&lt;b&gt;50% off&lt;/b&gt;</p>"  # escaped in html
-    bad = fields_of(await shop.client.post(url, json={**body, "parts": {"text": "{{ coupon.nmae }"}},
-                                           headers=shop.headers))
+    bad = fields_of(
+        await shop.client.post(url, json={**body, "parts": {"text": "{{ coupon.nmae }"}}, headers=shop.headers)
+    )
     assert list(bad) == ["body.parts.text"]
-    bad = fields_of(await shop.client.post(url, json={**body, "parts": {"text": "{{ coupon.face_value_fen | yuan }}"},
-                                                      "variables": {"coupon.face_value_fen": "lots"}},
-                                           headers=shop.headers))
+    bad = fields_of(
+        await shop.client.post(
+            url,
+            json={
+                **body,
+                "parts": {"text": "{{ coupon.face_value_fen | yuan }}"},
+                "variables": {"coupon.face_value_fen": "lots"},
+            },
+            headers=shop.headers,
+        )
+    )
     assert "yuan" in bad["body.parts.text"]
 
 
@@ -223,12 +293,14 @@ async def test_rules_are_saved_under_their_path_id_and_refused_naming_the_field(
     saved = await shop.ok("PUT", f"{url}/coupon-sms", json=rule)
     assert (saved["rule_id"], saved["active"], saved["purpose"]) == ("coupon-sms", True, None)
     assert (await shop.ok("PUT", f"{url}/coupon-sms", json={**rule, "rule_id": "coupon-sms", "value": 5}))["value"] == 5
-    assert "body.rule_id" in fields_of(await shop.client.put(f"{url}/coupon-sms", json={**rule, "rule_id": "other"},
-                                                             headers=shop.headers))
+    assert "body.rule_id" in fields_of(
+        await shop.client.put(f"{url}/coupon-sms", json={**rule, "rule_id": "other"}, headers=shop.headers)
+    )
     bad = {**rule, "channels": [{"channel": "fax", "template": "x"}]}
     assert "body.channels.0.channel" in fields_of(await shop.client.put(f"{url}/r2", json=bad, headers=shop.headers))
-    assert "body.trigger" in fields_of(await shop.client.put(f"{url}/r2", json={**rule, "trigger": "campaign"},
-                                                             headers=shop.headers))
+    assert "body.trigger" in fields_of(
+        await shop.client.put(f"{url}/r2", json={**rule, "trigger": "campaign"}, headers=shop.headers)
+    )
     assert [(r["rule_id"], r["value"]) for r in await shop.ok("GET", url)] == [("coupon-sms", 5)]
     assert await shop.ok("DELETE", f"{url}/coupon-sms", 204) is None
     assert (await shop.client.delete(f"{url}/coupon-sms", headers=shop.headers)).status_code == 404
@@ -246,17 +318,34 @@ async def test_a_coupon_issued_event_becomes_one_delivered_message_explained_and
     event = shop.coupon("u-1")
     await shop.publish(event)
 
-    [shown] = await eventually(lambda: shop.ok("GET", "/v1/notifications/console", params={"customer_id": "u-1"}),
-                               lambda ms: len(ms) == 1 and ms[0]["status"] == "delivered", timeout=15)
+    [shown] = await eventually(
+        lambda: shop.ok("GET", "/v1/notifications/console", params={"customer_id": "u-1"}),
+        lambda ms: len(ms) == 1 and ms[0]["status"] == "delivered",
+        timeout=15,
+    )
     assert shown["content"]["text"] == "贝贝母婴送您满100减20券，2030年1月31日前有效。退订回T"
-    assert (shown["channel"], shown["recipient"], shown["provider"], shown["trigger_key"], shown["rule_id"]) == \
-        ("sms", "+8613800138000", "console", event.event_id, "coupon-sms")
+    assert (shown["channel"], shown["recipient"], shown["provider"], shown["trigger_key"], shown["rule_id"]) == (
+        "sms",
+        "+8613800138000",
+        "console",
+        event.event_id,
+        "coupon-sms",
+    )
     assert shown["template"] == {"key": "cpn-sms", "version": 1}
 
     # The bus delivers it again: nothing new (a later event of the customer shows it was applied).
-    marker = new_event("coupon.redeemed", shop.merchant_id, {
-        "coupon_id": "k-u-1-0", "template_id": "tpl-100-20", "order_id": "o-1", "discount_fen": 2000,
-        "order_amount_fen": 12000}, customer_id="u-1")
+    marker = new_event(
+        "coupon.redeemed",
+        shop.merchant_id,
+        {
+            "coupon_id": "k-u-1-0",
+            "template_id": "tpl-100-20",
+            "order_id": "o-1",
+            "discount_fen": 2000,
+            "order_amount_fen": 12000,
+        },
+        customer_id="u-1",
+    )
     await shop.publish(event, marker)
     await shop.applied(marker.event_id)
     assert len(await shop.messages(customer_id="u-1")) == 1
@@ -273,19 +362,37 @@ async def test_a_coupon_issued_event_becomes_one_delivered_message_explained_and
 
     funnel = await shop.ok("GET", "/v1/notifications/funnel")
     assert (funnel["total"], funnel["sent"], funnel["delivered"], funnel["skipped"]) == (1, 1, 1, 0)
-    since = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+    since = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     assert (await shop.ok("GET", "/v1/notifications/funnel", params={"since": since}))["total"] == 0
 
 
 async def test_a_rule_for_one_coupon_rule_or_template_answers_only_its_coupons(shop: Shop) -> None:
     url = "/v1/notifications/rules"
-    bad = fields_of(await shop.client.put(f"{url}/x", headers=shop.headers, json={
-        "name": "x", "trigger": "segment.changed", "conditions": {"coupon_rules": ["rul_1"]},
-        "channels": [{"channel": "sms", "template": "cpn-sms"}]}))
+    bad = fields_of(
+        await shop.client.put(
+            f"{url}/x",
+            headers=shop.headers,
+            json={
+                "name": "x",
+                "trigger": "segment.changed",
+                "conditions": {"coupon_rules": ["rul_1"]},
+                "channels": [{"channel": "sms", "template": "cpn-sms"}],
+            },
+        )
+    )
     assert "coupon_rules applies to coupon.issued and coupon.expiring, not to segment.changed" in bad["body"]
-    bad = fields_of(await shop.client.put(f"{url}/x", headers=shop.headers, json={
-        "name": "x", "trigger": "coupon.issued", "conditions": {"to_tiers": ["B"]},
-        "channels": [{"channel": "sms", "template": "cpn-sms"}]}))
+    bad = fields_of(
+        await shop.client.put(
+            f"{url}/x",
+            headers=shop.headers,
+            json={
+                "name": "x",
+                "trigger": "coupon.issued",
+                "conditions": {"to_tiers": ["B"]},
+                "channels": [{"channel": "sms", "template": "cpn-sms"}],
+            },
+        )
+    )
     assert "to_tiers applies to segment.changed" in bad["body"]
 
     await shop.template("cpn-sms")
@@ -300,7 +407,8 @@ async def test_a_rule_for_one_coupon_rule_or_template_answers_only_its_coupons(s
     await shop.applied(template.event_id)
     sent = await shop.settled(2, customer_id="u-1")
     assert sorted((m["rule_id"], m["trigger_key"]) for m in sent) == sorted(
-        [("playbook", ours.event_id), ("by-template", template.event_id)])
+        [("playbook", ours.event_id), ("by-template", template.event_id)]
+    )
 
 
 async def test_a_denied_consent_skips_the_next_message_and_explain_says_why(shop: Shop) -> None:
@@ -308,23 +416,27 @@ async def test_a_denied_consent_skips_the_next_message_and_explain_says_why(shop
     await shop.rule("coupon-sms", "cpn-sms")
     await shop.policy()
     await shop.register("u-1")
-    r = await shop.client.put("/v1/customers/u-1/consents", json={"sms": "denied", "email": "granted"},
-                              headers=shop.headers)
+    r = await shop.client.put(
+        "/v1/customers/u-1/consents", json={"sms": "denied", "email": "granted"}, headers=shop.headers
+    )
     assert r.status_code == 200, r.text
     said = r.json()["consents"]
     assert (said["sms"]["state"], said["sms"]["source"], said["email"]["state"]) == ("denied", "api", "granted")
     assert "wechat" not in said
-    assert "body.fax" in fields_of(await shop.client.put("/v1/customers/u-1/consents", json={"fax": "denied"},
-                                                         headers=shop.headers))
-    assert "body.sms" in fields_of(await shop.client.put("/v1/customers/u-1/consents", json={"sms": "maybe"},
-                                                         headers=shop.headers))
+    assert "body.fax" in fields_of(
+        await shop.client.put("/v1/customers/u-1/consents", json={"fax": "denied"}, headers=shop.headers)
+    )
+    assert "body.sms" in fields_of(
+        await shop.client.put("/v1/customers/u-1/consents", json={"sms": "maybe"}, headers=shop.headers)
+    )
 
     event = shop.coupon("u-1")
     await shop.publish(event)
     [m] = await shop.settled(1, customer_id="u-1")
     assert (m["status"], m["reason"]) == ("skipped", "consent_denied")
-    why = await shop.ok("GET", "/v1/notifications/explain",
-                        params={"customer_id": "u-1", "trigger": event.event_id, "locale": "en"})
+    why = await shop.ok(
+        "GET", "/v1/notifications/explain", params={"customer_id": "u-1", "trigger": event.event_id, "locale": "en"}
+    )
     assert "refused" in why["messages"][0]["why"] and "SMS" in why["messages"][0]["why"]
     funnel = await shop.ok("GET", "/v1/notifications/funnel")
     assert funnel["reasons"] == {"skipped": {"consent_denied": 1}}
@@ -335,8 +447,10 @@ async def test_the_customer_reads_and_sets_their_own_consents(shop: Shop) -> Non
     token = (await shop.ok("POST", "/v1/customer-tokens", 200, json={"customer_id": "u-1"}))["token"]
     me = {"Authorization": f"Bearer {token}"}
     r = await shop.client.get("/v1/me/consents", headers=me)
-    assert r.status_code == 200 and {c: v["state"] for c, v in r.json()["consents"].items()} == \
-        {"sms": "granted", "email": "granted"}
+    assert r.status_code == 200 and {c: v["state"] for c, v in r.json()["consents"].items()} == {
+        "sms": "granted",
+        "email": "granted",
+    }
     r = await shop.client.put("/v1/me/consents", json={"email": "denied"}, headers=me)
     assert r.status_code == 200, r.text
     assert (r.json()["consents"]["email"]["state"], r.json()["consents"]["email"]["source"]) == ("denied", "customer")
@@ -364,16 +478,22 @@ async def test_an_sms_reply_t_opts_the_sender_out(shop: Shop) -> None:
     consents = await shop.ok("GET", "/v1/customers/u-1/consents")
     assert (consents["consents"]["sms"]["state"], consents["consents"]["sms"]["source"]) == ("denied", "sms_reply")
     # Aliyun's push: an array of {"phone_number", "content", …}, answered as it expects.
-    r = await shop.client.post(url, params=q, json=[{"phone_number": "13800138002", "content": "退订",
-                                                     "sign_name": "贝贝", "dest_code": "1234"}])
+    r = await shop.client.post(
+        url,
+        params=q,
+        json=[{"phone_number": "13800138002", "content": "退订", "sign_name": "贝贝", "dest_code": "1234"}],
+    )
     assert r.json() == {"opted_out": ["u-2"], "code": 0, "msg": "成功"}
 
-    assert list(fields_of(await shop.client.post(url, params=q, json={"phone": "010-1234567", "text": "T"}))) == \
-        ["body.phone"]
+    assert list(fields_of(await shop.client.post(url, params=q, json={"phone": "010-1234567", "text": "T"}))) == [
+        "body.phone"
+    ]
     assert "body.text" in fields_of(await shop.client.post(url, params=q, json={"phone": "13800138001"}))
     assert "body.0.phone" in fields_of(await shop.client.post(url, params=q, json=[{"text": "T"}]))
-    assert "query.merchant_id" in fields_of(await shop.client.post(url, params={**q, "merchant_id": "nobody"},
-                                                                   json={"phone": "13800138001", "text": "T"}), 404)
+    assert "query.merchant_id" in fields_of(
+        await shop.client.post(url, params={**q, "merchant_id": "nobody"}, json={"phone": "13800138001", "text": "T"}),
+        404,
+    )
 
 
 async def test_an_unsubscribe_link_opts_out_and_a_tampered_one_is_refused(shop: Shop) -> None:
@@ -388,9 +508,15 @@ async def test_an_unsubscribe_link_opts_out_and_a_tampered_one_is_refused(shop: 
 
     token = link.query.removeprefix("token=")
     payload, mac = token.split(".")
-    for bad in (f"{payload}.{mac[:-2]}{'AA' if mac[-2:] != 'AA' else 'BB'}", payload, "x.y", "",
-                unsubscribe_url("", EnqueueShop(shop.merchant_id, "", "Asia/Shanghai", "another-secret"), "u-1",
-                                "sms").split("token=")[1]):
+    for bad in (
+        f"{payload}.{mac[:-2]}{'AA' if mac[-2:] != 'AA' else 'BB'}",
+        payload,
+        "x.y",
+        "",
+        unsubscribe_url("", EnqueueShop(shop.merchant_id, "", "Asia/Shanghai", "another-secret"), "u-1", "sms").split(
+            "token="
+        )[1],
+    ):
         r = await shop.client.get("/v1/notifications/unsubscribe", params={"token": bad})
         assert r.status_code in (400, 422), (bad, r.text)
         if bad:
@@ -398,8 +524,11 @@ async def test_an_unsubscribe_link_opts_out_and_a_tampered_one_is_refused(shop: 
     assert (await shop.ok("GET", "/v1/customers/u-1/consents"))["consents"]["sms"]["state"] == "granted"
 
     one_click = urlsplit(unsubscribe_url("https://shop.example", signer, "u-1", "sms"))
-    r = await shop.client.post(f"{one_click.path}?{one_click.query}", content=b"List-Unsubscribe=One-Click",
-                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = await shop.client.post(
+        f"{one_click.path}?{one_click.query}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert (r.status_code, r.content) == (200, b"")
     assert (await shop.ok("GET", "/v1/customers/u-1/consents"))["consents"]["sms"]["state"] == "denied"
     r = await shop.client.post("/v1/notifications/unsubscribe", params={"token": f"{payload}.{mac[::-1]}"})
@@ -411,21 +540,32 @@ async def test_an_unsubscribe_link_opts_out_and_a_tampered_one_is_refused(shop: 
 
 async def test_a_campaign_reaches_its_audience_and_reports_progress(shop: Shop) -> None:
     await shop.policy()
-    body = {"key": "promo", "channel": "sms", "trigger": "campaign", "vars": ["offer"],
-            "parts": {"text": "{{ campaign.name }}：{{ vars.offer }}。退订回T"}}
+    body = {
+        "key": "promo",
+        "channel": "sms",
+        "trigger": "campaign",
+        "vars": ["offer"],
+        "parts": {"text": "{{ campaign.name }}：{{ vars.offer }}。退订回T"},
+    }
     await shop.ok("POST", "/v1/notifications/templates", 201, json=body)
     await shop.register("u-1", phone="13800138001")
     await shop.register("u-2", phone="13800138002")
     await shop.register("u-3", phone=None, consents={"email": True})
-    spec = {"name": "双11回购季", "audience": {"customer_ids": ["u-1", "u-2", "u-3"]},
-            "channels": [{"channel": "sms", "template": "promo"}], "vars": {"offer": "满199减30"}}
+    spec = {
+        "name": "双11回购季",
+        "audience": {"customer_ids": ["u-1", "u-2", "u-3"]},
+        "channels": [{"channel": "sms", "template": "promo"}],
+        "vars": {"offer": "满199减30"},
+    }
     made = await shop.ok("POST", "/v1/notifications/campaigns", 201, json=spec)
     assert made["status"] == "scheduled" and made["campaign_id"].startswith("cmp-")
     cid = made["campaign_id"]
 
-    done = await eventually(lambda: shop.ok("GET", f"/v1/notifications/campaigns/{cid}"),
-                            lambda c: c["status"] == "done" and c["progress"] == {"delivered": 2, "skipped": 1},
-                            timeout=15)
+    done = await eventually(
+        lambda: shop.ok("GET", f"/v1/notifications/campaigns/{cid}"),
+        lambda c: c["status"] == "done" and c["progress"] == {"delivered": 2, "skipped": 1},
+        timeout=15,
+    )
     assert (done["enqueued"], done["spec"]["name"], done["error"]) == (3, "双11回购季", None)
     sent = {m["customer_id"]: m for m in await shop.messages(campaign_id=cid)}
     assert (sent["u-3"]["status"], sent["u-3"]["reason"]) == ("skipped", "no_contact")
@@ -437,21 +577,38 @@ async def test_a_campaign_reaches_its_audience_and_reports_progress(shop: Shop) 
 
     # Refused up front: a template that is not there, or vars the template reads left out.
     bad = {**spec, "channels": [{"channel": "sms", "template": "nope"}]}
-    assert "body.channels.0.template" in fields_of(await shop.client.post("/v1/notifications/campaigns", json=bad,
-                                                                          headers=shop.headers))
-    assert "body.vars" in fields_of(await shop.client.post("/v1/notifications/campaigns", json={**spec, "vars": {}},
-                                                           headers=shop.headers))
-    assert "body.audience" in fields_of(await shop.client.post(
-        "/v1/notifications/campaigns", json={**spec, "audience": {}}, headers=shop.headers))
+    assert "body.channels.0.template" in fields_of(
+        await shop.client.post("/v1/notifications/campaigns", json=bad, headers=shop.headers)
+    )
+    assert "body.vars" in fields_of(
+        await shop.client.post("/v1/notifications/campaigns", json={**spec, "vars": {}}, headers=shop.headers)
+    )
+    assert "body.audience" in fields_of(
+        await shop.client.post("/v1/notifications/campaigns", json={**spec, "audience": {}}, headers=shop.headers)
+    )
 
 
 async def test_campaign_pause_resume_and_cancel(shop: Shop, served: App) -> None:
-    await shop.ok("POST", "/v1/notifications/templates", 201, json={
-        "key": "promo", "channel": "sms", "trigger": "campaign", "parts": {"text": "{{ campaign.name }}"}})
-    later = (datetime.now(timezone.utc) + timedelta(days=30)).isoformat()
-    cid = (await shop.ok("POST", "/v1/notifications/campaigns", 201, json={
-        "name": "下月", "audience": {"customer_ids": ["u-1"]}, "channels": [{"channel": "sms", "template": "promo"}],
-        "scheduled_at": later}))["campaign_id"]
+    await shop.ok(
+        "POST",
+        "/v1/notifications/templates",
+        201,
+        json={"key": "promo", "channel": "sms", "trigger": "campaign", "parts": {"text": "{{ campaign.name }}"}},
+    )
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    cid = (
+        await shop.ok(
+            "POST",
+            "/v1/notifications/campaigns",
+            201,
+            json={
+                "name": "下月",
+                "audience": {"customer_ids": ["u-1"]},
+                "channels": [{"channel": "sms", "template": "promo"}],
+                "scheduled_at": later,
+            },
+        )
+    )["campaign_id"]
     base = f"/v1/notifications/campaigns/{cid}"
     assert (await shop.ok("POST", f"{base}/pause"))["status"] == "paused"
     assert (await shop.ok("GET", base))["status"] == "paused"
@@ -461,8 +618,9 @@ async def test_campaign_pause_resume_and_cancel(shop: Shop, served: App) -> None
         r = await shop.client.post(f"{base}/{action}", headers=shop.headers)
         assert (r.status_code, r.json()["error"]["code"]) == (409, "conflict"), r.text
     assert (await shop.client.post(f"{base}/explode", headers=shop.headers)).status_code == 422
-    assert (await shop.client.post("/v1/notifications/campaigns/cmp-nope/pause", headers=shop.headers)
-            ).status_code == 404
+    assert (
+        await shop.client.post("/v1/notifications/campaigns/cmp-nope/pause", headers=shop.headers)
+    ).status_code == 404
 
     other = await open_shop(served, "别家")
     assert fields_of(await other.get(base), 404) == {"path.campaign_id": f"no campaign {cid!r}"}
@@ -474,8 +632,10 @@ async def test_campaign_pause_resume_and_cancel(shop: Shop, served: App) -> None
 
 async def test_quiet_hours_hold_marketing_while_transactional_goes_out(shop: Shop) -> None:
     local = datetime.now(ZoneInfo("Asia/Shanghai"))
-    window = {"start": (local - timedelta(hours=1)).strftime("%H:%M"),
-              "end": (local + timedelta(hours=1)).strftime("%H:%M")}
+    window = {
+        "start": (local - timedelta(hours=1)).strftime("%H:%M"),
+        "end": (local + timedelta(hours=1)).strftime("%H:%M"),
+    }
     await shop.policy(quiet_hours=window)
     await shop.template("cpn-sms")
     await shop.template("cpn-notice", text="{{ coupon.name }}已到账")
@@ -485,14 +645,23 @@ async def test_quiet_hours_hold_marketing_while_transactional_goes_out(shop: Sho
     event = shop.coupon("u-1")
     await shop.publish(event)
 
-    found = {m["rule_id"]: m for m in await eventually(
-        lambda: shop.messages(customer_id="u-1"),
-        lambda ms: sorted(m["status"] for m in ms) == ["delivered", "held"], timeout=15)}
+    found = {
+        m["rule_id"]: m
+        for m in await eventually(
+            lambda: shop.messages(customer_id="u-1"),
+            lambda ms: sorted(m["status"] for m in ms) == ["delivered", "held"],
+            timeout=15,
+        )
+    }
     held, sent = found["a-marketing"], found["b-transactional"]
     assert (held["reason"], sent["content"]["text"]) == ("quiet_hours", "满100减20券已到账")
-    assert datetime.fromisoformat(held["due_at"]) > datetime.now(timezone.utc)
-    why = {m["rule_id"]: m["why"] for m in (await shop.ok("GET", "/v1/notifications/explain", params={
-        "customer_id": "u-1", "trigger": event.event_id}))["messages"]}
+    assert datetime.fromisoformat(held["due_at"]) > datetime.now(UTC)
+    why = {
+        m["rule_id"]: m["why"]
+        for m in (
+            await shop.ok("GET", "/v1/notifications/explain", params={"customer_id": "u-1", "trigger": event.event_id})
+        )["messages"]
+    }
     assert "免打扰" in why["a-marketing"] and window["start"] in why["a-marketing"]
     assert why["b-transactional"] == "已送达"
     assert (await shop.ok("GET", "/v1/notifications/funnel"))["reasons"] == {"held": {"quiet_hours": 1}}
@@ -505,22 +674,35 @@ async def test_channel_settings_are_validated_naming_the_field_and_shown_masked(
     url = "/v1/notifications/channels"
     aliyun = {"access_key_id": "LTAI5t", "access_key_secret": "s3cret", "sign_name": "贝贝母婴"}
     missing = {k: v for k, v in aliyun.items() if k != "access_key_id"}
-    bad = fields_of(await shop.client.put(f"{url}/sms", json={"provider": "aliyun", "config": missing},
-                                          headers=shop.headers))
+    bad = fields_of(
+        await shop.client.put(f"{url}/sms", json={"provider": "aliyun", "config": missing}, headers=shop.headers)
+    )
     assert list(bad) == ["body.config.access_key_id"]
-    bad = fields_of(await shop.client.put(f"{url}/sms", json={"provider": "aliyun", "config": {**aliyun, "typo": 1}},
-                                          headers=shop.headers))
+    bad = fields_of(
+        await shop.client.put(
+            f"{url}/sms", json={"provider": "aliyun", "config": {**aliyun, "typo": 1}}, headers=shop.headers
+        )
+    )
     assert list(bad) == ["body.config.typo"]
-    assert "body.config.app_id" in fields_of(await shop.client.put(
-        f"{url}/wechat", json={"provider": "wechat", "config": {"app_secret": "x"}}, headers=shop.headers))
-    assert list(fields_of(await shop.client.put(f"{url}/sms", json={"provider": "smtp", "config": {}},
-                                                headers=shop.headers))) == ["body.provider"]
-    assert "path.channel" in fields_of(await shop.client.put(f"{url}/fax", json={"provider": "console"},
-                                                             headers=shop.headers))
+    assert "body.config.app_id" in fields_of(
+        await shop.client.put(
+            f"{url}/wechat", json={"provider": "wechat", "config": {"app_secret": "x"}}, headers=shop.headers
+        )
+    )
+    assert list(
+        fields_of(await shop.client.put(f"{url}/sms", json={"provider": "smtp", "config": {}}, headers=shop.headers))
+    ) == ["body.provider"]
+    assert "path.channel" in fields_of(
+        await shop.client.put(f"{url}/fax", json={"provider": "console"}, headers=shop.headers)
+    )
 
     saved = await shop.ok("PUT", f"{url}/sms", json={"provider": "aliyun", "config": aliyun, "rate_per_s": 50})
-    assert (saved["provider"], saved["rate_per_s"], saved["config"]["access_key_id"],
-            saved["config"]["access_key_secret"]) == ("aliyun", 50, "LTAI5t", "***")
+    assert (
+        saved["provider"],
+        saved["rate_per_s"],
+        saved["config"]["access_key_id"],
+        saved["config"]["access_key_secret"],
+    ) == ("aliyun", 50, "LTAI5t", "***")
     [listed] = await shop.ok("GET", url)
     assert listed["channel"] == "sms" and listed["config"]["access_key_secret"] == "***"
     assert "s3cret" not in str(await shop.ok("GET", url))
@@ -540,8 +722,9 @@ async def test_another_merchant_cannot_read_the_first_ones_messages(shop: Shop, 
     await shop.publish(shop.coupon("u-1"))
     [m] = await shop.settled(1)
     other = await open_shop(served, "别家")
-    assert fields_of(await other.get(f"/v1/notifications/messages/{m['message_id']}"), 404) == \
-        {"path.message_id": f"no message {m['message_id']!r}"}
+    assert fields_of(await other.get(f"/v1/notifications/messages/{m['message_id']}"), 404) == {
+        "path.message_id": f"no message {m['message_id']!r}"
+    }
     assert await other.messages() == [] and await other.messages(customer_id="u-1") == []
     assert (await other.ok("GET", "/v1/notifications/explain", params={"customer_id": "u-1"}))["messages"] == []
     assert (await other.ok("GET", "/v1/notifications/funnel"))["total"] == 0
@@ -553,17 +736,23 @@ async def test_another_merchant_cannot_read_the_first_ones_messages(shop: Shop, 
 async def test_receipts_are_parsed_per_provider_and_matched(shop: Shop) -> None:
     url = "/v1/notifications/receipts"
     q = dict(httpx.URL((await shop.ok("GET", "/v1/notifications/callbacks"))["receipts"]["generic"]).params)
-    other = await shop.client.post(f"{url}/generic", params={**q, "token": "f" * 32},
-                                   json={"receipts": [{"id": "nope", "status": "delivered"}]})
+    other = await shop.client.post(
+        f"{url}/generic", params={**q, "token": "f" * 32}, json={"receipts": [{"id": "nope", "status": "delivered"}]}
+    )
     assert other.status_code == 403
     assert "body" in fields_of(await shop.client.post(f"{url}/generic", params=q, content=b"not json"))
-    assert "body" in fields_of(await shop.client.post(f"{url}/generic", params=q, json={"receipts": [{"status": "lost"}]}))
+    assert "body" in fields_of(
+        await shop.client.post(f"{url}/generic", params=q, json={"receipts": [{"status": "lost"}]})
+    )
     assert "body" in fields_of(await shop.client.post(f"{url}/aliyun", params=q, json={"receipts": []}))
     assert "path.provider" in fields_of(await shop.client.post(f"{url}/smtp", params=q, json={}))
     r = await shop.client.post(f"{url}/generic", params=q, json={"receipts": [{"id": "nope", "status": "delivered"}]})
     assert (r.status_code, r.json()) == (200, {"matched": 0})
-    r = await shop.client.post(f"{url}/aliyun", params=q, json=[{"biz_id": "b-1", "phone_number": "13800138000",
-                                                       "success": True, "out_id": "nope"}])
+    r = await shop.client.post(
+        f"{url}/aliyun",
+        params=q,
+        json=[{"biz_id": "b-1", "phone_number": "13800138000", "success": True, "out_id": "nope"}],
+    )
     assert r.json() == {"matched": 0, "code": 0, "msg": "成功"}
     r = await shop.client.post(f"{url}/wechat", params=q, json={"Event": "subscribe_msg_popup_event"})
     assert (r.status_code, r.text) == (200, "success")
@@ -579,12 +768,16 @@ async def test_a_test_send_goes_through_the_configured_provider_and_refuses_a_ba
     r = await shop.client.post(url, headers=shop.headers, json={"template": "nope", "to": "13800138000"})
     assert list(fields_of(r, 404)) == ["body.template"]
     # No SMS provider configured: the console channel takes it (the embedded default).
-    sent = await shop.ok("POST", url, json={"template": "cpn-sms", "to": "138 0013 8000",
-                                            "variables": {"coupon.name": "新人券"}})
+    sent = await shop.ok(
+        "POST", url, json={"template": "cpn-sms", "to": "138 0013 8000", "variables": {"coupon.name": "新人券"}}
+    )
     assert (sent["outcome"], sent["provider"]) == ("delivered", "console") and "新人券" in sent["rendered"]["text"]
     with FakeProviders() as fake:
-        await shop.ok("PUT", "/v1/notifications/channels/sms",
-                      json={"provider": "generic", "config": fake.channel_config("generic")})
+        await shop.ok(
+            "PUT",
+            "/v1/notifications/channels/sms",
+            json={"provider": "generic", "config": fake.channel_config("generic")},
+        )
         sent = await shop.ok("POST", url, json={"template": "cpn-sms", "to": "13800138000"})
         assert (sent["outcome"], sent["provider"]) == ("sent", "generic")
         [got] = fake.received("generic")

@@ -129,11 +129,13 @@ class Offer:
     created_at: datetime | None
 
 
-@given(st.lists(st.builds(Offer, st.integers(0, 10_000),
-                          st.none() | st.datetimes(timezones=st.just(UTC))), max_size=30),
-       st.integers(0, 40))
+@given(
+    st.lists(st.builds(Offer, st.integers(0, 10_000), st.none() | st.datetimes(timezones=st.just(UTC))), max_size=30),
+    st.integers(0, 40),
+)
 def test_never_more_chosen_than_credits_and_every_chosen_is_worth_at_least_every_refused(
-        offers: list[Offer], remaining: int) -> None:
+    offers: list[Offer], remaining: int
+) -> None:
     chosen, refused = choose_for_credits(offers, Credits(remaining))
     assert len(chosen) == min(remaining, len(offers))
     assert sorted(map(id, chosen + refused)) == sorted(map(id, offers))
@@ -201,8 +203,13 @@ def test_the_daily_cap_is_a_calendar_day_in_the_merchants_zone() -> None:
     assert decide(sms(), awake, datetime(2026, 11, 7, 0, 1, tzinfo=SH)).reason == "ok"
     capped = decide(sms(), awake, datetime(2026, 11, 6, 23, 59, 30, tzinfo=SH))
     assert capped.reason == "cap_reached"
-    assert capped.detail == {"channel": "sms", "window": "day", "limit": 1, "used": 1,
-                             "frees_at": "2026-11-07T00:00:00+08:00"}
+    assert capped.detail == {
+        "channel": "sms",
+        "window": "day",
+        "limit": 1,
+        "used": 1,
+        "frees_at": "2026-11-07T00:00:00+08:00",
+    }
     # Both are on 6 November in UTC (15:59 and 16:01): counting UTC days would have refused the second.
     assert sent[0][1].astimezone(UTC).date() == datetime(2026, 11, 7, 0, 1, tzinfo=SH).astimezone(UTC).date()
 
@@ -232,8 +239,13 @@ def test_when_two_caps_bind_the_one_freeing_last_is_reported() -> None:
 
 def test_default_caps_are_the_documented_ones() -> None:
     assert {(c.channel, c.limit, c.window) for c in DEFAULT_CAPS.rules} == {
-        ("sms", 1, "day"), ("sms", 3, "week"), ("wechat", 1, "day"), ("wechat", 4, "week"),
-        ("email", 1, "day"), ("email", 3, "week")}
+        ("sms", 1, "day"),
+        ("sms", 3, "week"),
+        ("wechat", 1, "day"),
+        ("wechat", 4, "week"),
+        ("email", 1, "day"),
+        ("email", 3, "week"),
+    }
 
 
 # ---------------------------------------------------------------- order and explain
@@ -254,9 +266,13 @@ def test_explain_gives_one_line_in_chinese_or_english() -> None:
     assert explain_text(d, "en") == "not sent: SMS marketing cap reached (1 a day, 1 sent), frees at 2026-11-08 00:00"
     held = decide(sms(), facts(), datetime(2026, 11, 7, 22, tzinfo=SH))
     assert "2026-11-08 09:00" in explain_text(held)
-    reasons = [decide(sms(), facts(consent={}), NOON), decide(sms(), facts(address=None), NOON),
-               decide(sms(), facts(address="1"), NOON), decide(sms(), facts(duplicate=True), NOON),
-               decide(sms("transactional"), facts(), NOON)]
+    reasons = [
+        decide(sms(), facts(consent={}), NOON),
+        decide(sms(), facts(address=None), NOON),
+        decide(sms(), facts(address="1"), NOON),
+        decide(sms(), facts(duplicate=True), NOON),
+        decide(sms("transactional"), facts(), NOON),
+    ]
     for decision in reasons:
         for locale in ("zh-CN", "en"):
             line = explain_text(decision, locale)
@@ -285,10 +301,14 @@ def test_a_bucket_allows_a_burst_then_paces_at_its_rate() -> None:
         bucket.take(4)
 
 
-@given(st.floats(0.5, 100), st.integers(1, 10),
-       st.lists(st.tuples(st.floats(0, 2), st.integers(1, 10)), min_size=1, max_size=60))
-def test_a_bucket_never_grants_more_than_rate_times_t_plus_burst(rate: float, burst: int,
-                                                                 steps: list[tuple[float, int]]) -> None:
+@given(
+    st.floats(0.5, 100),
+    st.integers(1, 10),
+    st.lists(st.tuples(st.floats(0, 2), st.integers(1, 10)), min_size=1, max_size=60),
+)
+def test_a_bucket_never_grants_more_than_rate_times_t_plus_burst(
+    rate: float, burst: int, steps: list[tuple[float, int]]
+) -> None:
     clock = Clock()
     bucket = TokenBucket(rate, burst, clock=clock)
     grants: list[tuple[float, int]] = []  # (when the tokens may be used, how many)
@@ -310,15 +330,37 @@ def test_a_bucket_never_grants_more_than_rate_times_t_plus_burst(rate: float, bu
 # ---------------------------------------------------------------- contacts
 
 
-@pytest.mark.parametrize("raw", ["13800138000", "+86 138-0013-8000", "008613800138000", "86 13800138000",
-                                 "１３８ ００１３ ８０００", "(+86) 138.0013.8000"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "13800138000",
+        "+86 138-0013-8000",
+        "008613800138000",
+        "86 13800138000",
+        "１３８ ００１３ ８０００",
+        "(+86) 138.0013.8000",
+    ],
+)
 def test_mainland_mobile_numbers_are_normalised_to_e164(raw: str) -> None:
     assert normalize_phone(raw) == "+8613800138000"
     assert mainland_national(normalize_phone(raw)) == "13800138000"
 
 
-@pytest.mark.parametrize("raw", ["12800138000", "1380013800", "138001380001", "+86 10 8888 6666", "phone",
-                                 "", "+0044 20", "+1 23", "23800138000", "+86 138 0013 800a"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "12800138000",
+        "1380013800",
+        "138001380001",
+        "+86 10 8888 6666",
+        "phone",
+        "",
+        "+0044 20",
+        "+1 23",
+        "23800138000",
+        "+86 138 0013 800a",
+    ],
+)
 def test_bad_numbers_are_refused_with_the_field(raw: str) -> None:
     with pytest.raises(InvalidContact) as err:
         normalize_phone(raw)
@@ -336,8 +378,17 @@ def test_other_countries_need_the_international_form() -> None:
 
 def test_emails_are_checked_and_their_domain_lower_cased() -> None:
     assert normalize_email("  Xiao.Lin+vip@Example.COM ") == "Xiao.Lin+vip@example.com"
-    for bad in ["no-at.example.com", "a@@b.com", "a..b@x.com", ".a@x.com", "a@localhost", "a@x.c0m", "a@-x.com",
-                "a b@x.com", "a@x..com"]:
+    for bad in [
+        "no-at.example.com",
+        "a@@b.com",
+        "a..b@x.com",
+        ".a@x.com",
+        "a@localhost",
+        "a@x.c0m",
+        "a@-x.com",
+        "a b@x.com",
+        "a@x..com",
+    ]:
         with pytest.raises(InvalidContact):
             normalize_email(bad)
 
@@ -349,7 +400,9 @@ def test_openids_are_url_safe_and_of_sane_length() -> None:
             normalize_openid(bad)
 
 
-@pytest.mark.parametrize("reply", ["T", "t", "Ｔ", " td ", "TD。", "退订", "退 订", "n", "STOP", "Stop!", "unsubscribe"])
+@pytest.mark.parametrize(
+    "reply", ["T", "t", "Ｔ", " td ", "TD。", "退订", "退 订", "n", "STOP", "Stop!", "unsubscribe"]
+)
 def test_opt_out_replies_are_recognised(reply: str) -> None:
     assert is_opt_out_reply(reply)
 

@@ -28,8 +28,9 @@ from services.notifications.domain.templates import (
 )
 
 
-def spec(channel: str = "console", trigger: str = "coupon.issued", locale: str = "zh-CN",
-         **parts: object) -> TemplateSpec:
+def spec(
+    channel: str = "console", trigger: str = "coupon.issued", locale: str = "zh-CN", **parts: object
+) -> TemplateSpec:
     return TemplateSpec(channel, locale, trigger, TemplateParts(**parts))  # type: ignore[arg-type]
 
 
@@ -77,8 +78,10 @@ def test_reading_into_a_value_is_the_values_business() -> None:
 
 
 def test_loop_variables_and_sets_are_the_templates_own() -> None:
-    s = spec(trigger="segment.changed",
-             text="{% for t in segment.entered %}{{ loop.index }}{{ t }}{% endfor %}{% set x = 1 %}{{ x }}")
+    s = spec(
+        trigger="segment.changed",
+        text="{% for t in segment.entered %}{{ loop.index }}{{ t }}{% endfor %}{% set x = 1 %}{{ x }}",
+    )
     assert validate(s) == []
 
 
@@ -127,8 +130,16 @@ def test_the_sandbox_refuses_dunder_access_when_rendered_instead_of_running_it()
     assert "unsafe" in err.value.message
 
 
-@pytest.mark.parametrize("source", ["{{ 'x' * 1000000 }}", "{{ 2 ** 100000 }}", "{{ '%099999d' % 1 }}",
-                                    "{{ range(10000000)|list|length }}", "{{ [].append(1) }}"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'x' * 1000000 }}",
+        "{{ 2 ** 100000 }}",
+        "{{ '%099999d' % 1 }}",
+        "{{ range(10000000)|list|length }}",
+        "{{ [].append(1) }}",
+    ],
+)
 def test_templates_cannot_exhaust_the_machine_or_mutate_things(source: str) -> None:
     assert "parts.text" in problems(spec(text=source))
 
@@ -157,8 +168,9 @@ def test_dates_are_shown_on_the_merchants_clock_in_the_locale() -> None:
 
 
 def test_html_is_autoescaped_and_text_is_not() -> None:
-    s = spec(channel="email", subject="{{ customer.name }}", text="{{ customer.name }}",
-             html="<p>{{ customer.name }}</p>")
+    s = spec(
+        channel="email", subject="{{ customer.name }}", text="{{ customer.name }}", html="<p>{{ customer.name }}</p>"
+    )
     ctx = sample_context("coupon.issued")
     ctx["customer"] = {**ctx["customer"], "name": "<b>林&晓</b>"}
     out = render(s, ctx)
@@ -168,9 +180,17 @@ def test_html_is_autoescaped_and_text_is_not() -> None:
 
 
 def test_a_wechat_thing_field_is_cut_to_twenty_characters_with_an_ellipsis() -> None:
-    s = spec(channel="wechat", provider_template="tmpl-abc", page="pages/coupon?id={{ coupon.id }}",
-             fields={"thing1": "{{ coupon.name }}", "character_string2": "{{ coupon.id }}",
-                     "name3": "{{ customer.name }}", "time4": "{{ coupon.expires_at|datetime }}"})
+    s = spec(
+        channel="wechat",
+        provider_template="tmpl-abc",
+        page="pages/coupon?id={{ coupon.id }}",
+        fields={
+            "thing1": "{{ coupon.name }}",
+            "character_string2": "{{ coupon.id }}",
+            "name3": "{{ customer.name }}",
+            "time4": "{{ coupon.expires_at|datetime }}",
+        },
+    )
     assert validate(s) == []
     ctx = sample_context("coupon.issued")
     ctx["coupon"] = {**ctx["coupon"], "name": "满一百九十九减三十元全场通用回购专享优惠券（限时）", "id": "C" * 40}
@@ -202,13 +222,28 @@ def test_the_unsubscribe_url_comes_from_the_context() -> None:
 
 def test_a_context_is_built_from_an_event_payload() -> None:
     data = {"before": {"tier": "A", "tags": ["new"]}, "after": {"tier": "B", "tags": ["new", "dormant"]}}
-    ctx = build_context("segment.changed", data, customer={"id": "u-1", "nickname": "阿花"}, shop={"name": "店"},
-                        now=datetime(2026, 1, 1, tzinfo=ZoneInfo("Asia/Shanghai")))
+    ctx = build_context(
+        "segment.changed",
+        data,
+        customer={"id": "u-1", "nickname": "阿花"},
+        shop={"name": "店"},
+        now=datetime(2026, 1, 1, tzinfo=ZoneInfo("Asia/Shanghai")),
+    )
     assert ctx["segment"]["entered"] == ["dormant"] and ctx["segment"]["previous_tier"] == "A"
     assert ctx["customer"]["name"] == "阿花"
-    coupon = build_context("coupon.expiring", {"coupon_id": "c", "template_id": "t", "template_name": "券",
-                                               "expires_at": "2026-11-30T23:59:59+08:00", "days_left": 2},
-                           customer={}, shop={}, now=datetime(2026, 1, 1, tzinfo=ZoneInfo("Asia/Shanghai")))
+    coupon = build_context(
+        "coupon.expiring",
+        {
+            "coupon_id": "c",
+            "template_id": "t",
+            "template_name": "券",
+            "expires_at": "2026-11-30T23:59:59+08:00",
+            "days_left": 2,
+        },
+        customer={},
+        shop={},
+        now=datetime(2026, 1, 1, tzinfo=ZoneInfo("Asia/Shanghai")),
+    )
     assert coupon["coupon"]["expires_at"] == datetime.fromisoformat("2026-11-30T23:59:59+08:00")
 
 
@@ -268,9 +303,13 @@ def test_unknown_channel_locale_and_trigger_are_named() -> None:
 
 
 def test_every_channel_accepts_a_minimal_template() -> None:
-    minimal = {"email": {"subject": "s", "text": "t"}, "sms": {"text": "t"},
-               "wechat": {"provider_template": "t", "fields": {"thing1": "x"}}, "webhook": {"text": "t"},
-               "console": {"text": "t"}}
+    minimal = {
+        "email": {"subject": "s", "text": "t"},
+        "sms": {"text": "t"},
+        "wechat": {"provider_template": "t", "fields": {"thing1": "x"}},
+        "webhook": {"text": "t"},
+        "console": {"text": "t"},
+    }
     for channel in CHANNELS:
         assert validate(spec(channel=channel, **minimal[channel])) == [], channel
 

@@ -56,8 +56,12 @@ async def runtime(tmp_path: Path, bus: InProcessBus) -> AsyncIterator[ServiceRun
 
 
 def segment_event(customer_id: str, n: int) -> EnvelopeBase:
-    return new_event("segment.changed", "m1", customer_id=customer_id,
-                     data={"before": None, "after": {"tier": "C", "frequency": n}, "config_version": n})
+    return new_event(
+        "segment.changed",
+        "m1",
+        customer_id=customer_id,
+        data={"before": None, "after": {"tier": "C", "frequency": n}, "config_version": n},
+    )
 
 
 async def stage(rt: ServiceRuntime, *events: EnvelopeBase) -> None:
@@ -77,7 +81,8 @@ async def read_all(bus: InProcessBus, topic: str) -> list[EnvelopeBase]:
 
 
 async def test_staged_events_are_published_in_commit_order_and_then_deleted(
-        runtime: ServiceRuntime, bus: InProcessBus) -> None:
+    runtime: ServiceRuntime, bus: InProcessBus
+) -> None:
     events = [segment_event(f"u{i}", i + 1) for i in range(5)]
     # Three transactions: the bus must see them in the order they were committed.
     await stage(runtime, *events[:2])
@@ -110,7 +115,8 @@ async def test_a_published_row_keeps_its_topic_and_customer_key(runtime: Service
 
 
 async def test_nothing_is_deleted_when_publish_fails_and_the_next_try_publishes_it(
-        runtime: ServiceRuntime, bus: InProcessBus) -> None:
+    runtime: ServiceRuntime, bus: InProcessBus
+) -> None:
     events = [segment_event(f"u{i}", 1) for i in range(3)]
     await stage(runtime, *events)
     broken = FailingBus(bus, failures=1)
@@ -127,12 +133,18 @@ async def test_nothing_is_deleted_when_publish_fails_and_the_next_try_publishes_
 
 
 async def test_the_relay_loop_rides_out_an_outage_and_publishes_everything_once(
-        runtime: ServiceRuntime, bus: InProcessBus) -> None:
+    runtime: ServiceRuntime, bus: InProcessBus
+) -> None:
     events = [segment_event(f"u{i}", 1) for i in range(4)]
     await stage(runtime, *events)
     broken = FailingBus(bus, failures=2)
-    relay = OutboxRelay("segmentation", SPEC.tables.outbox, runtime.sessions, broken,  # type: ignore[arg-type]
-                        idle_ms=10)
+    relay = OutboxRelay(
+        "segmentation",
+        SPEC.tables.outbox,
+        runtime.sessions,
+        broken,  # type: ignore[arg-type]
+        idle_ms=10,
+    )
     task = asyncio.create_task(relay.run())
     try:
         for _ in range(200):

@@ -37,8 +37,12 @@ async def members(client: httpx.AsyncClient, f: dict[str, Any]) -> set[str]:
     out: set[str] = set()
     after = None
     while True:
-        page = await ok(client, "POST", "/v1/audiences/query", json={"filter": f, "limit": 500,
-                                                                    **({"after": after} if after else {})})
+        page = await ok(
+            client,
+            "POST",
+            "/v1/audiences/query",
+            json={"filter": f, "limit": 500, **({"after": after} if after else {})},
+        )
         out |= {c["customer_id"] for c in page["customers"]}
         after = page["next_after"]
         if not after:
@@ -49,9 +53,16 @@ async def test_a_playbook_issues_to_its_audience_once_and_reminds_only_for_its_o
     app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=KEY), announce=False)
     shop = generate(customers=400, months=6, seed=11, now=NOW)
     async with running(app) as client:
-        await ok(client, "PUT", "/v1/segmentation/config", json={
-            **(await ok(client, "GET", "/v1/segmentation/config"))["config"],
-            "boundaries": feed.SEGMENTATION["boundaries"], "class_split": feed.SEGMENTATION["class_split"]})
+        await ok(
+            client,
+            "PUT",
+            "/v1/segmentation/config",
+            json={
+                **(await ok(client, "GET", "/v1/segmentation/config"))["config"],
+                "boundaries": feed.SEGMENTATION["boundaries"],
+                "class_split": feed.SEGMENTATION["class_split"],
+            },
+        )
         await ok(client, "PUT", "/v1/notifications/policy", json=OPEN_POLICY)
         welcome = (await ok(client, "POST", "/v1/coupons/presets/first_order_welcome", 201))["rule"]["rule_id"]
         report = await feed.post_events(client, KEY, shop.events, progress=False)
@@ -62,23 +73,68 @@ async def test_a_playbook_issues_to_its_audience_once_and_reminds_only_for_its_o
 
         # What playbooks.js does on "一键启用", step by step.
         timezone = (await ok(client, "GET", "/v1/merchant"))["timezone"]
-        made = await ok(client, "POST", "/v1/coupons/presets/audience_winback", 201,
-                        json={"tiers": ["B"], "inactive_days": 30, "pay_percent": 85, "valid_days": 7,
-                              "holdout_percent": 10, "timezone": timezone})
+        made = await ok(
+            client,
+            "POST",
+            "/v1/coupons/presets/audience_winback",
+            201,
+            json={
+                "tiers": ["B"],
+                "inactive_days": 30,
+                "pay_percent": 85,
+                "valid_days": 7,
+                "holdout_percent": 10,
+                "timezone": timezone,
+            },
+        )
         rule_id = made["rule"]["rule_id"]
         assert made["rule"]["rule"]["audience"] == {"filter": WINBACK}
         assert made["rule"]["rule"]["trigger"] == {"type": "schedule", "cron": "0 10 * * *", "timezone": timezone}
         key = f"pb-{rule_id}"
-        await ok(client, "POST", "/v1/notifications/templates", 201, json={
-            "key": f"{key}-wx", "channel": "wechat", "trigger": "coupon.issued",
-            "parts": {"provider_template": SUBSCRIBE_TEMPLATE, "page": "pages/coupons/index",
-                      "fields": {"thing1": "{{ coupon.name }}", "time2": "{{ coupon.expires_at | date }}"}}})
-        await ok(client, "POST", "/v1/notifications/templates", 201, json={
-            "key": f"{key}-sms", "channel": "sms", "trigger": "coupon.issued",
-            "parts": {"text": "【{{ shop.name }}】送您{{ coupon.name }}，{{ coupon.expires_at | date }}前有效。退订回T"}})
-        await ok(client, "PUT", f"/v1/notifications/rules/{key}", json={
-            "name": "剧本提醒", "trigger": "coupon.issued", "conditions": {"coupon_rules": [rule_id]},
-            "channels": [{"channel": "wechat", "template": f"{key}-wx"}, {"channel": "sms", "template": f"{key}-sms"}]})
+        await ok(
+            client,
+            "POST",
+            "/v1/notifications/templates",
+            201,
+            json={
+                "key": f"{key}-wx",
+                "channel": "wechat",
+                "trigger": "coupon.issued",
+                "parts": {
+                    "provider_template": SUBSCRIBE_TEMPLATE,
+                    "page": "pages/coupons/index",
+                    "fields": {"thing1": "{{ coupon.name }}", "time2": "{{ coupon.expires_at | date }}"},
+                },
+            },
+        )
+        await ok(
+            client,
+            "POST",
+            "/v1/notifications/templates",
+            201,
+            json={
+                "key": f"{key}-sms",
+                "channel": "sms",
+                "trigger": "coupon.issued",
+                "parts": {
+                    "text": "【{{ shop.name }}】送您{{ coupon.name }}，{{ coupon.expires_at | date }}前有效。退订回T"
+                },
+            },
+        )
+        await ok(
+            client,
+            "PUT",
+            f"/v1/notifications/rules/{key}",
+            json={
+                "name": "剧本提醒",
+                "trigger": "coupon.issued",
+                "conditions": {"coupon_rules": [rule_id]},
+                "channels": [
+                    {"channel": "wechat", "template": f"{key}-wx"},
+                    {"channel": "sms", "template": f"{key}-sms"},
+                ],
+            },
+        )
         await ok(client, "POST", f"/v1/coupons/rules/{rule_id}/run", 202)
 
         treated = {c for c in lapsed_b if not in_holdout(rule_id, c, 10)}
@@ -94,35 +150,52 @@ async def test_a_playbook_issues_to_its_audience_once_and_reminds_only_for_its_o
 
         # One reminder per coupon of the playbook's rule, none for the welcome rule's coupons.
         async def reminders() -> list[dict[str, Any]]:
-            return await ok(client, "GET", "/v1/notifications/messages",  # type: ignore[no-any-return]
-                            params={"rule_id": key, "limit": 200})
+            return await ok(
+                client,
+                "GET",
+                "/v1/notifications/messages",  # type: ignore[no-any-return]
+                params={"rule_id": key, "limit": 200},
+            )
 
-        sent = await eventually(reminders, lambda ms: len(ms) == len(treated) and all(
-            m["status"] not in ("queued", "sending") for m in ms), timeout=60)
+        sent = await eventually(
+            reminders,
+            lambda ms: len(ms) == len(treated) and all(m["status"] not in ("queued", "sending") for m in ms),
+            timeout=60,
+        )
         assert {m["customer_id"] for m in sent} == treated
         outcomes = Counter((m["channel"], m["status"], m["reason"]) for m in sent)
         # WeChat when the customer granted a subscription credit, SMS otherwise; skipped only when
         # neither can reach them (no phone and no credit).
         assert outcomes[("wechat", "delivered", None)] > 0 and outcomes[("sms", "delivered", None)] > 0, outcomes
-        assert all(m["status"] == "delivered" or m["reason"] in ("no_contact", "no_subscription_credit")
-                   for m in sent), outcomes
+        assert all(
+            m["status"] == "delivered" or m["reason"] in ("no_contact", "no_subscription_credit") for m in sent
+        ), outcomes
         welcome_coupons = (await ok(client, "GET", f"/v1/coupons/rules/{welcome}"))["spend"]["coupons"]
         assert welcome_coupons > 0  # the other rule's coupons were issued, and got no playbook reminder
 
         # Run again: each customer gets the playbook's coupon once.
         await ok(client, "POST", f"/v1/coupons/rules/{rule_id}/run", 202)
-        await eventually(lambda: ok(client, "GET", f"/v1/coupons/rules/{rule_id}/decisions", params={"limit": 1}),
-                         lambda d: sum(d["outcomes"].values()) >= 2 * len(lapsed_b), timeout=60)
+        await eventually(
+            lambda: ok(client, "GET", f"/v1/coupons/rules/{rule_id}/decisions", params={"limit": 1}),
+            lambda d: sum(d["outcomes"].values()) >= 2 * len(lapsed_b),
+            timeout=60,
+        )
         assert await issued() == len(treated)
         assert len(await reminders()) == len(treated)
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"tiers": ["X"]}, "body"), ({"inactive_days": 0}, "body"), ({"pay_percent": 100}, "body"),
-    ({"audience_id": "aud_missing"}, "body.audience"),
-])
-async def test_a_playbook_with_bad_parameters_is_refused_and_creates_nothing(tmp_path: Path, body: dict[str, Any],
-                                                                              field: str) -> None:
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"tiers": ["X"]}, "body"),
+        ({"inactive_days": 0}, "body"),
+        ({"pay_percent": 100}, "body"),
+        ({"audience_id": "aud_missing"}, "body.audience"),
+    ],
+)
+async def test_a_playbook_with_bad_parameters_is_refused_and_creates_nothing(
+    tmp_path: Path, body: dict[str, Any], field: str
+) -> None:
     app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=KEY), announce=False)
     async with running(app) as client:
         r = await client.post("/v1/coupons/presets/audience_winback", json=body, headers=H)

@@ -6,7 +6,7 @@ which must find nothing to change, on SQLite and PostgreSQL, in a zone with and 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,26 @@ from shared.runtime import ServiceRuntime
 from tests.segmentation_history import MERCHANT, feed, generate_history, segmentation
 
 CONFIGS = {
-    "fixed-3": {"levels": 3, "boundaries": {"mode": "fixed", "recency_days": [30, 120], "frequency": [2, 4],
-                                            "monetary_fen": [30_000, 90_000]},
-                "class_split": {"mode": "fixed", "recency_days": 60, "frequency": 3, "monetary_fen": 50_000}},
-    "fixed-5-overrides": {"levels": 5, "boundaries": {"mode": "fixed", "recency_days": [7, 30, 60, 180],
-                                                      "frequency": [2, 3, 5, 8],
-                                                      "monetary_fen": [10_000, 30_000, 60_000, 120_000]},
-                          "tier_overrides": {"3-1-3": "A", "1-3-3": "S", "2-2-2": "C"}},
+    "fixed-3": {
+        "levels": 3,
+        "boundaries": {
+            "mode": "fixed",
+            "recency_days": [30, 120],
+            "frequency": [2, 4],
+            "monetary_fen": [30_000, 90_000],
+        },
+        "class_split": {"mode": "fixed", "recency_days": 60, "frequency": 3, "monetary_fen": 50_000},
+    },
+    "fixed-5-overrides": {
+        "levels": 5,
+        "boundaries": {
+            "mode": "fixed",
+            "recency_days": [7, 30, 60, 180],
+            "frequency": [2, 3, 5, 8],
+            "monetary_fen": [10_000, 30_000, 60_000, 120_000],
+        },
+        "tier_overrides": {"3-1-3": "A", "1-3-3": "S", "2-2-2": "C"},
+    },
     "quantile-5": {"levels": 5},
 }
 ZONES = ["Asia/Shanghai", "America/New_York"]
@@ -51,9 +64,16 @@ async def run_job(rt: ServiceRuntime, job_id: str) -> dict[str, Any]:
 
 async def stored(rt: ServiceRuntime) -> dict[str, tuple[Any, ...]]:
     async with rt.sessions() as session:
-        rows = await session.execute(select(segments.c.customer_id, *[segments.c[f] for f in seg.FIELDS],
-                                            segments.c.frequency, segments.c.monetary_fen, segments.c.tags,
-                                            segments.c.next_change_at).where(segments.c.merchant_id == MERCHANT))
+        rows = await session.execute(
+            select(
+                segments.c.customer_id,
+                *[segments.c[f] for f in seg.FIELDS],
+                segments.c.frequency,
+                segments.c.monetary_fen,
+                segments.c.tags,
+                segments.c.next_change_at,
+            ).where(segments.c.merchant_id == MERCHANT)
+        )
         return {r[0]: tuple(r[1:]) for r in rows}
 
 
@@ -67,22 +87,37 @@ async def announced(rt: ServiceRuntime, version: int) -> dict[str, Any]:
 @pytest.mark.parametrize("zone", ZONES)
 @pytest.mark.parametrize("name", list(CONFIGS))
 async def test_a_rescore_in_sql_stores_and_announces_what_the_whole_path_would(
-        database_url: str | None, tmp_path: Path, name: str, zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    database_url: str | None, tmp_path: Path, name: str, zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(seg, "SCORES_CHUNK", 70)  # several steps, the last one partial
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     events = generate_history(300, 4242, start=now - timedelta(days=420), days=415)
     async with segmentation(tmp_path, database_url) as rt:
         async with rt.sessions() as session, session.begin():
-            await session.execute(messaging.merchants.insert().values(
-                merchant_id=MERCHANT, name="m", timezone=zone, jwt_secret=b"s" * 32, active=True, updated_at=now))
-        await feed(rt, [events[i:i + 400] for i in range(0, len(events), 400)])  # scored as they arrive
+            await session.execute(
+                messaging.merchants.insert().values(
+                    merchant_id=MERCHANT, name="m", timezone=zone, jwt_secret=b"s" * 32, active=True, updated_at=now
+                )
+            )
+        await feed(rt, [events[i : i + 400] for i in range(0, len(events), 400)])  # scored as they arrive
         # A few rows whose moment has come and gone unswept: their stored F and M are stale, and the
         # job must re-score them through the whole path, not trust them.
         async with rt.sessions() as session, session.begin():
-            stale = list((await session.execute(select(segments.c.customer_id).where(
-                segments.c.tier.isnot(None)).order_by(segments.c.customer_id).limit(5))).scalars())
-            await session.execute(update(segments).where(segments.c.customer_id.in_(stale)).values(
-                frequency=segments.c.frequency + 7, next_change_at=now - timedelta(minutes=1)))
+            stale = list(
+                (
+                    await session.execute(
+                        select(segments.c.customer_id)
+                        .where(segments.c.tier.isnot(None))
+                        .order_by(segments.c.customer_id)
+                        .limit(5)
+                    )
+                ).scalars()
+            )
+            await session.execute(
+                update(segments)
+                .where(segments.c.customer_id.in_(stale))
+                .values(frequency=segments.c.frequency + 7, next_change_at=now - timedelta(minutes=1))
+            )
         before = await stored(rt)
         assert len(before) > 200
 
@@ -111,7 +146,7 @@ async def test_a_rescore_in_sql_stores_and_announces_what_the_whole_path_would(
 
 
 async def test_a_change_of_period_or_lifecycle_goes_through_the_whole_path(tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     events = generate_history(40, 7, start=now - timedelta(days=200), days=190)
     async with segmentation(tmp_path) as rt:
         await feed(rt, [events])
@@ -129,22 +164,29 @@ async def test_a_change_of_period_or_lifecycle_goes_through_the_whole_path(tmp_p
 
 @pytest.mark.parametrize("zone", ZONES)
 async def test_the_sweep_leaves_what_a_whole_rescore_at_that_moment_would(
-        database_url: str | None, tmp_path: Path, zone: str) -> None:
+    database_url: str | None, tmp_path: Path, zone: str
+) -> None:
     """Days later, the sweep re-scores the due rows (those whose only moment was recency in SQL,
     the others through the whole path); a whole re-score of everyone at that moment then finds
     nothing to change or announce, and a second sweep nothing due."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     events = generate_history(300, 99, start=now - timedelta(days=420), days=415)
     async with segmentation(tmp_path, database_url) as rt:
         async with rt.sessions() as session, session.begin():
-            await session.execute(messaging.merchants.insert().values(
-                merchant_id=MERCHANT, name="m", timezone=zone, jwt_secret=b"s" * 32, active=True, updated_at=now))
+            await session.execute(
+                messaging.merchants.insert().values(
+                    merchant_id=MERCHANT, name="m", timezone=zone, jwt_secret=b"s" * 32, active=True, updated_at=now
+                )
+            )
             await save_config(session, MERCHANT, RfmConfig.model_validate(CONFIGS["fixed-3"]), zone)
-        await feed(rt, [events[i:i + 400] for i in range(0, len(events), 400)])
+        await feed(rt, [events[i : i + 400] for i in range(0, len(events), 400)])
         later = now + timedelta(days=17, hours=5)
         async with rt.sessions() as session:
-            due = (await session.execute(select(func.count()).select_from(segments).where(
-                segments.c.next_change_at <= later))).scalar_one()
+            due = (
+                await session.execute(
+                    select(func.count()).select_from(segments).where(segments.c.next_change_at <= later)
+                )
+            ).scalar_one()
         assert due > 20
         swept = seg.JOB_CHUNK
         while swept == seg.JOB_CHUNK:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -33,9 +33,21 @@ def test_levels_count_the_boundaries_reached_and_recency_runs_the_other_way() ->
     assert [level_recency(d, (30, 90)) for d in (0, 30, 31, 90, 91)] == [3, 3, 2, 2, 1]
 
 
-@pytest.mark.parametrize(("r", "f", "m", "tier"), [
-    (3, 3, 3, "S"), (3, 3, 2, "S"), (2, 3, 3, "S"), (3, 2, 2, "A"), (1, 3, 3, "A"), (2, 2, 2, "B"),
-    (3, 1, 1, "B"), (1, 2, 2, "B"), (1, 1, 2, "C"), (1, 1, 1, "C")])
+@pytest.mark.parametrize(
+    ("r", "f", "m", "tier"),
+    [
+        (3, 3, 3, "S"),
+        (3, 3, 2, "S"),
+        (2, 3, 3, "S"),
+        (3, 2, 2, "A"),
+        (1, 3, 3, "A"),
+        (2, 2, 2, "B"),
+        (3, 1, 1, "B"),
+        (1, 2, 2, "B"),
+        (1, 1, 2, "C"),
+        (1, 1, 1, "C"),
+    ],
+)
 def test_the_default_tier_is_the_sum_of_levels(r: int, f: int, m: int, tier: str) -> None:
     assert default_tier(r, f, m) == tier
 
@@ -57,8 +69,10 @@ def test_a_tier_override_wins_over_the_default() -> None:
     b = Boundaries((30, 90), (2, 4), (10_000, 50_000))
     plain = score(10, 1, 60_000, boundaries=b, levels=3, split=Split(30, 2, 20_000))
     assert (plain.cell, plain.tier, plain.rfm_class.code) == ("3-1-3", "A", "important_development")
-    assert score(10, 1, 60_000, boundaries=b, levels=3, split=Split(30, 2, 20_000),
-                 tier_overrides={"3-1-3": "S"}).tier == "S"
+    assert (
+        score(10, 1, 60_000, boundaries=b, levels=3, split=Split(30, 2, 20_000), tier_overrides={"3-1-3": "S"}).tier
+        == "S"
+    )
 
 
 def test_quantile_boundaries_stay_strictly_ascending_on_ties() -> None:
@@ -66,16 +80,23 @@ def test_quantile_boundaries_stay_strictly_ascending_on_ties() -> None:
     assert quantile_bounds([float(i) for i in range(9)], 3) == (3.0, 6.0)
 
 
-@pytest.mark.parametrize(("body", "says"), [
-    ({"boundaries": {"mode": "fixed", "recency_days": [90, 30], "frequency": [2, 4], "monetary_fen": [1, 2]}},
-     "overlap"),
-    ({"boundaries": {"mode": "fixed", "recency_days": [30], "frequency": [2, 4], "monetary_fen": [1, 2]}},
-     "need 2 boundaries"),
-    ({"tier_overrides": {"3-3-3": "X"}}, "unknown tier"),
-    ({"tier_overrides": {"4-1-1": "A"}}, "unknown cell"),
-    ({"class_split": {"mode": "fixed", "frequency": 2}}, "missing"),
-    ({"levels": 4}, "levels"),
-])
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            {"boundaries": {"mode": "fixed", "recency_days": [90, 30], "frequency": [2, 4], "monetary_fen": [1, 2]}},
+            "overlap",
+        ),
+        (
+            {"boundaries": {"mode": "fixed", "recency_days": [30], "frequency": [2, 4], "monetary_fen": [1, 2]}},
+            "need 2 boundaries",
+        ),
+        ({"tier_overrides": {"3-3-3": "X"}}, "unknown tier"),
+        ({"tier_overrides": {"4-1-1": "A"}}, "unknown cell"),
+        ({"class_split": {"mode": "fixed", "frequency": 2}}, "missing"),
+        ({"levels": 4}, "levels"),
+    ],
+)
 def test_an_invalid_configuration_is_refused_with_the_reason(body: dict, says: str) -> None:
     with pytest.raises(ValidationError) as err:
         RfmConfig.model_validate(body)
@@ -84,7 +105,7 @@ def test_an_invalid_configuration_is_refused_with_the_reason(body: dict, says: s
 
 async def test_the_configuration_is_versioned_and_decides_the_score(tmp_path: Path) -> None:
     app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=KEY), announce=False)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     async with running(app) as client:
         events = [order_paid("demo", "vip", f"v-{i}", 30_000, at=now - timedelta(days=3 + i)) for i in range(5)]
         events += [order_paid("demo", "once", "x-1", 5_000, at=now - timedelta(days=200))]
@@ -97,11 +118,18 @@ async def test_the_configuration_is_versioned_and_decides_the_score(tmp_path: Pa
         got = await eventually(vip, lambda v: v.get("frequency") == 5)
         assert got["why"]["config_version"] == 0 and got["why"]["boundaries_source"] == "quantile"
 
-        config = {"period_days": None, "levels": 3,
-                  "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4],
-                                 "monetary_fen": [10_000, 100_000]},
-                  "tier_overrides": {"1-1-1": "B"}, "class_split": {"mode": "fixed", "recency_days": 30,
-                                                                    "frequency": 2, "monetary_fen": 20_000}}
+        config = {
+            "period_days": None,
+            "levels": 3,
+            "boundaries": {
+                "mode": "fixed",
+                "recency_days": [30, 90],
+                "frequency": [2, 4],
+                "monetary_fen": [10_000, 100_000],
+            },
+            "tier_overrides": {"1-1-1": "B"},
+            "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000},
+        }
         r = await client.put("/v1/segmentation/config", json=config, headers=H)
         assert r.status_code == 200 and r.json()["version"] == 1
         got = (await client.get("/v1/customers/vip/rfm", headers=H)).json()
@@ -118,6 +146,10 @@ async def test_the_configuration_is_versioned_and_decides_the_score(tmp_path: Pa
         assert (once["frequency"], once["monetary_fen"], once["recency_days"]) == (0, 0, 200)
         assert (await client.get("/v1/segmentation/config", headers=H)).json()["version"] == 2
 
-        bad = await client.put("/v1/segmentation/config", headers=H, json=config | {
-            "boundaries": {"mode": "fixed", "recency_days": [30, 30], "frequency": [2, 4], "monetary_fen": [1, 2]}})
+        bad = await client.put(
+            "/v1/segmentation/config",
+            headers=H,
+            json=config
+            | {"boundaries": {"mode": "fixed", "recency_days": [30, 30], "frequency": [2, 4], "monetary_fen": [1, 2]}},
+        )
         assert bad.status_code == 422 and "overlap" in bad.json()["error"]["message"]

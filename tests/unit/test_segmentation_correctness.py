@@ -32,16 +32,16 @@ from shared.events import parse_event
 from shared.runtime import ServiceRuntime
 from tests.factories import CST
 from tests.segmentation_history import (
-    feed,
-    segmentation,
     MERCHANT,
     batches,
     diff,
     expected_tables,
+    feed,
     generate_history,
     read_tables,
     records,
     redeliver,
+    segmentation,
 )
 
 COMPARED = ("customers", "customer_categories")
@@ -53,7 +53,7 @@ async def tables(rt: ServiceRuntime, merchant_id: str = MERCHANT) -> dict[str, A
 
 
 def in_batches(events: Sequence[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
-    return [list(events[i:i + size]) for i in range(0, len(events), size)]
+    return [list(events[i : i + size]) for i in range(0, len(events), size)]
 
 
 # ---------------------------------------------------------------- thousands of customers vs pandas
@@ -95,10 +95,16 @@ async def _final_tables(data_dir: Path, parts: Sequence[Sequence[dict[str, Any]]
 
 @pytest.mark.timeout(900)  # a failure's shrinking replays hundreds of examples; let it finish and report
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), customers=st.integers(3, 6), rnd=st.randoms(use_true_random=False),
-       duplicate=st.sampled_from([0.0, 0.2, 0.5]), max_batch=st.sampled_from([1, 3, 10, 40, 1000]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    customers=st.integers(3, 6),
+    rnd=st.randoms(use_true_random=False),
+    duplicate=st.sampled_from([0.0, 0.2, 0.5]),
+    max_batch=st.sampled_from([1, 3, 10, 40, 1000]),
+)
 def test_reordering_duplicating_and_rebatching_leave_the_tables_unchanged(
-        seed: int, customers: int, rnd: random.Random, duplicate: float, max_batch: int) -> None:
+    seed: int, customers: int, rnd: random.Random, duplicate: float, max_batch: int
+) -> None:
     history = generate_history(customers, seed)
     delivered = redeliver(history, rnd, duplicate=duplicate)
     parts = batches(delivered, rnd, max_batch)
@@ -133,20 +139,29 @@ def test_fold_of_any_permutation_of_an_orders_events_gives_the_same_facts(seed: 
         folded = fold(parse_event(e) for e in delivered)
         assert folded.orders == reference.orders
         # The same refunds (by id, amount, flag); a re-send may carry a later time, which no aggregate uses.
-        assert {k: (r.order_id, r.amount_fen, r.full) for k, r in folded.refunds.items()} == \
-            {k: (r.order_id, r.amount_fen, r.full) for k, r in reference.refunds.items()}
+        assert {k: (r.order_id, r.amount_fen, r.full) for k, r in folded.refunds.items()} == {
+            k: (r.order_id, r.amount_fen, r.full) for k, r in reference.refunds.items()
+        }
 
 
 def test_fold_of_every_permutation_of_a_refunded_then_cancelled_order() -> None:
     """Exhaustively, for one order with creation, payment, a re-sent payment, two refunds and a
     cancellation (720 orders of delivery)."""
     t = datetime(2026, 3, 1, 10, tzinfo=CST)
-    items = [{"sku": "mp-a2-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 36800},
-             {"sku": "sn-puffs", "category": "snacks", "quantity": 2, "amount_fen": 1980}]
+    items = [
+        {"sku": "mp-a2-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 36800},
+        {"sku": "sn-puffs", "category": "snacks", "quantity": 2, "amount_fen": 1980},
+    ]
 
     def ev(type_: str, at: datetime, **data: Any) -> dict[str, Any]:
-        return {"event_id": f"e-{type_}-{at.isoformat()}", "type": type_, "merchant_id": MERCHANT,
-                "customer_id": "u-1", "occurred_at": at.isoformat(), "data": {"order_id": "o-1", **data}}
+        return {
+            "event_id": f"e-{type_}-{at.isoformat()}",
+            "type": type_,
+            "merchant_id": MERCHANT,
+            "customer_id": "u-1",
+            "occurred_at": at.isoformat(),
+            "data": {"order_id": "o-1", **data},
+        }
 
     events = [
         ev("order.created", t, amount_fen=38780, items=items),
@@ -159,8 +174,13 @@ def test_fold_of_every_permutation_of_a_refunded_then_cancelled_order() -> None:
     parsed = [parse_event(e) for e in events]
     reference = fold(parsed)
     facts = reference.orders[(MERCHANT, "o-1")]
-    assert (facts.amount_fen, facts.paid_at, facts.created_at, facts.cancelled_at, facts.items_from_payment) == \
-        (37000, t + timedelta(minutes=2), t, t + timedelta(days=5), True)
+    assert (facts.amount_fen, facts.paid_at, facts.created_at, facts.cancelled_at, facts.items_from_payment) == (
+        37000,
+        t + timedelta(minutes=2),
+        t,
+        t + timedelta(days=5),
+        True,
+    )
     for perm in itertools.permutations(parsed):
         folded = fold(perm)
         assert folded.orders == reference.orders and folded.refunds == reference.refunds
@@ -169,32 +189,57 @@ def test_fold_of_every_permutation_of_a_refunded_then_cancelled_order() -> None:
 # ---------------------------------------------------------------- rules one at a time, end to end
 
 
-@pytest.mark.parametrize("delivery", [
-    "one batch",
-    "created first",
-    "paid first",
-])
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        "one batch",
+        "created first",
+        "paid first",
+    ],
+)
 async def test_payment_lines_replace_creation_lines_whatever_the_batching(tmp_path: Path, delivery: str) -> None:
     """The merchant edited the order before payment (a line removed, a price changed): the
     payment's lines alone count in customer_categories, whether the creation came in the same
     batch, an earlier one or a later one."""
     t = datetime(2026, 3, 1, 10, tzinfo=CST)
-    created = {"event_id": "e-c", "type": "order.created", "merchant_id": MERCHANT, "customer_id": "u-1",
-               "occurred_at": t.isoformat(), "data": {"order_id": "o-1", "amount_fen": 40780, "items": [
-                   {"sku": "mp-a2-900g", "category": "milk-powder", "amount_fen": 36800},
-                   {"sku": "ty-bath-duck", "category": "toys", "amount_fen": 3980}]}}
+    created = {
+        "event_id": "e-c",
+        "type": "order.created",
+        "merchant_id": MERCHANT,
+        "customer_id": "u-1",
+        "occurred_at": t.isoformat(),
+        "data": {
+            "order_id": "o-1",
+            "amount_fen": 40780,
+            "items": [
+                {"sku": "mp-a2-900g", "category": "milk-powder", "amount_fen": 36800},
+                {"sku": "ty-bath-duck", "category": "toys", "amount_fen": 3980},
+            ],
+        },
+    }
     paid_at = t + timedelta(minutes=5)
-    paid = {"event_id": "e-p", "type": "order.paid", "merchant_id": MERCHANT, "customer_id": "u-1",
-            "occurred_at": paid_at.isoformat(), "data": {"order_id": "o-1", "amount_fen": 35000, "items": [
-                {"sku": "mp-a2-900g", "category": "milk-powder", "amount_fen": 35000}]}}
-    parts = {"one batch": [[created, paid]], "created first": [[created], [paid]],
-             "paid first": [[paid], [created]]}[delivery]
+    paid = {
+        "event_id": "e-p",
+        "type": "order.paid",
+        "merchant_id": MERCHANT,
+        "customer_id": "u-1",
+        "occurred_at": paid_at.isoformat(),
+        "data": {
+            "order_id": "o-1",
+            "amount_fen": 35000,
+            "items": [{"sku": "mp-a2-900g", "category": "milk-powder", "amount_fen": 35000}],
+        },
+    }
+    parts = {"one batch": [[created, paid]], "created first": [[created], [paid]], "paid first": [[paid], [created]]}[
+        delivery
+    ]
     async with segmentation(tmp_path) as rt:
         await feed(rt, parts)
         got = await tables(rt)
     assert records("customers", got["customers"]) == {("u-1",): (1, 35000, paid_at, paid_at, 0)}
     assert records("customer_categories", got["customer_categories"]) == {
-        ("u-1", "milk-powder"): (1, 35000, paid_at, paid_at)}
+        ("u-1", "milk-powder"): (1, 35000, paid_at, paid_at)
+    }
 
 
 @pytest.mark.parametrize("delivery", ["one batch", "earliest first", "earliest last"])
@@ -205,18 +250,31 @@ async def test_the_earliest_payments_lines_win_like_its_amount(tmp_path: Path, d
     t = datetime(2026, 3, 1, 10, tzinfo=CST)
 
     def paid(event_id: str, at: datetime, lines: list[tuple[str, str, int]]) -> dict[str, Any]:
-        return {"event_id": event_id, "type": "order.paid", "merchant_id": MERCHANT, "customer_id": "u-1",
-                "occurred_at": at.isoformat(), "data": {
-                    "order_id": "o-1", "amount_fen": sum(a for _, _, a in lines),
-                    "items": [{"sku": s, "category": c, "amount_fen": a} for s, c, a in lines]}}
+        return {
+            "event_id": event_id,
+            "type": "order.paid",
+            "merchant_id": MERCHANT,
+            "customer_id": "u-1",
+            "occurred_at": at.isoformat(),
+            "data": {
+                "order_id": "o-1",
+                "amount_fen": sum(a for _, _, a in lines),
+                "items": [{"sku": s, "category": c, "amount_fen": a} for s, c, a in lines],
+            },
+        }
 
     earliest = paid("e-1", t, [("mp-a2-900g", "milk-powder", 36800), ("sn-puffs", "snacks", 990)])
     later = paid("e-2", t + timedelta(hours=6), [("dp-pampers-m", "diapers", 15900)])
-    parts = {"one batch": [[later, earliest]], "earliest first": [[earliest], [later]],
-             "earliest last": [[later], [earliest]]}[delivery]
+    parts = {
+        "one batch": [[later, earliest]],
+        "earliest first": [[earliest], [later]],
+        "earliest last": [[later], [earliest]],
+    }[delivery]
     async with segmentation(tmp_path) as rt:
         await feed(rt, parts)
         got = await tables(rt)
     assert records("customers", got["customers"]) == {("u-1",): (1, 37790, t, t, 0)}
     assert records("customer_categories", got["customer_categories"]) == {
-        ("u-1", "milk-powder"): (1, 36800, t, t), ("u-1", "snacks"): (1, 990, t, t)}
+        ("u-1", "milk-powder"): (1, 36800, t, t),
+        ("u-1", "snacks"): (1, 990, t, t),
+    }

@@ -47,8 +47,11 @@ async def test_the_same_order_paid_under_two_event_ids_counts_once_and_stages_va
             await handle(session, [again])
         async with rt.sessions() as session:
             row = (await session.execute(select(customers))).one()
-            staged = (await session.execute(select(messaging.outbox.c.topic, messaging.outbox.c.payload)
-                                            .order_by(messaging.outbox.c.id))).all()
+            staged = (
+                await session.execute(
+                    select(messaging.outbox.c.topic, messaging.outbox.c.payload).order_by(messaging.outbox.c.id)
+                )
+            ).all()
         assert (row.paid_orders, row.paid_amount_fen) == (2, 10000)
         assert row.first_order_at == first.occurred_at and row.last_order_at == second.occurred_at
         # For the batch that changed the customer: its first segment; for the repeat that changed

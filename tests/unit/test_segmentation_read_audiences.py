@@ -22,8 +22,13 @@ from tests.unit.test_audiences import NOW, history
 
 FILTER: TypeAdapter[Any] = TypeAdapter(Filter)
 TZ = "Asia/Shanghai"
-ISSUE = {"and": [{"tier": ["B"]}, {"bought_category": {"category": "milk-powder", "within_days": 90}},
-                 {"not": {"bought_category": {"category": "toys"}}}]}
+ISSUE = {
+    "and": [
+        {"tier": ["B"]},
+        {"bought_category": {"category": "milk-powder", "within_days": 90}},
+        {"not": {"bought_category": {"category": "toys"}}},
+    ]
+}
 SINCE = (NOW - timedelta(days=12)).isoformat()
 
 # Each filter with the base it must start from; every one must select what the union selects.
@@ -71,12 +76,21 @@ def test_a_compiler_built_for_one_filter_refuses_a_filter_its_base_cannot_serve(
 
 def extra_history() -> list[dict[str, Any]]:
     """Customers known to one table only, beside test_audiences' history."""
-    def event(type_: str, customer: str, data: dict[str, Any]) -> dict[str, Any]:
-        return {"event_id": str(uuid.uuid4()), "type": type_, "merchant_id": "demo", "customer_id": customer,
-                "occurred_at": (NOW - timedelta(days=2)).isoformat(), "data": data}
 
-    return [event("customer.registered", "profile-only", {"region": "上海"}),  # a profile, nothing else
-            event("cart.added", "cart-only", {"sku": "sku-toys", "category": "toys"})]  # a tags-only segment
+    def event(type_: str, customer: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "event_id": str(uuid.uuid4()),
+            "type": type_,
+            "merchant_id": "demo",
+            "customer_id": customer,
+            "occurred_at": (NOW - timedelta(days=2)).isoformat(),
+            "data": data,
+        }
+
+    return [
+        event("customer.registered", "profile-only", {"region": "上海"}),  # a profile, nothing else
+        event("cart.added", "cart-only", {"sku": "sku-toys", "category": "toys"}),
+    ]  # a tags-only segment
 
 
 async def members(rt: ServiceRuntime, f: dict[str, Any], narrow: bool) -> tuple[int, list[str], list[str]]:

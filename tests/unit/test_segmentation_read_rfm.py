@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,13 @@ from shared.tenancy import hash_api_key, mint_customer_token
 from tests.conftest import embedded_settings, running
 from tests.factories import eventually, order_paid
 
-NOW = datetime.now(timezone.utc)
-FIXED = {"period_days": None, "levels": 3,
-         "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4],
-                        "monetary_fen": [10_000, 100_000]},
-         "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000}}
+NOW = datetime.now(UTC)
+FIXED = {
+    "period_days": None,
+    "levels": 3,
+    "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4], "monetary_fen": [10_000, 100_000]},
+    "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000},
+}
 
 
 @dataclass
@@ -64,8 +66,15 @@ class Service:
     async def run_jobs(self) -> None:
         """What the worker does with pending re-scoring jobs."""
         async with self.rt.sessions() as session:
-            jobs = list((await session.execute(select(rescore_jobs.c.job_id).where(
-                rescore_jobs.c.status.in_(("pending", "running"))).order_by(rescore_jobs.c.created_at))).scalars())
+            jobs = list(
+                (
+                    await session.execute(
+                        select(rescore_jobs.c.job_id)
+                        .where(rescore_jobs.c.status.in_(("pending", "running")))
+                        .order_by(rescore_jobs.c.created_at)
+                    )
+                ).scalars()
+            )
         for job_id in jobs:
             more = True
             while more:
@@ -95,17 +104,26 @@ class Service:
 async def add_shop(rt: ServiceRuntime, merchant_id: str, pepper: str) -> Shop:
     shop = Shop(merchant_id, f"fg_{merchant_id}_key", f"secret-of-{merchant_id}-0123456789abcdefghijklmnopqrstuv")
     async with rt.sessions() as session, session.begin():
-        await session.execute(messaging.merchants.insert().values(
-            merchant_id=merchant_id, name=merchant_id, timezone="Asia/Shanghai", jwt_secret=shop.jwt_secret.encode(),
-            active=True, updated_at=NOW))
-        await session.execute(messaging.merchant_keys.insert().values(
-            key_hash=hash_api_key(shop.key, pepper), merchant_id=merchant_id))
+        await session.execute(
+            messaging.merchants.insert().values(
+                merchant_id=merchant_id,
+                name=merchant_id,
+                timezone="Asia/Shanghai",
+                jwt_secret=shop.jwt_secret.encode(),
+                active=True,
+                updated_at=NOW,
+            )
+        )
+        await session.execute(
+            messaging.merchant_keys.insert().values(key_hash=hash_api_key(shop.key, pepper), merchant_id=merchant_id)
+        )
     return shop
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str | None = None
-                  ) -> AsyncIterator[Service]:
+async def serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str | None = None
+) -> AsyncIterator[Service]:
     """The segmentation API alone on SQLite, or on the given database; computing is counted."""
     settings = embedded_settings(tmp_path, **({"segmentation_database_url": database_url} if database_url else {}))
     app = build_service_app(SPEC, settings, {"api", "migrate"})
@@ -128,12 +146,14 @@ async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 
 def vip_orders(merchant_id: str, amount: int = 30_000) -> list[dict[str, Any]]:
-    return [order_paid(merchant_id, "vip", f"{merchant_id}-v{i}", amount, at=NOW - timedelta(days=3 + i))
-            for i in range(5)]
+    return [
+        order_paid(merchant_id, "vip", f"{merchant_id}-v{i}", amount, at=NOW - timedelta(days=3 + i)) for i in range(5)
+    ]
 
 
 async def test_a_saved_configuration_shows_at_once_and_the_stored_segment_answers_once_re_scored(
-        service: Service) -> None:
+    service: Service,
+) -> None:
     shop = await add_shop(service.rt, "m-a", "fugou-development-only")
     await service.feed(vip_orders("m-a"))
     r = await service.client.put("/v1/segmentation/config", json=FIXED, headers=shop.h)
@@ -154,8 +174,19 @@ async def test_a_saved_configuration_shows_at_once_and_the_stored_segment_answer
     assert body["tags"] == orjson.loads(tags) and "churn_risk" in body["tags"]  # daily buyer, quiet for 3 days
 
     # A second configuration through this process: shown at the next read, not after a TTL.
-    r = await service.client.put("/v1/segmentation/config", headers=shop.h, json=FIXED | {
-        "boundaries": {"mode": "fixed", "recency_days": [1, 2], "frequency": [6, 7], "monetary_fen": [500_000, 900_000]}})
+    r = await service.client.put(
+        "/v1/segmentation/config",
+        headers=shop.h,
+        json=FIXED
+        | {
+            "boundaries": {
+                "mode": "fixed",
+                "recency_days": [1, 2],
+                "frequency": [6, 7],
+                "monetary_fen": [500_000, 900_000],
+            }
+        },
+    )
     assert r.json()["version"] == 2
     body, from_store = await service.stored(shop, "vip")
     assert not from_store and body["why"]["config_version"] == 2
@@ -180,8 +211,9 @@ async def test_a_segment_scored_under_an_older_configuration_is_never_served(ser
     assert from_store and body["tier"] == "C"
 
     # Version 2 saved, its re-scoring job still pending.
-    r = await service.client.put("/v1/segmentation/config", json=FIXED | {"tier_overrides": {"3-3-3": "A"}},
-                                 headers=shop.h)
+    r = await service.client.put(
+        "/v1/segmentation/config", json=FIXED | {"tier_overrides": {"3-3-3": "A"}}, headers=shop.h
+    )
     service.forget()
     body, from_store = await service.stored(shop, "vip")
     assert not from_store and (body["tier"], body["why"]["config_version"]) == ("A", 2)
@@ -203,9 +235,18 @@ async def test_a_segment_scored_under_an_older_configuration_is_never_served(ser
     assert not from_store and (body["tier"], body["why"]["config_version"]) == ("A", 3)
 
     # Time has moved the segment (its next change has come, the sweep not run): computed.
-    await service.sql(rescore_jobs.insert().values(
-        job_id="covers-3", merchant_id="m-a", config_version=3, status="done", total=1, done=1, changed=0,
-        created_at=NOW))
+    await service.sql(
+        rescore_jobs.insert().values(
+            job_id="covers-3",
+            merchant_id="m-a",
+            config_version=3,
+            status="done",
+            total=1,
+            done=1,
+            changed=0,
+            created_at=NOW,
+        )
+    )
     service.forget()
     body, from_store = await service.stored(shop, "vip")
     assert from_store and body["tier"] == "C"  # covered by a finished job of version 3: trusted
@@ -241,12 +282,25 @@ async def test_the_cache_keeps_each_merchants_configuration_and_data_apart(servi
     a, b = await add_shop(service.rt, "m-a", pepper), await add_shop(service.rt, "m-b", pepper)
     await service.client.put("/v1/segmentation/config", json=FIXED, headers=a.h)
     for _ in range(2):  # b at version 2, with boundaries of its own
-        await service.client.put("/v1/segmentation/config", headers=b.h, json=FIXED | {
-            "boundaries": {"mode": "fixed", "recency_days": [1, 2], "frequency": [9, 10],
-                           "monetary_fen": [1_000_000, 2_000_000]}})
+        await service.client.put(
+            "/v1/segmentation/config",
+            headers=b.h,
+            json=FIXED
+            | {
+                "boundaries": {
+                    "mode": "fixed",
+                    "recency_days": [1, 2],
+                    "frequency": [9, 10],
+                    "monetary_fen": [1_000_000, 2_000_000],
+                }
+            },
+        )
     # One customer id in both shops, with different orders; one customer in b only.
-    await service.feed(vip_orders("m-a", 30_000) + vip_orders("m-b", 1_000)
-                       + [order_paid("m-b", "only-b", "ob-1", 500, at=NOW - timedelta(days=1))])
+    await service.feed(
+        vip_orders("m-a", 30_000)
+        + vip_orders("m-b", 1_000)
+        + [order_paid("m-b", "only-b", "ob-1", 500, at=NOW - timedelta(days=1))]
+    )
     await service.run_jobs()
 
     for _ in range(2):  # the second round is served from the cache of both merchants
@@ -286,9 +340,11 @@ async def test_reads_in_one_turn_share_a_query_per_merchant_and_never_mix_mercha
     asked = [a, b] * 20
     got = await asyncio.gather(*[service.client.get("/v1/customers/vip/rfm", headers=s.h) for s in asked])
     assert [(r.json()["merchant_id"], r.json()["monetary_fen"]) for r in got] == [
-        ("m-a", 150_000) if s is a else ("m-b", 5_000) for s in asked]
-    missing = await asyncio.gather(*[service.client.get(f"/v1/customers/{c}/rfm", headers=a.h)
-                                     for c in ("vip", "nobody", "vip")])
+        ("m-a", 150_000) if s is a else ("m-b", 5_000) for s in asked
+    ]
+    missing = await asyncio.gather(
+        *[service.client.get(f"/v1/customers/{c}/rfm", headers=a.h) for c in ("vip", "nobody", "vip")]
+    )
     assert [r.status_code for r in missing] == [200, 404, 200]
 
     # Directly: one connection (one query) per merchant for all the reads asked in one turn.
@@ -301,11 +357,18 @@ async def test_reads_in_one_turn_share_a_query_per_merchant_and_never_mix_mercha
         return engine.connect()
 
     reads = StoredReads(connect, pool_size=5)
-    found = await asyncio.gather(*[reads.read(s.merchant_id, c, "Asia/Shanghai")
-                                   for s in (a, b) for c in ("vip", "nobody", "vip")])
+    found = await asyncio.gather(
+        *[reads.read(s.merchant_id, c, "Asia/Shanghai") for s in (a, b) for c in ("vip", "nobody", "vip")]
+    )
     assert len(opened) == 2
     assert [(r.found, r.explained.values.monetary_fen if r.explained else None) for r in found] == [
-        (True, 150_000), (False, None), (True, 150_000), (True, 5_000), (False, None), (True, 5_000)]
+        (True, 150_000),
+        (False, None),
+        (True, 150_000),
+        (True, 5_000),
+        (False, None),
+        (True, 5_000),
+    ]
 
 
 async def test_a_failed_batch_fails_each_of_its_reads_and_the_next_one_works(service: Service) -> None:
@@ -321,8 +384,9 @@ async def test_a_failed_batch_fails_each_of_its_reads_and_the_next_one_works(ser
         return engine.connect()
 
     reads = StoredReads(connect, pool_size=2)
-    outcomes = await asyncio.gather(*[reads.read("m-a", "vip", "Asia/Shanghai") for _ in range(3)],
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *[reads.read("m-a", "vip", "Asia/Shanghai") for _ in range(3)], return_exceptions=True
+    )
     assert all(isinstance(o, ConnectionError) for o in outcomes)
     broken[0] = False
     assert (await reads.read(shop.merchant_id, "vip", "Asia/Shanghai")).found

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,21 @@ from tests.factories import CST, eventually, order_paid
 from tests.unit.test_segmentation_read_rfm import FIXED, Service, Shop, add_shop, serving
 
 PEPPER = "fugou-development-only"
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 TODAY = NOW.astimezone(CST).date()  # Asia/Shanghai has no DST: CST is its zone
 # Yesterday's midnight in Shanghai (16:00 UTC the day before): one minute either side are two days.
-MIDNIGHT = datetime.combine(TODAY - timedelta(days=1), time(0, 0), tzinfo=CST).astimezone(timezone.utc)
+MIDNIGHT = datetime.combine(TODAY - timedelta(days=1), time(0, 0), tzinfo=CST).astimezone(UTC)
 BEFORE, AFTER = MIDNIGHT - timedelta(minutes=1), MIDNIGHT + timedelta(minutes=1)
 DAY1, DAY2 = (TODAY - timedelta(days=2)).isoformat(), (TODAY - timedelta(days=1)).isoformat()
 
 
 def orders(merchant_id: str, customer_id: str, n: int, amount: int, days_ago: int) -> list[dict[str, Any]]:
-    return [order_paid(merchant_id, customer_id, f"{merchant_id}-{customer_id}-{i}", amount,
-                       at=NOW - timedelta(days=days_ago + i)) for i in range(n)]
+    return [
+        order_paid(
+            merchant_id, customer_id, f"{merchant_id}-{customer_id}-{i}", amount, at=NOW - timedelta(days=days_ago + i)
+        )
+        for i in range(n)
+    ]
 
 
 async def configured(service: Service, merchant_id: str) -> Shop:
@@ -61,22 +65,42 @@ async def lifecycle_tags(service: Service, merchant_id: str) -> dict[str, int]:
 
 async def snapshot_rows(service: Service, merchant_id: str) -> list[Any]:
     async with service.rt.sessions() as session:
-        return (await session.execute(select(segment_snapshots).where(segment_snapshots.c.merchant_id == merchant_id)
-                                      .order_by(segment_snapshots.c.day))).all()
+        return (
+            await session.execute(
+                select(segment_snapshots)
+                .where(segment_snapshots.c.merchant_id == merchant_id)
+                .order_by(segment_snapshots.c.day)
+            )
+        ).all()
 
 
 def assert_point_is_the_summary(point: dict[str, Any], s: dict[str, Any], tags: dict[str, int]) -> None:
-    for k in ("config_version", "customers", "tiers", "classes", "cells", "repurchase_rate", "repeat_customers",
-              "buying_customers"):
+    for k in (
+        "config_version",
+        "customers",
+        "tiers",
+        "classes",
+        "cells",
+        "repurchase_rate",
+        "repeat_customers",
+        "buying_customers",
+    ):
         assert point[k] == s[k], k
     assert point["tags"] == tags
 
 
 def as_point(row: Any) -> dict[str, Any]:
-    return {"config_version": row.config_version, "customers": row.customers, "tiers": orjson.loads(row.tiers),
-            "classes": orjson.loads(row.classes), "cells": orjson.loads(row.cells), "tags": orjson.loads(row.tags),
-            "repeat_customers": row.repeat_buyers, "buying_customers": row.buyers,
-            "repurchase_rate": round(row.repeat_buyers / row.buyers, 4) if row.buyers else 0.0}
+    return {
+        "config_version": row.config_version,
+        "customers": row.customers,
+        "tiers": orjson.loads(row.tiers),
+        "classes": orjson.loads(row.classes),
+        "cells": orjson.loads(row.cells),
+        "tags": orjson.loads(row.tags),
+        "repeat_customers": row.repeat_buyers,
+        "buying_customers": row.buyers,
+        "repurchase_rate": round(row.repeat_buyers / row.buyers, 4) if row.buyers else 0.0,
+    }
 
 
 @pytest.fixture
@@ -86,15 +110,20 @@ async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 async def test_a_snapshot_per_local_day_keeps_the_summary_of_its_moment_and_the_trend_reads_them(
-        service: Service) -> None:
+    service: Service,
+) -> None:
     a = await configured(service, "m-a")
     b = await configured(service, "m-b")
     await add_shop(service.rt, "m-off", PEPPER)
-    await service.sql(service.rt.spec.tables.merchants.update().where(
-        service.rt.spec.tables.merchants.c.merchant_id == "m-off").values(active=False))
+    await service.sql(
+        service.rt.spec.tables.merchants.update()
+        .where(service.rt.spec.tables.merchants.c.merchant_id == "m-off")
+        .values(active=False)
+    )
     # m-a: a head customer, a new one (one order 10 days ago), a dormant one (100 days ago).
-    await service.feed(orders("m-a", "vip", 5, 30_000, 3) + orders("m-a", "fresh", 1, 5_000, 10)
-                       + orders("m-a", "gone", 1, 5_000, 100))
+    await service.feed(
+        orders("m-a", "vip", 5, 30_000, 3) + orders("m-a", "fresh", 1, 5_000, 10) + orders("m-a", "gone", 1, 5_000, 100)
+    )
     await service.feed(orders("m-b", "only", 2, 8_000, 5))
     await service.sql(customer_tags.insert().values(merchant_id="m-a", customer_id="vip", tag="custom:vip"))
 
@@ -133,8 +162,9 @@ async def test_a_snapshot_per_local_day_keeps_the_summary_of_its_moment_and_the_
     assert third["customers"] == 6
     assert_point_is_the_summary(as_point(rows[1]), third, third_tags)
     # And a replica asked to skip what was snapshotted within the hour skips it.
-    assert await take_snapshots(service.rt.sessions, later + timedelta(minutes=30),
-                                unless_within=timedelta(hours=1)) == 0
+    assert (
+        await take_snapshots(service.rt.sessions, later + timedelta(minutes=30), unless_within=timedelta(hours=1)) == 0
+    )
 
     # The trend: oldest first, only the days with a snapshot, and today computed live.
     r = await service.client.get("/v1/segments/trend", headers=a.h)
@@ -194,7 +224,7 @@ async def test_the_clock_snapshots_at_start_up(service: Service) -> None:
         worker.cancel()
         with pytest.raises(asyncio.CancelledError):
             await worker
-    assert rows[0].day == datetime.now(timezone.utc).astimezone(CST).date().isoformat()
+    assert rows[0].day == datetime.now(UTC).astimezone(CST).date().isoformat()
     assert_point_is_the_summary(as_point(rows[0]), await summary(service, shop), await lifecycle_tags(service, "m-a"))
 
 
@@ -207,8 +237,14 @@ async def test_the_segmentation_runtime_runs_the_clock(tmp_path: Path, monkeypat
 
         async def days() -> list[str]:
             async with rt.sessions() as session:
-                return list((await session.execute(select(segment_snapshots.c.day).where(
-                    segment_snapshots.c.merchant_id == "m-a"))).scalars())
+                return list(
+                    (
+                        await session.execute(
+                            select(segment_snapshots.c.day).where(segment_snapshots.c.merchant_id == "m-a")
+                        )
+                    ).scalars()
+                )
 
         assert await eventually(days, lambda d: len(d) == 1, timeout=10) == [
-            datetime.now(timezone.utc).astimezone(CST).date().isoformat()]
+            datetime.now(UTC).astimezone(CST).date().isoformat()
+        ]

@@ -3,25 +3,27 @@ change (announcing only the customers whose segment changed), and summarised."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from services.embedded import build_embedded_app
 from services.segmentation.adapters.tables import messaging
 from shared.events import parse_event
-import pytest
-
 from shared.settings import Settings
 from tests.conftest import embedded_settings, kafka_pg_settings, running
 from tests.factories import eventually, order_paid
 
 KEY = "fg_segments_key"
 H = {"X-Api-Key": KEY}
-FIXED = {"period_days": None, "levels": 3,
-         "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4], "monetary_fen": [10_000, 50_000]},
-         "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000}}
+FIXED = {
+    "period_days": None,
+    "levels": 3,
+    "boundaries": {"mode": "fixed", "recency_days": [30, 90], "frequency": [2, 4], "monetary_fen": [10_000, 50_000]},
+    "class_split": {"mode": "fixed", "recency_days": 30, "frequency": 2, "monetary_fen": 20_000},
+}
 
 
 async def segment_events(app) -> list:  # type: ignore[no-untyped-def]
@@ -39,8 +41,13 @@ async def segment_events(app) -> list:  # type: ignore[no-untyped-def]
     else:  # Kafka: read the topic from the start
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(bus.prefix + "fugou.segments", bootstrap_servers=bus.bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(
+            bus.prefix + "fugou.segments",
+            bootstrap_servers=bus.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
         await consumer.start()
         rows = []
         try:
@@ -55,25 +62,28 @@ async def segment_events(app) -> list:  # type: ignore[no-untyped-def]
     return [e for e in unique.values() if e.type == "segment.changed"]
 
 
-@pytest.fixture(params=["inprocess-sqlite", pytest.param("kafka-postgres", marks=[pytest.mark.kafka,
-                                                                                    pytest.mark.postgres])])
+@pytest.fixture(
+    params=["inprocess-sqlite", pytest.param("kafka-postgres", marks=[pytest.mark.kafka, pytest.mark.postgres])]
+)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     if request.param == "inprocess-sqlite":
         return embedded_settings(tmp_path, bootstrap_api_key=KEY)
-    return kafka_pg_settings(tmp_path, request.getfixturevalue("kafka"), request.getfixturevalue("pg_urls"),
-                             bootstrap_api_key=KEY)
+    return kafka_pg_settings(
+        tmp_path, request.getfixturevalue("kafka"), request.getfixturevalue("pg_urls"), bootstrap_api_key=KEY
+    )
 
 
 async def test_a_configuration_change_rescores_everyone_and_announces_only_the_changes(settings: Settings) -> None:
     app = build_embedded_app(settings, announce=False)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     async with running(app) as client:
         assert (await client.put("/v1/segmentation/config", json=FIXED, headers=H)).status_code == 200
         events = []
         for i in range(30):  # 30 customers: c-0..c-9 buy 5 times, c-10..c-29 once
             n = 5 if i < 10 else 1
-            events += [order_paid("demo", f"c-{i}", f"o-{i}-{k}", 12_000, at=now - timedelta(days=5 + k))
-                       for k in range(n)]
+            events += [
+                order_paid("demo", f"c-{i}", f"o-{i}-{k}", 12_000, at=now - timedelta(days=5 + k)) for k in range(n)
+            ]
         assert (await client.post("/v1/events", json=events, headers=H)).json()["accepted"] == len(events)
 
         async def summary() -> dict:
@@ -86,7 +96,8 @@ async def test_a_configuration_change_rescores_everyone_and_announces_only_the_c
         assert s["cells"]["3-3-3"] == 10 and s["cells"]["3-1-2"] == 20 and len(s["cells"]) == 27
         assert s["classes"]["important_value"] == 10 and s["classes"]["general_development"] == 20
         assert (s["repeat_customers"], s["buying_customers"], s["repurchase_rate"]) == (10, 30, 0.3333)
-        def of_version(events: list, v: int) -> list:  # noqa: ANN001 - events of one configuration
+
+        def of_version(events: list, v: int) -> list:
             return [e for e in events if e.data.config_version == v]
 
         assert len(of_version(await segment_events(app), 1)) == 30  # each customer's first segment
@@ -120,9 +131,10 @@ async def test_an_imported_history_is_queued_for_scoring_and_scored(tmp_path: Pa
     from services.segmentation.entrypoints.importer import import_orders
 
     csv_path = tmp_path / "orders.csv"
-    paid = (datetime.now(timezone.utc) - timedelta(days=3)).isoformat()
-    csv_path.write_text("order_id,customer_id,paid_at,amount_fen\n" +
-                        "".join(f"o-{i},c-{i % 7},{paid},{1000 + i}\n" for i in range(50)))
+    paid = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+    csv_path.write_text(
+        "order_id,customer_id,paid_at,amount_fen\n" + "".join(f"o-{i},c-{i % 7},{paid},{1000 + i}\n" for i in range(50))
+    )
     settings = embedded_settings(tmp_path, bootstrap_api_key=KEY)
     app = build_embedded_app(settings, announce=False)
     async with running(app) as client:

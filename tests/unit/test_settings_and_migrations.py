@@ -44,8 +44,9 @@ def test_production_with_only_the_pepper_is_refused_for_the_admin_token(clean_en
     assert "FUGOU_ADMIN_TOKEN" in str(info.value)
 
 
-def test_production_with_both_secrets_from_the_environment_starts(clean_env: None,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_with_both_secrets_from_the_environment_starts(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FUGOU_ENV", "production")
     monkeypatch.setenv("FUGOU_API_KEY_PEPPER", "a-real-pepper")
     monkeypatch.setenv("FUGOU_ADMIN_TOKEN", "a-real-admin-token")
@@ -76,12 +77,15 @@ def test_a_database_url_set_for_a_service_is_used_for_that_service_only(clean_en
 
 def schema_differences(spec: ServiceSpec, sync_conn: Any) -> list[Any]:
     """What autogenerate would emit to turn the migrated database into the spec's metadata."""
-    ctx = MigrationContext.configure(sync_conn, opts={
-        # The version table is Alembic's own bookkeeping, not part of the service's schema.
-        "version_table": f"alembic_version_{spec.name}",
-        "compare_type": True,
-        "compare_server_default": True,
-    })
+    ctx = MigrationContext.configure(
+        sync_conn,
+        opts={
+            # The version table is Alembic's own bookkeeping, not part of the service's schema.
+            "version_table": f"alembic_version_{spec.name}",
+            "compare_type": True,
+            "compare_server_default": True,
+        },
+    )
     return compare_metadata(ctx, spec.metadata)
 
 
@@ -137,9 +141,14 @@ async def test_the_schema_check_would_see_a_table_missing_from_the_migrations(tm
     try:
         await migrate(engine, spec)
         async with engine.connect() as conn:
-            diff = await conn.run_sync(lambda c: schema_differences(
-                ServiceSpec(name=spec.name, metadata=extra, tables=spec.tables, migrations=spec.migrations,
-                            routers=[]), c))
+            diff = await conn.run_sync(
+                lambda c: schema_differences(
+                    ServiceSpec(
+                        name=spec.name, metadata=extra, tables=spec.tables, migrations=spec.migrations, routers=[]
+                    ),
+                    c,
+                )
+            )
     finally:
         await engine.dispose()
     assert [d[0] for d in diff] == ["add_table"]

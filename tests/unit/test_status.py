@@ -15,8 +15,12 @@ SERVICES = ("segmentation", "coupons", "loyalty", "notifications")
 async def test_each_service_reports_what_it_applied_for_the_calling_merchant(tmp_path: Path) -> None:
     app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=KEY), announce=False)
     async with running(app) as client:
-        tags = {t for path in (await client.get("/openapi.json")).json()["paths"].values()
-                for op in path.values() for t in op.get("tags", [])}
+        tags = {
+            t
+            for path in (await client.get("/openapi.json")).json()["paths"].values()
+            for op in path.values()
+            for t in op.get("tags", [])
+        }
         assert set(SERVICES) <= tags
         events = [order_paid("demo", f"u-{i}", f"o-{i}", 100) for i in range(5)]
         assert (await client.post("/v1/events", json=events, headers={"X-Api-Key": KEY})).json()["accepted"] == 5
@@ -27,6 +31,7 @@ async def test_each_service_reports_what_it_applied_for_the_calling_merchant(tmp
         # The 5 orders, and loyalty's events for them (segmentation keeps members' levels).
         status = await eventually(seg, lambda s: s["events_applied"] > 5 and s["outbox_pending"] == 0)
         assert status["merchant_id"] == "demo" and status["last_applied_at"] is not None
+
         async def coupons() -> dict:
             return (await client.get("/v1/coupons/status", headers={"X-Api-Key": KEY})).json()
 

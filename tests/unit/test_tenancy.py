@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -18,6 +17,8 @@ import jwt
 import pytest
 
 from services.embedded import build_embedded_app
+from shared import clock
+from shared.clock import ManualClock
 from shared.settings import Settings
 from shared.tenancy import Merchant, Tenancy, hash_api_key, mint_customer_token
 from tests.conftest import ADMIN_TOKEN, embedded_settings, running
@@ -45,8 +46,11 @@ class Tenants:
 
 async def create_tenant(client: httpx.AsyncClient, prefix: str) -> Tenant:
     mid = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    r = await client.post("/v1/platform/merchants", headers={"X-Admin-Token": ADMIN_TOKEN},
-                          json={"merchant_id": mid, "name": f"Shop {prefix}"})
+    r = await client.post(
+        "/v1/platform/merchants",
+        headers={"X-Admin-Token": ADMIN_TOKEN},
+        json={"merchant_id": mid, "name": f"Shop {prefix}"},
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     return Tenant(mid, body["api_key"], body["jwt_secret"])
@@ -149,18 +153,30 @@ async def test_a_token_of_a_customer_without_orders_is_a_404_not_someone_elses_d
 WRONG_SECRET = "not-the-merchants-secret-but-as-long-as-one-0123456789"
 
 
-@pytest.mark.parametrize("forge", [
-    pytest.param(lambda a, b: mint_customer_token(a.merchant_id, "same", WRONG_SECRET), id="wrong-secret"),
-    pytest.param(lambda a, b: mint_customer_token(a.merchant_id, "same", a.jwt_secret, ttl=timedelta(minutes=-5)),
-                 id="expired"),
-    pytest.param(lambda a, b: mint_customer_token(b.merchant_id, "same", a.jwt_secret), id="mid-b-signed-by-a"),
-    pytest.param(lambda a, b: jwt.encode({"sub": "same", "mid": a.merchant_id}, a.jwt_secret, algorithm="HS256"),
-                 id="no-expiry"),
-    pytest.param(lambda a, b: jwt.encode({"sub": "same", "mid": a.merchant_id,
-                                          "exp": datetime.now(timezone.utc) + timedelta(hours=1)}, None,
-                                         algorithm="none"), id="unsigned"),
-    pytest.param(lambda a, b: mint_customer_token("no-such-merchant", "same", a.jwt_secret), id="unknown-merchant"),
-])
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(lambda a, b: mint_customer_token(a.merchant_id, "same", WRONG_SECRET), id="wrong-secret"),
+        pytest.param(
+            lambda a, b: mint_customer_token(a.merchant_id, "same", a.jwt_secret, ttl=timedelta(minutes=-5)),
+            id="expired",
+        ),
+        pytest.param(lambda a, b: mint_customer_token(b.merchant_id, "same", a.jwt_secret), id="mid-b-signed-by-a"),
+        pytest.param(
+            lambda a, b: jwt.encode({"sub": "same", "mid": a.merchant_id}, a.jwt_secret, algorithm="HS256"),
+            id="no-expiry",
+        ),
+        pytest.param(
+            lambda a, b: jwt.encode(
+                {"sub": "same", "mid": a.merchant_id, "exp": clock.now() + timedelta(hours=1)},
+                None,
+                algorithm="none",
+            ),
+            id="unsigned",
+        ),
+        pytest.param(lambda a, b: mint_customer_token("no-such-merchant", "same", a.jwt_secret), id="unknown-merchant"),
+    ],
+)
 async def test_a_forged_or_expired_customer_token_is_a_401(tenants: Tenants, forge: Any) -> None:
     r = await me(tenants, forge(tenants.a, tenants.b))
     assert r.status_code == 401, r.text
@@ -189,11 +205,13 @@ async def test_api_keys_are_stored_only_as_peppered_hashes(tenants: Tenants) -> 
 async def test_one_merchants_event_id_does_not_swallow_another_merchants_event(tenants: Tenants) -> None:
     t = tenants
     shared_id = f"paid-{uuid.uuid4().hex[:6]}"  # e.g. two shops on the same platform numbering their events
-    r = await t.client.post("/v1/events", json=[order_paid(t.a.merchant_id, "x-a", "o-x-a", 1, event_id=shared_id)],
-                            headers=t.a.auth)
+    r = await t.client.post(
+        "/v1/events", json=[order_paid(t.a.merchant_id, "x-a", "o-x-a", 1, event_id=shared_id)], headers=t.a.auth
+    )
     assert r.json()["accepted"] == 1
-    r = await t.client.post("/v1/events", json=[order_paid(t.b.merchant_id, "x-b", "o-x-b", 1, event_id=shared_id)],
-                            headers=t.b.auth)
+    r = await t.client.post(
+        "/v1/events", json=[order_paid(t.b.merchant_id, "x-b", "o-x-b", 1, event_id=shared_id)], headers=t.b.auth
+    )
     assert r.json()["accepted"] == 1, r.json()
 
 
@@ -229,14 +247,36 @@ async def test_a_cached_token_is_refused_once_the_secret_rotates_or_the_merchant
     assert (await tenancy.customer_from_token(token)).customer_id == "c-1"
 
 
-async def test_a_cached_token_expires_like_an_uncached_one(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_cached_token_expires_like_an_uncached_one(frozen_clock: ManualClock) -> None:
     secret = "a-secret-0123456789abcdefghijklmnopqrstuvwxyz"
     tenancy = _Merchants({"m-cache": _merchant(secret)})
     token = mint_customer_token("m-cache", "c-1", secret, ttl=timedelta(minutes=5))
     assert await tenancy.customer_from_token(token) is not None
-    later = time.time() + 5 * 60 + 31  # past the expiry and its 30 s leeway
-    monkeypatch.setattr(time, "time", lambda: later)
+    frozen_clock.advance(minutes=5, seconds=29)  # within the expiry's 30 s leeway
+    assert await tenancy.customer_from_token(token) is not None
+    frozen_clock.advance(seconds=2)  # past it
     assert await tenancy.customer_from_token(token) is None
+    assert await _Merchants({"m-cache": _merchant(secret)}).customer_from_token(token) is None  # uncached too
+
+
+async def test_a_token_is_judged_by_the_one_clock_not_by_the_wall_clock(frozen_clock: ManualClock) -> None:
+    secret = "a-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+    tenancy = _Merchants({"m-cache": _merchant(secret)})
+    frozen_clock.advance(days=-400)  # minted on a day long past: expired by the wall clock, not by the clock
+    token = mint_customer_token("m-cache", "c-1", secret, ttl=timedelta(minutes=5))
+    assert await tenancy.customer_from_token(token) is not None
+    issued = frozen_clock.now()
+    frozen_clock.advance(minutes=-2)  # issued (iat) two minutes from now: not yet valid
+    assert await _Merchants({"m-cache": _merchant(secret)}).customer_from_token(token) is None
+    frozen_clock.set(issued)
+    early = jwt.encode(
+        {"sub": "c-1", "mid": "m-cache", "nbf": issued + timedelta(minutes=1), "exp": issued + timedelta(hours=1)},
+        secret,
+        algorithm="HS256",
+    )
+    assert await tenancy.customer_from_token(early) is None
+    frozen_clock.advance(minutes=1)
+    assert await tenancy.customer_from_token(early) is not None
 
 
 async def test_a_token_with_a_bad_signature_is_never_cached() -> None:

@@ -136,7 +136,7 @@ def matches(f: Mapping[str, Any], s: Segment) -> bool:
     return getattr(s, kind) in value
 
 
-class _contains_text(FunctionElement[bool]):  # noqa: N801 - reads as the SQL it stands for
+class _contains_text(FunctionElement[bool]):
     """Whether ``haystack`` contains ``needle`` verbatim (no LIKE wildcards, case-sensitive)."""
 
     inherit_cache = True

@@ -18,7 +18,8 @@ messaging = MessagingTables.on(metadata)
 
 # Templates merchants define (body: services.coupons.domain.templates.CouponTemplate as JSON).
 templates = Table(
-    "templates", metadata,
+    "templates",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("template_id", String(64), primary_key=True),
     Column("name", String(128), nullable=False),
@@ -33,7 +34,8 @@ templates = Table(
 
 # How many coupons of a template each customer holds (issued or claimed), for per_customer_limit.
 customer_limits = Table(
-    "customer_limits", metadata,
+    "customer_limits",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("template_id", String(64), primary_key=True),
@@ -42,7 +44,8 @@ customer_limits = Table(
 
 # Campaign rules (body: services.coupons.domain.rules.CampaignRule as JSON).
 rules = Table(
-    "rules", metadata,
+    "rules",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("rule_id", String(64), primary_key=True),
     Column("name", String(128), nullable=False),
@@ -59,7 +62,8 @@ rules = Table(
 
 # What a rule spent: one row per local day ("YYYY-MM-DD") and one for its whole life ("total").
 rule_spend = Table(
-    "rule_spend", metadata,
+    "rule_spend",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("rule_id", String(64), primary_key=True),
     Column("period", String(10), primary_key=True),
@@ -70,7 +74,8 @@ rule_spend = Table(
 # Each (rule, trigger, customer) decided once: issued, held out (for lift), capped, or not in
 # the audience. The key is domain.rules.issuance_key.
 issuances = Table(
-    "issuances", metadata,
+    "issuances",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("issuance_key", String(64), primary_key=True),
     Column("rule_id", String(64), nullable=False),
@@ -83,7 +88,8 @@ issuances = Table(
 
 # Every coupon in a wallet. State changes bump version (compare-and-set).
 coupons = Table(
-    "coupons", metadata,
+    "coupons",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("coupon_id", String(64), primary_key=True),
     Column("customer_id", String(128), nullable=False),
@@ -108,7 +114,8 @@ coupons = Table(
 
 # The shop's orders as coupons needs them: Nth order and goal triggers, redemption, ROI.
 orders = Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("order_id", String(128), primary_key=True),
     Column("customer_id", String(128), nullable=False),
@@ -121,7 +128,8 @@ orders = Table(
 
 # Who referred whom (referral.bound), for referral conversions.
 referrals = Table(
-    "referrals", metadata,
+    "referrals",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),  # the referee
     Column("referrer_id", String(128), nullable=False),
@@ -131,7 +139,8 @@ referrals = Table(
 # Each customer's segment as segmentation announced it (segment.changed): audience filters on
 # tier, cell, class and tags are evaluated here without asking segmentation.
 customer_segments = Table(
-    "customer_segments", metadata,
+    "customer_segments",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("tier", String(1), nullable=True),
@@ -145,7 +154,8 @@ customer_segments = Table(
 # used on the order back (restore) or not (keep_used, the default), and how many days before
 # expiry coupon.expiring is sent. No row: the defaults.
 coupon_policies = Table(
-    "coupon_policies", metadata,
+    "coupon_policies",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("refund_policy", String(16), nullable=False, server_default=text("'keep_used'")),
     Column("expiring_days_before", Integer, nullable=False, server_default=text("3")),
@@ -155,7 +165,8 @@ coupon_policies = Table(
 # Coupons an order.paid named and that could not be redeemed (used by another order, expired, not
 # the payer's, not applicable, unknown): kept for the merchant's support staff, never applied.
 redemption_refusals = Table(
-    "redemption_refusals", metadata,
+    "redemption_refusals",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("order_id", String(128), primary_key=True),
     Column("coupon_id", String(128), primary_key=True),

@@ -110,9 +110,12 @@ def discount_for(template: CouponTemplate, cart: Cart) -> Applied:
             return _refused("shipping", Reason.OUT_OF_SCOPE, "nothing in the cart is covered by this coupon")
         order_number = cart.paid_orders_today + 1
         if kind.nth_order_today is not None and order_number < kind.nth_order_today:
-            return _refused("shipping", Reason.NOT_NTH_ORDER_TODAY,
-                            f"ships free from the customer's paid order number {kind.nth_order_today} of the day; "
-                            f"this is number {order_number}")
+            return _refused(
+                "shipping",
+                Reason.NOT_NTH_ORDER_TODAY,
+                f"ships free from the customer's paid order number {kind.nth_order_today} of the day; "
+                f"this is number {order_number}",
+            )
         off = cart.shipping_fen if kind.max_shipping_fen is None else min(cart.shipping_fen, kind.max_shipping_fen)
         if off == 0:
             return _refused("shipping", Reason.NOTHING_TO_DISCOUNT, "this order has no shipping fee")
@@ -127,17 +130,21 @@ def discount_for(template: CouponTemplate, cart: Cart) -> Applied:
             off = min(off, kind.max_discount_fen)
     elif isinstance(kind, AmountOff):
         if base < kind.threshold_fen:
-            return _refused("goods", Reason.BELOW_THRESHOLD,
-                            f"the covered items come to {yuan(base)}, below the threshold {yuan(kind.threshold_fen)} "
-                            f"({yuan(kind.threshold_fen - base)} more to go)")
+            return _refused(
+                "goods",
+                Reason.BELOW_THRESHOLD,
+                f"the covered items come to {yuan(base)}, below the threshold {yuan(kind.threshold_fen)} "
+                f"({yuan(kind.threshold_fen - base)} more to go)",
+            )
         off = kind.amount_off_fen
     else:
         assert isinstance(kind, NoThreshold)
         off = kind.amount_off_fen
     off = min(off, base)
     if off == 0:
-        return _refused("goods", Reason.NOTHING_TO_DISCOUNT,
-                        f"the covered items come to {yuan(base)}: nothing to take off")
+        return _refused(
+            "goods", Reason.NOTHING_TO_DISCOUNT, f"the covered items come to {yuan(base)}: nothing to take off"
+        )
     return Applied(off, "goods")
 
 
@@ -245,8 +252,9 @@ def _price(combo: Iterable[_Candidate], cart: Cart) -> tuple[tuple[Pick, ...], i
     return tuple(picks), goods, shipping
 
 
-def _sort_out(coupons: Iterable[Held], cart: Cart, now: datetime,
-              tz: tzinfo | str) -> tuple[list[_Candidate], dict[str, Applied]]:
+def _sort_out(
+    coupons: Iterable[Held], cart: Cart, now: datetime, tz: tzinfo | str
+) -> tuple[list[_Candidate], dict[str, Applied]]:
     """The coupons that apply to this cart now, and the others with why not."""
     require_aware("now", now)
     refused: dict[str, Applied] = {}
@@ -281,8 +289,10 @@ def stacking_conflict(coupons: Sequence[Held]) -> str | None:
     for h in coupons:
         other = by_group.setdefault(h.template.group, h.coupon_id)
         if other != h.coupon_id:
-            return (f"coupons {other!r} and {h.coupon_id!r} are both in stack group {h.template.group!r}: "
-                    "one per group per order")
+            return (
+                f"coupons {other!r} and {h.coupon_id!r} are both in stack group {h.template.group!r}: "
+                "one per group per order"
+            )
     return None
 
 
@@ -300,8 +310,12 @@ def combine(coupons: Sequence[Held], cart: Cart, now: datetime, tz: tzinfo | str
 
 def _key(combo: Sequence[_Candidate], total: int) -> tuple[int, int, tuple[datetime, ...], tuple[str, ...]]:
     """Most off, then fewest coupons, then the soonest-expiring coupons, then by coupon id."""
-    return (-total, len(combo), tuple(sorted(c.held.expires_at for c in combo)),
-            tuple(sorted(c.held.coupon_id for c in combo)))
+    return (
+        -total,
+        len(combo),
+        tuple(sorted(c.held.expires_at for c in combo)),
+        tuple(sorted(c.held.coupon_id for c in combo)),
+    )
 
 
 def best_combination(coupons: Iterable[Held], cart: Cart, now: datetime, tz: tzinfo | str) -> Combination:
@@ -328,7 +342,8 @@ def best_combination(coupons: Iterable[Held], cart: Cart, now: datetime, tz: tzi
     kept = sorted(groups.values(), key=lambda g: (rank(g[0])[0], g[0].held.template.group))[:MAX_GROUPS]
     options: list[tuple[_Candidate, ...]] = [
         tuple(c for c in choice if c is not None)
-        for choice in itertools.product(*[[None, *g[:PER_GROUP]] for g in kept])]
+        for choice in itertools.product(*[[None, *g[:PER_GROUP]] for g in kept])
+    ]
     options.extend((c,) for c in candidates if c.held.template.exclusive)
 
     best: tuple[tuple[int, int, tuple[datetime, ...], tuple[str, ...]], tuple[Pick, ...], int, int] | None = None

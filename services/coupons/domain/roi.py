@@ -77,9 +77,11 @@ class Arm:
             raise ValueError(f"converted ({self.converted}) cannot exceed customers ({self.customers})")
         if self.converted > self.orders:
             raise ValueError(f"converted ({self.converted}) customers need at least as many orders ({self.orders})")
-        if self.customers * self.gmv_sq_fen2 < self.gmv_fen ** 2:
-            raise ValueError("gmv_sq_fen2 is too small for gmv_fen over these customers: "
-                             "it must be the sum of each customer's GMV squared")
+        if self.customers * self.gmv_sq_fen2 < self.gmv_fen**2:
+            raise ValueError(
+                "gmv_sq_fen2 is too small for gmv_fen over these customers: "
+                "it must be the sum of each customer's GMV squared"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +150,13 @@ def roi(gmv_fen: int, cost: int) -> float | None:
 
 
 def figures(arm: Arm) -> ArmFigures:
-    return ArmFigures(arm.customers, ratio(arm.converted, arm.customers), ratio(arm.gmv_fen, arm.customers),
-                      ratio(arm.orders, arm.customers), ratio(arm.gmv_fen, arm.orders))
+    return ArmFigures(
+        arm.customers,
+        ratio(arm.converted, arm.customers),
+        ratio(arm.gmv_fen, arm.customers),
+        ratio(arm.orders, arm.customers),
+        ratio(arm.gmv_fen, arm.orders),
+    )
 
 
 # --- intervals ----------------------------------------------------------------------------------
@@ -246,8 +253,9 @@ def t_quantile(p: float, df: float) -> float:
     return (lo + hi) / 2
 
 
-def mean_diff(n1: int, sum1: int, sumsq1: int, n2: int, sum2: int, sumsq2: int,
-              confidence: float = 0.95) -> Interval | None:
+def mean_diff(
+    n1: int, sum1: int, sumsq1: int, n2: int, sum2: int, sumsq2: int, confidence: float = 0.95
+) -> Interval | None:
     """mean1 − mean2 with Welch's t interval, from each sample's size, sum and sum of squares
     (integers, so the variances are computed exactly). None when a sample has fewer than 2
     values or both have no variance."""
@@ -273,12 +281,18 @@ def mean_diff(n1: int, sum1: int, sumsq1: int, n2: int, sum2: int, sumsq2: int,
 def lift(treatment: Arm, holdout: Arm, cost: int, confidence: float = 0.95) -> tuple[Lift, list[str]]:
     """Treatment against holdout over the same window; the reasons any figure is missing."""
     missing: list[str] = []
-    conv = proportion_diff(treatment.converted, treatment.customers, holdout.converted, holdout.customers,
-                           confidence)
+    conv = proportion_diff(treatment.converted, treatment.customers, holdout.converted, holdout.customers, confidence)
     if conv is None:
         missing.append("conversion lift: an arm has no customers")
-    gmv = mean_diff(treatment.customers, treatment.gmv_fen, treatment.gmv_sq_fen2,
-                    holdout.customers, holdout.gmv_fen, holdout.gmv_sq_fen2, confidence)
+    gmv = mean_diff(
+        treatment.customers,
+        treatment.gmv_fen,
+        treatment.gmv_sq_fen2,
+        holdout.customers,
+        holdout.gmv_fen,
+        holdout.gmv_sq_fen2,
+        confidence,
+    )
     if gmv is None:
         missing.append("GMV lift interval: an arm has fewer than 2 customers or no arm's GMV varies")
     t_mean, h_mean = ratio(treatment.gmv_fen, treatment.customers), ratio(holdout.gmv_fen, holdout.customers)
@@ -289,8 +303,14 @@ def lift(treatment: Arm, holdout: Arm, cost: int, confidence: float = 0.95) -> t
     return Lift(figures(treatment), figures(holdout), conv, gmv, incremental, inc_roi), missing
 
 
-def report(r: Redemptions, *, treatment: Arm | None = None, holdout: Arm | None = None,
-           baseline: Arm | None = None, confidence: float = 0.95) -> RoiReport:
+def report(
+    r: Redemptions,
+    *,
+    treatment: Arm | None = None,
+    holdout: Arm | None = None,
+    baseline: Arm | None = None,
+    confidence: float = 0.95,
+) -> RoiReport:
     """The ROI report of one rule or template: the merchants' ratio, the baseline of customers
     without coupons, and the lift against the holdout when both arms are given."""
     missing: list[str] = []

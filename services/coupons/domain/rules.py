@@ -57,11 +57,20 @@ from services.coupons.domain.templates import (
     require_aware,
     zone,
 )
+from shared import clock
 
 NEVER_FIRES_YEARS = 5
 MAX_HOLDOUT_PERCENT = 50
-RFM_CLASSES = ("important_value", "important_development", "important_retain", "important_winback",
-               "general_value", "general_development", "general_retain", "general_winback")
+RFM_CLASSES = (
+    "important_value",
+    "important_development",
+    "important_retain",
+    "important_winback",
+    "general_value",
+    "general_development",
+    "general_retain",
+    "general_winback",
+)
 
 
 class _Strict(BaseModel):
@@ -184,8 +193,10 @@ class Schedule(_Strict):
     def _five_valid_fields(cls, v: str) -> str:
         fields = v.split()
         if len(fields) != 5:
-            raise ValueError(f"cron {v!r} has {len(fields)} fields; a schedule is 5: minute hour day-of-month "
-                             "month day-of-week (e.g. '0 9 1 * *' = 09:00 on the 1st of each month)")
+            raise ValueError(
+                f"cron {v!r} has {len(fields)} fields; a schedule is 5: minute hour day-of-month "
+                "month day-of-week (e.g. '0 9 1 * *' = 09:00 on the 1st of each month)"
+            )
         try:
             croniter(" ".join(fields), datetime(2000, 1, 1, tzinfo=UTC))
         except (CroniterError, ValueError, KeyError) as e:
@@ -195,19 +206,23 @@ class Schedule(_Strict):
     @model_validator(mode="after")
     def _fires_at_all(self, info: ValidationInfo) -> Schedule:
         now = (info.context or {}).get("now")
-        start = now if isinstance(now, datetime) else datetime.now(UTC)
+        start = now if isinstance(now, datetime) else clock.now()
         try:
-            croniter(self.cron, start.astimezone(ZoneInfo(self.timezone)),
-                     max_years_between_matches=NEVER_FIRES_YEARS).get_next(datetime)
+            croniter(
+                self.cron, start.astimezone(ZoneInfo(self.timezone)), max_years_between_matches=NEVER_FIRES_YEARS
+            ).get_next(datetime)
         except CroniterBadDateError as e:
-            raise ValueError(f"cron {self.cron!r} is a schedule that never fires: no fire within "
-                             f"{NEVER_FIRES_YEARS} years (e.g. a day the month does not have)") from e
+            raise ValueError(
+                f"cron {self.cron!r} is a schedule that never fires: no fire within "
+                f"{NEVER_FIRES_YEARS} years (e.g. a day the month does not have)"
+            ) from e
         return self
 
 
 Trigger = Annotated[
     FirstPaidOrder | NthPaidOrder | OrderInCategory | SegmentChanged | ReferralConversion | Goal | Schedule,
-    Field(discriminator="type")]
+    Field(discriminator="type"),
+]
 
 
 # --- audience, action, caps, the rule -----------------------------------------------------------
@@ -231,8 +246,11 @@ def _audience_kind(value: object) -> str | None:
 
 Audience = Annotated[
     Annotated[AudienceRef, Tag("audience_id")] | Annotated[AudienceFilter, Tag("filter")],
-    Discriminator(_audience_kind, custom_error_type="invalid_audience",
-                  custom_error_message='audience is {"audience_id": "..."}, {"filter": {...}} or null (everyone)'),
+    Discriminator(
+        _audience_kind,
+        custom_error_type="invalid_audience",
+        custom_error_message='audience is {"audience_id": "..."}, {"filter": {...}} or null (everyone)',
+    ),
 ]
 
 
@@ -289,7 +307,8 @@ class CampaignRule(_Strict):
     action: Action
     caps: Caps = Field(default_factory=Caps)
     holdout_percent: StrictInt = Field(
-        default=0, description="Share of triggered customers kept aside as control, 0..50.")
+        default=0, description="Share of triggered customers kept aside as control, 0..50."
+    )
 
     @field_validator("holdout_percent")
     @classmethod
@@ -426,16 +445,19 @@ class Preset:
         for item in self.rule.action.issue:
             limit = self.templates[item.template_id].per_customer_limit
             if limit is not None and limit < item.count:
-                raise ValueError(f"preset {self.name}: issues {item.count} of {item.template_id!r} at once, "
-                                 f"above its per_customer_limit {limit}")
+                raise ValueError(
+                    f"preset {self.name}: issues {item.count} of {item.template_id!r} at once, "
+                    f"above its per_customer_limit {limit}"
+                )
 
     def bind(self, template_ids: Mapping[str, str]) -> CampaignRule:
         """The rule with each template key replaced by the id the service gave that template."""
         missing = sorted(set(self.templates) - set(template_ids))
         if missing:
             raise ValueError(f"preset {self.name}: no template id for {missing}")
-        issue = [IssueItem(template_id=template_ids[item.template_id], count=item.count)
-                 for item in self.rule.action.issue]
+        issue = [
+            IssueItem(template_id=template_ids[item.template_id], count=item.count) for item in self.rule.action.issue
+        ]
         return self.rule.model_copy(update={"action": Action(issue=issue)})
 
 
@@ -445,54 +467,102 @@ def _zhe(pay_percent: int) -> str:
     return f"{tens}折" if ones == 0 else f"{tens}.{ones}折"
 
 
-def _percent(name: str, pay_percent: int, valid_days: int, max_discount_fen: int | None,
-             per_customer_limit: int | None) -> CouponTemplate:
-    return CouponTemplate(name=name, kind=PercentOff(pay_percent=pay_percent, max_discount_fen=max_discount_fen),
-                          valid_days=valid_days, per_customer_limit=per_customer_limit)
+def _percent(
+    name: str, pay_percent: int, valid_days: int, max_discount_fen: int | None, per_customer_limit: int | None
+) -> CouponTemplate:
+    return CouponTemplate(
+        name=name,
+        kind=PercentOff(pay_percent=pay_percent, max_discount_fen=max_discount_fen),
+        valid_days=valid_days,
+        per_customer_limit=per_customer_limit,
+    )
 
 
-def first_order_welcome(*, welcome_pay_percent: int = 80, repurchase_pay_percent: int = 85,
-                        repurchase_count: int = 2, valid_days: int = 30, max_discount_fen: int | None = None,
-                        holdout_percent: int = 10) -> Preset:
+def first_order_welcome(
+    *,
+    welcome_pay_percent: int = 80,
+    repurchase_pay_percent: int = 85,
+    repurchase_count: int = 2,
+    valid_days: int = 30,
+    max_discount_fen: int | None = None,
+    holdout_percent: int = 10,
+) -> Preset:
     """First paid order → one 8折 coupon for the next order and two 8.5折 repurchase coupons."""
     templates = {
-        "welcome": _percent(f"新客回购{_zhe(welcome_pay_percent)}券", welcome_pay_percent, valid_days,
-                            max_discount_fen, 1),
-        "repurchase": _percent(f"回购{_zhe(repurchase_pay_percent)}券", repurchase_pay_percent, valid_days,
-                               max_discount_fen, repurchase_count),
+        "welcome": _percent(
+            f"新客回购{_zhe(welcome_pay_percent)}券", welcome_pay_percent, valid_days, max_discount_fen, 1
+        ),
+        "repurchase": _percent(
+            f"回购{_zhe(repurchase_pay_percent)}券",
+            repurchase_pay_percent,
+            valid_days,
+            max_discount_fen,
+            repurchase_count,
+        ),
     }
     rule = CampaignRule(
-        name="首单有礼", description="After the first paid order: one welcome coupon and repurchase coupons.",
+        name="首单有礼",
+        description="After the first paid order: one welcome coupon and repurchase coupons.",
         trigger=FirstPaidOrder(),
-        action=Action(issue=[IssueItem(template_id="welcome", count=1),
-                             IssueItem(template_id="repurchase", count=repurchase_count)]),
-        holdout_percent=holdout_percent)
+        action=Action(
+            issue=[
+                IssueItem(template_id="welcome", count=1),
+                IssueItem(template_id="repurchase", count=repurchase_count),
+            ]
+        ),
+        holdout_percent=holdout_percent,
+    )
     return Preset("first_order_welcome", rule, templates)
 
 
-def monthly_loyal(*, cron: str = "0 9 1 * *", timezone: str = "Asia/Shanghai", min_orders: int = 3,
-                  tiers: tuple[str, ...] = ("A", "B"), count: int = 3, pay_percent: int = 90,
-                  valid_days: int = 30, max_discount_fen: int | None = None, holdout_percent: int = 10) -> Preset:
+def monthly_loyal(
+    *,
+    cron: str = "0 9 1 * *",
+    timezone: str = "Asia/Shanghai",
+    min_orders: int = 3,
+    tiers: tuple[str, ...] = ("A", "B"),
+    count: int = 3,
+    pay_percent: int = 90,
+    valid_days: int = 30,
+    max_discount_fen: int | None = None,
+    holdout_percent: int = 10,
+) -> Preset:
     """Each month (09:00 on the 1st, merchant clock), customers of tiers A/B with 3+ paid orders
     get three repurchase coupons (one usable per order)."""
-    templates = {"repurchase": _percent(f"月度回购{_zhe(pay_percent)}券", pay_percent, valid_days,
-                                        max_discount_fen, None)}
+    templates = {
+        "repurchase": _percent(f"月度回购{_zhe(pay_percent)}券", pay_percent, valid_days, max_discount_fen, None)
+    }
     rule = CampaignRule(
-        name="月度老客回购", description=f"Monthly: tiers {'/'.join(tiers)} with {min_orders}+ paid orders.",
+        name="月度老客回购",
+        description=f"Monthly: tiers {'/'.join(tiers)} with {min_orders}+ paid orders.",
         trigger=Schedule(cron=cron, timezone=timezone),
         audience=AudienceFilter(filter={"and": [{"tier": list(tiers)}, {"frequency": {"gte": min_orders}}]}),
         action=Action(issue=[IssueItem(template_id="repurchase", count=count)]),
-        caps=Caps(issues_per_customer=None), holdout_percent=holdout_percent)
+        caps=Caps(issues_per_customer=None),
+        holdout_percent=holdout_percent,
+    )
     return Preset("monthly_loyal", rule, templates)
 
 
 def _reward(name: str, reward_fen: int, valid_days: int, per_customer_limit: int | None = 1) -> CouponTemplate:
-    return CouponTemplate(name=name, kind=NoThreshold(amount_off_fen=reward_fen), valid_days=valid_days,
-                          per_customer_limit=per_customer_limit)
+    return CouponTemplate(
+        name=name,
+        kind=NoThreshold(amount_off_fen=reward_fen),
+        valid_days=valid_days,
+        per_customer_limit=per_customer_limit,
+    )
 
 
-def goal_orders_in_month(*, year: int, month: int, timezone: str = "Asia/Shanghai", more_than: int = 5,
-                         reward_fen: int = 2000, valid_days: int = 30, holdout_percent: int = 0) -> Preset:
+def goal_orders_in_month(
+    *,
+    year: int,
+    month: int,
+    timezone: str = "Asia/Shanghai",
+    more_than: int = 5,
+    reward_fen: int = 2000,
+    valid_days: int = 30,
+    holdout_percent: int = 0,
+) -> Preset:
     """More than 5 paid orders in the given calendar month (merchant clock) → a reward coupon.
     The month has no default: it names the campaign's window."""
     tz = zone(timezone)
@@ -501,70 +571,123 @@ def goal_orders_in_month(*, year: int, month: int, timezone: str = "Asia/Shangha
     rule = CampaignRule(
         name=f"{year}年{month}月下单满{more_than + 1}单奖励",
         trigger=Goal(metric="paid_orders", window_start=start, window_end=end, threshold=more_than, comparison="gt"),
-        action=Action(issue=[IssueItem(template_id="reward")]), holdout_percent=holdout_percent)
+        action=Action(issue=[IssueItem(template_id="reward")]),
+        holdout_percent=holdout_percent,
+    )
     return Preset("goal_orders_in_month", rule, {"reward": _reward("月度下单奖励券", reward_fen, valid_days)})
 
 
-def goal_spend_in_window(*, window_start: datetime, window_end: datetime, above_fen: int = 66_600,
-                         reward_fen: int = 5000, valid_days: int = 30, holdout_percent: int = 0) -> Preset:
+def goal_spend_in_window(
+    *,
+    window_start: datetime,
+    window_end: datetime,
+    above_fen: int = 66_600,
+    reward_fen: int = 5000,
+    valid_days: int = 30,
+    holdout_percent: int = 0,
+) -> Preset:
     """Total paid above ¥666 within the window → a reward coupon."""
     rule = CampaignRule(
         name=f"累计消费满{above_fen // 100}元奖励",
-        trigger=Goal(metric="paid_fen", window_start=window_start, window_end=window_end, threshold=above_fen,
-                     comparison="gt"),
-        action=Action(issue=[IssueItem(template_id="reward")]), holdout_percent=holdout_percent)
+        trigger=Goal(
+            metric="paid_fen", window_start=window_start, window_end=window_end, threshold=above_fen, comparison="gt"
+        ),
+        action=Action(issue=[IssueItem(template_id="reward")]),
+        holdout_percent=holdout_percent,
+    )
     return Preset("goal_spend_in_window", rule, {"reward": _reward("累计消费奖励券", reward_fen, valid_days)})
 
 
-def referral_double_order(*, orders: int = 2, within_days: int = 30, reward_fen: int = 3000, valid_days: int = 30,
-                          max_rewards_per_referrer: int | None = 10, holdout_percent: int = 0) -> Preset:
+def referral_double_order(
+    *,
+    orders: int = 2,
+    within_days: int = 30,
+    reward_fen: int = 3000,
+    valid_days: int = 30,
+    max_rewards_per_referrer: int | None = 10,
+    holdout_percent: int = 0,
+) -> Preset:
     """A referrer whose referee pays twice within a month (30 days) → a reward for the referrer,
     once per referee."""
     rule = CampaignRule(
         name="邀请好友复购奖励",
         trigger=Goal(metric="referee_orders", within_days=within_days, threshold=orders, comparison="gte"),
         action=Action(issue=[IssueItem(template_id="reward")]),
-        caps=Caps(issues_per_customer=max_rewards_per_referrer), holdout_percent=holdout_percent)
+        caps=Caps(issues_per_customer=max_rewards_per_referrer),
+        holdout_percent=holdout_percent,
+    )
     reward = _reward("邀请奖励券", reward_fen, valid_days, max_rewards_per_referrer)
     return Preset("referral_double_order", rule, {"reward": reward})
 
 
-def category_replenishment(*, category: str = "milk-powder", amount_off_fen: int = 2000,
-                           threshold_fen: int = 20_000, valid_days: int = 7, holdout_percent: int = 10) -> Preset:
+def category_replenishment(
+    *,
+    category: str = "milk-powder",
+    amount_off_fen: int = 2000,
+    threshold_fen: int = 20_000,
+    valid_days: int = 7,
+    holdout_percent: int = 10,
+) -> Preset:
     """Buyers of a category get a coupon for it when their cycle comes round: the segmentation
     service tags them ``replenish_due:<category>``."""
-    template = CouponTemplate(name=f"{category}补货券",
-                              kind=AmountOff(amount_off_fen=amount_off_fen, threshold_fen=threshold_fen),
-                              scope=CategoryScope(categories=[category]), valid_days=valid_days,
-                              per_customer_limit=None)
+    template = CouponTemplate(
+        name=f"{category}补货券",
+        kind=AmountOff(amount_off_fen=amount_off_fen, threshold_fen=threshold_fen),
+        scope=CategoryScope(categories=[category]),
+        valid_days=valid_days,
+        per_customer_limit=None,
+    )
     rule = CampaignRule(
         name=f"{category}补货提醒券",
         trigger=SegmentChanged(into=SegmentTarget(tag=f"replenish_due:{category}")),
         action=Action(issue=[IssueItem(template_id="replenish")]),
-        caps=Caps(issues_per_customer=None), holdout_percent=holdout_percent)
+        caps=Caps(issues_per_customer=None),
+        holdout_percent=holdout_percent,
+    )
     return Preset("category_replenishment", rule, {"replenish": template})
 
 
-def tier_c_second_order_free_shipping(*, cron: str = "0 9 1 * *", timezone: str = "Asia/Shanghai",
-                                      nth_order_today: int = 2, max_shipping_fen: int | None = None,
-                                      valid_days: int = 30, holdout_percent: int = 10) -> Preset:
+def tier_c_second_order_free_shipping(
+    *,
+    cron: str = "0 9 1 * *",
+    timezone: str = "Asia/Shanghai",
+    nth_order_today: int = 2,
+    max_shipping_fen: int | None = None,
+    valid_days: int = 30,
+    holdout_percent: int = 10,
+) -> Preset:
     """Tier C (low frequency, low basket): each month a coupon that ships the second paid order
     of the same day free, to cultivate cheap, frequent orders."""
-    template = CouponTemplate(name="当日第二单包邮券",
-                              kind=FreeShipping(nth_order_today=nth_order_today, max_shipping_fen=max_shipping_fen),
-                              valid_days=valid_days, per_customer_limit=None)
+    template = CouponTemplate(
+        name="当日第二单包邮券",
+        kind=FreeShipping(nth_order_today=nth_order_today, max_shipping_fen=max_shipping_fen),
+        valid_days=valid_days,
+        per_customer_limit=None,
+    )
     rule = CampaignRule(
-        name="C类客户当日第二单包邮", trigger=Schedule(cron=cron, timezone=timezone),
+        name="C类客户当日第二单包邮",
+        trigger=Schedule(cron=cron, timezone=timezone),
         audience=AudienceFilter(filter={"tier": ["C"]}),
         action=Action(issue=[IssueItem(template_id="free_shipping")]),
-        caps=Caps(issues_per_customer=None), holdout_percent=holdout_percent)
+        caps=Caps(issues_per_customer=None),
+        holdout_percent=holdout_percent,
+    )
     return Preset("tier_c_second_order_free_shipping", rule, {"free_shipping": template})
 
 
-def audience_winback(*, tiers: tuple[str, ...] = ("B",), inactive_days: int = 30, audience_id: str | None = None,
-                     pay_percent: int = 85, max_discount_fen: int | None = None, valid_days: int = 7,
-                     cron: str = "0 10 * * *", timezone: str = "Asia/Shanghai", issues_per_customer: int = 1,
-                     holdout_percent: int = 10) -> Preset:
+def audience_winback(
+    *,
+    tiers: tuple[str, ...] = ("B",),
+    inactive_days: int = 30,
+    audience_id: str | None = None,
+    pay_percent: int = 85,
+    max_discount_fen: int | None = None,
+    valid_days: int = 7,
+    cron: str = "0 10 * * *",
+    timezone: str = "Asia/Shanghai",
+    issues_per_customer: int = 1,
+    holdout_percent: int = 10,
+) -> Preset:
     """Tier B customers who have not bought in 30 days → an 8.5折 coupon, once each. The
     audience is checked every day at 10:00 (merchant clock), so customers who lapse later are
     caught too; POST /v1/coupons/rules/{rule_id}/run fires it at once. A saved audience
@@ -577,15 +700,20 @@ def audience_winback(*, tiers: tuple[str, ...] = ("B",), inactive_days: int = 30
             raise ValueError(f"tiers must be some of S, A, B, C; got {list(tiers)}")
         if not 1 <= inactive_days <= 3650:
             raise ValueError(f"inactive_days must be 1..3650, got {inactive_days}")
-        audience = AudienceFilter(filter={"and": [{"tier": sorted(set(tiers))},
-                                                  {"recency_days": {"gte": inactive_days}}]})
+        audience = AudienceFilter(
+            filter={"and": [{"tier": sorted(set(tiers))}, {"recency_days": {"gte": inactive_days}}]}
+        )
         who = f"tier {'/'.join(sorted(set(tiers)))}, no order in {inactive_days} days"
     template = _percent(f"回购{_zhe(pay_percent)}券", pay_percent, valid_days, max_discount_fen, issues_per_customer)
     rule = CampaignRule(
-        name=f"召回{_zhe(pay_percent)}券", description=f"Daily: {who} → a {pay_percent}% coupon.",
-        trigger=Schedule(cron=cron, timezone=timezone), audience=audience,
+        name=f"召回{_zhe(pay_percent)}券",
+        description=f"Daily: {who} → a {pay_percent}% coupon.",
+        trigger=Schedule(cron=cron, timezone=timezone),
+        audience=audience,
         action=Action(issue=[IssueItem(template_id="winback")]),
-        caps=Caps(issues_per_customer=issues_per_customer), holdout_percent=holdout_percent)
+        caps=Caps(issues_per_customer=issues_per_customer),
+        holdout_percent=holdout_percent,
+    )
     return Preset("audience_winback", rule, {"winback": template})
 
 

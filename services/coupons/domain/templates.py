@@ -129,8 +129,9 @@ class PercentOff(_Strict):
         if v < 0:
             raise ValueError(f"{hint}: {v} would be a discount above 100% (the shop would pay the customer)")
         if v == 0:
-            raise ValueError(f"{hint}: 0 is a 100% discount, the goods for free; "
-                             "use a no_threshold coupon for a fixed amount off")
+            raise ValueError(
+                f"{hint}: 0 is a 100% discount, the goods for free; use a no_threshold coupon for a fixed amount off"
+            )
         if v == 100:
             raise ValueError(f"{hint}: 100 gives no discount at all")
         if v > 100:
@@ -152,8 +153,10 @@ class AmountOff(_Strict):
             raise ValueError("threshold_fen is 0: a coupon without a threshold is the no_threshold kind")
         off = info.data.get("amount_off_fen")
         if off is not None and v < off:
-            raise ValueError(f"threshold_fen {v} ({yuan(v)}) is below the discount amount_off_fen {off} "
-                             f"({yuan(off)}): the threshold must be at least the amount taken off")
+            raise ValueError(
+                f"threshold_fen {v} ({yuan(v)}) is below the discount amount_off_fen {off} "
+                f"({yuan(off)}): the threshold must be at least the amount taken off"
+            )
         return v
 
 
@@ -224,10 +227,14 @@ def _scope_kind(value: object) -> str | None:
 
 
 Scope = Annotated[
-    Annotated[Literal["all"], Tag("all")] | Annotated[CategoryScope, Tag("categories")]
+    Annotated[Literal["all"], Tag("all")]
+    | Annotated[CategoryScope, Tag("categories")]
     | Annotated[SkuScope, Tag("skus")],
-    Discriminator(_scope_kind, custom_error_type="invalid_scope",
-                  custom_error_message='scope is "all", {"categories": [...]} or {"skus": [...]}'),
+    Discriminator(
+        _scope_kind,
+        custom_error_type="invalid_scope",
+        custom_error_message='scope is "all", {"categories": [...]} or {"skus": [...]}',
+    ),
 ]
 
 
@@ -257,15 +264,19 @@ class CouponTemplate(_Strict):
     valid_days: StrictInt | None = Field(default=None, description=f"Days from issue, 1..{MAX_VALID_DAYS}.")
     weekdays: list[StrictInt] | None = Field(default=None, description="ISO weekdays it can be used on (1 = Monday).")
     hours: list[tuple[StrictInt, StrictInt]] | None = Field(
-        default=None, description="Local [start_hour, end_hour) windows, e.g. [[9, 12], [18, 22]].")
+        default=None, description="Local [start_hour, end_hour) windows, e.g. [[9, 12], [18, 22]]."
+    )
     stock: StrictInt | None = Field(default=None, description="How many coupons can ever be issued; null = unlimited.")
     per_customer_limit: StrictInt | None = Field(
-        default=1, description="How many coupons of this template one customer can ever get; null = no limit.")
+        default=1, description="How many coupons of this template one customer can ever get; null = no limit."
+    )
     exclusive: StrictBool = Field(default=False, description="Cannot be combined with any other coupon.")
     stack_group: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
-        default=None, description='At most one coupon per group per order; default "discount" or "shipping".')
+        default=None, description='At most one coupon per group per order; default "discount" or "shipping".'
+    )
     cost_fen_per_redemption: Fen | None = Field(
-        default=None, description="The merchant's cost of one redemption; null = the discount actually given.")
+        default=None, description="The merchant's cost of one redemption; null = the discount actually given."
+    )
     public: StrictBool = Field(default=False, description="Customers may claim it themselves.")
 
     @field_validator("valid_days")
@@ -323,10 +334,12 @@ class CouponTemplate(_Strict):
             if self.valid_from is None or self.valid_until is None:
                 missing = "valid_from" if self.valid_from is None else "valid_until"
                 raise ValueError(
-                    f"validity: a fixed window needs both valid_from and valid_until; {missing} is missing")
+                    f"validity: a fixed window needs both valid_from and valid_until; {missing} is missing"
+                )
             if self.valid_until <= self.valid_from:
-                raise ValueError(f"valid_until {self.valid_until.isoformat()} must be after "
-                                 f"valid_from {self.valid_from.isoformat()}")
+                raise ValueError(
+                    f"valid_until {self.valid_until.isoformat()} must be after valid_from {self.valid_from.isoformat()}"
+                )
         return self
 
     @property
@@ -351,13 +364,22 @@ def issuable_at(template: CouponTemplate, moment: datetime) -> Verdict:
     """A fixed-window template can no longer be issued once its window has ended."""
     require_aware("moment", moment)
     if template.valid_until is not None and moment >= template.valid_until:
-        return Verdict(Reason.EXPIRED, f"the template's validity ended at {template.valid_until.isoformat()}; "
-                                       "a coupon issued now could never be used")
+        return Verdict(
+            Reason.EXPIRED,
+            f"the template's validity ended at {template.valid_until.isoformat()}; "
+            "a coupon issued now could never be used",
+        )
     return USABLE
 
 
-def usable_at(template: CouponTemplate, moment: datetime, tz: tzinfo | str, *,
-              starts_at: datetime | None = None, expires_at: datetime | None = None) -> Verdict:
+def usable_at(
+    template: CouponTemplate,
+    moment: datetime,
+    tz: tzinfo | str,
+    *,
+    starts_at: datetime | None = None,
+    expires_at: datetime | None = None,
+) -> Verdict:
     """Whether a coupon of this template can be used at ``moment``, on the merchant's clock ``tz``.
 
     The window is the coupon's own (``starts_at``/``expires_at`` as stored at issue) or, when not

@@ -148,8 +148,11 @@ def _check_takeable(coupon: Coupon) -> None:
     if coupon.state == State.USED:
         raise _err(coupon, Code.ALREADY_USED, f"already used on order {coupon.order_id}")
     if coupon.state == State.LOCKED:
-        raise _err(coupon, Code.LOCKED_TO_OTHER_ORDER,
-                   f"held by order {coupon.order_id}; cancel that order or wait for it to be paid")
+        raise _err(
+            coupon,
+            Code.LOCKED_TO_OTHER_ORDER,
+            f"held by order {coupon.order_id}; cancel that order or wait for it to be paid",
+        )
     if coupon.state == State.EXPIRED:
         raise _err(coupon, Code.EXPIRED, f"expired at {coupon.expires_at.isoformat()}")
     if coupon.state == State.REVOKED:

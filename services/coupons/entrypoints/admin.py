@@ -3,7 +3,7 @@ a rule did or did not issue to a customer. Thin: JSON in, a service-layer call, 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +19,7 @@ from services.coupons.domain.templates import CouponTemplate, liability_fen
 from services.coupons.service_layer import rules as rules_svc
 from services.coupons.service_layer import templates as templates_svc
 from services.coupons.service_layer.issuance import OUTCOMES
+from shared import clock
 from shared.tenancy import Merchant
 from shared.web import ApiError, merchant_dependency, runtime_of, session_dependency
 
@@ -32,7 +33,7 @@ router = APIRouter(tags=["coupons: admin"])
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 def _client(request: Request) -> seg.SegmentationClient:
@@ -45,9 +46,12 @@ def _refused(e: rules_svc.RuleRefused) -> ApiError:
 
 
 def _unavailable(e: seg.SegmentationUnavailable) -> ApiError:
-    return ApiError(503, "segmentation_unavailable",
-                    f"the rule's audience cannot be checked now (segmentation did not answer): {e}",
-                    field="body.audience")
+    return ApiError(
+        503,
+        "segmentation_unavailable",
+        f"the rule's audience cannot be checked now (segmentation did not answer): {e}",
+        field="body.audience",
+    )
 
 
 # ---------------------------------------------------------------- templates
@@ -65,13 +69,25 @@ class TemplateView(BaseModel):
 
 
 def _template_view(st: templates_svc.StoredTemplate) -> TemplateView:
-    return TemplateView(template_id=st.template_id, name=st.template.name, active=st.active, stock=st.stock,
-                        issued=st.issued, liability_fen=liability_fen(st.template), created_at=st.created_at,
-                        template=st.template)
+    return TemplateView(
+        template_id=st.template_id,
+        name=st.template.name,
+        active=st.active,
+        stock=st.stock,
+        issued=st.issued,
+        liability_fen=liability_fen(st.template),
+        created_at=st.created_at,
+        template=st.template,
+    )
 
 
-@router.post("/v1/coupons/templates", response_model=TemplateView, status_code=201, summary="Create a coupon template",
-             responses={422: {"description": "invalid template: the field and the reason"}})
+@router.post(
+    "/v1/coupons/templates",
+    response_model=TemplateView,
+    status_code=201,
+    summary="Create a coupon template",
+    responses={422: {"description": "invalid template: the field and the reason"}},
+)
 async def create_template(body: CouponTemplate, merchant: AdminMerchant, session: Session) -> TemplateView:
     async with session.begin():
         st = await templates_svc.create_template(session, merchant.merchant_id, body)
@@ -95,8 +111,11 @@ async def get_template(template_id: TemplateId, merchant: AdminMerchant, session
     return _template_view(await _template(session, merchant.merchant_id, template_id))
 
 
-@router.post("/v1/coupons/templates/{template_id}/deactivate", response_model=TemplateView,
-             summary="Stop issuing a template (coupons already issued stay valid)")
+@router.post(
+    "/v1/coupons/templates/{template_id}/deactivate",
+    response_model=TemplateView,
+    summary="Stop issuing a template (coupons already issued stay valid)",
+)
 async def deactivate_template(template_id: TemplateId, merchant: AdminMerchant, session: Session) -> TemplateView:
     async with session.begin():
         if not await templates_svc.set_active(session, merchant.merchant_id, template_id, False):
@@ -130,9 +149,17 @@ class RuleDetail(RuleView):
 
 
 def _rule_view(stored: rules_svc.StoredRule) -> RuleView:
-    return RuleView(rule_id=stored.rule_id, name=stored.rule.name, enabled=stored.enabled, preset=stored.preset,
-                    trigger_type=stored.trigger_type, next_fire_at=stored.next_fire_at, created_at=stored.created_at,
-                    updated_at=stored.updated_at, rule=stored.rule)
+    return RuleView(
+        rule_id=stored.rule_id,
+        name=stored.rule.name,
+        enabled=stored.enabled,
+        preset=stored.preset,
+        trigger_type=stored.trigger_type,
+        next_fire_at=stored.next_fire_at,
+        created_at=stored.created_at,
+        updated_at=stored.updated_at,
+        rule=stored.rule,
+    )
 
 
 async def _rule(session: AsyncSession, merchant_id: str, rule_id: str) -> rules_svc.StoredRule:
@@ -142,14 +169,22 @@ async def _rule(session: AsyncSession, merchant_id: str, rule_id: str) -> rules_
     return stored
 
 
-@router.post("/v1/coupons/rules", response_model=RuleView, status_code=201, summary="Create a campaign rule",
-             responses={422: {"description": "invalid rule: the field and the reason"},
-                        503: {"description": "segmentation could not check the audience"}})
+@router.post(
+    "/v1/coupons/rules",
+    response_model=RuleView,
+    status_code=201,
+    summary="Create a campaign rule",
+    responses={
+        422: {"description": "invalid rule: the field and the reason"},
+        503: {"description": "segmentation could not check the audience"},
+    },
+)
 async def create_rule(body: CampaignRule, request: Request, merchant: AdminMerchant, session: Session) -> RuleView:
     try:
         async with session.begin():
-            stored = await rules_svc.create_rule(session, merchant.merchant_id, body, now=_now(),
-                                                 client=_client(request))
+            stored = await rules_svc.create_rule(
+                session, merchant.merchant_id, body, now=_now(), client=_client(request)
+            )
     except rules_svc.RuleRefused as e:
         raise _refused(e) from None
     except seg.SegmentationUnavailable as e:
@@ -167,13 +202,22 @@ async def get_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -
     stored = await _rule(session, merchant.merchant_id, rule_id)
     today = _now().astimezone(ZoneInfo(merchant.timezone)).date().isoformat()
     rs = rule_spend.c
-    spent = {p: (fen, n) for p, fen, n in await session.execute(
-        select(rs.period, rs.spent_fen, rs.coupons).where(rs.merchant_id == merchant.merchant_id,
-                                                          rs.rule_id == rule_id, rs.period.in_([today, "total"]))
-    )}
-    return RuleDetail(**_rule_view(stored).model_dump(), spend=Spend(
-        today_fen=spent.get(today, (0, 0))[0], total_fen=spent.get("total", (0, 0))[0],
-        coupons=spent.get("total", (0, 0))[1]))
+    spent = {
+        p: (fen, n)
+        for p, fen, n in await session.execute(
+            select(rs.period, rs.spent_fen, rs.coupons).where(
+                rs.merchant_id == merchant.merchant_id, rs.rule_id == rule_id, rs.period.in_([today, "total"])
+            )
+        )
+    }
+    return RuleDetail(
+        **_rule_view(stored).model_dump(),
+        spend=Spend(
+            today_fen=spent.get(today, (0, 0))[0],
+            total_fen=spent.get("total", (0, 0))[0],
+            coupons=spent.get("total", (0, 0))[1],
+        ),
+    )
 
 
 class RuleState(BaseModel):
@@ -189,13 +233,17 @@ async def patch_rule(rule_id: RuleId, body: RuleState, merchant: AdminMerchant, 
     return _rule_view(stored)
 
 
-@router.post("/v1/coupons/rules/{rule_id}/run", response_model=RuleView, status_code=202,
-             summary="Fire a scheduled rule now (then its schedule resumes)",
-             description="The schedule worker issues to the rule's audience as it is now, under the rule's caps, "
-                         "holdout and per-customer limit (a customer the rule already reached gets nothing more); "
-                         "next_fire_at shows the fire brought forward. 409 for a rule that is not a schedule or "
-                         "is disabled.",
-             responses={404: {"description": "no such rule"}, 409: {"description": "not a schedule, or disabled"}})
+@router.post(
+    "/v1/coupons/rules/{rule_id}/run",
+    response_model=RuleView,
+    status_code=202,
+    summary="Fire a scheduled rule now (then its schedule resumes)",
+    description="The schedule worker issues to the rule's audience as it is now, under the rule's caps, "
+    "holdout and per-customer limit (a customer the rule already reached gets nothing more); "
+    "next_fire_at shows the fire brought forward. 409 for a rule that is not a schedule or "
+    "is disabled.",
+    responses={404: {"description": "no such rule"}, 409: {"description": "not a schedule, or disabled"}},
+)
 async def run_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -> RuleView:
     try:
         async with session.begin():
@@ -207,8 +255,11 @@ async def run_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -
     return _rule_view(stored)
 
 
-@router.delete("/v1/coupons/rules/{rule_id}", status_code=204,
-               summary="Retire a rule: it is disabled, its decisions and coupons stay for the ROI")
+@router.delete(
+    "/v1/coupons/rules/{rule_id}",
+    status_code=204,
+    summary="Retire a rule: it is disabled, its decisions and coupons stay for the ROI",
+)
 async def delete_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -> None:
     async with session.begin():
         stored = await rules_svc.set_enabled(session, merchant.merchant_id, rule_id, False, now=_now())
@@ -219,7 +270,8 @@ async def delete_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session
 class Decision(BaseModel):
     customer_id: str
     trigger_key: str = Field(
-        description="The occurrence: paid_orders:N, order:<id>, segment:<event>, schedule:<t>, referral:<id>, goal:…")
+        description="The occurrence: paid_orders:N, order:<id>, segment:<event>, schedule:<t>, referral:<id>, goal:…"
+    )
     outcome: str
     reason: str
     decided_at: datetime
@@ -239,11 +291,18 @@ class Decisions(BaseModel):
     coupons: list[IssuedCoupon] = Field(description="The coupons the rule gave the customer (with customer_id).")
 
 
-@router.get("/v1/coupons/rules/{rule_id}/decisions", response_model=Decisions,
-            summary="Why a rule issued or not: its decisions (for one customer), with the reasons")
-async def decisions(rule_id: RuleId, merchant: AdminMerchant, session: Session,
-                    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Decisions:
+@router.get(
+    "/v1/coupons/rules/{rule_id}/decisions",
+    response_model=Decisions,
+    summary="Why a rule issued or not: its decisions (for one customer), with the reasons",
+)
+async def decisions(
+    rule_id: RuleId,
+    merchant: AdminMerchant,
+    session: Session,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Decisions:
     await _rule(session, merchant.merchant_id, rule_id)
     i = issuances.c
     mine = (i.merchant_id == merchant.merchant_id, i.rule_id == rule_id)
@@ -255,14 +314,30 @@ async def decisions(rule_id: RuleId, merchant: AdminMerchant, session: Session,
     found: list[IssuedCoupon] = []
     if customer_id is not None:
         c = coupons.c
-        found = [IssuedCoupon(coupon_id=r.coupon_id, template_id=r.template_id, state=r.state, issued_at=r.issued_at)
-                 for r in await session.execute(
-                     select(c.coupon_id, c.template_id, c.state, c.issued_at).where(
-                         c.merchant_id == merchant.merchant_id, c.customer_id == customer_id, c.rule_id == rule_id)
-                     .order_by(c.issued_at, c.coupon_id).limit(limit))]
-    return Decisions(rule_id=rule_id, outcomes=counts, coupons=found, decisions=[
-        Decision(customer_id=r.customer_id, trigger_key=r.trigger_key, outcome=r.outcome,
-                 reason=OUTCOMES.get(r.outcome, r.outcome), decided_at=r.decided_at) for r in rows])
+        found = [
+            IssuedCoupon(coupon_id=r.coupon_id, template_id=r.template_id, state=r.state, issued_at=r.issued_at)
+            for r in await session.execute(
+                select(c.coupon_id, c.template_id, c.state, c.issued_at)
+                .where(c.merchant_id == merchant.merchant_id, c.customer_id == customer_id, c.rule_id == rule_id)
+                .order_by(c.issued_at, c.coupon_id)
+                .limit(limit)
+            )
+        ]
+    return Decisions(
+        rule_id=rule_id,
+        outcomes=counts,
+        coupons=found,
+        decisions=[
+            Decision(
+                customer_id=r.customer_id,
+                trigger_key=r.trigger_key,
+                outcome=r.outcome,
+                reason=OUTCOMES.get(r.outcome, r.outcome),
+                decided_at=r.decided_at,
+            )
+            for r in rows
+        ],
+    )
 
 
 # ---------------------------------------------------------------- presets
@@ -279,21 +354,31 @@ class PresetApplied(BaseModel):
     template_ids: dict[str, str] = Field(description="The templates created, by their role in the preset.")
 
 
-@router.post("/v1/coupons/presets/{name}", response_model=PresetApplied, status_code=201,
-             summary="Enable a playbook: create its templates and its rule in one call",
-             responses={404: {"description": "no such preset"}, 422: {"description": "a parameter, and why"}})
-async def apply_preset(name: Annotated[str, Path(min_length=1, max_length=64)], request: Request,
-                       merchant: AdminMerchant, session: Session,
-                       params: Annotated[dict[str, Any] | None, Body()] = None) -> PresetApplied:
+@router.post(
+    "/v1/coupons/presets/{name}",
+    response_model=PresetApplied,
+    status_code=201,
+    summary="Enable a playbook: create its templates and its rule in one call",
+    responses={404: {"description": "no such preset"}, 422: {"description": "a parameter, and why"}},
+)
+async def apply_preset(
+    name: Annotated[str, Path(min_length=1, max_length=64)],
+    request: Request,
+    merchant: AdminMerchant,
+    session: Session,
+    params: Annotated[dict[str, Any] | None, Body()] = None,
+) -> PresetApplied:
     if name not in PRESETS:
         raise ApiError(404, "not_found", f"no preset {name!r} (see GET /v1/coupons/presets)", field="path.name")
     try:
         async with session.begin():
-            stored, made = await rules_svc.apply_preset(session, merchant.merchant_id, name, params or {}, now=_now(),
-                                                        client=_client(request))
+            stored, made = await rules_svc.apply_preset(
+                session, merchant.merchant_id, name, params or {}, now=_now(), client=_client(request)
+            )
     except rules_svc.RuleRefused as e:
         raise _refused(e) from None
     except seg.SegmentationUnavailable as e:
         raise _unavailable(e) from None
-    return PresetApplied(preset=name, rule=_rule_view(stored),
-                         template_ids={k: st.template_id for k, st in made.items()})
+    return PresetApplied(
+        preset=name, rule=_rule_view(stored), template_ids={k: st.template_id for k, st in made.items()}
+    )

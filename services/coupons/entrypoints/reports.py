@@ -35,8 +35,11 @@ async def all_roi(session: Session, merchant: AdminMerchant) -> dict[str, Any]:
 
 @router.get("/v1/coupons/reports/roi/rules/{rule_id}", summary="ROI of one rule", description=ROI_DOC)
 async def one_rule(rule_id: str, session: Session, merchant: AdminMerchant) -> dict[str, Any]:
-    known = (await session.execute(select(rules.c.name).where(rules.c.merchant_id == merchant.merchant_id,
-                                                              rules.c.rule_id == rule_id))).scalar()
+    known = (
+        await session.execute(
+            select(rules.c.name).where(rules.c.merchant_id == merchant.merchant_id, rules.c.rule_id == rule_id)
+        )
+    ).scalar()
     if known is None:
         raise ApiError(404, "not_found", f"no rule {rule_id!r}", field="path.rule_id")
     return {"rule_id": rule_id, "name": known, **asdict(await rule_report(session, merchant.merchant_id, rule_id))}
@@ -44,9 +47,17 @@ async def one_rule(rule_id: str, session: Session, merchant: AdminMerchant) -> d
 
 @router.get("/v1/coupons/reports/roi/templates/{template_id}", summary="ROI of one template", description=ROI_DOC)
 async def one_template(template_id: str, session: Session, merchant: AdminMerchant) -> dict[str, Any]:
-    known = (await session.execute(select(templates.c.name).where(
-        templates.c.merchant_id == merchant.merchant_id, templates.c.template_id == template_id))).scalar()
+    known = (
+        await session.execute(
+            select(templates.c.name).where(
+                templates.c.merchant_id == merchant.merchant_id, templates.c.template_id == template_id
+            )
+        )
+    ).scalar()
     if known is None:
         raise ApiError(404, "not_found", f"no template {template_id!r}", field="path.template_id")
-    return {"template_id": template_id, "name": known,
-            **asdict(await template_report(session, merchant.merchant_id, template_id))}
+    return {
+        "template_id": template_id,
+        "name": known,
+        **asdict(await template_report(session, merchant.merchant_id, template_id)),
+    }

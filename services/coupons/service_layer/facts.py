@@ -40,20 +40,23 @@ async def record_orders(session: AsyncSession, events: list[EnvelopeBase]) -> No
     if not rows:
         return
     await bulk_insert(
-        session, orders, ["merchant_id", "order_id", "customer_id", "amount_fen", "paid_at", "cancelled_at",
-                          "refunded_fen"], [tuple(r) for r in rows.values()],
+        session,
+        orders,
+        ["merchant_id", "order_id", "customer_id", "amount_fen", "paid_at", "cancelled_at", "refunded_fen"],
+        [tuple(r) for r in rows.values()],
         conflict=["merchant_id", "order_id"],
         update={
             # The earliest payment's amount wins; a creation's only until a payment is known.
             "amount_fen": "CASE WHEN excluded.paid_at IS NOT NULL AND ({t}.paid_at IS NULL "
-                          "OR excluded.paid_at < {t}.paid_at) THEN excluded.amount_fen "
-                          "WHEN {t}.paid_at IS NULL AND {t}.amount_fen = 0 THEN excluded.amount_fen "
-                          "ELSE {t}.amount_fen END",
+            "OR excluded.paid_at < {t}.paid_at) THEN excluded.amount_fen "
+            "WHEN {t}.paid_at IS NULL AND {t}.amount_fen = 0 THEN excluded.amount_fen "
+            "ELSE {t}.amount_fen END",
             "paid_at": "{least}(coalesce({t}.paid_at, excluded.paid_at), coalesce(excluded.paid_at, {t}.paid_at))",
             "cancelled_at": "{least}(coalesce({t}.cancelled_at, excluded.cancelled_at), "
-                            "coalesce(excluded.cancelled_at, {t}.cancelled_at))",
+            "coalesce(excluded.cancelled_at, {t}.cancelled_at))",
             "refunded_fen": "{t}.refunded_fen + excluded.refunded_fen",
-        })
+        },
+    )
 
 
 async def record_referrals(session: AsyncSession, events: list[EnvelopeBase]) -> None:
@@ -64,11 +67,18 @@ async def record_referrals(session: AsyncSession, events: list[EnvelopeBase]) ->
             key = (e.merchant_id, e.customer_id)
             if key not in rows or e.occurred_at < rows[key][3]:
                 rows[key] = (e.merchant_id, e.customer_id, e.data.referrer_id, e.occurred_at)  # type: ignore[attr-defined]
-    await bulk_insert(session, referrals, ["merchant_id", "customer_id", "referrer_id", "bound_at"], list(rows.values()),
-                      conflict=["merchant_id", "customer_id"],
-                      update={"referrer_id": "CASE WHEN excluded.bound_at < {t}.bound_at THEN excluded.referrer_id "
-                                             "ELSE {t}.referrer_id END",
-                              "bound_at": "{least}({t}.bound_at, excluded.bound_at)"})
+    await bulk_insert(
+        session,
+        referrals,
+        ["merchant_id", "customer_id", "referrer_id", "bound_at"],
+        list(rows.values()),
+        conflict=["merchant_id", "customer_id"],
+        update={
+            "referrer_id": "CASE WHEN excluded.bound_at < {t}.bound_at THEN excluded.referrer_id "
+            "ELSE {t}.referrer_id END",
+            "bound_at": "{least}({t}.bound_at, excluded.bound_at)",
+        },
+    )
 
 
 async def record_segments(session: AsyncSession, events: list[EnvelopeBase]) -> None:
@@ -83,9 +93,25 @@ async def record_segments(session: AsyncSession, events: list[EnvelopeBase]) -> 
     rows = []
     for (m, c), e in latest.items():
         after = e.data.after or {}  # type: ignore[attr-defined]
-        rows.append((m, c, after.get("tier"), after.get("cell"), after.get("rfm_class"),
-                     orjson.dumps(after.get("tags") or []).decode(), e.occurred_at))
-    await bulk_insert(session, customer_segments, ["merchant_id", "customer_id", "tier", "cell", "rfm_class", "tags",
-                                                   "updated_at"], rows, conflict=["merchant_id", "customer_id"],
-                      update={c: f"CASE WHEN excluded.updated_at >= {{t}}.updated_at THEN excluded.{c} ELSE {{t}}.{c} END"
-                              for c in ("tier", "cell", "rfm_class", "tags", "updated_at")})
+        rows.append(
+            (
+                m,
+                c,
+                after.get("tier"),
+                after.get("cell"),
+                after.get("rfm_class"),
+                orjson.dumps(after.get("tags") or []).decode(),
+                e.occurred_at,
+            )
+        )
+    await bulk_insert(
+        session,
+        customer_segments,
+        ["merchant_id", "customer_id", "tier", "cell", "rfm_class", "tags", "updated_at"],
+        rows,
+        conflict=["merchant_id", "customer_id"],
+        update={
+            c: f"CASE WHEN excluded.updated_at >= {{t}}.updated_at THEN excluded.{c} ELSE {{t}}.{c} END"
+            for c in ("tier", "cell", "rfm_class", "tags", "updated_at")
+        },
+    )

@@ -46,11 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from contextlib import aclosing
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -90,6 +90,7 @@ from services.coupons.domain.templates import liability_fen
 from services.coupons.service_layer.issue import IssueRefused, issue
 from services.coupons.service_layer.rules import StoredRule, bundle_liability, enabled_rules
 from services.coupons.service_layer.templates import StoredTemplate, get_templates
+from shared import clock
 from shared.db import bulk_insert, dialect_name, in_values
 from shared.events import EnvelopeBase
 
@@ -126,8 +127,9 @@ class Occurrence:
 # ---------------------------------------------------------------- event triggers
 
 
-async def apply_triggers(session: AsyncSession, events: list[EnvelopeBase], *,
-                         now: datetime | None = None) -> Counter[str]:
+async def apply_triggers(
+    session: AsyncSession, events: list[EnvelopeBase], *, now: datetime | None = None
+) -> Counter[str]:
     """Find the event triggers in a batch (facts already recorded) and decide each; returns the
     outcomes counted."""
     paid = [e for e in events if e.type == "order.paid"]  # type: ignore[attr-defined]
@@ -139,22 +141,24 @@ async def apply_triggers(session: AsyncSession, events: list[EnvelopeBase], *,
     found = await enabled_rules(session, merchants, set(kinds))
     if not found:
         return Counter()
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     outcomes: Counter[str] = Counter()
     for merchant_id in merchants:
         mine = [r for m, r in found if m == merchant_id]
         fired: dict[str, list[Occurrence]] = defaultdict(list)
         order_rules = [r for r in mine if r.trigger_type in ORDER_TRIGGERS]
         if order_rules:
-            await _order_occurrences(session, merchant_id, order_rules,
-                                     [e for e in paid if e.merchant_id == merchant_id], fired)
+            await _order_occurrences(
+                session, merchant_id, order_rules, [e for e in paid if e.merchant_id == merchant_id], fired
+            )
         segment_rules = [r for r in mine if r.trigger_type in SEGMENT_TRIGGERS]
         if segment_rules:
             _segment_occurrences(segment_rules, [e for e in changed if e.merchant_id == merchant_id], fired)
         for stored in mine:
             if fired.get(stored.rule_id):
-                outcomes += await decide(session, merchant_id, stored, fired[stored.rule_id], now=now,
-                                         client=seg.client_of(session))
+                outcomes += await decide(
+                    session, merchant_id, stored, fired[stored.rule_id], now=now, client=seg.client_of(session)
+                )
     return outcomes
 
 
@@ -165,31 +169,48 @@ class _Paid:
     net_fen: int
 
 
-async def _order_occurrences(session: AsyncSession, merchant_id: str, order_rules: list[StoredRule],
-                             paid: list[EnvelopeBase], fired: dict[str, list[Occurrence]]) -> None:
+async def _order_occurrences(
+    session: AsyncSession,
+    merchant_id: str,
+    order_rules: list[StoredRule],
+    paid: list[EnvelopeBase],
+    fired: dict[str, list[Occurrence]],
+) -> None:
     # The batch's paid orders per customer, with the categories their items are in.
     batch: dict[str, dict[str, set[str]]] = defaultdict(dict)
     for e in paid:
         data = e.data  # type: ignore[attr-defined]
-        batch[e.customer_id or ""].setdefault(data.order_id, set()).update(
-            i.category for i in data.items if i.category)
+        batch[e.customer_id or ""].setdefault(data.order_id, set()).update(i.category for i in data.items if i.category)
     customers = sorted(batch)
     o = orders.c
     live: dict[str, list[_Paid]] = defaultdict(list)
     rows = await session.execute(
-        select(o.customer_id, o.order_id, o.paid_at, o.amount_fen, o.refunded_fen)
-        .where(o.merchant_id == merchant_id, in_values(o.customer_id, customers), o.paid_at.isnot(None),
-               o.cancelled_at.is_(None)))
+        select(o.customer_id, o.order_id, o.paid_at, o.amount_fen, o.refunded_fen).where(
+            o.merchant_id == merchant_id,
+            in_values(o.customer_id, customers),
+            o.paid_at.isnot(None),
+            o.cancelled_at.is_(None),
+        )
+    )
     for r in rows:
         live[r.customer_id].append(_Paid(r.paid_at, r.order_id, max(0, r.amount_fen - r.refunded_fen)))
     for lst in live.values():
         lst.sort(key=lambda p: (p.paid_at, p.order_id))
     referrer: dict[str, str] = {}
-    if any(isinstance(r.rule.trigger, ReferralConversion) or
-           (isinstance(r.rule.trigger, Goal) and r.rule.trigger.metric == "referee_orders") for r in order_rules):
+    if any(
+        isinstance(r.rule.trigger, ReferralConversion)
+        or (isinstance(r.rule.trigger, Goal) and r.rule.trigger.metric == "referee_orders")
+        for r in order_rules
+    ):
         ref = referrals.c
-        referrer = {c: r for c, r in await session.execute(select(ref.customer_id, ref.referrer_id).where(
-            ref.merchant_id == merchant_id, in_values(ref.customer_id, customers)))}
+        referrer = {
+            c: r
+            for c, r in await session.execute(
+                select(ref.customer_id, ref.referrer_id).where(
+                    ref.merchant_id == merchant_id, in_values(ref.customer_id, customers)
+                )
+            )
+        }
 
     for customer_id in customers:
         theirs = live.get(customer_id, [])
@@ -206,16 +227,21 @@ async def _order_occurrences(session: AsyncSession, merchant_id: str, order_rule
                 if before < n <= after:
                     out.append(Occurrence(customer_id, f"paid_orders:{n}"))
             elif isinstance(t, OrderInCategory):
-                out.extend(Occurrence(customer_id, f"order:{oid}") for oid in sorted(new)
-                           if t.category in batch[customer_id][oid])
+                out.extend(
+                    Occurrence(customer_id, f"order:{oid}")
+                    for oid in sorted(new)
+                    if t.category in batch[customer_id][oid]
+                )
             elif isinstance(t, ReferralConversion):
                 if before < 1 <= after and customer_id in referrer:
                     out.append(Occurrence(referrer[customer_id], f"referral:{customer_id}"))
             elif isinstance(t, Goal):
                 if t.metric == "referee_orders":
                     if customer_id in referrer:
-                        out.extend(Occurrence(referrer[customer_id], k)
-                                   for k in goal_crossings(t, theirs, new, subject=customer_id))
+                        out.extend(
+                            Occurrence(referrer[customer_id], k)
+                            for k in goal_crossings(t, theirs, new, subject=customer_id)
+                        )
                 else:
                     out.extend(Occurrence(customer_id, k) for k in goal_crossings(t, theirs, new))
 
@@ -231,7 +257,7 @@ def goal_crossings(goal: Goal, paid: Sequence[_Paid], new: set[str], subject: st
         return sum(1 if goal.metric != "paid_fen" else p.net_fen for p in part)
 
     def crossed(start: datetime, end: datetime) -> bool:
-        inside = paid[bisect.bisect_left(times, start):bisect.bisect_left(times, end)]
+        inside = paid[bisect.bisect_left(times, start) : bisect.bisect_left(times, end)]
         if not any(p.order_id in new for p in inside):
             return False
         return goal_crossed(goal, metric(p for p in inside if p.order_id not in new), metric(inside))
@@ -248,8 +274,9 @@ def goal_crossings(goal: Goal, paid: Sequence[_Paid], new: set[str], subject: st
     return keys
 
 
-def _segment_occurrences(segment_rules: list[StoredRule], changed: list[EnvelopeBase],
-                         fired: dict[str, list[Occurrence]]) -> None:
+def _segment_occurrences(
+    segment_rules: list[StoredRule], changed: list[EnvelopeBase], fired: dict[str, list[Occurrence]]
+) -> None:
     for e in changed:
         data = e.data  # type: ignore[attr-defined]
         before, after = data.before or {}, data.after or {}
@@ -267,9 +294,16 @@ def _segment_occurrences(segment_rules: list[StoredRule], changed: list[Envelope
 # ---------------------------------------------------------------- the decision
 
 
-async def decide(session: AsyncSession, merchant_id: str, stored: StoredRule, occurrences: Sequence[Occurrence], *,
-                 now: datetime, client: seg.SegmentationClient | None = None, in_audience: bool = False
-                 ) -> Counter[str]:
+async def decide(
+    session: AsyncSession,
+    merchant_id: str,
+    stored: StoredRule,
+    occurrences: Sequence[Occurrence],
+    *,
+    now: datetime,
+    client: seg.SegmentationClient | None = None,
+    in_audience: bool = False,
+) -> Counter[str]:
     """Decide each occurrence once (see the module's docstring); ``in_audience`` when the
     customers are the audience's own members (a scheduled fire). Returns the outcomes of the
     occurrences decided here (those decided before are not counted)."""
@@ -281,8 +315,9 @@ async def decide(session: AsyncSession, merchant_id: str, stored: StoredRule, oc
         return Counter()
     members = None
     if rule.audience is not None and not in_audience:
-        members = await members_among(session, merchant_id, rule.audience, {o.customer_id for o in keyed.values()},
-                                      client)
+        members = await members_among(
+            session, merchant_id, rule.audience, {o.customer_id for o in keyed.values()}, client
+        )
     planned: dict[str, str] = {}
     for key, o in keyed.items():
         if members is not None and o.customer_id not in members:
@@ -292,11 +327,16 @@ async def decide(session: AsyncSession, merchant_id: str, stored: StoredRule, oc
         else:
             planned[key] = ISSUED  # unless a cap or the stock says otherwise, below
     fresh = await bulk_insert(
-        session, issuances, ["merchant_id", "issuance_key", "rule_id", "customer_id", "trigger_key", "outcome",
-                             "decided_at"],
-        [(merchant_id, key, rule_id, o.customer_id, o.trigger_key[:255], planned[key], now)
-         for key, o in sorted(keyed.items(), key=lambda kv: (kv[1].customer_id, kv[0]))],
-        conflict=["merchant_id", "issuance_key"], returning=["issuance_key"])
+        session,
+        issuances,
+        ["merchant_id", "issuance_key", "rule_id", "customer_id", "trigger_key", "outcome", "decided_at"],
+        [
+            (merchant_id, key, rule_id, o.customer_id, o.trigger_key[:255], planned[key], now)
+            for key, o in sorted(keyed.items(), key=lambda kv: (kv[1].customer_id, kv[0]))
+        ],
+        conflict=["merchant_id", "issuance_key"],
+        returning=["issuance_key"],
+    )
     decided = {r[0]: planned[r[0]] for r in fresh}
     to_issue = [(key, keyed[key].customer_id) for key, outcome in decided.items() if outcome == ISSUED]
     if to_issue:
@@ -307,17 +347,28 @@ async def decide(session: AsyncSession, merchant_id: str, stored: StoredRule, oc
     return counts
 
 
-async def members_among(session: AsyncSession, merchant_id: str, audience: AudienceRef | AudienceFilter,
-                        customer_ids: set[str], client: seg.SegmentationClient | None) -> set[str]:
+async def members_among(
+    session: AsyncSession,
+    merchant_id: str,
+    audience: AudienceRef | AudienceFilter,
+    customer_ids: set[str],
+    client: seg.SegmentationClient | None,
+) -> set[str]:
     """Which of these customers are in the audience now: locally for a tier / cell / class /
     tag filter (a customer with no segment yet has none of them), else through segmentation."""
     try:
-        f = (audience.filter if isinstance(audience, AudienceFilter)
-             else await _need(client).saved_filter(merchant_id, audience.audience_id))
+        f = (
+            audience.filter
+            if isinstance(audience, AudienceFilter)
+            else await _need(client).saved_filter(merchant_id, audience.audience_id)
+        )
         if seg.is_local(f):
             s = customer_segments.c
-            rows = await session.execute(select(s.customer_id, s.tier, s.cell, s.rfm_class, s.tags).where(
-                s.merchant_id == merchant_id, in_values(s.customer_id, sorted(customer_ids))))
+            rows = await session.execute(
+                select(s.customer_id, s.tier, s.cell, s.rfm_class, s.tags).where(
+                    s.merchant_id == merchant_id, in_values(s.customer_id, sorted(customer_ids))
+                )
+            )
             known = {r.customer_id: seg.segment_of(r) for r in rows}
             return {c for c in customer_ids if seg.matches(f, known.get(c, seg.NO_SEGMENT))}
         return await _need(client).members_among(merchant_id, f, customer_ids)
@@ -333,13 +384,17 @@ def _need(client: seg.SegmentationClient | None) -> seg.SegmentationClient:
     return client
 
 
-async def _grant(session: AsyncSession, merchant_id: str, stored: StoredRule, to_issue: list[tuple[str, str]],
-                 now: datetime) -> dict[str, str]:
+async def _grant(
+    session: AsyncSession, merchant_id: str, stored: StoredRule, to_issue: list[tuple[str, str]], now: datetime
+) -> dict[str, str]:
     """Caps and issue for the occurrences to issue; returns the outcome of those not issued."""
     rule = stored.rule
     found = await get_templates(session, merchant_id, [i.template_id for i in rule.action.issue])
-    tz = (await session.execute(select(messaging.merchants.c.timezone).where(
-        messaging.merchants.c.merchant_id == merchant_id))).scalar() or "Asia/Shanghai"
+    tz = (
+        await session.execute(
+            select(messaging.merchants.c.timezone).where(messaging.merchants.c.merchant_id == merchant_id)
+        )
+    ).scalar() or "Asia/Shanghai"
     # One occurrence per customer per round (a batch may fire one rule twice for a customer).
     rounds: list[dict[str, str]] = []
     for key, customer_id in sorted(to_issue, key=lambda kc: (kc[1], kc[0])):
@@ -357,9 +412,11 @@ async def _grant(session: AsyncSession, merchant_id: str, stored: StoredRule, to
             by_outcome[outcome].append(by_customer[customer_id])
             outcomes[by_customer[customer_id]] = outcome
         for outcome, keys in sorted(by_outcome.items()):
-            await session.execute(update(issuances).where(
-                issuances.c.merchant_id == merchant_id, in_values(issuances.c.issuance_key, keys)
-            ).values(outcome=outcome))
+            await session.execute(
+                update(issuances)
+                .where(issuances.c.merchant_id == merchant_id, in_values(issuances.c.issuance_key, keys))
+                .values(outcome=outcome)
+            )
     return outcomes
 
 
@@ -368,18 +425,32 @@ def _counter(rule_id: str) -> str:
     return f"rule:{rule_id}"
 
 
-async def _grant_round(session: AsyncSession, merchant_id: str, stored: StoredRule, ids: list[str],
-                       found: Mapping[str, StoredTemplate], tz: str, now: datetime) -> dict[str, str]:
+async def _grant_round(
+    session: AsyncSession,
+    merchant_id: str,
+    stored: StoredRule,
+    ids: list[str],
+    found: Mapping[str, StoredTemplate],
+    tz: str,
+    now: datetime,
+) -> dict[str, str]:
     rule, rule_id = stored.rule, stored.rule_id
     refused: dict[str, str] = {}
     cap = rule.caps.issues_per_customer
     if cap is not None:
-        passed = {r[0] for r in await bulk_insert(
-            session, customer_limits, ["merchant_id", "customer_id", "template_id", "issued"],
-            [(merchant_id, c, _counter(rule_id), 1) for c in ids],
-            conflict=["merchant_id", "customer_id", "template_id"],
-            update={"issued": "{t}.issued + excluded.issued"}, update_where=f"{{t}}.issued + 1 <= {int(cap)}",
-            returning=["customer_id"])}
+        passed = {
+            r[0]
+            for r in await bulk_insert(
+                session,
+                customer_limits,
+                ["merchant_id", "customer_id", "template_id", "issued"],
+                [(merchant_id, c, _counter(rule_id), 1) for c in ids],
+                conflict=["merchant_id", "customer_id", "template_id"],
+                update={"issued": "{t}.issued + excluded.issued"},
+                update_where=f"{{t}}.issued + 1 <= {int(cap)}",
+                returning=["customer_id"],
+            )
+        }
         refused.update((c, CAPPED_CUSTOMER) for c in ids if c not in passed)
         ids = [c for c in ids if c in passed]
     if not ids:
@@ -406,8 +477,14 @@ async def _grant_round(session: AsyncSession, merchant_id: str, stored: StoredRu
         try:
             result = await issue(session, merchant_id, st, ids, now=now, count=item.count, rule_id=rule_id)
         except IssueRefused as e:
-            log.warning("coupons.template_not_issuable", merchant_id=merchant_id, rule_id=rule_id,
-                        template_id=st.template_id, code=e.code, reason=e.message)
+            log.warning(
+                "coupons.template_not_issuable",
+                merchant_id=merchant_id,
+                rule_id=rule_id,
+                template_id=st.template_id,
+                code=e.code,
+                reason=e.message,
+            )
             why.update((c, NOT_ISSUABLE) for c in ids if c not in why)
             continue
         unit = liability_fen(st.template) or 0
@@ -423,10 +500,15 @@ async def _grant_round(session: AsyncSession, merchant_id: str, stored: StoredRu
     unspent_fen = each_fen * len(ids) - sum(fen_of.values())
     unspent_coupons = each_coupons * len(ids) - sum(coupons_of.values())
     if unspent_fen or unspent_coupons:
-        await session.execute(update(rule_spend).where(
-            rule_spend.c.merchant_id == merchant_id, rule_spend.c.rule_id == rule_id,
-            rule_spend.c.period.in_([day, "total"])).values(
-            spent_fen=rule_spend.c.spent_fen - unspent_fen, coupons=rule_spend.c.coupons - unspent_coupons))
+        await session.execute(
+            update(rule_spend)
+            .where(
+                rule_spend.c.merchant_id == merchant_id,
+                rule_spend.c.rule_id == rule_id,
+                rule_spend.c.period.in_([day, "total"]),
+            )
+            .values(spent_fen=rule_spend.c.spent_fen - unspent_fen, coupons=rule_spend.c.coupons - unspent_coupons)
+        )
     return refused
 
 
@@ -434,13 +516,16 @@ async def _give_back(session: AsyncSession, merchant_id: str, rule_id: str, ids:
     if cap is None or not ids:
         return
     cl = customer_limits.c
-    await session.execute(update(customer_limits).where(
-        cl.merchant_id == merchant_id, cl.template_id == _counter(rule_id), in_values(cl.customer_id, ids)
-    ).values(issued=cl.issued - 1))
+    await session.execute(
+        update(customer_limits)
+        .where(cl.merchant_id == merchant_id, cl.template_id == _counter(rule_id), in_values(cl.customer_id, ids))
+        .values(issued=cl.issued - 1)
+    )
 
 
-async def _reserve(session: AsyncSession, merchant_id: str, stored: StoredRule, day: str, n: int, each_fen: int,
-                   each_coupons: int) -> tuple[int, str | None]:
+async def _reserve(
+    session: AsyncSession, merchant_id: str, stored: StoredRule, day: str, n: int, each_fen: int, each_coupons: int
+) -> tuple[int, str | None]:
     """Reserve the budget of ``n`` bundles (as many as the day's and the total budget allow) on
     the rule's spend rows; returns how many were granted and, if not all, which cap cut them.
     Without budgets the spend is only recorded (one upsert)."""
@@ -448,18 +533,31 @@ async def _reserve(session: AsyncSession, merchant_id: str, stored: StoredRule, 
     cols = ["merchant_id", "rule_id", "period", "spent_fen", "coupons"]
     budgets = {day: caps.budget_per_day_fen, "total": caps.budget_total_fen}
     if caps.budget_per_day_fen is None and caps.budget_total_fen is None:
-        await bulk_insert(session, rule_spend, cols, [(merchant_id, rule_id, p, n * each_fen, n * each_coupons)
-                                                      for p in (day, "total")],
-                          conflict=["merchant_id", "rule_id", "period"],
-                          update={"spent_fen": "{t}.spent_fen + excluded.spent_fen",
-                                  "coupons": "{t}.coupons + excluded.coupons"})
+        await bulk_insert(
+            session,
+            rule_spend,
+            cols,
+            [(merchant_id, rule_id, p, n * each_fen, n * each_coupons) for p in (day, "total")],
+            conflict=["merchant_id", "rule_id", "period"],
+            update={"spent_fen": "{t}.spent_fen + excluded.spent_fen", "coupons": "{t}.coupons + excluded.coupons"},
+        )
         return n, None
-    await bulk_insert(session, rule_spend, cols, [(merchant_id, rule_id, p, 0, 0) for p in (day, "total")],
-                      conflict=["merchant_id", "rule_id", "period"])
+    await bulk_insert(
+        session,
+        rule_spend,
+        cols,
+        [(merchant_id, rule_id, p, 0, 0) for p in (day, "total")],
+        conflict=["merchant_id", "rule_id", "period"],
+    )
     rs = rule_spend.c
-    spent = (await session.execute(select(rs.period, rs.spent_fen).where(
-        rs.merchant_id == merchant_id, rs.rule_id == rule_id, rs.period.in_([day, "total"]))
-        .order_by(rs.period).with_for_update())).all()
+    spent = (
+        await session.execute(
+            select(rs.period, rs.spent_fen)
+            .where(rs.merchant_id == merchant_id, rs.rule_id == rule_id, rs.period.in_([day, "total"]))
+            .order_by(rs.period)
+            .with_for_update()
+        )
+    ).all()
     granted, reason = n, None
     for period, fen in spent:
         budget = budgets[period]
@@ -469,17 +567,24 @@ async def _reserve(session: AsyncSession, merchant_id: str, stored: StoredRule, 
         if room < granted:
             granted, reason = room, (CAPPED_TOTAL if period == "total" else CAPPED_DAY)
     if granted:
-        await session.execute(update(rule_spend).where(
-            rs.merchant_id == merchant_id, rs.rule_id == rule_id, rs.period.in_([day, "total"])).values(
-            spent_fen=rs.spent_fen + granted * each_fen, coupons=rs.coupons + granted * each_coupons))
+        await session.execute(
+            update(rule_spend)
+            .where(rs.merchant_id == merchant_id, rs.rule_id == rule_id, rs.period.in_([day, "total"]))
+            .values(spent_fen=rs.spent_fen + granted * each_fen, coupons=rs.coupons + granted * each_coupons)
+        )
     return granted, reason
 
 
 # ---------------------------------------------------------------- schedules
 
 
-async def fire_due(sessions: async_sessionmaker[AsyncSession], client: seg.SegmentationClient | None,
-                   now: datetime, *, chunk: int = CHUNK) -> bool:
+async def fire_due(
+    sessions: async_sessionmaker[AsyncSession],
+    client: seg.SegmentationClient | None,
+    now: datetime,
+    *,
+    chunk: int = CHUNK,
+) -> bool:
     """Fire one due scheduled rule, if any; returns whether one was fired.
 
     On PostgreSQL the rule's row is held (FOR UPDATE SKIP LOCKED) for the whole fire, so that
@@ -490,8 +595,12 @@ async def fire_due(sessions: async_sessionmaker[AsyncSession], client: seg.Segme
     nothing ran collapse into one (the earliest instant's), then the schedule resumes from now.
     On SQLite (one process) the row is read, fired, and moved on with compare-and-set."""
     r = rules.c
-    due = (select(rules).where(r.enabled.is_(True), r.trigger_type == "schedule", r.next_fire_at <= now)
-           .order_by(r.next_fire_at).limit(1))
+    due = (
+        select(rules)
+        .where(r.enabled.is_(True), r.trigger_type == "schedule", r.next_fire_at <= now)
+        .order_by(r.next_fire_at)
+        .limit(1)
+    )
     async with sessions() as claim:
         if dialect_name(claim) == "postgresql":
             async with claim.begin():
@@ -500,8 +609,11 @@ async def fire_due(sessions: async_sessionmaker[AsyncSession], client: seg.Segme
                     return False
                 stored = StoredRule.from_row(row)
                 await fire(sessions, client, row.merchant_id, stored, row.next_fire_at, now, chunk=chunk)
-                await claim.execute(update(rules).where(r.merchant_id == row.merchant_id, r.rule_id == row.rule_id)
-                                    .values(next_fire_at=_after(stored, now), updated_at=now))
+                await claim.execute(
+                    update(rules)
+                    .where(r.merchant_id == row.merchant_id, r.rule_id == row.rule_id)
+                    .values(next_fire_at=_after(stored, now), updated_at=now)
+                )
             return True
         async with claim.begin():
             row = (await claim.execute(due)).first()
@@ -510,9 +622,11 @@ async def fire_due(sessions: async_sessionmaker[AsyncSession], client: seg.Segme
     stored = StoredRule.from_row(row)
     await fire(sessions, client, row.merchant_id, stored, row.next_fire_at, now, chunk=chunk)
     async with sessions() as s, s.begin():
-        await s.execute(update(rules).where(r.merchant_id == row.merchant_id, r.rule_id == row.rule_id,
-                                            r.next_fire_at == row.next_fire_at)
-                        .values(next_fire_at=_after(stored, now), updated_at=now))
+        await s.execute(
+            update(rules)
+            .where(r.merchant_id == row.merchant_id, r.rule_id == row.rule_id, r.next_fire_at == row.next_fire_at)
+            .values(next_fire_at=_after(stored, now), updated_at=now)
+        )
     return True
 
 
@@ -521,8 +635,16 @@ def _after(stored: StoredRule, now: datetime) -> datetime:
     return next_fire(stored.rule.trigger, now)
 
 
-async def fire(sessions: async_sessionmaker[AsyncSession], client: seg.SegmentationClient | None, merchant_id: str,
-               stored: StoredRule, fire_at: datetime, now: datetime, *, chunk: int = CHUNK) -> Counter[str]:
+async def fire(
+    sessions: async_sessionmaker[AsyncSession],
+    client: seg.SegmentationClient | None,
+    merchant_id: str,
+    stored: StoredRule,
+    fire_at: datetime,
+    now: datetime,
+    *,
+    chunk: int = CHUNK,
+) -> Counter[str]:
     """Issue one fire of a scheduled rule to its audience, chunk by chunk (resumable)."""
     key = schedule_trigger_key(fire_at)
     counts: Counter[str] = Counter()
@@ -530,17 +652,22 @@ async def fire(sessions: async_sessionmaker[AsyncSession], client: seg.Segmentat
         async with aclosing(audience_chunks(sessions, client, merchant_id, stored.rule.audience, chunk)) as members:
             async for ids in members:
                 async with sessions() as s, s.begin():
-                    counts += await decide(s, merchant_id, stored, [Occurrence(c, key) for c in ids], now=now,
-                                           in_audience=True)
+                    counts += await decide(
+                        s, merchant_id, stored, [Occurrence(c, key) for c in ids], now=now, in_audience=True
+                    )
     except (seg.AudienceNotFound, seg.AudienceRejected) as e:
         log.error("coupons.audience_unusable", merchant_id=merchant_id, rule_id=stored.rule_id, error=str(e))
     log.info("coupons.schedule_fired", merchant_id=merchant_id, rule_id=stored.rule_id, trigger_key=key, **counts)
     return counts
 
 
-async def audience_chunks(sessions: async_sessionmaker[AsyncSession], client: seg.SegmentationClient | None,
-                          merchant_id: str, audience: AudienceRef | AudienceFilter | None, chunk: int
-                          ) -> AsyncIterator[list[str]]:
+async def audience_chunks(
+    sessions: async_sessionmaker[AsyncSession],
+    client: seg.SegmentationClient | None,
+    merchant_id: str,
+    audience: AudienceRef | AudienceFilter | None,
+    chunk: int,
+) -> AsyncIterator[list[str]]:
     """The audience's members in chunks: from the local replica when the filter can hold only
     of customers with a segment (or for no audience: every customer coupons knows, by a segment
     or an order); otherwise streamed from segmentation."""
@@ -557,11 +684,16 @@ async def audience_chunks(sessions: async_sessionmaker[AsyncSession], client: se
         return
     s = customer_segments.c
     if f is not None:
-        base = select(s.customer_id.label("customer_id")).where(s.merchant_id == merchant_id,
-                                                                 seg.where(f, customer_segments)).subquery()
+        base = (
+            select(s.customer_id.label("customer_id"))
+            .where(s.merchant_id == merchant_id, seg.where(f, customer_segments))
+            .subquery()
+        )
     else:
-        base = union(select(s.customer_id).where(s.merchant_id == merchant_id),
-                     select(orders.c.customer_id).where(orders.c.merchant_id == merchant_id)).subquery()
+        base = union(
+            select(s.customer_id).where(s.merchant_id == merchant_id),
+            select(orders.c.customer_id).where(orders.c.merchant_id == merchant_id),
+        ).subquery()
     after: str | None = None
     while True:
         q = select(base.c.customer_id)
@@ -584,7 +716,7 @@ async def schedule_worker(runtime: Any, poll_s: float = 1.0) -> None:
     try:
         while True:
             try:
-                while await fire_due(runtime.sessions, client, datetime.now(UTC)):
+                while await fire_due(runtime.sessions, client, clock.now()):
                     pass
             except asyncio.CancelledError:
                 raise

@@ -9,20 +9,20 @@ loyalty's mall should only sell items whose template can be issued."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.coupons.service_layer.issue import IssueRefused, issue
 from services.coupons.service_layer.templates import get_template
+from shared import clock
 from shared.events import EnvelopeBase
 
 log = structlog.get_logger("fugou.coupons.mall")
 
 
 async def apply_mall_rewards(session: AsyncSession, events: list[EnvelopeBase]) -> None:
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     for e in events:
         if e.type != "points.redeemed":  # type: ignore[attr-defined]
             continue
@@ -36,12 +36,19 @@ async def apply_mall_rewards(session: AsyncSession, events: list[EnvelopeBase]) 
             problem = "unknown_template"
         else:
             try:
-                result = await issue(session, e.merchant_id, stored, [e.customer_id or ""], now=now,
-                                     count=d.quantity or 1)
+                result = await issue(
+                    session, e.merchant_id, stored, [e.customer_id or ""], now=now, count=d.quantity or 1
+                )
                 if result.refused:
                     problem = next(iter(result.refused.values()))
             except IssueRefused as refused:
                 problem = refused.code
         if problem is not None:
-            log.warning("coupons.mall_reward_not_issued", merchant_id=e.merchant_id, customer_id=e.customer_id,
-                        redemption_id=d.redemption_id, template_id=reward.get("template_id"), reason=problem)
+            log.warning(
+                "coupons.mall_reward_not_issued",
+                merchant_id=e.merchant_id,
+                customer_id=e.customer_id,
+                redemption_id=d.redemption_id,
+                template_id=reward.get("template_id"),
+                reason=problem,
+            )

@@ -29,21 +29,34 @@ NET = orders.c.amount_fen - orders.c.refunded_fen
 async def _redemptions(session: AsyncSession, merchant_id: str, where: Any) -> roi.Redemptions:
     c = coupons
     issued = (await session.execute(select(func.count()).where(c.c.merchant_id == merchant_id, where))).scalar_one()
-    costs = dict((await session.execute(select(templates.c.template_id, templates.c.body).where(
-        templates.c.merchant_id == merchant_id,
-        templates.c.template_id.in_(select(c.c.template_id).where(c.c.merchant_id == merchant_id, where)))
-    )).all())
+    costs = dict(
+        (
+            await session.execute(
+                select(templates.c.template_id, templates.c.body).where(
+                    templates.c.merchant_id == merchant_id,
+                    templates.c.template_id.in_(select(c.c.template_id).where(c.c.merchant_id == merchant_id, where)),
+                )
+            )
+        ).all()
+    )
     per_use = {tid: CouponTemplate.model_validate_json(body).cost_fen_per_redemption for tid, body in costs.items()}
     used = c.c.state == "used"
     redeemed, cost = 0, 0
     for tid, n, discount in await session.execute(
-            select(c.c.template_id, func.count(), func.coalesce(func.sum(c.c.discount_fen), 0))
-            .where(c.c.merchant_id == merchant_id, where, used).group_by(c.c.template_id)):
+        select(c.c.template_id, func.count(), func.coalesce(func.sum(c.c.discount_fen), 0))
+        .where(c.c.merchant_id == merchant_id, where, used)
+        .group_by(c.c.template_id)
+    ):
         redeemed += int(n)
         cost += per_use[tid] * int(n) if per_use.get(tid) is not None else int(discount)  # type: ignore[operator]
     redeeming = select(c.c.order_id).where(c.c.merchant_id == merchant_id, where, used)
-    gmv = (await session.execute(select(func.coalesce(func.sum(NET), 0)).where(
-        orders.c.merchant_id == merchant_id, orders.c.order_id.in_(redeeming), PAID))).scalar_one()
+    gmv = (
+        await session.execute(
+            select(func.coalesce(func.sum(NET), 0)).where(
+                orders.c.merchant_id == merchant_id, orders.c.order_id.in_(redeeming), PAID
+            )
+        )
+    ).scalar_one()
     # cost goes in as the discount with no per-redemption cost: domain.roi then takes it as is.
     return roi.Redemptions(issued=int(issued), redeemed=redeemed, discount_fen=cost, gmv_fen=int(gmv))
 
@@ -51,22 +64,48 @@ async def _redemptions(session: AsyncSession, merchant_id: str, where: Any) -> r
 async def _arm(session: AsyncSession, merchant_id: str, people: Any) -> roi.Arm:
     """``people``: a subquery of (customer_id, since). Each one's paid orders from ``since``."""
     o = orders
-    per = (select(people.c.customer_id, func.count(o.c.order_id).label("n"),
-                  cast(func.coalesce(func.sum(NET), 0), BigInteger).label("gmv"))
-           .select_from(people.outerjoin(o, and_(o.c.merchant_id == merchant_id, o.c.customer_id == people.c.customer_id,
-                                                PAID, o.c.paid_at >= people.c.since)))
-           .group_by(people.c.customer_id).subquery())
-    n, converted, n_orders, gmv, gmv_sq = (await session.execute(select(
-        func.count(), func.count().filter(per.c.n > 0), func.coalesce(func.sum(per.c.n), 0),
-        func.coalesce(func.sum(per.c.gmv), 0), func.coalesce(func.sum(per.c.gmv * per.c.gmv), 0)))).one()
+    per = (
+        select(
+            people.c.customer_id,
+            func.count(o.c.order_id).label("n"),
+            cast(func.coalesce(func.sum(NET), 0), BigInteger).label("gmv"),
+        )
+        .select_from(
+            people.outerjoin(
+                o,
+                and_(
+                    o.c.merchant_id == merchant_id,
+                    o.c.customer_id == people.c.customer_id,
+                    PAID,
+                    o.c.paid_at >= people.c.since,
+                ),
+            )
+        )
+        .group_by(people.c.customer_id)
+        .subquery()
+    )
+    n, converted, n_orders, gmv, gmv_sq = (
+        await session.execute(
+            select(
+                func.count(),
+                func.count().filter(per.c.n > 0),
+                func.coalesce(func.sum(per.c.n), 0),
+                func.coalesce(func.sum(per.c.gmv), 0),
+                func.coalesce(func.sum(per.c.gmv * per.c.gmv), 0),
+            )
+        )
+    ).one()
     return roi.Arm(int(n), int(converted), int(n_orders), int(gmv), int(gmv_sq))
 
 
 def _decided(merchant_id: str, rule_id: str, outcome: str) -> Any:
     i = issuances
-    return (select(i.c.customer_id, func.min(i.c.decided_at).label("since"))
-            .where(i.c.merchant_id == merchant_id, i.c.rule_id == rule_id, i.c.outcome == outcome)
-            .group_by(i.c.customer_id).subquery())
+    return (
+        select(i.c.customer_id, func.min(i.c.decided_at).label("since"))
+        .where(i.c.merchant_id == merchant_id, i.c.rule_id == rule_id, i.c.outcome == outcome)
+        .group_by(i.c.customer_id)
+        .subquery()
+    )
 
 
 async def rule_report(session: AsyncSession, merchant_id: str, rule_id: str) -> roi.RoiReport:
@@ -74,14 +113,20 @@ async def rule_report(session: AsyncSession, merchant_id: str, rule_id: str) -> 
     treatment = await _arm(session, merchant_id, _decided(merchant_id, rule_id, "issued"))
     holdout = await _arm(session, merchant_id, _decided(merchant_id, rule_id, "holdout"))
     i = issuances
-    start = (await session.execute(select(func.min(i.c.decided_at)).where(
-        i.c.merchant_id == merchant_id, i.c.rule_id == rule_id))).scalar()
+    start = (
+        await session.execute(
+            select(func.min(i.c.decided_at)).where(i.c.merchant_id == merchant_id, i.c.rule_id == rule_id)
+        )
+    ).scalar()
     baseline = None
     if start is not None:
         decided = select(i.c.customer_id).where(i.c.merchant_id == merchant_id, i.c.rule_id == rule_id)
-        others = (select(orders.c.customer_id, literal(start, UTCDateTime()).label("since"))
-                  .where(orders.c.merchant_id == merchant_id, orders.c.customer_id.notin_(decided))
-                  .distinct().subquery())
+        others = (
+            select(orders.c.customer_id, literal(start, UTCDateTime()).label("since"))
+            .where(orders.c.merchant_id == merchant_id, orders.c.customer_id.notin_(decided))
+            .distinct()
+            .subquery()
+        )
         baseline = await _arm(session, merchant_id, others)
     if holdout.customers == 0:
         return roi.report(r, baseline=baseline)
@@ -94,13 +139,25 @@ async def template_report(session: AsyncSession, merchant_id: str, template_id: 
 
 async def roi_reports(session: AsyncSession, merchant_id: str) -> dict[str, Any]:
     """Every rule's and every template's report, as JSON-ready dicts."""
-    rule_rows = (await session.execute(select(rules.c.rule_id, rules.c.name).where(
-        rules.c.merchant_id == merchant_id).order_by(rules.c.created_at))).all()
-    template_rows = (await session.execute(select(templates.c.template_id, templates.c.name).where(
-        templates.c.merchant_id == merchant_id).order_by(templates.c.created_at))).all()
+    rule_rows = (
+        await session.execute(
+            select(rules.c.rule_id, rules.c.name).where(rules.c.merchant_id == merchant_id).order_by(rules.c.created_at)
+        )
+    ).all()
+    template_rows = (
+        await session.execute(
+            select(templates.c.template_id, templates.c.name)
+            .where(templates.c.merchant_id == merchant_id)
+            .order_by(templates.c.created_at)
+        )
+    ).all()
     return {
-        "rules": [{"rule_id": rid, "name": name, **asdict(await rule_report(session, merchant_id, rid))}
-                  for rid, name in rule_rows],
-        "templates": [{"template_id": tid, "name": name, **asdict(await template_report(session, merchant_id, tid))}
-                      for tid, name in template_rows],
+        "rules": [
+            {"rule_id": rid, "name": name, **asdict(await rule_report(session, merchant_id, rid))}
+            for rid, name in rule_rows
+        ],
+        "templates": [
+            {"template_id": tid, "name": name, **asdict(await template_report(session, merchant_id, tid))}
+            for tid, name in template_rows
+        ],
     }

@@ -85,8 +85,9 @@ def bundle_liability(rule: CampaignRule, found: dict[str, StoredTemplate]) -> in
 # ---------------------------------------------------------------- checks
 
 
-async def check_audience(merchant_id: str, audience: AudienceRef | AudienceFilter | None,
-                         client: SegmentationClient | None) -> None:
+async def check_audience(
+    merchant_id: str, audience: AudienceRef | AudienceFilter | None, client: SegmentationClient | None
+) -> None:
     """A local filter is checked here; anything else by segmentation itself (its reason is
     relayed). Raises RuleRefused, or SegmentationUnavailable when it cannot be asked."""
     if audience is None:
@@ -104,13 +105,16 @@ async def check_audience(merchant_id: str, audience: AudienceRef | AudienceFilte
     except AudienceRejected as e:
         raise RuleRefused(e.field, e.message) from None
     except AudienceNotFound:
-        raise RuleRefused("audience.audience_id",
-                          f"no saved audience {audience.audience_id!r} for this merchant "  # type: ignore[union-attr]
-                          "(see GET /v1/audiences)") from None
+        raise RuleRefused(
+            "audience.audience_id",
+            f"no saved audience {audience.audience_id!r} for this merchant "  # type: ignore[union-attr]
+            "(see GET /v1/audiences)",
+        ) from None
 
 
-async def check_rule(session: AsyncSession, merchant_id: str, rule: CampaignRule, *, now: datetime,
-                     client: SegmentationClient | None) -> dict[str, StoredTemplate]:
+async def check_rule(
+    session: AsyncSession, merchant_id: str, rule: CampaignRule, *, now: datetime, client: SegmentationClient | None
+) -> dict[str, StoredTemplate]:
     """What the rule's own validation cannot know: its templates exist here, are active and
     issuable, its counts fit their per-customer limits, its budgets can pay for one bundle, a
     fixed goal window has not ended, its audience exists. Returns the templates."""
@@ -119,8 +123,10 @@ async def check_rule(session: AsyncSession, merchant_id: str, rule: CampaignRule
         at = f"action.issue.{n}"
         st = found.get(item.template_id)
         if st is None:
-            raise RuleRefused(f"{at}.template_id", f"no template {item.template_id!r} for this merchant "
-                                                   "(create it with POST /v1/coupons/templates)")
+            raise RuleRefused(
+                f"{at}.template_id",
+                f"no template {item.template_id!r} for this merchant (create it with POST /v1/coupons/templates)",
+            )
         if not st.active:
             raise RuleRefused(f"{at}.template_id", f"template {item.template_id!r} is deactivated")
         verdict = issuable_at(st.template, now)
@@ -128,28 +134,42 @@ async def check_rule(session: AsyncSession, merchant_id: str, rule: CampaignRule
             raise RuleRefused(f"{at}.template_id", f"template {item.template_id!r}: {verdict.message}")
         limit = st.template.per_customer_limit
         if limit is not None and item.count > limit:
-            raise RuleRefused(f"{at}.count", f"{item.count} coupons of {item.template_id!r} per issuance, above its "
-                                             f"per_customer_limit {limit}: every customer would be refused")
+            raise RuleRefused(
+                f"{at}.count",
+                f"{item.count} coupons of {item.template_id!r} per issuance, above its "
+                f"per_customer_limit {limit}: every customer would be refused",
+            )
     caps = rule.caps
-    budgets = {k: v for k, v in (("budget_per_day_fen", caps.budget_per_day_fen),
-                                 ("budget_total_fen", caps.budget_total_fen)) if v is not None}
+    budgets = {
+        k: v
+        for k, v in (("budget_per_day_fen", caps.budget_per_day_fen), ("budget_total_fen", caps.budget_total_fen))
+        if v is not None
+    }
     if budgets:
         bundle = bundle_liability(rule, found)
         first = next(iter(budgets))
         if bundle is None:
-            unbounded = [i.template_id for i in rule.action.issue
-                         if liability_fen(found[i.template_id].template) is None]
-            raise RuleRefused(f"caps.{first}", f"a budget needs templates whose cost is bounded; {unbounded} can cost "
-                                               "any amount: give them cost_fen_per_redemption or a max_discount_fen / "
-                                               "max_shipping_fen")
+            unbounded = [
+                i.template_id for i in rule.action.issue if liability_fen(found[i.template_id].template) is None
+            ]
+            raise RuleRefused(
+                f"caps.{first}",
+                f"a budget needs templates whose cost is bounded; {unbounded} can cost "
+                "any amount: give them cost_fen_per_redemption or a max_discount_fen / "
+                "max_shipping_fen",
+            )
         for name, budget in budgets.items():
             if budget < bundle:
-                raise RuleRefused(f"caps.{name}", f"{budget} fen is below one bundle's liability ({bundle} fen): "
-                                                  "nobody could ever be issued")
+                raise RuleRefused(
+                    f"caps.{name}",
+                    f"{budget} fen is below one bundle's liability ({bundle} fen): nobody could ever be issued",
+                )
     trigger = rule.trigger
     if isinstance(trigger, Goal) and trigger.window_end is not None and trigger.window_end <= now:
-        raise RuleRefused("trigger.window_end", f"the goal's window ended at {trigger.window_end.isoformat()}: "
-                                                "the rule could never fire")
+        raise RuleRefused(
+            "trigger.window_end",
+            f"the goal's window ended at {trigger.window_end.isoformat()}: the rule could never fire",
+        )
     await check_audience(merchant_id, rule.audience, client)
     return found
 
@@ -157,15 +177,32 @@ async def check_rule(session: AsyncSession, merchant_id: str, rule: CampaignRule
 # ---------------------------------------------------------------- CRUD
 
 
-async def create_rule(session: AsyncSession, merchant_id: str, rule: CampaignRule, *, now: datetime,
-                      client: SegmentationClient | None, preset: str | None = None) -> StoredRule:
+async def create_rule(
+    session: AsyncSession,
+    merchant_id: str,
+    rule: CampaignRule,
+    *,
+    now: datetime,
+    client: SegmentationClient | None,
+    preset: str | None = None,
+) -> StoredRule:
     await check_rule(session, merchant_id, rule, now=now, client=client)
     rule_id = f"rul_{uuid.uuid4().hex[:16]}"
     fire = next_fire(rule.trigger, now) if isinstance(rule.trigger, Schedule) else None
-    await session.execute(rules.insert().values(
-        merchant_id=merchant_id, rule_id=rule_id, name=rule.name, body=rule.model_dump_json(),
-        trigger_type=rule.trigger.type, preset=preset, enabled=True, next_fire_at=fire, created_at=now,
-        updated_at=now))
+    await session.execute(
+        rules.insert().values(
+            merchant_id=merchant_id,
+            rule_id=rule_id,
+            name=rule.name,
+            body=rule.model_dump_json(),
+            trigger_type=rule.trigger.type,
+            preset=preset,
+            enabled=True,
+            next_fire_at=fire,
+            created_at=now,
+            updated_at=now,
+        )
+    )
     return StoredRule(rule_id, rule, True, preset, fire, now, now)
 
 
@@ -176,13 +213,15 @@ async def get_rule(session: AsyncSession, merchant_id: str, rule_id: str, *, loc
 
 
 async def list_rules(session: AsyncSession, merchant_id: str) -> list[StoredRule]:
-    rows = await session.execute(select(rules).where(rules.c.merchant_id == merchant_id)
-                                 .order_by(rules.c.created_at, rules.c.rule_id))
+    rows = await session.execute(
+        select(rules).where(rules.c.merchant_id == merchant_id).order_by(rules.c.created_at, rules.c.rule_id)
+    )
     return [StoredRule.from_row(r) for r in rows]
 
 
-async def set_enabled(session: AsyncSession, merchant_id: str, rule_id: str, enabled: bool, *,
-                      now: datetime) -> StoredRule | None:
+async def set_enabled(
+    session: AsyncSession, merchant_id: str, rule_id: str, enabled: bool, *, now: datetime
+) -> StoredRule | None:
     """Enable or disable. A schedule enabled again fires next at its next time from now, not
     for the fires it missed while disabled."""
     stored = await get_rule(session, merchant_id, rule_id, lock=dialect_name(session) == "postgresql")
@@ -191,8 +230,9 @@ async def set_enabled(session: AsyncSession, merchant_id: str, rule_id: str, ena
     values: dict[str, Any] = {"enabled": enabled, "updated_at": now}
     if enabled and not stored.enabled and isinstance(stored.rule.trigger, Schedule):
         values["next_fire_at"] = next_fire(stored.rule.trigger, now)
-    await session.execute(update(rules).where(rules.c.merchant_id == merchant_id, rules.c.rule_id == rule_id)
-                          .values(**values))
+    await session.execute(
+        update(rules).where(rules.c.merchant_id == merchant_id, rules.c.rule_id == rule_id).values(**values)
+    )
     return await get_rule(session, merchant_id, rule_id)
 
 
@@ -205,23 +245,35 @@ async def run_now(session: AsyncSession, merchant_id: str, rule_id: str, *, now:
     if stored is None:
         return None
     if not isinstance(stored.rule.trigger, Schedule):
-        raise RuleRefused("path.rule_id", f"rule {rule_id} fires on {stored.rule.trigger.type}, not on a schedule: "
-                                          "only a scheduled rule can be run now")
+        raise RuleRefused(
+            "path.rule_id",
+            f"rule {rule_id} fires on {stored.rule.trigger.type}, not on a schedule: "
+            "only a scheduled rule can be run now",
+        )
     if not stored.enabled:
         raise RuleRefused("path.rule_id", f"rule {rule_id} is disabled: enable it first (PATCH enabled=true)")
     r = rules.c
-    await session.execute(update(rules).where(r.merchant_id == merchant_id, r.rule_id == rule_id,
-                                              or_(r.next_fire_at.is_(None), r.next_fire_at > now))
-                          .values(next_fire_at=now, updated_at=now))
+    await session.execute(
+        update(rules)
+        .where(r.merchant_id == merchant_id, r.rule_id == rule_id, or_(r.next_fire_at.is_(None), r.next_fire_at > now))
+        .values(next_fire_at=now, updated_at=now)
+    )
     return await get_rule(session, merchant_id, rule_id)
 
 
-async def enabled_rules(session: AsyncSession, merchant_ids: list[str], trigger_types: set[str]
-                        ) -> list[tuple[str, StoredRule]]:
+async def enabled_rules(
+    session: AsyncSession, merchant_ids: list[str], trigger_types: set[str]
+) -> list[tuple[str, StoredRule]]:
     """The enabled rules of these merchants with these trigger types (one query per batch)."""
-    rows = await session.execute(select(rules).where(
-        in_values(rules.c.merchant_id, merchant_ids), rules.c.enabled.is_(True),
-        rules.c.trigger_type.in_(sorted(trigger_types))).order_by(rules.c.merchant_id, rules.c.created_at))
+    rows = await session.execute(
+        select(rules)
+        .where(
+            in_values(rules.c.merchant_id, merchant_ids),
+            rules.c.enabled.is_(True),
+            rules.c.trigger_type.in_(sorted(trigger_types)),
+        )
+        .order_by(rules.c.merchant_id, rules.c.created_at)
+    )
     return [(r.merchant_id, StoredRule.from_row(r)) for r in rows]
 
 
@@ -240,8 +292,13 @@ def _hints(name: str) -> tuple[inspect.Signature, dict[str, Any]]:
 
 
 def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("datetime.datetime", "datetime").replace("<class '", "").replace(
-        "'>", "")
+    return (
+        str(hint)
+        .replace("typing.", "")
+        .replace("datetime.datetime", "datetime")
+        .replace("<class '", "")
+        .replace("'>", "")
+    )
 
 
 def preset_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -252,8 +309,9 @@ def preset_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     names = {p.name for p in known}
     for key in params:
         if key not in names:
-            raise RuleRefused(f"body.{key}",
-                              f"unknown parameter of preset {name}; it takes: {', '.join(sorted(names))}")
+            raise RuleRefused(
+                f"body.{key}", f"unknown parameter of preset {name}; it takes: {', '.join(sorted(names))}"
+            )
     for p in known:
         if p.default is inspect.Parameter.empty and p.name not in params:
             raise RuleRefused(f"body.{p.name}", f"required by preset {name} ({_type_name(hints[p.name])})")
@@ -272,24 +330,42 @@ def describe_presets() -> list[dict[str, Any]]:
     out = []
     for name, make in PRESETS.items():
         sig, hints = _hints(name)
-        params = [{"name": p.name, "type": _type_name(hints[p.name]), "required": p.default is inspect.Parameter.empty,
-                   "default": None if p.default is inspect.Parameter.empty else p.default}
-                  for p in sig.parameters.values()]
+        params = [
+            {
+                "name": p.name,
+                "type": _type_name(hints[p.name]),
+                "required": p.default is inspect.Parameter.empty,
+                "default": None if p.default is inspect.Parameter.empty else p.default,
+            }
+            for p in sig.parameters.values()
+        ]
         example = EXAMPLES.get(name, {})
         preset = make(**preset_params(name, example))
         doc = inspect.getdoc(make) or ""
-        out.append({
-            "name": name, "summary": doc.split("\n\n")[0].replace("\n", " "), "params": params,
-            "example_params": example or None,
-            "creates": {"templates": {k: t.model_dump(mode="json") for k, t in preset.templates.items()},
-                        "rule": preset.rule.model_dump(mode="json")},
-        })
+        out.append(
+            {
+                "name": name,
+                "summary": doc.split("\n\n")[0].replace("\n", " "),
+                "params": params,
+                "example_params": example or None,
+                "creates": {
+                    "templates": {k: t.model_dump(mode="json") for k, t in preset.templates.items()},
+                    "rule": preset.rule.model_dump(mode="json"),
+                },
+            }
+        )
     return out
 
 
-async def apply_preset(session: AsyncSession, merchant_id: str, name: str, params: dict[str, Any], *,
-                       now: datetime, client: SegmentationClient | None
-                       ) -> tuple[StoredRule, dict[str, StoredTemplate]]:
+async def apply_preset(
+    session: AsyncSession,
+    merchant_id: str,
+    name: str,
+    params: dict[str, Any],
+    *,
+    now: datetime,
+    client: SegmentationClient | None,
+) -> tuple[StoredRule, dict[str, StoredTemplate]]:
     """Create the preset's templates and its rule (the caller's transaction: all or nothing).
     Raises KeyError for an unknown preset, RuleRefused for bad parameters."""
     if name not in PRESETS:
@@ -300,8 +376,11 @@ async def apply_preset(session: AsyncSession, merchant_id: str, name: str, param
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise RuleRefused("body", f"preset {name} with these parameters makes an invalid {e.title}"
-                                  f"{' at ' + where if where else ''}: {err['msg']}") from None
+        raise RuleRefused(
+            "body",
+            f"preset {name} with these parameters makes an invalid {e.title}"
+            f"{' at ' + where if where else ''}: {err['msg']}",
+        ) from None
     except ValueError as e:
         raise RuleRefused("body", f"preset {name}: {e}") from None
     made: dict[str, StoredTemplate] = {}

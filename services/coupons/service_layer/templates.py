@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.coupons.adapters.tables import templates
 from services.coupons.domain.templates import CouponTemplate
+from shared import clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,34 +26,55 @@ class StoredTemplate:
 
     @classmethod
     def from_row(cls, row: Any) -> StoredTemplate:
-        return cls(row.template_id, CouponTemplate.model_validate_json(row.body), row.stock, row.issued, row.active,
-                   row.created_at)
+        return cls(
+            row.template_id,
+            CouponTemplate.model_validate_json(row.body),
+            row.stock,
+            row.issued,
+            row.active,
+            row.created_at,
+        )
 
 
-async def create_template(session: AsyncSession, merchant_id: str, template: CouponTemplate,
-                          template_id: str | None = None) -> StoredTemplate:
-    now = datetime.now(timezone.utc)
+async def create_template(
+    session: AsyncSession, merchant_id: str, template: CouponTemplate, template_id: str | None = None
+) -> StoredTemplate:
+    now = clock.now()
     template_id = template_id or f"tpl_{uuid.uuid4().hex[:16]}"
-    await session.execute(templates.insert().values(
-        merchant_id=merchant_id, template_id=template_id, name=template.name, body=template.model_dump_json(),
-        stock=template.stock, issued=0, public=template.public, active=True, created_at=now, updated_at=now))
+    await session.execute(
+        templates.insert().values(
+            merchant_id=merchant_id,
+            template_id=template_id,
+            name=template.name,
+            body=template.model_dump_json(),
+            stock=template.stock,
+            issued=0,
+            public=template.public,
+            active=True,
+            created_at=now,
+            updated_at=now,
+        )
+    )
     return StoredTemplate(template_id, template, template.stock, 0, True, now)
 
 
 async def get_template(session: AsyncSession, merchant_id: str, template_id: str) -> StoredTemplate | None:
-    row = (await session.execute(select(templates).where(templates.c.merchant_id == merchant_id,
-                                                         templates.c.template_id == template_id))).first()
+    row = (
+        await session.execute(
+            select(templates).where(templates.c.merchant_id == merchant_id, templates.c.template_id == template_id)
+        )
+    ).first()
     return StoredTemplate.from_row(row) if row is not None else None
 
 
 async def get_templates(session: AsyncSession, merchant_id: str, template_ids: list[str]) -> dict[str, StoredTemplate]:
-    rows = await session.execute(select(templates).where(templates.c.merchant_id == merchant_id,
-                                                         templates.c.template_id.in_(template_ids)))
+    rows = await session.execute(
+        select(templates).where(templates.c.merchant_id == merchant_id, templates.c.template_id.in_(template_ids))
+    )
     return {r.template_id: StoredTemplate.from_row(r) for r in rows}
 
 
-async def list_templates(session: AsyncSession, merchant_id: str, *, public_only: bool = False
-                         ) -> list[StoredTemplate]:
+async def list_templates(session: AsyncSession, merchant_id: str, *, public_only: bool = False) -> list[StoredTemplate]:
     q = select(templates).where(templates.c.merchant_id == merchant_id)
     if public_only:
         q = q.where(templates.c.public.is_(True), templates.c.active.is_(True))
@@ -60,7 +82,9 @@ async def list_templates(session: AsyncSession, merchant_id: str, *, public_only
 
 
 async def set_active(session: AsyncSession, merchant_id: str, template_id: str, active: bool) -> bool:
-    result = await session.execute(update(templates).where(
-        templates.c.merchant_id == merchant_id, templates.c.template_id == template_id).values(
-        active=active, updated_at=datetime.now(timezone.utc)))
+    result = await session.execute(
+        update(templates)
+        .where(templates.c.merchant_id == merchant_id, templates.c.template_id == template_id)
+        .values(active=active, updated_at=clock.now())
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 import structlog
@@ -48,12 +48,22 @@ from services.coupons.adapters.tables import (
     templates,
 )
 from services.coupons.domain import wallet as machine
-from services.coupons.domain.cart import Applied, Cart, CartLine, Combination, Held, best_combination, combine
-from services.coupons.domain.cart import evaluate, stacking_conflict
+from services.coupons.domain.cart import (
+    Applied,
+    Cart,
+    CartLine,
+    Combination,
+    Held,
+    best_combination,
+    combine,
+    evaluate,
+    stacking_conflict,
+)
 from services.coupons.domain.templates import CouponTemplate, face_value_fen, zone
 from services.coupons.domain.wallet import Coupon, CouponError, State
 from services.coupons.service_layer.issue import IssueRefused, issue
 from services.coupons.service_layer.templates import StoredTemplate
+from shared import clock
 from shared.db import UTCDateTime, bulk_insert, dialect_name, fetch_rows, in_values, insert_for
 from shared.events import EnvelopeBase, OutboundEvent
 from shared.outbox import Outbox
@@ -105,8 +115,15 @@ class TemplateView:
     @classmethod
     def of(cls, template_id: str, name: str, body: str, updated_at: datetime) -> TemplateView:
         t = CouponTemplate.model_validate_json(body)
-        return cls(template_id, name, t, updated_at, t.kind.model_dump(),
-                   t.scope if isinstance(t.scope, str) else t.scope.model_dump(), face_value_fen(t))
+        return cls(
+            template_id,
+            name,
+            t,
+            updated_at,
+            t.kind.model_dump(),
+            t.scope if isinstance(t.scope, str) else t.scope.model_dump(),
+            face_value_fen(t),
+        )
 
 
 class TemplateCache:
@@ -117,8 +134,9 @@ class TemplateCache:
         self._views: dict[tuple[str, str], TemplateView] = {}
         self.max_entries = max_entries
 
-    async def views(self, conn: AsyncConnection | AsyncSession, merchant_id: str,
-                    wanted: dict[str, datetime | None]) -> dict[str, TemplateView]:
+    async def views(
+        self, conn: AsyncConnection | AsyncSession, merchant_id: str, wanted: dict[str, datetime | None]
+    ) -> dict[str, TemplateView]:
         out: dict[str, TemplateView] = {}
         missing: list[str] = []
         for tid, updated_at in wanted.items():
@@ -129,8 +147,11 @@ class TemplateCache:
                 missing.append(tid)
         if missing:
             t = templates
-            rows = await conn.execute(select(t.c.template_id, t.c.name, t.c.body, t.c.updated_at).where(
-                t.c.merchant_id == merchant_id, in_values(t.c.template_id, missing)))
+            rows = await conn.execute(
+                select(t.c.template_id, t.c.name, t.c.body, t.c.updated_at).where(
+                    t.c.merchant_id == merchant_id, in_values(t.c.template_id, missing)
+                )
+            )
             if len(self._views) + len(missing) > self.max_entries:
                 self._views.clear()
             for r in rows:
@@ -163,8 +184,22 @@ class WalletCoupon:
 
 
 _C = coupons.c
-_COLUMNS = (_C.coupon_id, _C.customer_id, _C.template_id, _C.rule_id, _C.state, _C.order_id, _C.starts_at,
-            _C.expires_at, _C.issued_at, _C.locked_at, _C.used_at, _C.discount_fen, _C.order_amount_fen, _C.version)
+_COLUMNS = (
+    _C.coupon_id,
+    _C.customer_id,
+    _C.template_id,
+    _C.rule_id,
+    _C.state,
+    _C.order_id,
+    _C.starts_at,
+    _C.expires_at,
+    _C.issued_at,
+    _C.locked_at,
+    _C.used_at,
+    _C.discount_fen,
+    _C.order_amount_fen,
+    _C.version,
+)
 _RANK = {"available": 0, "locked": 1, "used": 2, "expired": 3, "revoked": 4}
 
 
@@ -189,8 +224,9 @@ def _state_filter(states: Iterable[str], now: Any) -> Any:
 
 def _order_key(c: WalletCoupon) -> tuple[int, float, str]:
     """Available: soonest expiry first; locked and used: latest first; expired: latest expiry first."""
-    moment = {"available": c.expires_at, "locked": c.locked_at, "used": c.used_at,
-              "expired": c.expires_at}.get(c.state) or c.issued_at
+    moment = {"available": c.expires_at, "locked": c.locked_at, "used": c.used_at, "expired": c.expires_at}.get(
+        c.state
+    ) or c.issued_at
     ts = moment.timestamp()
     return _RANK.get(c.state, 9), ts if c.state == "available" else -ts, c.coupon_id
 
@@ -215,44 +251,76 @@ class _WalletRow(NamedTuple):
 
 def _wallet_query(states: tuple[str, ...]) -> Any:
     # Placeholder values: each execution passes its own (they let the IN list be rendered once).
-    now = bindparam("now", datetime.min.replace(tzinfo=timezone.utc), type_=UTCDateTime())
-    return (select(*_COLUMNS, templates.c.updated_at.label("template_updated_at"))
-            .join_from(coupons, templates, and_(templates.c.merchant_id == _C.merchant_id,
-                                                templates.c.template_id == _C.template_id))
-            .where(_C.merchant_id == bindparam("merchant_id", ""), _C.customer_id == bindparam("customer_id", ""),
-                   _state_filter(states, now))
-            .order_by(_C.issued_at.desc(), _C.coupon_id).limit(MAX_ROWS))
+    now = bindparam("now", datetime.min.replace(tzinfo=UTC), type_=UTCDateTime())
+    return (
+        select(*_COLUMNS, templates.c.updated_at.label("template_updated_at"))
+        .join_from(
+            coupons,
+            templates,
+            and_(templates.c.merchant_id == _C.merchant_id, templates.c.template_id == _C.template_id),
+        )
+        .where(
+            _C.merchant_id == bindparam("merchant_id", ""),
+            _C.customer_id == bindparam("customer_id", ""),
+            _state_filter(states, now),
+        )
+        .order_by(_C.issued_at.desc(), _C.coupon_id)
+        .limit(MAX_ROWS)
+    )
 
 
-async def _wallet_rows(conn: AsyncConnection | AsyncSession, merchant_id: str, customer_id: str,
-                       states: tuple[str, ...], now: datetime) -> list[_WalletRow]:
+async def _wallet_rows(
+    conn: AsyncConnection | AsyncSession, merchant_id: str, customer_id: str, states: tuple[str, ...], now: datetime
+) -> list[_WalletRow]:
     """The one query of a wallet read (shared.db.fetch_rows: on the driver itself on PostgreSQL)."""
     params = {"merchant_id": merchant_id, "customer_id": customer_id, "now": now}
     return [_WalletRow(*r) for r in await fetch_rows(conn, _wallet_query(states), params, key=("wallet", states))]
 
 
-async def list_wallet(conn: AsyncConnection | AsyncSession, cache: TemplateCache, merchant_id: str,
-                      customer_id: str, *, now: datetime, states: Iterable[str] = WALLET_STATES,
-                      limit: int = 200) -> tuple[list[WalletCoupon], bool]:
+async def list_wallet(
+    conn: AsyncConnection | AsyncSession,
+    cache: TemplateCache,
+    merchant_id: str,
+    customer_id: str,
+    *,
+    now: datetime,
+    states: Iterable[str] = WALLET_STATES,
+    limit: int = 200,
+) -> tuple[list[WalletCoupon], bool]:
     """A customer's coupons in the given (as-of-now) states, ordered for display; and whether
     there were more than ``limit``. One statement, plus one for templates not parsed yet."""
     rows = await _wallet_rows(conn, merchant_id, customer_id, tuple(sorted(set(states))), now)
     views = await cache.views(conn, merchant_id, {r.template_id: r.template_updated_at for r in rows})
-    found = sorted((_wallet_coupon(r, views[r.template_id], now) for r in rows if r.template_id in views),
-                   key=_order_key)
+    found = sorted(
+        (_wallet_coupon(r, views[r.template_id], now) for r in rows if r.template_id in views), key=_order_key
+    )
     return found[:limit], len(found) > limit
 
 
 def _wallet_coupon(r: Any, view: TemplateView, now: datetime) -> WalletCoupon:
-    return WalletCoupon(r.coupon_id, r.customer_id, view, r.rule_id, _effective(r.state, r.expires_at, now),
-                        r.starts_at, r.expires_at, r.issued_at, r.order_id, r.locked_at, r.used_at, r.discount_fen,
-                        r.order_amount_fen)
+    return WalletCoupon(
+        r.coupon_id,
+        r.customer_id,
+        view,
+        r.rule_id,
+        _effective(r.state, r.expires_at, now),
+        r.starts_at,
+        r.expires_at,
+        r.issued_at,
+        r.order_id,
+        r.locked_at,
+        r.used_at,
+        r.discount_fen,
+        r.order_amount_fen,
+    )
 
 
-async def get_coupon(session: AsyncSession | AsyncConnection, cache: TemplateCache, merchant_id: str,
-                     coupon_id: str, now: datetime) -> WalletCoupon | None:
-    row = (await session.execute(select(*_COLUMNS).where(_C.merchant_id == merchant_id,
-                                                         _C.coupon_id == coupon_id))).first()
+async def get_coupon(
+    session: AsyncSession | AsyncConnection, cache: TemplateCache, merchant_id: str, coupon_id: str, now: datetime
+) -> WalletCoupon | None:
+    row = (
+        await session.execute(select(*_COLUMNS).where(_C.merchant_id == merchant_id, _C.coupon_id == coupon_id))
+    ).first()
     if row is None:
         return None
     views = await cache.views(session, merchant_id, {row.template_id: None})
@@ -270,21 +338,25 @@ class Refusal:
 
 async def refusals_of(session: AsyncSession, merchant_id: str, customer_id: str, limit: int = 50) -> list[Refusal]:
     r = redemption_refusals.c
-    rows = await session.execute(select(r.order_id, r.coupon_id, r.code, r.message, r.refused_at).where(
-        r.merchant_id == merchant_id, r.customer_id == customer_id).order_by(r.refused_at.desc()).limit(limit))
+    rows = await session.execute(
+        select(r.order_id, r.coupon_id, r.code, r.message, r.refused_at)
+        .where(r.merchant_id == merchant_id, r.customer_id == customer_id)
+        .order_by(r.refused_at.desc())
+        .limit(limit)
+    )
     return [Refusal(*row) for row in rows]
 
 
 # ---------------------------------------------------------------- claiming
 
 
-async def claim(session: AsyncSession, merchant_id: str, customer_id: str, template_id: str, *,
-                now: datetime) -> str:
+async def claim(session: AsyncSession, merchant_id: str, customer_id: str, template_id: str, *, now: datetime) -> str:
     """Claim one coupon of a public, active template (in the caller's transaction): stock and the
     per-customer limit are enforced by ``issue`` in the database. Returns the new coupon's id."""
     t = templates.c
-    row = (await session.execute(select(templates).where(t.merchant_id == merchant_id,
-                                                         t.template_id == template_id))).first()
+    row = (
+        await session.execute(select(templates).where(t.merchant_id == merchant_id, t.template_id == template_id))
+    ).first()
     if row is None or not row.public:  # a template that is not public is nobody's business
         raise WalletError(404, "not_found", f"no public coupon template {template_id!r}", "template_id")
     stored = StoredTemplate.from_row(row)
@@ -296,11 +368,17 @@ async def claim(session: AsyncSession, merchant_id: str, customer_id: str, templ
         raise WalletError(e.http_status, e.code, e.message, "template_id") from None
     refused = result.refused.get(customer_id)
     if refused == "out_of_stock":
-        raise WalletError(409, "out_of_stock", f"all {stored.stock} coupons of this template have been claimed",
-                          "template_id")
+        raise WalletError(
+            409, "out_of_stock", f"all {stored.stock} coupons of this template have been claimed", "template_id"
+        )
     if refused is not None:
-        raise WalletError(409, "limit_reached", f"one customer may get {stored.template.per_customer_limit} coupon(s) "
-                                                "of this template, and you have had them", "template_id")
+        raise WalletError(
+            409,
+            "limit_reached",
+            f"one customer may get {stored.template.per_customer_limit} coupon(s) "
+            "of this template, and you have had them",
+            "template_id",
+        )
     return result.issued[0][1]
 
 
@@ -313,12 +391,21 @@ class Priced:
     applied: Applied
 
 
-async def applicable(session: AsyncSession | AsyncConnection, cache: TemplateCache, merchant_id: str,
-                     customer_id: str, cart: Cart, *, now: datetime, tz: str) -> tuple[list[Priced], Combination]:
+async def applicable(
+    session: AsyncSession | AsyncConnection,
+    cache: TemplateCache,
+    merchant_id: str,
+    customer_id: str,
+    cart: Cart,
+    *,
+    now: datetime,
+    tz: str,
+) -> tuple[list[Priced], Combination]:
     """Every coupon the customer can use now (available, in its window) priced alone on the
     cart, and the best combination. Coupons that do not apply say why."""
-    held, _ = await list_wallet(session, cache, merchant_id, customer_id, now=now, states=("available",),
-                                limit=MAX_ROWS)
+    held, _ = await list_wallet(
+        session, cache, merchant_id, customer_id, now=now, states=("available",), limit=MAX_ROWS
+    )
     helds = [Held(c.coupon_id, c.template.template, c.expires_at, c.starts_at) for c in held]
     best = best_combination(helds, cart, now, tz)
     alone = {h.coupon_id: evaluate(h, cart, now, tz) for h in helds}
@@ -347,8 +434,18 @@ class _Row:
 
 
 def _row(merchant_id: str, r: Any) -> _Row:
-    c = Coupon(r.coupon_id, r.customer_id, r.template_id, r.starts_at, r.expires_at, State(r.state), r.order_id,
-               r.locked_at, r.used_at, r.version)
+    c = Coupon(
+        r.coupon_id,
+        r.customer_id,
+        r.template_id,
+        r.starts_at,
+        r.expires_at,
+        State(r.state),
+        r.order_id,
+        r.locked_at,
+        r.used_at,
+        r.version,
+    )
     return _Row(merchant_id, c, r.rule_id, r.discount_fen, r.order_amount_fen, r.version)
 
 
@@ -362,7 +459,8 @@ _PG_CAS = text(
     "CAST(:version AS integer[])) "
     "AS v(merchant_id, coupon_id, loaded, state, order_id, locked_at, used_at, discount_fen, order_amount_fen, version) "
     "WHERE c.merchant_id = v.merchant_id AND c.coupon_id = v.coupon_id AND c.version = v.loaded "
-    "RETURNING c.merchant_id, c.coupon_id")
+    "RETURNING c.merchant_id, c.coupon_id"
+)
 
 
 async def _write(session: AsyncSession, rows: Sequence[_Row]) -> set[tuple[str, str]]:
@@ -370,24 +468,40 @@ async def _write(session: AsyncSession, rows: Sequence[_Row]) -> set[tuple[str, 
     if not rows:
         return set()
     ordered = sorted(rows, key=lambda r: r.key)  # one lock order for every writer
-    values = [(r.merchant_id, r.coupon.coupon_id, r.loaded_version, str(r.coupon.state), r.coupon.order_id,
-               r.coupon.locked_at, r.coupon.used_at, r.discount_fen, r.order_amount_fen, r.coupon.version)
-              for r in ordered]
+    values = [
+        (
+            r.merchant_id,
+            r.coupon.coupon_id,
+            r.loaded_version,
+            str(r.coupon.state),
+            r.coupon.order_id,
+            r.coupon.locked_at,
+            r.coupon.used_at,
+            r.discount_fen,
+            r.order_amount_fen,
+            r.coupon.version,
+        )
+        for r in ordered
+    ]
     if dialect_name(session) == "postgresql":
         cols = ("merchant_id", "coupon_id", "loaded", *_SET)
         params = {name: list(col) for name, col in zip(cols, zip(*values))}
         return {(m, c) for m, c in await session.execute(_PG_CAS, params)}
     won: set[tuple[str, str]] = set()
     for m, cid, loaded, *new in values:
-        result = await session.execute(update(coupons).where(
-            _C.merchant_id == m, _C.coupon_id == cid, _C.version == loaded).values(dict(zip(_SET, new))))
+        result = await session.execute(
+            update(coupons)
+            .where(_C.merchant_id == m, _C.coupon_id == cid, _C.version == loaded)
+            .values(dict(zip(_SET, new)))
+        )
         if result.rowcount:  # type: ignore[attr-defined]
             won.add((m, cid))
     return won
 
 
-async def _load(session: AsyncSession, by_id: dict[str, set[str]], by_order: dict[str, set[str]] | None = None
-                ) -> dict[tuple[str, str], _Row]:
+async def _load(
+    session: AsyncSession, by_id: dict[str, set[str]], by_order: dict[str, set[str]] | None = None
+) -> dict[tuple[str, str], _Row]:
     """Coupons by id, and coupons tied to the given orders, per merchant."""
     by_order = by_order or {}
     clauses = []
@@ -405,17 +519,28 @@ async def _load(session: AsyncSession, by_id: dict[str, set[str]], by_order: dic
 
 def _state_event(row: _Row, order_id: str | None, at: datetime, type_: str = "coupon.released") -> OutboundEvent:
     c = row.coupon
-    return OutboundEvent(type_, row.merchant_id, {
-        "coupon_id": c.coupon_id, "template_id": c.template_id, "rule_id": row.rule_id, "state": str(c.state),
-        "order_id": order_id}, customer_id=c.owner_id, occurred_at=at)
+    return OutboundEvent(
+        type_,
+        row.merchant_id,
+        {
+            "coupon_id": c.coupon_id,
+            "template_id": c.template_id,
+            "rule_id": row.rule_id,
+            "state": str(c.state),
+            "order_id": order_id,
+        },
+        customer_id=c.owner_id,
+        occurred_at=at,
+    )
 
 
 # ---------------------------------------------------------------- locking to an order
 
 
 async def _owned(session: AsyncSession, merchant_id: str, customer_id: str, coupon_id: str) -> _Row:
-    row = (await session.execute(select(*_COLUMNS).where(_C.merchant_id == merchant_id,
-                                                         _C.coupon_id == coupon_id))).first()
+    row = (
+        await session.execute(select(*_COLUMNS).where(_C.merchant_id == merchant_id, _C.coupon_id == coupon_id))
+    ).first()
     # Another customer's coupon answers as if it did not exist: its id tells nobody anything.
     if row is None or row.customer_id != customer_id:
         raise WalletError(404, "not_found", f"no coupon {coupon_id!r} in your wallet", "coupon_id")
@@ -429,8 +554,11 @@ async def _check_order(session: AsyncSession, merchant_id: str, customer_id: str
     """A coupon cannot be held for an order already paid or cancelled (nothing would ever let it
     go), nor for another customer's order. An order not seen yet is fine: it is being placed."""
     o = orders.c
-    row = (await session.execute(select(o.customer_id, o.paid_at, o.cancelled_at).where(
-        o.merchant_id == merchant_id, o.order_id == order_id))).first()
+    row = (
+        await session.execute(
+            select(o.customer_id, o.paid_at, o.cancelled_at).where(o.merchant_id == merchant_id, o.order_id == order_id)
+        )
+    ).first()
     if row is None:
         return
     if row.customer_id != customer_id:
@@ -441,8 +569,18 @@ async def _check_order(session: AsyncSession, merchant_id: str, customer_id: str
         raise WalletError(409, "order_paid", f"order {order_id} is already paid", "order_id")
 
 
-async def lock(session: AsyncSession, cache: TemplateCache, merchant_id: str, customer_id: str, coupon_id: str,
-               order_id: str, cart: Cart, *, now: datetime, tz: str) -> tuple[str, int | None]:
+async def lock(
+    session: AsyncSession,
+    cache: TemplateCache,
+    merchant_id: str,
+    customer_id: str,
+    coupon_id: str,
+    order_id: str,
+    cart: Cart,
+    *,
+    now: datetime,
+    tz: str,
+) -> tuple[str, int | None]:
     """Hold the coupon for an order being placed, priced on its cart (in the caller's
     transaction). Locking again to the same order changes nothing. Returns (state, discount_fen)."""
     for _ in range(MAX_ROUNDS):
@@ -458,27 +596,41 @@ async def lock(session: AsyncSession, cache: TemplateCache, merchant_id: str, cu
             return str(row.coupon.state), row.discount_fen
         await _check_order(session, merchant_id, customer_id, order_id)
         # The coupons already held by this order: they must stack with this one, and take their share first.
-        others = (await session.execute(select(_C.coupon_id, _C.template_id, _C.starts_at, _C.expires_at).where(
-            _C.merchant_id == merchant_id, _C.order_id == order_id, _C.state == "locked",
-            _C.customer_id == customer_id, _C.coupon_id != coupon_id))).all()
+        others = (
+            await session.execute(
+                select(_C.coupon_id, _C.template_id, _C.starts_at, _C.expires_at).where(
+                    _C.merchant_id == merchant_id,
+                    _C.order_id == order_id,
+                    _C.state == "locked",
+                    _C.customer_id == customer_id,
+                    _C.coupon_id != coupon_id,
+                )
+            )
+        ).all()
         other_views = await cache.views(session, merchant_id, {o.template_id: None for o in others})
-        together = [Held(o.coupon_id, other_views[o.template_id].template, o.expires_at, o.starts_at)
-                    for o in others] + [held]
+        together = [
+            Held(o.coupon_id, other_views[o.template_id].template, o.expires_at, o.starts_at) for o in others
+        ] + [held]
         conflict = stacking_conflict(together)
         if conflict is not None:
             raise WalletError(422, "stacking_conflict", conflict, "coupon_id")
         pick = next(p for p in combine(together, cart, now, tz).chosen if p.coupon_id == coupon_id)
         if pick.discount_fen == 0:
-            raise WalletError(422, "nothing_to_discount",
-                              "the coupons already locked to this order leave nothing for this one to take off", "cart")
+            raise WalletError(
+                422,
+                "nothing_to_discount",
+                "the coupons already locked to this order leave nothing for this one to take off",
+                "cart",
+            )
         new = replace(row, coupon=t.coupon, discount_fen=pick.discount_fen, order_amount_fen=None)
         if await _write(session, [new]):
             return str(t.coupon.state), pick.discount_fen
     raise ConcurrentChange(coupon_id)
 
 
-async def unlock(session: AsyncSession, merchant_id: str, customer_id: str, coupon_id: str, order_id: str, *,
-                 now: datetime) -> str:
+async def unlock(
+    session: AsyncSession, merchant_id: str, customer_id: str, coupon_id: str, order_id: str, *, now: datetime
+) -> str:
     """The customer gives up the order: a coupon locked to it returns to the wallet (expired if
     its window ended). Anything else is a no-op. Returns the coupon's state."""
     for _ in range(MAX_ROUNDS):
@@ -505,25 +657,41 @@ class Policy:
 async def policies(session: AsyncSession, merchant_ids: Iterable[str]) -> dict[str, Policy]:
     ids = sorted(set(merchant_ids))
     p = coupon_policies.c
-    found = {r.merchant_id: Policy(r.refund_policy, r.expiring_days_before) for r in await session.execute(
-        select(p.merchant_id, p.refund_policy, p.expiring_days_before).where(in_values(p.merchant_id, ids)))}
+    found = {
+        r.merchant_id: Policy(r.refund_policy, r.expiring_days_before)
+        for r in await session.execute(
+            select(p.merchant_id, p.refund_policy, p.expiring_days_before).where(in_values(p.merchant_id, ids))
+        )
+    }
     return {m: found.get(m, Policy()) for m in ids}
 
 
 async def save_policy(session: AsyncSession, merchant_id: str, policy: Policy) -> Policy:
-    values = {"merchant_id": merchant_id, "refund_policy": policy.refund_policy,
-              "expiring_days_before": policy.expiring_days_before, "updated_at": datetime.now(timezone.utc)}
+    values = {
+        "merchant_id": merchant_id,
+        "refund_policy": policy.refund_policy,
+        "expiring_days_before": policy.expiring_days_before,
+        "updated_at": clock.now(),
+    }
     stmt = insert_for(session, coupon_policies).values(values)
-    await session.execute(stmt.on_conflict_do_update(
-        index_elements=[coupon_policies.c.merchant_id],
-        set_={k: stmt.excluded[k] for k in ("refund_policy", "expiring_days_before", "updated_at")}))
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[coupon_policies.c.merchant_id],
+            set_={k: stmt.excluded[k] for k in ("refund_policy", "expiring_days_before", "updated_at")},
+        )
+    )
     return policy
 
 
 async def _zones(session: AsyncSession, merchant_ids: Iterable[str]) -> dict[str, str]:
     m = messaging.merchants.c
-    return dict((await session.execute(select(m.merchant_id, m.timezone).where(
-        in_values(m.merchant_id, sorted(set(merchant_ids)))))).all())
+    return dict(
+        (
+            await session.execute(
+                select(m.merchant_id, m.timezone).where(in_values(m.merchant_id, sorted(set(merchant_ids))))
+            )
+        ).all()
+    )
 
 
 # ---------------------------------------------------------------- order events
@@ -550,14 +718,17 @@ def _order_cart(data: Any) -> Cart | None:
         return None
     extra = data.model_extra or {}
     shipping = extra.get("shipping_fen")
-    return Cart(lines=[CartLine(sku=i.sku, category=i.category, quantity=i.quantity, amount_fen=i.amount_fen)
-                       for i in data.items],
-                shipping_fen=shipping if isinstance(shipping, int) and not isinstance(shipping, bool)
-                and shipping >= 0 else 0)
+    return Cart(
+        lines=[
+            CartLine(sku=i.sku, category=i.category, quantity=i.quantity, amount_fen=i.amount_fen) for i in data.items
+        ],
+        shipping_fen=shipping if isinstance(shipping, int) and not isinstance(shipping, bool) and shipping >= 0 else 0,
+    )
 
 
-def _price_payment(e: EnvelopeBase, rows: dict[tuple[str, str], _Row], views: dict[tuple[str, str], TemplateView],
-                   tz: str) -> dict[str, Applied]:
+def _price_payment(
+    e: EnvelopeBase, rows: dict[tuple[str, str], _Row], views: dict[tuple[str, str], TemplateView], tz: str
+) -> dict[str, Applied]:
     """What each coupon the payment names takes off the order, or why it cannot be used on it.
     Coupons locked to this order come first (their lock checked them), then those the state
     machine would redeem and that apply to the order's items, in the order the shop listed them,
@@ -565,8 +736,11 @@ def _price_payment(e: EnvelopeBase, rows: dict[tuple[str, str], _Row], views: di
     the state machine refuses are left out here (the redemption itself says why)."""
     m, data, at = e.merchant_id, e.data, e.occurred_at  # type: ignore[attr-defined]
     order_id, owner = data.order_id, e.customer_id or ""
-    named = [cid for cid in dict.fromkeys(data.coupon_ids)
-             if (m, cid) in rows and (m, rows[(m, cid)].coupon.template_id) in views]
+    named = [
+        cid
+        for cid in dict.fromkeys(data.coupon_ids)
+        if (m, cid) in rows and (m, rows[(m, cid)].coupon.template_id) in views
+    ]
     named.sort(key=lambda cid: rows[(m, cid)].coupon.order_id != order_id)  # stable: locked here first
     cart = _order_cart(data)
     out: dict[str, Applied] = {}
@@ -602,8 +776,9 @@ def _redeemable(c: Coupon, at: datetime) -> Coupon:
     return replace(c, state=State.AVAILABLE) if (c.state == State.EXPIRED and at < c.expires_at) else c
 
 
-def _run(row: _Row, actions: list[_Action], prices: dict[tuple[int, str], Applied],
-         policy: dict[str, Policy]) -> _Outcome:
+def _run(
+    row: _Row, actions: list[_Action], prices: dict[tuple[int, str], Applied], policy: dict[str, Policy]
+) -> _Outcome:
     """Apply one coupon's actions of the batch, in batch order, through the state machine."""
     out = _Outcome(replace(row))
     for a in actions:
@@ -624,13 +799,28 @@ def _run(row: _Row, actions: list[_Action], prices: dict[tuple[int, str], Applie
                 out.refusals.append(_refusal(e, c.coupon_id, str(price.reason), price.message))
                 continue
             # The lock's price is what the customer was shown; else the order's own pricing.
-            discount = cur.discount_fen if locked_here and cur.discount_fen is not None else (
-                price.discount_fen if price is not None else 0)
+            discount = (
+                cur.discount_fen
+                if locked_here and cur.discount_fen is not None
+                else (price.discount_fen if price is not None else 0)
+            )
             out.row = replace(cur, coupon=t.coupon, discount_fen=discount, order_amount_fen=data.amount_fen)
-            out.events.append(OutboundEvent("coupon.redeemed", cur.merchant_id, {
-                "coupon_id": c.coupon_id, "template_id": c.template_id, "rule_id": cur.rule_id,
-                "order_id": order_id, "discount_fen": discount, "order_amount_fen": data.amount_fen},
-                customer_id=c.owner_id, occurred_at=at))
+            out.events.append(
+                OutboundEvent(
+                    "coupon.redeemed",
+                    cur.merchant_id,
+                    {
+                        "coupon_id": c.coupon_id,
+                        "template_id": c.template_id,
+                        "rule_id": cur.rule_id,
+                        "order_id": order_id,
+                        "discount_fen": discount,
+                        "order_amount_fen": data.amount_fen,
+                    },
+                    customer_id=c.owner_id,
+                    occurred_at=at,
+                )
+            )
             out.changed = True
             continue
         if a.kind in ("release", "cancel") and c.state == State.LOCKED:
@@ -655,9 +845,12 @@ def _refusal(e: EnvelopeBase, coupon_id: str, code: str, message: str) -> tuple[
 async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     """Redeem, release and give back coupons as the shop's orders are paid, cancelled and
     refunded (one batch, in the consumer's transaction): a few statements for the whole batch."""
-    relevant = [(i, e) for i, e in enumerate(events)
-                if e.type in ("order.paid", "order.cancelled")  # type: ignore[attr-defined]
-                or (e.type == "order.refunded" and e.data.full)]  # type: ignore[attr-defined]
+    relevant = [
+        (i, e)
+        for i, e in enumerate(events)
+        if e.type in ("order.paid", "order.cancelled")  # type: ignore[attr-defined]
+        or (e.type == "order.refunded" and e.data.full)
+    ]  # type: ignore[attr-defined]
     if not relevant:
         return
     named: dict[str, set[str]] = {}
@@ -733,14 +926,24 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
 
     await outbox.stage(session, staged)
     if refusals:
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         for m, order_id, cid, customer_id, code, message in refusals:
-            log.warning("coupon.redemption_refused", merchant_id=m, order_id=order_id, coupon_id=cid,
-                        customer_id=customer_id, code=code, reason=message)
-        await bulk_insert(session, redemption_refusals,
-                          ["merchant_id", "order_id", "coupon_id", "customer_id", "code", "message", "refused_at"],
-                          list({r[:3]: (*r, now) for r in refusals}.values()),
-                          conflict=["merchant_id", "order_id", "coupon_id"])
+            log.warning(
+                "coupon.redemption_refused",
+                merchant_id=m,
+                order_id=order_id,
+                coupon_id=cid,
+                customer_id=customer_id,
+                code=code,
+                reason=message,
+            )
+        await bulk_insert(
+            session,
+            redemption_refusals,
+            ["merchant_id", "order_id", "coupon_id", "customer_id", "code", "message", "refused_at"],
+            list({r[:3]: (*r, now) for r in refusals}.values()),
+            conflict=["merchant_id", "order_id", "coupon_id"],
+        )
 
 
 # ---------------------------------------------------------------- the clock
@@ -751,9 +954,15 @@ async def expire_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -
     coupon.expired. Only rows that crossed are read (index on state, expires_at); on PostgreSQL
     each row goes to one sweeper (SKIP LOCKED). Returns how many rows were looked at: running it
     again finds nothing, because each expired row has left the available state."""
-    found = (await session.execute(
-        select(_C.merchant_id, *_COLUMNS).where(_C.state == "available", _C.expires_at <= now)
-        .order_by(_C.expires_at).limit(limit).with_for_update(skip_locked=True))).all()
+    found = (
+        await session.execute(
+            select(_C.merchant_id, *_COLUMNS)
+            .where(_C.state == "available", _C.expires_at <= now)
+            .order_by(_C.expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
     changed = []
     for r in found:
         row = _row(r.merchant_id, r)
@@ -778,8 +987,13 @@ async def remind_expiring(session: AsyncSession, now: datetime, limit: int = CHU
     coupons expiring within the window are read, one range per distinct window length. Returns
     how many were reminded: running it again finds nothing."""
     p = coupon_policies.c
-    custom = dict((await session.execute(select(p.merchant_id, p.expiring_days_before).where(
-        p.expiring_days_before != DEFAULT_EXPIRING_DAYS))).all())
+    custom = dict(
+        (
+            await session.execute(
+                select(p.merchant_id, p.expiring_days_before).where(p.expiring_days_before != DEFAULT_EXPIRING_DAYS)
+            )
+        ).all()
+    )
     windows: dict[int, list[str]] = {}
     for m, days in custom.items():
         windows.setdefault(days, []).append(m)
@@ -787,15 +1001,25 @@ async def remind_expiring(session: AsyncSession, now: datetime, limit: int = CHU
     for days, only in [(DEFAULT_EXPIRING_DAYS, None), *sorted(windows.items())]:
         if done >= limit:
             break
-        where = [_C.state == "available", _C.reminded_at.is_(None), _C.expires_at > now,
-                 _C.expires_at <= now + timedelta(days=days)]
+        where = [
+            _C.state == "available",
+            _C.reminded_at.is_(None),
+            _C.expires_at > now,
+            _C.expires_at <= now + timedelta(days=days),
+        ]
         if only is not None:
             where.append(in_values(_C.merchant_id, only))
         elif custom:
             where.append(_C.merchant_id.not_in(sorted(custom)))
-        found = (await session.execute(
-            select(_C.merchant_id, _C.coupon_id, _C.customer_id, _C.template_id, _C.rule_id, _C.expires_at)
-            .where(*where).order_by(_C.expires_at).limit(limit - done).with_for_update(skip_locked=True))).all()
+        found = (
+            await session.execute(
+                select(_C.merchant_id, _C.coupon_id, _C.customer_id, _C.template_id, _C.rule_id, _C.expires_at)
+                .where(*where)
+                .order_by(_C.expires_at)
+                .limit(limit - done)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
         if not found:
             continue
         by_merchant: dict[str, list[Any]] = {}
@@ -804,18 +1028,50 @@ async def remind_expiring(session: AsyncSession, now: datetime, limit: int = CHU
         zones = await _zones(session, by_merchant)
         staged = []
         for m, rs in by_merchant.items():
-            reminded = set((await session.execute(
-                update(coupons).where(_C.merchant_id == m, in_values(_C.coupon_id, [r.coupon_id for r in rs]),
-                                      _C.reminded_at.is_(None), _C.state == "available")
-                .values(reminded_at=now).returning(_C.coupon_id))).scalars())
-            names = dict((await session.execute(select(templates.c.template_id, templates.c.name).where(
-                templates.c.merchant_id == m, in_values(templates.c.template_id, {r.template_id for r in rs})))).all())
+            reminded = set(
+                (
+                    await session.execute(
+                        update(coupons)
+                        .where(
+                            _C.merchant_id == m,
+                            in_values(_C.coupon_id, [r.coupon_id for r in rs]),
+                            _C.reminded_at.is_(None),
+                            _C.state == "available",
+                        )
+                        .values(reminded_at=now)
+                        .returning(_C.coupon_id)
+                    )
+                ).scalars()
+            )
+            names = dict(
+                (
+                    await session.execute(
+                        select(templates.c.template_id, templates.c.name).where(
+                            templates.c.merchant_id == m,
+                            in_values(templates.c.template_id, {r.template_id for r in rs}),
+                        )
+                    )
+                ).all()
+            )
             tz = zones.get(m, "Asia/Shanghai")
-            staged += [OutboundEvent("coupon.expiring", m, {
-                "coupon_id": r.coupon_id, "template_id": r.template_id, "template_name": names.get(r.template_id, ""),
-                "rule_id": r.rule_id, "expires_at": r.expires_at.isoformat(),
-                "days_left": _days_left(r.expires_at, now, tz)}, customer_id=r.customer_id, occurred_at=now)
-                for r in rs if r.coupon_id in reminded]
+            staged += [
+                OutboundEvent(
+                    "coupon.expiring",
+                    m,
+                    {
+                        "coupon_id": r.coupon_id,
+                        "template_id": r.template_id,
+                        "template_name": names.get(r.template_id, ""),
+                        "rule_id": r.rule_id,
+                        "expires_at": r.expires_at.isoformat(),
+                        "days_left": _days_left(r.expires_at, now, tz),
+                    },
+                    customer_id=r.customer_id,
+                    occurred_at=now,
+                )
+                for r in rs
+                if r.coupon_id in reminded
+            ]
         await outbox.stage(session, staged)
         done += len(found)
     return done
@@ -842,7 +1098,7 @@ async def expiry_worker(sessions: async_sessionmaker[AsyncSession], poll_s: floa
     """Background (consumer role): the expiry sweep and the reminders, every ``poll_s`` seconds."""
     while True:
         try:
-            expired, reminded = await run_clock(sessions, datetime.now(timezone.utc))
+            expired, reminded = await run_clock(sessions, clock.now())
             if expired or reminded:
                 log.info("coupons.clock", expired=expired, reminded=reminded)
             await asyncio.sleep(poll_s)
@@ -851,4 +1107,3 @@ async def expiry_worker(sessions: async_sessionmaker[AsyncSession], poll_s: floa
         except Exception as exc:  # the database may be down: try again later, nothing is lost
             log.warning("coupons.clock_failed", error=repr(exc))
             await asyncio.sleep(poll_s)
-

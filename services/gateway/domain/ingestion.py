@@ -36,11 +36,15 @@ def validate_batch(raw: list[Any], merchant_id: str) -> list[Outcome]:
             out.append(Outcome(i, bad.event_id, "rejected", bad.reason, bad.field))
             continue
         if event.type not in INBOUND_TYPES:  # type: ignore[attr-defined]
-            out.append(Outcome(i, event.event_id, "rejected",
-                               f"type: {event.type!r} is not accepted from shops", "type"))  # type: ignore
+            out.append(
+                Outcome(i, event.event_id, "rejected", f"type: {event.type!r} is not accepted from shops", "type")
+            )  # type: ignore
         elif event.merchant_id != merchant_id:
-            out.append(Outcome(i, event.event_id, "rejected",
-                               "merchant_id: does not match the API key's merchant", "merchant_id"))
+            out.append(
+                Outcome(
+                    i, event.event_id, "rejected", "merchant_id: does not match the API key's merchant", "merchant_id"
+                )
+            )
         elif event.event_id in seen:
             out.append(Outcome(i, event.event_id, "duplicate", "event_id repeated in this batch", "event_id"))
         else:

@@ -34,9 +34,9 @@ def _after_commit(request: Request) -> None:
     runtime_of(request, SERVICE).committed()
 
 
-async def platform_admin(request: Request,
-                         x_admin_token: Annotated[str | None, Header(description="The platform admin token.")] = None
-                         ) -> None:
+async def platform_admin(
+    request: Request, x_admin_token: Annotated[str | None, Header(description="The platform admin token.")] = None
+) -> None:
     expected = runtime_of(request, SERVICE).settings.admin_token.get_secret_value()
     if not x_admin_token or not hmac.compare_digest(x_admin_token.encode(), expected.encode()):
         raise ApiError(401, "unauthorized", "missing or wrong X-Admin-Token", field="header.X-Admin-Token")
@@ -68,18 +68,30 @@ class MerchantCreated(BaseModel):
     jwt_secret: str = Field(description="Signs customer tokens (HS256). Shown once.")
 
 
-@router.post("/v1/platform/merchants", status_code=201, response_model=MerchantCreated, tags=["platform"],
-             summary="Create a merchant (platform admin)", dependencies=[Depends(platform_admin)],
-             responses={409: {"description": "merchant_id taken"}})
+@router.post(
+    "/v1/platform/merchants",
+    status_code=201,
+    response_model=MerchantCreated,
+    tags=["platform"],
+    summary="Create a merchant (platform admin)",
+    dependencies=[Depends(platform_admin)],
+    responses={409: {"description": "merchant_id taken"}},
+)
 async def create_merchant(body: NewMerchant, request: Request, session: Session) -> MerchantCreated:
     try:
-        creds = await handlers.create_merchant(session, merchant_id=body.merchant_id, name=body.name,
-                                               timezone_name=body.timezone, pepper=_pepper(request))
+        creds = await handlers.create_merchant(
+            session, merchant_id=body.merchant_id, name=body.name, timezone_name=body.timezone, pepper=_pepper(request)
+        )
     except handlers.MerchantExists:
         raise ApiError(409, "conflict", f"merchant {body.merchant_id!r} exists", field="body.merchant_id") from None
     _after_commit(request)
-    return MerchantCreated(merchant_id=creds.merchant_id, name=creds.name, timezone=creds.timezone,
-                           api_key=creds.api_key, jwt_secret=creds.jwt_secret)
+    return MerchantCreated(
+        merchant_id=creds.merchant_id,
+        name=creds.name,
+        timezone=creds.timezone,
+        api_key=creds.api_key,
+        jwt_secret=creds.jwt_secret,
+    )
 
 
 class MerchantView(BaseModel):
@@ -97,8 +109,13 @@ class NewKey(BaseModel):
     api_key: str
 
 
-@router.post("/v1/merchant/api-keys", status_code=201, response_model=NewKey, tags=["merchant"],
-             summary="Add an API key (rotate: add, deploy, then revoke the old one)")
+@router.post(
+    "/v1/merchant/api-keys",
+    status_code=201,
+    response_model=NewKey,
+    tags=["merchant"],
+    summary="Add an API key (rotate: add, deploy, then revoke the old one)",
+)
 async def add_key(merchant: AdminMerchant, request: Request, session: Session) -> NewKey:
     key = await handlers.add_api_key(session, merchant_id=merchant.merchant_id, pepper=_pepper(request))
     _after_commit(request)
@@ -111,8 +128,9 @@ class RevokeKey(BaseModel):
 
 @router.post("/v1/merchant/api-keys/revoke", status_code=204, tags=["merchant"], summary="Revoke an API key")
 async def revoke_key(body: RevokeKey, merchant: AdminMerchant, request: Request, session: Session) -> None:
-    if not await handlers.revoke_api_key(session, merchant_id=merchant.merchant_id, api_key=body.api_key,
-                                         pepper=_pepper(request)):
+    if not await handlers.revoke_api_key(
+        session, merchant_id=merchant.merchant_id, api_key=body.api_key, pepper=_pepper(request)
+    ):
         raise ApiError(404, "not_found", "no such key for this merchant", field="body.api_key")
     runtime_of(request, SERVICE).tenancy.invalidate()
     _after_commit(request)
@@ -129,11 +147,16 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
-@router.post("/v1/customer-tokens", response_model=TokenResponse, tags=["merchant"],
-             summary="Mint a customer token for the mini-program (the shop backend may also sign its own)")
+@router.post(
+    "/v1/customer-tokens",
+    response_model=TokenResponse,
+    tags=["merchant"],
+    summary="Mint a customer token for the mini-program (the shop backend may also sign its own)",
+)
 async def customer_token(body: TokenRequest, merchant: AdminMerchant) -> TokenResponse:
-    token = mint_customer_token(merchant.merchant_id, body.customer_id, merchant.jwt_secret,
-                                ttl=timedelta(seconds=body.ttl_seconds))
+    token = mint_customer_token(
+        merchant.merchant_id, body.customer_id, merchant.jwt_secret, ttl=timedelta(seconds=body.ttl_seconds)
+    )
     return TokenResponse(token=token, expires_in=body.ttl_seconds)
 
 
@@ -155,19 +178,42 @@ class IngestResponse(BaseModel):
     results: list[EventResult]
 
 
-_EXAMPLE = [{"event_id": "6f1c2d3e-0000-4000-8000-000000000001", "type": "order.paid", "merchant_id": "demo",
-             "customer_id": "u-42", "occurred_at": "2026-11-01T10:00:00+08:00",
-             "data": {"order_id": "o-9", "amount_fen": 8000, "items": [
-                 {"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 8000}],
-                 "coupon_ids": []}}]
+_EXAMPLE = [
+    {
+        "event_id": "6f1c2d3e-0000-4000-8000-000000000001",
+        "type": "order.paid",
+        "merchant_id": "demo",
+        "customer_id": "u-42",
+        "occurred_at": "2026-11-01T10:00:00+08:00",
+        "data": {
+            "order_id": "o-9",
+            "amount_fen": 8000,
+            "items": [{"sku": "milk-900g", "category": "milk-powder", "quantity": 1, "amount_fen": 8000}],
+            "coupon_ids": [],
+        },
+    }
+]
 
 
-@router.post("/v1/events", response_model=IngestResponse, tags=["events"],
-             summary="Send shop events (up to 1,000 per call); idempotent by event_id")
+@router.post(
+    "/v1/events",
+    response_model=IngestResponse,
+    tags=["events"],
+    summary="Send shop events (up to 1,000 per call); idempotent by event_id",
+)
 async def post_events(
-    merchant: AdminMerchant, request: Request, session: Session,
-    events: Annotated[list[Any], Body(min_length=1, max_length=MAX_BATCH, examples=[_EXAMPLE],
-                                      description="A JSON array of event envelopes (see /asyncapi.json).")],
+    merchant: AdminMerchant,
+    request: Request,
+    session: Session,
+    events: Annotated[
+        list[Any],
+        Body(
+            min_length=1,
+            max_length=MAX_BATCH,
+            examples=[_EXAMPLE],
+            description="A JSON array of event envelopes (see /asyncapi.json).",
+        ),
+    ],
 ) -> IngestResponse:
     outcomes = await handlers.ingest(session, merchant.merchant_id, events)
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
@@ -179,6 +225,11 @@ async def post_events(
     if counts["accepted"]:
         _after_commit(request)
     return IngestResponse(
-        accepted=counts["accepted"], duplicates=counts["duplicate"], rejected=counts["rejected"],
-        results=[EventResult(index=o.index, event_id=o.event_id, status=o.status, reason=o.reason, field=o.field)
-                 for o in outcomes])
+        accepted=counts["accepted"],
+        duplicates=counts["duplicate"],
+        rejected=counts["rejected"],
+        results=[
+            EventResult(index=o.index, event_id=o.event_id, status=o.status, reason=o.reason, field=o.field)
+            for o in outcomes
+        ],
+    )

@@ -4,7 +4,6 @@ the boundary, with the events it raises staged in the same transaction."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
@@ -12,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.adapters.tables import messaging
 from services.gateway.domain.ingestion import Outcome, validate_batch
+from shared import clock
 from shared.events import new_event
 from shared.inbox import Inbox
 from shared.outbox import Outbox
@@ -39,25 +39,46 @@ class MerchantCredentials:
 
 async def _publish_merchant(session: AsyncSession, merchant_id: str) -> None:
     row = (await session.execute(select(merchants).where(merchants.c.merchant_id == merchant_id))).one()
-    hashes = list((await session.execute(select(keys.c.key_hash).where(keys.c.merchant_id == merchant_id)))
-                  .scalars())
-    await outbox.stage(session, [new_event("merchant.upserted", merchant_id, data={
-        "name": row.name, "timezone": row.timezone, "api_key_hashes": sorted(hashes),
-        "jwt_secret": row.jwt_secret.decode(), "active": row.active})])
+    hashes = list((await session.execute(select(keys.c.key_hash).where(keys.c.merchant_id == merchant_id))).scalars())
+    await outbox.stage(
+        session,
+        [
+            new_event(
+                "merchant.upserted",
+                merchant_id,
+                data={
+                    "name": row.name,
+                    "timezone": row.timezone,
+                    "api_key_hashes": sorted(hashes),
+                    "jwt_secret": row.jwt_secret.decode(),
+                    "active": row.active,
+                },
+            )
+        ],
+    )
 
 
-async def create_merchant(session: AsyncSession, *, merchant_id: str, name: str, timezone_name: str,
-                          pepper: str, api_key: str | None = None) -> MerchantCredentials:
+async def create_merchant(
+    session: AsyncSession, *, merchant_id: str, name: str, timezone_name: str, pepper: str, api_key: str | None = None
+) -> MerchantCredentials:
     async with session.begin():
-        exists = (await session.execute(select(merchants.c.merchant_id).where(
-            merchants.c.merchant_id == merchant_id))).first()
+        exists = (
+            await session.execute(select(merchants.c.merchant_id).where(merchants.c.merchant_id == merchant_id))
+        ).first()
         if exists:
             raise MerchantExists(merchant_id)
         api_key = api_key or new_api_key()
         secret = new_jwt_secret()
-        await session.execute(merchants.insert().values(
-            merchant_id=merchant_id, name=name, timezone=timezone_name, jwt_secret=secret.encode(), active=True,
-            updated_at=datetime.now(timezone.utc)))
+        await session.execute(
+            merchants.insert().values(
+                merchant_id=merchant_id,
+                name=name,
+                timezone=timezone_name,
+                jwt_secret=secret.encode(),
+                active=True,
+                updated_at=clock.now(),
+            )
+        )
         await session.execute(keys.insert().values(key_hash=hash_api_key(api_key, pepper), merchant_id=merchant_id))
         await _publish_merchant(session, merchant_id)
     return MerchantCredentials(merchant_id, name, timezone_name, api_key, secret, created=True)
@@ -78,8 +99,9 @@ async def add_api_key(session: AsyncSession, *, merchant_id: str, pepper: str, a
 async def revoke_api_key(session: AsyncSession, *, merchant_id: str, api_key: str, pepper: str) -> bool:
     digest = hash_api_key(api_key, pepper)
     async with session.begin():
-        result = await session.execute(keys.delete().where(keys.c.key_hash == digest,
-                                                           keys.c.merchant_id == merchant_id))
+        result = await session.execute(
+            keys.delete().where(keys.c.key_hash == digest, keys.c.merchant_id == merchant_id)
+        )
         if result.rowcount:
             await _publish_merchant(session, merchant_id)
     return bool(result.rowcount)

@@ -32,7 +32,8 @@ messaging = MessagingTables.on(metadata)
 # Each merchant's rules in force (JSON bodies of the domain models), one row, version bumped by
 # every save. No row: the defaults (service_layer.rules.LoyaltyRules()).
 rules = Table(
-    "loyalty_rules", metadata,
+    "loyalty_rules",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("version", Integer, nullable=False),
     Column("earn_rules", Text, nullable=False),
@@ -45,7 +46,8 @@ rules = Table(
 # One row per customer: the three sums of the points ledger (Σ entries.points / pending / debt),
 # the member level and its review clock, and the row every points change locks.
 accounts = Table(
-    "accounts", metadata,
+    "accounts",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("balance", BigInteger, nullable=False, server_default=text("0")),
@@ -68,7 +70,8 @@ accounts = Table(
 # Points that became available together and expire together (a matured order, a bonus, a
 # positive adjustment). Emptied lots stay (remaining 0) so a restore can reopen them.
 lots = Table(
-    "lots", metadata,
+    "lots",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("lot_id", String(160), primary_key=True),
@@ -85,7 +88,8 @@ lots = Table(
 # that (event_id, kind, lot_id) is unique on both databases: a replayed operation fails on the
 # constraint instead of counting twice.
 entries = Table(
-    "entries", metadata,
+    "entries",
+    metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("merchant_id", String(128), nullable=False),
     Column("customer_id", String(128), nullable=False),
@@ -110,7 +114,8 @@ entries = Table(
 # The growth in a member's window is Σ (growth - growth_removed) of the orders paid in it, plus
 # the growth of the bonuses awarded in it (bonus_awards).
 order_points = Table(
-    "order_points", metadata,
+    "order_points",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("order_id", String(128), primary_key=True),
     Column("customer_id", String(128), nullable=False),
@@ -129,7 +134,8 @@ order_points = Table(
 
 # Points earned per customer and local day (gross, after the cap): the daily cap's memory.
 daily_earned = Table(
-    "daily_earned", metadata,
+    "daily_earned",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("day", String(10), primary_key=True),  # YYYY-MM-DD on the merchant's calendar
@@ -139,7 +145,8 @@ daily_earned = Table(
 # Each once-only bonus awarded (domain.earning.once_key): first order, birthday month per year,
 # sign-in per day, review per order.
 bonus_awards = Table(
-    "bonus_awards", metadata,
+    "bonus_awards",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("once_key", String(160), primary_key=True),
@@ -152,7 +159,8 @@ bonus_awards = Table(
 
 # What the shop tells of a customer that loyalty uses (the birthday, for the birthday bonus).
 profiles = Table(
-    "profiles", metadata,
+    "profiles",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("birthday", String(10), nullable=True),  # YYYY-MM-DD or MM-DD
@@ -162,7 +170,8 @@ profiles = Table(
 # A cash offset at checkout: the points taken for an order (one per order), and how many came
 # back (order cancelled or refunded).
 offsets = Table(
-    "offsets", metadata,
+    "offsets",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("order_id", String(128), primary_key=True),
     Column("customer_id", String(128), nullable=False),
@@ -176,7 +185,8 @@ offsets = Table(
 # The points mall. `body` is domain.redemption.MallItem as JSON; `redeemed` counts what was
 # taken from the stock, raised atomically (redeemed + q <= stock).
 mall_items = Table(
-    "mall_items", metadata,
+    "mall_items",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("item_id", String(128), primary_key=True),
     Column("body", Text, nullable=False),
@@ -188,7 +198,8 @@ mall_items = Table(
 )
 
 mall_redemptions = Table(
-    "mall_redemptions", metadata,
+    "mall_redemptions",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("redemption_id", String(64), primary_key=True),
     Column("customer_id", String(128), nullable=False),
@@ -203,7 +214,8 @@ mall_redemptions = Table(
 # ---------------------------------------------------------------- stored value (储值)
 
 sv_plans = Table(
-    "sv_plans", metadata,
+    "sv_plans",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("plan_id", String(128), primary_key=True),
     Column("name", String(128), nullable=False),
@@ -215,7 +227,8 @@ sv_plans = Table(
 )
 
 sv_accounts = Table(
-    "sv_accounts", metadata,
+    "sv_accounts",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("paid_fen", BigInteger, nullable=False),
@@ -227,7 +240,8 @@ sv_accounts = Table(
 )
 
 sv_entries = Table(
-    "sv_entries", metadata,
+    "sv_entries",
+    metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("merchant_id", String(128), nullable=False),
     Column("customer_id", String(128), nullable=False),
@@ -243,7 +257,8 @@ sv_entries = Table(
 
 # A top-up: pending until the payment is confirmed (by the merchant's backend), then credited.
 sv_top_ups = Table(
-    "sv_top_ups", metadata,
+    "sv_top_ups",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("top_up_id", String(64), primary_key=True),
     Column("customer_id", String(128), nullable=False),
@@ -262,7 +277,8 @@ sv_top_ups = Table(
 
 # A stored-value payment of an order (one per order), and how much of it was refunded.
 sv_spends = Table(
-    "sv_spends", metadata,
+    "sv_spends",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("order_id", String(128), primary_key=True),
     Column("customer_id", String(128), nullable=False),

@@ -194,4 +194,3 @@ def add_months(moment: datetime, months: int, tz: tzinfo | str) -> datetime:
     month += 1
     day = min(local.day, calendar.monthrange(year, month)[1])
     return datetime.combine(date(year, month, day), local.timetz().replace(tzinfo=None), tzinfo=tzi)
-

@@ -101,7 +101,8 @@ class Bonus(Strict):
 class EarnRules(Strict):
     rate: EarnRate = Field(default_factory=EarnRate)
     level_multipliers: dict[Slug, StrictInt] = Field(
-        default_factory=dict, description="Per level code, per mille: 1500 = 1.5× points.")
+        default_factory=dict, description="Per level code, per mille: 1500 = 1.5× points."
+    )
     bonuses: list[Bonus] = Field(default_factory=list)
     daily_cap: PositivePoints | None = Field(default=None, description="Most points per local day; null = none.")
     return_window_days: StrictInt = Field(default=7, description=f"0..{MAX_RETURN_WINDOW_DAYS} days pending.")
@@ -173,8 +174,7 @@ def apply_cap(rules: EarnRules, points: int, earned_today: int) -> Earned:
     return Earned(min(points, room), max(0, points - room))
 
 
-def points_for_order(rules: EarnRules, amount_fen: int, *, level: str | None = None,
-                     earned_today: int = 0) -> Earned:
+def points_for_order(rules: EarnRules, amount_fen: int, *, level: str | None = None, earned_today: int = 0) -> Earned:
     """Points for a paid order of ``amount_fen`` (what the customer paid, after discounts and
     points offsets, without shipping if the merchant says so: the service decides the base),
     at the customer's ``level``, capped by what is left of the day's cap."""
@@ -217,8 +217,16 @@ class BonusAward:
         return f"bonus:{self.once_key}"
 
 
-def bonus_points(rules: EarnRules, event: BonusEvent | str, *, at: datetime, tz: tzinfo | str,
-                 earned_today: int = 0, birthday: date | None = None, ref: str | None = None) -> BonusAward | None:
+def bonus_points(
+    rules: EarnRules,
+    event: BonusEvent | str,
+    *,
+    at: datetime,
+    tz: tzinfo | str,
+    earned_today: int = 0,
+    birthday: date | None = None,
+    ref: str | None = None,
+) -> BonusAward | None:
     """The bonus for ``event`` at ``at``, within the daily cap; None when the merchant gives no
     such bonus, or a birthday-month bonus outside the customer's birthday month (or with no
     birthday on file). A capped-to-zero award is still returned (``points`` 0)."""

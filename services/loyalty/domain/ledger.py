@@ -325,14 +325,25 @@ class _Book:
         for lot in self.lots:
             if lot.expired(at):
                 assert lot.expires_at is not None
-                self.entries.append(Entry(Kind.EXPIRE, f"expire:{lot.lot_id}", lot.expires_at,
-                                          points=-lot.remaining, lot_id=lot.lot_id))
+                self.entries.append(
+                    Entry(Kind.EXPIRE, f"expire:{lot.lot_id}", lot.expires_at, points=-lot.remaining, lot_id=lot.lot_id)
+                )
             else:
                 keep.append(lot)
         self.lots = keep
 
-    def take(self, points: int, kind: Kind, event_id: str, at: datetime, *, repays_debt: bool = False,
-             order_id: str | None = None, reason: str | None = None, operator: str | None = None) -> int:
+    def take(
+        self,
+        points: int,
+        kind: Kind,
+        event_id: str,
+        at: datetime,
+        *,
+        repays_debt: bool = False,
+        order_id: str | None = None,
+        reason: str | None = None,
+        operator: str | None = None,
+    ) -> int:
         """Take up to ``points`` from the lots, first in first out, one entry per lot touched."""
         left = points
         keep = []
@@ -340,8 +351,19 @@ class _Book:
             if left and lot.remaining:
                 n = min(left, lot.remaining)
                 left -= n
-                self.entries.append(Entry(kind, event_id, at, points=-n, debt=-n if repays_debt else 0,
-                                          lot_id=lot.lot_id, order_id=order_id, reason=reason, operator=operator))
+                self.entries.append(
+                    Entry(
+                        kind,
+                        event_id,
+                        at,
+                        points=-n,
+                        debt=-n if repays_debt else 0,
+                        lot_id=lot.lot_id,
+                        order_id=order_id,
+                        reason=reason,
+                        operator=operator,
+                    )
+                )
                 lot = replace(lot, remaining=lot.remaining - n)
             if lot.remaining:
                 keep.append(lot)
@@ -354,8 +376,14 @@ class _Book:
     def recover(self, earned: int, event_id: str, at: datetime) -> None:
         """Repay debt from an earning of ``earned`` points: at most that much, taken FIFO."""
         if self.debt:
-            self.take(min(self.debt, earned, self.balance), Kind.RECOVER, event_id, at, repays_debt=True,
-                      reason="repays points clawed back earlier")
+            self.take(
+                min(self.debt, earned, self.balance),
+                Kind.RECOVER,
+                event_id,
+                at,
+                repays_debt=True,
+                reason="repays points clawed back earlier",
+            )
 
     def post(self, *, order: OrderPoints | None = None) -> Posting:
         return Posting(Account(tuple(self.lots), self.debt), tuple(self.entries), order)
@@ -365,16 +393,27 @@ def _points(name: str, value: object) -> int:
     return amount(name, value, unit="points")
 
 
-def _credit_lot(book: _Book, lot_id: str, points: int, available_at: datetime, rules: LedgerRules,
-                tz: tzinfo | str) -> None:
+def _credit_lot(
+    book: _Book, lot_id: str, points: int, available_at: datetime, rules: LedgerRules, tz: tzinfo | str
+) -> None:
     book.add_lot(Lot(lot_id, available_at, lot_expiry(rules.expiry, available_at, tz), points, points))
 
 
 # --- operations ---------------------------------------------------------------------------------
 
 
-def post_order(account: Account, *, order_id: str, paid_fen: int, points: int, event_id: str, at: datetime,
-               matures_at: datetime, rules: LedgerRules, tz: tzinfo | str) -> Posting:
+def post_order(
+    account: Account,
+    *,
+    order_id: str,
+    paid_fen: int,
+    points: int,
+    event_id: str,
+    at: datetime,
+    matures_at: datetime,
+    rules: LedgerRules,
+    tz: tzinfo | str,
+) -> Posting:
     """An order was paid and earned ``points`` (``earning.points_for_order``): they are pending
     until ``matures_at`` (``earning.matures_at``). A window already closed matures them at once.
     A zero-point order still gets its record (so its refunds are understood) but no entry."""
@@ -406,15 +445,32 @@ def mature(account: Account, order: OrderPoints, *, at: datetime, rules: LedgerR
     if points:
         cause = f"mature:{order.order_id}"
         _credit_lot(book, cause, points, order.matures_at, rules, tz)
-        book.entries.append(Entry(Kind.EARN_AVAILABLE, cause, order.matures_at, points=points, pending=-points,
-                                  lot_id=cause, order_id=order.order_id))
+        book.entries.append(
+            Entry(
+                Kind.EARN_AVAILABLE,
+                cause,
+                order.matures_at,
+                points=points,
+                pending=-points,
+                lot_id=cause,
+                order_id=order.order_id,
+            )
+        )
         book.expire_due(at)
         book.recover(points, cause, order.matures_at)
     return book.post(order=done)
 
 
-def credit(account: Account, points: int, *, event_id: str, at: datetime, rules: LedgerRules,
-           tz: tzinfo | str, reason: str | None = None) -> Posting:
+def credit(
+    account: Account,
+    points: int,
+    *,
+    event_id: str,
+    at: datetime,
+    rules: LedgerRules,
+    tz: tzinfo | str,
+    reason: str | None = None,
+) -> Posting:
     """Points available at once (a bonus: ``earning.bonus_points``), as a new lot named
     ``event_id``; debt is repaid from it first."""
     require_aware("at", at)
@@ -427,8 +483,16 @@ def credit(account: Account, points: int, *, event_id: str, at: datetime, rules:
     return book.post()
 
 
-def refund(account: Account, order: OrderPoints, refund_fen: int, *, event_id: str, at: datetime,
-           rules: LedgerRules, tz: tzinfo | str) -> Posting:
+def refund(
+    account: Account,
+    order: OrderPoints,
+    refund_fen: int,
+    *,
+    event_id: str,
+    at: datetime,
+    rules: LedgerRules,
+    tz: tzinfo | str,
+) -> Posting:
     """``refund_fen`` of the order was refunded. Inside the window the order's pending points
     are cancelled in proportion; at or after ``matures_at`` they are matured (if the sweep has not
     yet) and clawed back from the balance, first in first out; a shortfall follows the debt policy.
@@ -436,10 +500,12 @@ def refund(account: Account, order: OrderPoints, refund_fen: int, *, event_id: s
     require_aware("at", at)
     amount("refund_fen", refund_fen, unit="fen")
     if order.refunded_fen + refund_fen > order.paid_fen:
-        raise LoyaltyError(Code.REFUND_EXCEEDS,
-                           f"refunding {yuan(refund_fen)} would bring order {order.order_id}'s refunds to "
-                           f"{yuan(order.refunded_fen + refund_fen)}, more than the {yuan(order.paid_fen)} paid",
-                           field="refund_fen")
+        raise LoyaltyError(
+            Code.REFUND_EXCEEDS,
+            f"refunding {yuan(refund_fen)} would bring order {order.order_id}'s refunds to "
+            f"{yuan(order.refunded_fen + refund_fen)}, more than the {yuan(order.paid_fen)} paid",
+            field="refund_fen",
+        )
     entries: tuple[Entry, ...] = ()
     if not order.matured and at >= order.matures_at:
         matured = mature(account, order, at=at, rules=rules, tz=tz)
@@ -458,17 +524,40 @@ def refund(account: Account, order: OrderPoints, refund_fen: int, *, event_id: s
     shortfall = points - taken
     if shortfall:
         book.debt += shortfall
-        book.entries.append(Entry(Kind.CLAWBACK, event_id, at, debt=shortfall, order_id=order.order_id,
-                                  reason=f"shortfall: the balance covered {taken} of {points} points"))
+        book.entries.append(
+            Entry(
+                Kind.CLAWBACK,
+                event_id,
+                at,
+                debt=shortfall,
+                order_id=order.order_id,
+                reason=f"shortfall: the balance covered {taken} of {points} points",
+            )
+        )
         if rules.debt_policy == DebtPolicy.WRITE_OFF:
             book.debt -= shortfall
-            book.entries.append(Entry(Kind.WRITE_OFF, event_id, at, debt=-shortfall, order_id=order.order_id,
-                                      reason="clawback shortfall written off by policy"))
+            book.entries.append(
+                Entry(
+                    Kind.WRITE_OFF,
+                    event_id,
+                    at,
+                    debt=-shortfall,
+                    order_id=order.order_id,
+                    reason="clawback shortfall written off by policy",
+                )
+            )
     return book.post(order=after)
 
 
-def redeem(account: Account, points: int, *, event_id: str, at: datetime, order_id: str | None = None,
-           reason: str | None = None) -> Posting:
+def redeem(
+    account: Account,
+    points: int,
+    *,
+    event_id: str,
+    at: datetime,
+    order_id: str | None = None,
+    reason: str | None = None,
+) -> Posting:
     """Spend ``points`` (a checkout offset, a mall item), first in first out. More than the
     spendable balance at ``at`` is ``insufficient_points`` (409); nothing is taken then."""
     require_aware("at", at)
@@ -476,15 +565,25 @@ def redeem(account: Account, points: int, *, event_id: str, at: datetime, order_
     book = _Book(account)
     book.expire_due(at)
     if points > book.balance:
-        raise LoyaltyError(Code.INSUFFICIENT_POINTS,
-                           f"redeeming {points} points needs more than the {book.balance} points available",
-                           field="points")
+        raise LoyaltyError(
+            Code.INSUFFICIENT_POINTS,
+            f"redeeming {points} points needs more than the {book.balance} points available",
+            field="points",
+        )
     book.take(points, Kind.REDEEM, event_id, at, order_id=order_id, reason=reason)
     return book.post()
 
 
-def restore(account: Account, redeemed: Sequence[Entry], *, event_id: str, at: datetime,
-            points: int | None = None, already_restored: int = 0, lots: Iterable[Lot] = ()) -> Posting:
+def restore(
+    account: Account,
+    redeemed: Sequence[Entry],
+    *,
+    event_id: str,
+    at: datetime,
+    points: int | None = None,
+    already_restored: int = 0,
+    lots: Iterable[Lot] = (),
+) -> Posting:
     """Give back a redemption (its ``redeem`` entries): all of it, or ``points`` of it, onto the
     lots it came from, the last-taken (latest-expiring) first; ``already_restored`` is what
     earlier calls gave back. Lots that were emptied meanwhile are reopened from their records
@@ -498,9 +597,11 @@ def restore(account: Account, redeemed: Sequence[Entry], *, event_id: str, at: d
     left = total - amount("already_restored", already_restored, unit="points", allow_zero=True)
     want = left if points is None else _points("points", points)
     if want > left or left <= 0:
-        raise LoyaltyError(Code.REFUND_EXCEEDS,
-                           f"restoring {want} points exceeds the {max(left, 0)} left of a {total}-point redemption",
-                           field="points")
+        raise LoyaltyError(
+            Code.REFUND_EXCEEDS,
+            f"restoring {want} points exceeds the {max(left, 0)} left of a {total}-point redemption",
+            field="points",
+        )
     records = {lot.lot_id: lot for lot in lots}
     book = _Book(account)
     skip = already_restored
@@ -520,8 +621,9 @@ def restore(account: Account, redeemed: Sequence[Entry], *, event_id: str, at: d
             lot = replace(records[entry.lot_id], remaining=0)
         book.entries.append(Entry(Kind.RESTORE, event_id, at, points=n, lot_id=lot.lot_id, order_id=entry.order_id))
         if lot.expired(at):
-            book.entries.append(Entry(Kind.EXPIRE, event_id, at, points=-n, lot_id=lot.lot_id,
-                                      reason="restored after its lot expired"))
+            book.entries.append(
+                Entry(Kind.EXPIRE, event_id, at, points=-n, lot_id=lot.lot_id, reason="restored after its lot expired")
+            )
             continue
         book.lots = [x for x in book.lots if x.lot_id != lot.lot_id]
         if lot.remaining + n > lot.points:
@@ -539,8 +641,17 @@ def expire(account: Account, *, at: datetime) -> Posting:
     return book.post()
 
 
-def adjust(account: Account, points: int, *, reason: str, operator: str, event_id: str, at: datetime,
-           rules: LedgerRules, tz: tzinfo | str) -> Posting:
+def adjust(
+    account: Account,
+    points: int,
+    *,
+    reason: str,
+    operator: str,
+    event_id: str,
+    at: datetime,
+    rules: LedgerRules,
+    tz: tzinfo | str,
+) -> Posting:
     """A manual adjustment, audited by ``reason`` and ``operator``. Positive: a new lot named
     ``event_id`` (debt is not repaid from it: the operator gives what they mean to give).
     Negative: taken first in first out, never more than the spendable balance
@@ -548,8 +659,9 @@ def adjust(account: Account, points: int, *, reason: str, operator: str, event_i
     ``reason_required`` (422)."""
     require_aware("at", at)
     if isinstance(points, bool) or not isinstance(points, int) or points == 0:
-        raise LoyaltyError(Code.INVALID_AMOUNT, f"points must be a non-zero whole number, got {points!r}",
-                           field="points")
+        raise LoyaltyError(
+            Code.INVALID_AMOUNT, f"points must be a non-zero whole number, got {points!r}", field="points"
+        )
     for name, text in (("reason", reason), ("operator", operator)):
         if not isinstance(text, str) or not text.strip():
             raise LoyaltyError(Code.REASON_REQUIRED, f"a manual adjustment needs a {name}", field=name)
@@ -557,13 +669,16 @@ def adjust(account: Account, points: int, *, reason: str, operator: str, event_i
     book.expire_due(at)
     if points > 0:
         _credit_lot(book, event_id, points, at, rules, tz)
-        book.entries.append(Entry(Kind.ADJUST, event_id, at, points=points, lot_id=event_id, reason=reason,
-                                  operator=operator))
+        book.entries.append(
+            Entry(Kind.ADJUST, event_id, at, points=points, lot_id=event_id, reason=reason, operator=operator)
+        )
         return book.post()
     if -points > book.balance:
-        raise LoyaltyError(Code.INSUFFICIENT_POINTS,
-                           f"taking {-points} points needs more than the {book.balance} points available",
-                           field="points")
+        raise LoyaltyError(
+            Code.INSUFFICIENT_POINTS,
+            f"taking {-points} points needs more than the {book.balance} points available",
+            field="points",
+        )
     book.take(-points, Kind.ADJUST, event_id, at, reason=reason, operator=operator)
     return book.post()
 
@@ -643,8 +758,14 @@ class Reconciliation:
         return not self.differences
 
 
-def reconcile(entries: Iterable[Entry], lots: Iterable[Lot], *, debt: int | None = None,
-              orders: Iterable[OrderPoints] | None = None, balance: int | None = None) -> Reconciliation:
+def reconcile(
+    entries: Iterable[Entry],
+    lots: Iterable[Lot],
+    *,
+    debt: int | None = None,
+    orders: Iterable[OrderPoints] | None = None,
+    balance: int | None = None,
+) -> Reconciliation:
     """Prove the ledger: Σ entry.points = Σ lot.remaining (``balance_vs_lots``), per lot
     (``lot``), no balance change without a lot (``unlotted``), neither sum below zero
     (``negative_balance``, ``negative_pending``, ``negative_debt``), and, when given, the stored
@@ -669,8 +790,11 @@ def reconcile(entries: Iterable[Entry], lots: Iterable[Lot], *, debt: int | None
     for lot_id in sorted(per_lot.keys() | remaining.keys()):
         if per_lot.get(lot_id, 0) != remaining.get(lot_id, 0):
             found.append(Difference("lot", per_lot.get(lot_id, 0), remaining.get(lot_id, 0), lot_id))
-    for check, value in (("negative_balance", sums.balance), ("negative_pending", sums.pending),
-                         ("negative_debt", sums.debt)):
+    for check, value in (
+        ("negative_balance", sums.balance),
+        ("negative_pending", sums.pending),
+        ("negative_debt", sums.debt),
+    ):
         if value < 0:
             found.append(Difference(check, value, 0))
     if debt is not None and debt != sums.debt:

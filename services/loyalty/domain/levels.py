@@ -106,8 +106,9 @@ class Level(Strict):
     code: Slug
     name: Label
     threshold: StrictInt = Field(description="Growth in the window that reaches this level.")
-    keep_threshold: StrictInt | None = Field(default=None, description="Growth in the window that keeps it at a "
-                                                                       "review; default the threshold.")
+    keep_threshold: StrictInt | None = Field(
+        default=None, description="Growth in the window that keeps it at a review; default the threshold."
+    )
     benefits: Benefits = Field(default_factory=Benefits)
 
     @field_validator("threshold", "keep_threshold")
@@ -120,8 +121,10 @@ class Level(Strict):
     @model_validator(mode="after")
     def _keep_at_most_reach(self) -> Level:
         if self.keep_threshold is not None and self.keep_threshold > self.threshold:
-            raise ValueError(f"level {self.code!r}: keep_threshold {self.keep_threshold} is above its threshold "
-                             f"{self.threshold}: a member who just reached it would lose it at the next review")
+            raise ValueError(
+                f"level {self.code!r}: keep_threshold {self.keep_threshold} is above its threshold "
+                f"{self.threshold}: a member who just reached it would lose it at the next review"
+            )
         return self
 
     @property
@@ -166,8 +169,10 @@ class ReviewPolicy(Strict):
     def _grace_within_the_period(self) -> ReviewPolicy:
         shortest = self.every_months * 28
         if not 0 <= self.grace_days < shortest:
-            raise ValueError(f"grace_days must be 0..{shortest - 1}, shorter than the {self.every_months}-month "
-                             f"review period, got {self.grace_days}")
+            raise ValueError(
+                f"grace_days must be 0..{shortest - 1}, shorter than the {self.every_months}-month "
+                f"review period, got {self.grace_days}"
+            )
         return self
 
 
@@ -182,16 +187,21 @@ class LevelRules(Strict):
     @classmethod
     def _a_ladder(cls, v: list[Level]) -> list[Level]:
         if v[0].threshold != 0:
-            raise ValueError(f"the first level {v[0].code!r} must have threshold 0 so every member has a level, "
-                             f"got {v[0].threshold}")
+            raise ValueError(
+                f"the first level {v[0].code!r} must have threshold 0 so every member has a level, got {v[0].threshold}"
+            )
         codes: set[str] = set()
         for lower, upper in itertools.pairwise(v):
             if upper.threshold <= lower.threshold:
-                raise ValueError(f"thresholds must rise: {upper.code!r} ({upper.threshold}) is not above "
-                                 f"{lower.code!r} ({lower.threshold})")
+                raise ValueError(
+                    f"thresholds must rise: {upper.code!r} ({upper.threshold}) is not above "
+                    f"{lower.code!r} ({lower.threshold})"
+                )
             if upper.keep < lower.keep:
-                raise ValueError(f"keep thresholds must not fall up the ladder: {upper.code!r} keeps at "
-                                 f"{upper.keep}, below {lower.code!r} at {lower.keep}")
+                raise ValueError(
+                    f"keep thresholds must not fall up the ladder: {upper.code!r} keeps at "
+                    f"{upper.keep}, below {lower.code!r} at {lower.keep}"
+                )
         for level in v:
             if level.code in codes:
                 raise ValueError(f"levels lists the code {level.code!r} twice")
@@ -244,8 +254,9 @@ def growth_to_remove(growth: int, paid_fen: int, refunded_before_fen: int, refun
     amount("refund_fen", refund_fen, unit="fen")
     after = refunded_before_fen + refund_fen
     if after > paid_fen:
-        raise LoyaltyError(Code.REFUND_EXCEEDS, f"refunds would total {after} fen, more than the {paid_fen} paid",
-                           field="refund_fen")
+        raise LoyaltyError(
+            Code.REFUND_EXCEEDS, f"refunds would total {after} fen, more than the {paid_fen} paid", field="refund_fen"
+        )
     return removed_on_refund(growth, paid_fen, after) - removed_on_refund(growth, paid_fen, refunded_before_fen)
 
 
@@ -312,8 +323,9 @@ def next_review_at(rules: LevelRules, last_review: datetime, tz: tzinfo | str) -
     return add_months(last_review, rules.review.every_months, tz)
 
 
-def review(rules: LevelRules, current: str, growth_in_window: int, *, now: datetime, last_review: datetime,
-           tz: tzinfo | str) -> Review:
+def review(
+    rules: LevelRules, current: str, growth_in_window: int, *, now: datetime, last_review: datetime, tz: tzinfo | str
+) -> Review:
     """The periodic review of a member at ``current`` with ``growth_in_window`` (as of ``now``).
     See ``Review`` for the outcomes; a review never upgrades (``on_growth`` does that)."""
     require_aware("now", now)
@@ -337,8 +349,9 @@ def review(rules: LevelRules, current: str, growth_in_window: int, *, now: datet
     downgrade_at = review_at + timedelta(days=rules.review.grace_days)
     if now < downgrade_at:
         return Review("warn", current, downgrade_at, review_at, target, downgrade_at)
-    return Review("downgrade", target, following, review_at, target, downgrade_at,
-                  LevelChange(current, target, "downgrade"))
+    return Review(
+        "downgrade", target, following, review_at, target, downgrade_at, LevelChange(current, target, "downgrade")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,24 +121,32 @@ def offset_for_points(rules: OffsetRules, points: int, *, order_fen: int, balanc
         return Offset()
     unit_points, unit_fen = rules.unit
     if points % unit_points:
-        raise LoyaltyError(Code.INVALID_AMOUNT,
-                           f"points are used in steps of {unit_points} ({yuan(unit_fen)} each); {points} is not "
-                           "a whole number of steps", field="points")
+        raise LoyaltyError(
+            Code.INVALID_AMOUNT,
+            f"points are used in steps of {unit_points} ({yuan(unit_fen)} each); {points} is not "
+            "a whole number of steps",
+            field="points",
+        )
     if points < rules.min_points:
-        raise LoyaltyError(Code.BELOW_MINIMUM, f"at least {rules.min_points} points per order, got {points}",
-                           field="points")
+        raise LoyaltyError(
+            Code.BELOW_MINIMUM, f"at least {rules.min_points} points per order, got {points}", field="points"
+        )
     if points > balance:
-        raise LoyaltyError(Code.INSUFFICIENT_POINTS, f"using {points} points needs more than the {balance} available",
-                           field="points")
+        raise LoyaltyError(
+            Code.INSUFFICIENT_POINTS, f"using {points} points needs more than the {balance} available", field="points"
+        )
     fen = points // unit_points * unit_fen
     cap = cap_fen(rules, order_fen)
     if fen > cap:
         most = cap // unit_fen * unit_points
-        raise LoyaltyError(Code.EXCEEDS_CAP,
-                           f"{points} points would take {yuan(fen)} off, above the {yuan(cap)} cap "
-                           f"({rules.max_share_percent}% of {yuan(order_fen)}"
-                           + (f", at most {yuan(rules.max_fen_per_order)} per order" if rules.max_fen_per_order
-                              else "") + f"); use at most {most} points", field="points")
+        raise LoyaltyError(
+            Code.EXCEEDS_CAP,
+            f"{points} points would take {yuan(fen)} off, above the {yuan(cap)} cap "
+            f"({rules.max_share_percent}% of {yuan(order_fen)}"
+            + (f", at most {yuan(rules.max_fen_per_order)} per order" if rules.max_fen_per_order else "")
+            + f"); use at most {most} points",
+            field="points",
+        )
     return Offset(points, fen)
 
 
@@ -238,8 +246,16 @@ class MallRedemption:
     reward: CouponReward | GiftReward
 
 
-def redeem_item(catalogue: Catalogue, item_id: str, *, balance: int, now: datetime, quantity: int = 1,
-                stock_left: int | None = None, redeemed_before: int = 0) -> MallRedemption:
+def redeem_item(
+    catalogue: Catalogue,
+    item_id: str,
+    *,
+    balance: int,
+    now: datetime,
+    quantity: int = 1,
+    stock_left: int | None = None,
+    redeemed_before: int = 0,
+) -> MallRedemption:
     """Check a mall redemption. ``stock_left`` is the live stock (default: the item's configured
     ``stock``); ``redeemed_before`` is how many of the item the customer already has."""
     require_aware("now", now)
@@ -253,16 +269,22 @@ def redeem_item(catalogue: Catalogue, item_id: str, *, balance: int, now: dateti
     amount("balance", balance, unit="points", allow_zero=True)
     limit = item.per_customer_limit
     if limit is not None and redeemed_before + quantity > limit:
-        raise LoyaltyError(Code.LIMIT_REACHED, f"item {item_id!r} is limited to {limit} per customer; you have "
-                                               f"{redeemed_before}, so {max(0, limit - redeemed_before)} more at most",
-                           field="quantity")
+        raise LoyaltyError(
+            Code.LIMIT_REACHED,
+            f"item {item_id!r} is limited to {limit} per customer; you have "
+            f"{redeemed_before}, so {max(0, limit - redeemed_before)} more at most",
+            field="quantity",
+        )
     left = item.stock if stock_left is None else stock_left
     if left is not None and quantity > left:
-        raise LoyaltyError(Code.OUT_OF_STOCK, f"item {item_id!r} has {max(0, left)} left, {quantity} asked",
-                           field="item_id")
+        raise LoyaltyError(
+            Code.OUT_OF_STOCK, f"item {item_id!r} has {max(0, left)} left, {quantity} asked", field="item_id"
+        )
     points = item.points * quantity
     if points > balance:
-        raise LoyaltyError(Code.INSUFFICIENT_POINTS,
-                           f"{quantity} × {item_id!r} costs {points} points, more than the {balance} available",
-                           field="points")
+        raise LoyaltyError(
+            Code.INSUFFICIENT_POINTS,
+            f"{quantity} × {item_id!r} costs {points} points, more than the {balance} available",
+            field="points",
+        )
     return MallRedemption(item_id, quantity, points, item.reward)

@@ -65,8 +65,10 @@ class TopUpPlan(Strict):
     @model_validator(mode="after")
     def _bonus_at_most_the_payment(self) -> TopUpPlan:
         if self.bonus_fen > self.pay_fen:
-            raise ValueError(f"bonus_fen {self.bonus_fen} ({yuan(self.bonus_fen)}) is above pay_fen {self.pay_fen} "
-                             f"({yuan(self.pay_fen)}): a bonus above 100% of the payment is almost surely a typo")
+            raise ValueError(
+                f"bonus_fen {self.bonus_fen} ({yuan(self.bonus_fen)}) is above pay_fen {self.pay_fen} "
+                f"({yuan(self.pay_fen)}): a bonus above 100% of the payment is almost surely a typo"
+            )
         return self
 
 
@@ -82,8 +84,10 @@ class TopUpPlans(Strict):
             if plan.plan_id in ids:
                 raise ValueError(f"plans lists plan_id {plan.plan_id!r} twice")
             if plan.pay_fen in pays:
-                raise ValueError(f"two plans ask the same pay_fen {plan.pay_fen} ({yuan(plan.pay_fen)}): "
-                                 "a customer could not tell which bonus they get")
+                raise ValueError(
+                    f"two plans ask the same pay_fen {plan.pay_fen} ({yuan(plan.pay_fen)}): "
+                    "a customer could not tell which bonus they get"
+                )
             ids.add(plan.plan_id)
             pays.add(plan.pay_fen)
         return v
@@ -187,8 +191,9 @@ def _apply(balance: Balance, paid: int, bonus: int) -> Balance:
     return Balance(balance.paid_fen + paid, balance.bonus_fen + bonus)
 
 
-def top_up(balance: Balance, pay_fen: int, bonus_fen: int = 0, *, top_up_id: str, event_id: str,
-           at: datetime) -> SvPosting[TopUp]:
+def top_up(
+    balance: Balance, pay_fen: int, bonus_fen: int = 0, *, top_up_id: str, event_id: str, at: datetime
+) -> SvPosting[TopUp]:
     """A paid top-up: ``pay_fen`` to the paid balance, ``bonus_fen`` (a plan's) to the bonus."""
     require_aware("at", at)
     amount("pay_fen", pay_fen, unit="fen")
@@ -203,24 +208,29 @@ def spend(balance: Balance, amount_fen: int, *, spend_id: str, event_id: str, at
     require_aware("at", at)
     amount("amount_fen", amount_fen, unit="fen")
     if amount_fen > balance.total_fen:
-        raise LoyaltyError(Code.INSUFFICIENT_BALANCE,
-                           f"paying {yuan(amount_fen)} needs more than the {yuan(balance.total_fen)} stored value "
-                           f"({yuan(balance.paid_fen)} paid + {yuan(balance.bonus_fen)} bonus)", field="amount_fen")
+        raise LoyaltyError(
+            Code.INSUFFICIENT_BALANCE,
+            f"paying {yuan(amount_fen)} needs more than the {yuan(balance.total_fen)} stored value "
+            f"({yuan(balance.paid_fen)} paid + {yuan(balance.bonus_fen)} bonus)",
+            field="amount_fen",
+        )
     paid, bonus = split_spend(balance.paid_fen, balance.bonus_fen, amount_fen)
     entry = SvEntry(SvKind.SPEND, event_id, at, -paid, -bonus, spend_id)
     return SvPosting(_apply(balance, -paid, -bonus), entry, Spend(spend_id, paid, bonus))
 
 
-def refund_spend(balance: Balance, spent: Spend, amount_fen: int, *, event_id: str,
-                 at: datetime) -> SvPosting[Spend]:
+def refund_spend(balance: Balance, spent: Spend, amount_fen: int, *, event_id: str, at: datetime) -> SvPosting[Spend]:
     """Give back ``amount_fen`` of a spend, in the spend's own split (cumulative)."""
     require_aware("at", at)
     amount("amount_fen", amount_fen, unit="fen")
     after = spent.refunded_fen + amount_fen
     if after > spent.amount_fen:
-        raise LoyaltyError(Code.REFUND_EXCEEDS,
-                           f"refunding {yuan(amount_fen)} would bring spend {spent.spend_id}'s refunds to "
-                           f"{yuan(after)}, more than the {yuan(spent.amount_fen)} spent", field="amount_fen")
+        raise LoyaltyError(
+            Code.REFUND_EXCEEDS,
+            f"refunding {yuan(amount_fen)} would bring spend {spent.spend_id}'s refunds to "
+            f"{yuan(after)}, more than the {yuan(spent.amount_fen)} spent",
+            field="amount_fen",
+        )
     paid_before, bonus_before = spent.restored(spent.refunded_fen)
     paid_after, bonus_after = spent.restored(after)
     paid, bonus = paid_after - paid_before, bonus_after - bonus_before
@@ -233,24 +243,30 @@ def refundable(balance: Balance, topped: TopUp) -> int:
     return max(0, min(topped.pay_fen - topped.refunded_fen, balance.paid_fen))
 
 
-def refund_top_up(balance: Balance, topped: TopUp, *, event_id: str, at: datetime,
-                  amount_fen: int | None = None) -> SvPosting[TopUp]:
+def refund_top_up(
+    balance: Balance, topped: TopUp, *, event_id: str, at: datetime, amount_fen: int | None = None
+) -> SvPosting[TopUp]:
     """Pay back a top-up's unspent paid money (all that is ``refundable``, or ``amount_fen`` of
     it) and forfeit its bonus in proportion (see the module docstring)."""
     require_aware("at", at)
     can = refundable(balance, topped)
     if amount_fen is None:
         if not can:
-            raise LoyaltyError(Code.NOTHING_TO_REFUND,
-                               f"top-up {topped.top_up_id} has nothing left to refund: its money was spent or "
-                               "refunded already", field="top_up_id")
+            raise LoyaltyError(
+                Code.NOTHING_TO_REFUND,
+                f"top-up {topped.top_up_id} has nothing left to refund: its money was spent or refunded already",
+                field="top_up_id",
+            )
         paid = can
     else:
         paid = amount("amount_fen", amount_fen, unit="fen")
         if paid > can:
-            raise LoyaltyError(Code.REFUND_EXCEEDS,
-                               f"refunding {yuan(paid)} of top-up {topped.top_up_id} exceeds the {yuan(can)} "
-                               "of it that is unspent and unrefunded", field="amount_fen")
+            raise LoyaltyError(
+                Code.REFUND_EXCEEDS,
+                f"refunding {yuan(paid)} of top-up {topped.top_up_id} exceeds the {yuan(can)} "
+                "of it that is unspent and unrefunded",
+                field="amount_fen",
+            )
     refunded = topped.refunded_fen + paid
     owed = ceil_div(topped.bonus_fen * refunded, topped.pay_fen) - topped.forfeited_fen
     bonus = max(0, min(owed, balance.bonus_fen))

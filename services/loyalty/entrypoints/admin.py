@@ -39,7 +39,8 @@ from services.loyalty.entrypoints.common import (
     stored_value_view,
     top_up_view,
 )
-from services.loyalty.service_layer import catalogue, reads, rules as rules_svc, spending, stored_value
+from services.loyalty.service_layer import catalogue, reads, spending, stored_value
+from services.loyalty.service_layer import rules as rules_svc
 from services.loyalty.service_layer.rules import LoyaltyRules, in_force
 from shared.events import Id
 from shared.web import ApiError
@@ -69,8 +70,7 @@ version. New rules apply to what happens from now on: points already earned keep
 members keep their level until their next earning or review."""
 
 
-@router.put("/v1/loyalty/rules", response_model=RulesView, summary="Replace the loyalty rules",
-            description=RULES_DOC)
+@router.put("/v1/loyalty/rules", response_model=RulesView, summary="Replace the loyalty rules", description=RULES_DOC)
 async def put_rules(body: LoyaltyRules, request: Request, merchant: AdminMerchant, session: Session) -> RulesView:
     async with session.begin():
         version = await rules_svc.save(session, merchant.merchant_id, body)
@@ -102,22 +102,41 @@ taken first in first out, never more than the balance (409 `insufficient_points`
 the operator are kept on every entry (see the customer's history and reconciliation)."""
 
 
-@router.post("/v1/loyalty/adjustments", response_model=AdjustmentView, status_code=201, description=ADJUST_DOC,
-             summary="Adjust a customer's points by hand (audited)",
-             responses={409: {"description": "insufficient_points, already_applied"},
-                        422: {"description": "invalid_amount (0), reason_required"}})
-async def adjust(body: AdjustmentRequest, request: Request, merchant: AdminMerchant, session: Session
-                 ) -> AdjustmentView:
+@router.post(
+    "/v1/loyalty/adjustments",
+    response_model=AdjustmentView,
+    status_code=201,
+    description=ADJUST_DOC,
+    summary="Adjust a customer's points by hand (audited)",
+    responses={
+        409: {"description": "insufficient_points, already_applied"},
+        422: {"description": "invalid_amount (0), reason_required"},
+    },
+)
+async def adjust(
+    body: AdjustmentRequest, request: Request, merchant: AdminMerchant, session: Session
+) -> AdjustmentView:
     with answering():
         async with session.begin():
             rules = await in_force(session, merchant.merchant_id)
-            done = await spending.adjust(session, rules, body.customer_id, points=body.points, reason=body.reason,
-                                         operator=body.operator, adjustment_id=body.adjustment_id, now=now())
+            done = await spending.adjust(
+                session,
+                rules,
+                body.customer_id,
+                points=body.points,
+                reason=body.reason,
+                operator=body.operator,
+                adjustment_id=body.adjustment_id,
+                now=now(),
+            )
     committed(request)
-    return AdjustmentView(adjustment_id=done.adjustment_id, customer_id=body.customer_id, points=done.points,
-                          balance=done.balance,
-                          entries=[{"kind": e.kind.value, "points": e.points, "lot_id": e.lot_id}
-                                   for e in done.entries])
+    return AdjustmentView(
+        adjustment_id=done.adjustment_id,
+        customer_id=body.customer_id,
+        points=done.points,
+        balance=done.balance,
+        entries=[{"kind": e.kind.value, "points": e.points, "lot_id": e.lot_id} for e in done.entries],
+    )
 
 
 class WriteOffRequest(BaseModel):
@@ -130,21 +149,27 @@ class WriteOffView(BaseModel):
     forgiven: int = Field(description="Points of debt forgiven (0: there was none).")
 
 
-@router.post("/v1/loyalty/customers/{customer_id}/debt/write-off", response_model=WriteOffView,
-             summary="Forgive a customer's points debt (audited)")
-async def write_off(customer_id: CustomerId, body: WriteOffRequest, merchant: AdminMerchant, session: Session
-                    ) -> WriteOffView:
+@router.post(
+    "/v1/loyalty/customers/{customer_id}/debt/write-off",
+    response_model=WriteOffView,
+    summary="Forgive a customer's points debt (audited)",
+)
+async def write_off(
+    customer_id: CustomerId, body: WriteOffRequest, merchant: AdminMerchant, session: Session
+) -> WriteOffView:
     async with session.begin():
         rules = await in_force(session, merchant.merchant_id)
-        forgiven = await spending.write_off_debt(session, rules, customer_id, reason=body.reason,
-                                                 operator=body.operator, now=now())
+        forgiven = await spending.write_off_debt(
+            session, rules, customer_id, reason=body.reason, operator=body.operator, now=now()
+        )
     return WriteOffView(customer_id=customer_id, forgiven=forgiven)
 
 
 class BonusRequest(BaseModel):
     customer_id: Id
-    event: Literal["sign_in", "review"] = Field(description="The action (first-order and birthday-month bonuses "
-                                                            "come from order.paid).")
+    event: Literal["sign_in", "review"] = Field(
+        description="The action (first-order and birthday-month bonuses come from order.paid)."
+    )
     ref: Id | None = Field(None, description="review: the reviewed order's id (one review bonus per order).")
     occurred_at: AwareDatetime | None = Field(None, description="When it happened (default now): decides the day.")
     event_id: Id | None = Field(None, description="Your id of the action, kept as the cause.")
@@ -155,16 +180,27 @@ awarded once per once-key (sign-in per local day, review per order); a second re
 `awarded: false`. Growth (成长值) from the action counts as well when the merchant's levels give it."""
 
 
-@router.post("/v1/loyalty/bonuses", response_model=AwardView, description=BONUS_DOC,
-             summary="Report a sign-in or a review: its bonus, once")
+@router.post(
+    "/v1/loyalty/bonuses",
+    response_model=AwardView,
+    description=BONUS_DOC,
+    summary="Report a sign-in or a review: its bonus, once",
+)
 async def report_bonus(body: BonusRequest, request: Request, merchant: AdminMerchant, session: Session) -> AwardView:
     at = body.occurred_at or now()
     with answering():
         async with session.begin():
             rules = await in_force(session, merchant.merchant_id)
-            got = await spending.award(session, rules, body.customer_id, BonusEvent(body.event), at=at, ref=body.ref,
-                                       cause=body.event_id or f"{body.event}:{body.customer_id}:{at.isoformat()}",
-                                       now=now())
+            got = await spending.award(
+                session,
+                rules,
+                body.customer_id,
+                BonusEvent(body.event),
+                at=at,
+                ref=body.ref,
+                cause=body.event_id or f"{body.event}:{body.customer_id}:{at.isoformat()}",
+                now=now(),
+            )
     committed(request)
     if got is None:
         return AwardView(awarded=False, bonus=body.event, reason="already awarded, or the rules give no such bonus")
@@ -174,8 +210,11 @@ async def report_bonus(body: BonusRequest, request: Request, merchant: AdminMerc
 # ---------------------------------------------------------------- one customer
 
 
-@router.get("/v1/loyalty/customers/{customer_id}/points", response_model=PointsView,
-            summary="A customer's points, as the customer sees them")
+@router.get(
+    "/v1/loyalty/customers/{customer_id}/points",
+    response_model=PointsView,
+    summary="A customer's points, as the customer sees them",
+)
 async def customer_points(customer_id: CustomerId, merchant: AdminMerchant, session: Session) -> PointsView:
     rules = await in_force(session, merchant.merchant_id)
     summary = await reads.summary(session, rules, customer_id, now())
@@ -183,20 +222,30 @@ async def customer_points(customer_id: CustomerId, merchant: AdminMerchant, sess
     return points_view(customer_id, summary, names)
 
 
-@router.get("/v1/loyalty/customers/{customer_id}/points/history", response_model=OperatorHistoryView,
-            summary="A customer's points history, newest first, with operators")
-async def customer_history(customer_id: CustomerId, merchant: AdminMerchant, session: Session,
-                           limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                           before: Annotated[int | None, Query(ge=1)] = None) -> OperatorHistoryView:
+@router.get(
+    "/v1/loyalty/customers/{customer_id}/points/history",
+    response_model=OperatorHistoryView,
+    summary="A customer's points history, newest first, with operators",
+)
+async def customer_history(
+    customer_id: CustomerId,
+    merchant: AdminMerchant,
+    session: Session,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> OperatorHistoryView:
     rows = await reads.history(session, merchant.merchant_id, customer_id, limit=limit, before=before)
-    return OperatorHistoryView(customer_id=customer_id,
-                               entries=[entry_view(r, OperatorEntryView) for r in rows],  # type: ignore[misc]
-                               next_before=rows[-1].id if len(rows) == limit else None)
+    return OperatorHistoryView(
+        customer_id=customer_id,
+        entries=[entry_view(r, OperatorEntryView) for r in rows],  # type: ignore[misc]
+        next_before=rows[-1].id if len(rows) == limit else None,
+    )
 
 
 class DifferenceView(BaseModel):
-    check: str = Field(description="balance_vs_lots, lot, unlotted, negative_*, debt, balance, pending, "
-                                   "order_pending, stored_pending")
+    check: str = Field(
+        description="balance_vs_lots, lot, unlotted, negative_*, debt, balance, pending, order_pending, stored_pending"
+    )
     entries: int = Field(description="What the entries say.")
     record: int = Field(description="What the record (lots, account, orders) says.")
     ref: str | None
@@ -217,27 +266,44 @@ class ReconciliationView(BaseModel):
     stored_value: dict[str, int]
 
 
-@router.get("/v1/loyalty/customers/{customer_id}/reconciliation", response_model=ReconciliationView,
-            summary="Prove a customer's ledger: balance == Σ entries == Σ lots")
+@router.get(
+    "/v1/loyalty/customers/{customer_id}/reconciliation",
+    response_model=ReconciliationView,
+    summary="Prove a customer's ledger: balance == Σ entries == Σ lots",
+)
 async def reconciliation(customer_id: CustomerId, merchant: AdminMerchant, session: Session) -> ReconciliationView:
     proof = await reads.reconcile(session, merchant.merchant_id, customer_id)
     sv = await stored_value.statement(session, merchant.merchant_id, customer_id, limit=0)
     t = proof.reconciliation.totals
     return ReconciliationView(
-        customer_id=customer_id, ok=proof.ok and sv.reconciliation.ok, balance=t.balance, pending=t.pending,
-        debt=t.debt, lots_remaining=proof.reconciliation.lots, stored=proof.stored, entries=proof.entries,
-        lots=proof.lots, differences=[DifferenceView(check=d.check, entries=d.entries, record=d.record, ref=d.ref)
-                                      for d in proof.differences],
+        customer_id=customer_id,
+        ok=proof.ok and sv.reconciliation.ok,
+        balance=t.balance,
+        pending=t.pending,
+        debt=t.debt,
+        lots_remaining=proof.reconciliation.lots,
+        stored=proof.stored,
+        entries=proof.entries,
+        lots=proof.lots,
+        differences=[
+            DifferenceView(check=d.check, entries=d.entries, record=d.record, ref=d.ref) for d in proof.differences
+        ],
         stored_value_ok=sv.reconciliation.ok,
-        stored_value={"paid_fen": sv.balance.paid_fen, "bonus_fen": sv.balance.bonus_fen,
-                      "entries_paid_fen": sv.reconciliation.entries[0],
-                      "entries_bonus_fen": sv.reconciliation.entries[1]})
+        stored_value={
+            "paid_fen": sv.balance.paid_fen,
+            "bonus_fen": sv.balance.bonus_fen,
+            "entries_paid_fen": sv.reconciliation.entries[0],
+            "entries_bonus_fen": sv.reconciliation.entries[1],
+        },
+    )
 
 
-@router.get("/v1/loyalty/customers/{customer_id}/stored-value", response_model=StoredValueView,
-            summary="A customer's stored value and its latest changes")
-async def customer_stored_value(customer_id: CustomerId, merchant: AdminMerchant, session: Session
-                                ) -> StoredValueView:
+@router.get(
+    "/v1/loyalty/customers/{customer_id}/stored-value",
+    response_model=StoredValueView,
+    summary="A customer's stored value and its latest changes",
+)
+async def customer_stored_value(customer_id: CustomerId, merchant: AdminMerchant, session: Session) -> StoredValueView:
     return stored_value_view(customer_id, await stored_value.statement(session, merchant.merchant_id, customer_id))
 
 
@@ -263,18 +329,28 @@ class LiabilityView(BaseModel):
     as_of: datetime
 
 
-@router.get("/v1/loyalty/reports/liability", response_model=LiabilityView,
-            summary="Points liability and the expiry forecast; stored value outstanding")
+@router.get(
+    "/v1/loyalty/reports/liability",
+    response_model=LiabilityView,
+    summary="Points liability and the expiry forecast; stored value outstanding",
+)
 async def liability(merchant: AdminMerchant, session: Session) -> LiabilityView:
     at = now()
     rules = await in_force(session, merchant.merchant_id)
     r = await reads.liability(session, rules, at)
-    return LiabilityView(customers=r.customers, points=r.points, pending=r.pending, debt=r.debt,
-                         points_value_fen=r.points_value_fen,
-                         expiry_forecast=[ExpiryMonth(month=m, points=n) for m, n in r.by_expiry_month],
-                         expired_unswept=r.expired_unswept, never_expire=r.never_expire,
-                         stored_value_paid_fen=r.stored_value_paid_fen, stored_value_bonus_fen=r.stored_value_bonus_fen,
-                         as_of=at)
+    return LiabilityView(
+        customers=r.customers,
+        points=r.points,
+        pending=r.pending,
+        debt=r.debt,
+        points_value_fen=r.points_value_fen,
+        expiry_forecast=[ExpiryMonth(month=m, points=n) for m, n in r.by_expiry_month],
+        expired_unswept=r.expired_unswept,
+        never_expire=r.never_expire,
+        stored_value_paid_fen=r.stored_value_paid_fen,
+        stored_value_bonus_fen=r.stored_value_bonus_fen,
+        as_of=at,
+    )
 
 
 # ---------------------------------------------------------------- the points mall
@@ -288,8 +364,13 @@ async def list_items(merchant: AdminMerchant, session: Session) -> list[MallItem
     return [item_view(i) for i in await catalogue.items(session, merchant.merchant_id)]
 
 
-@router.post("/v1/loyalty/mall/items", response_model=MallItemView, status_code=201, summary="Add a mall item",
-             responses={409: {"description": "item_exists"}})
+@router.post(
+    "/v1/loyalty/mall/items",
+    response_model=MallItemView,
+    status_code=201,
+    summary="Add a mall item",
+    responses={409: {"description": "item_exists"}},
+)
 async def create_item(body: MallItem, merchant: AdminMerchant, session: Session) -> MallItemView:
     with answering():
         async with session.begin():
@@ -304,12 +385,20 @@ async def get_item(item_id: ItemId, merchant: AdminMerchant, session: Session) -
     return item_view(found)
 
 
-@router.put("/v1/loyalty/mall/items/{item_id}", response_model=MallItemView, summary="Replace a mall item",
-            responses={404: {"description": "no such item"}, 409: {"description": "stock_below_redeemed"}})
+@router.put(
+    "/v1/loyalty/mall/items/{item_id}",
+    response_model=MallItemView,
+    summary="Replace a mall item",
+    responses={404: {"description": "no such item"}, 409: {"description": "stock_below_redeemed"}},
+)
 async def put_item(item_id: ItemId, body: MallItem, merchant: AdminMerchant, session: Session) -> MallItemView:
     if body.item_id != item_id:
-        raise ApiError(422, "validation_error", f"body.item_id {body.item_id!r} is not the path's {item_id!r}",
-                       field="body.item_id")
+        raise ApiError(
+            422,
+            "validation_error",
+            f"body.item_id {body.item_id!r} is not the path's {item_id!r}",
+            field="body.item_id",
+        )
     with answering(path=("item_id",)):
         async with session.begin():
             return item_view(await catalogue.replace(session, merchant.merchant_id, body, now()))
@@ -341,25 +430,36 @@ def _plan(body: PlanRequest) -> TopUpPlan:
     return TopUpPlan(plan_id=body.plan_id, name=body.name, pay_fen=body.pay_fen, bonus_fen=body.bonus_fen)
 
 
-@router.post("/v1/loyalty/stored-value/plans", response_model=PlanView, status_code=201,
-             summary="Add a top-up plan (充500送50)", responses={409: {"description": "plan_exists"}})
+@router.post(
+    "/v1/loyalty/stored-value/plans",
+    response_model=PlanView,
+    status_code=201,
+    summary="Add a top-up plan (充500送50)",
+    responses={409: {"description": "plan_exists"}},
+)
 async def create_plan(body: PlanRequest, merchant: AdminMerchant, session: Session) -> PlanView:
     with answering():
         async with session.begin():
-            await stored_value.save_plan(session, merchant.merchant_id, _plan(body), active=body.active, create=True,
-                                         now=now())
+            await stored_value.save_plan(
+                session, merchant.merchant_id, _plan(body), active=body.active, create=True, now=now()
+            )
     return plan_view(_plan(body), body.active)
 
 
 @router.put("/v1/loyalty/stored-value/plans/{plan_id}", response_model=PlanView, summary="Replace a top-up plan")
 async def put_plan(plan_id: PlanId, body: PlanRequest, merchant: AdminMerchant, session: Session) -> PlanView:
     if body.plan_id != plan_id:
-        raise ApiError(422, "validation_error", f"body.plan_id {body.plan_id!r} is not the path's {plan_id!r}",
-                       field="body.plan_id")
+        raise ApiError(
+            422,
+            "validation_error",
+            f"body.plan_id {body.plan_id!r} is not the path's {plan_id!r}",
+            field="body.plan_id",
+        )
     with answering(path=("plan_id",)):
         async with session.begin():
-            await stored_value.save_plan(session, merchant.merchant_id, _plan(body), active=body.active, create=False,
-                                         now=now())
+            await stored_value.save_plan(
+                session, merchant.merchant_id, _plan(body), active=body.active, create=False, now=now()
+            )
     return plan_view(_plan(body), body.active)
 
 
@@ -387,16 +487,27 @@ class AdminTopUpRequest(BaseModel):
         return self
 
 
-@router.post("/v1/loyalty/stored-value/top-ups", response_model=TopUpView, status_code=201,
-             summary="Credit a paid top-up (the shop's backend, on its payment notification)",
-             responses={404: {"description": "unknown_plan"}, 409: {"description": "payment_ref_used"}})
-async def admin_top_up(body: AdminTopUpRequest, request: Request, response: Response, merchant: AdminMerchant,
-                       session: Session) -> TopUpView:
+@router.post(
+    "/v1/loyalty/stored-value/top-ups",
+    response_model=TopUpView,
+    status_code=201,
+    summary="Credit a paid top-up (the shop's backend, on its payment notification)",
+    responses={404: {"description": "unknown_plan"}, 409: {"description": "payment_ref_used"}},
+)
+async def admin_top_up(
+    body: AdminTopUpRequest, request: Request, response: Response, merchant: AdminMerchant, session: Session
+) -> TopUpView:
     with answering():
         async with session.begin():
-            view, new = await stored_value.request_top_up(session, merchant.merchant_id, body.customer_id,
-                                                          plan_id=body.plan_id, pay_fen=body.pay_fen,
-                                                          payment_ref=body.payment_ref, now=now())
+            view, new = await stored_value.request_top_up(
+                session,
+                merchant.merchant_id,
+                body.customer_id,
+                plan_id=body.plan_id,
+                pay_fen=body.pay_fen,
+                payment_ref=body.payment_ref,
+                now=now(),
+            )
             view = await stored_value.confirm_top_up(session, merchant.merchant_id, view.top_up_id, now())
     if not new:
         response.status_code = 200
@@ -407,8 +518,11 @@ async def admin_top_up(body: AdminTopUpRequest, request: Request, response: Resp
 TopUpId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
-@router.post("/v1/loyalty/stored-value/top-ups/{top_up_id}/confirm", response_model=TopUpView,
-             summary="Confirm a customer's pending top-up: its payment arrived (idempotent)")
+@router.post(
+    "/v1/loyalty/stored-value/top-ups/{top_up_id}/confirm",
+    response_model=TopUpView,
+    summary="Confirm a customer's pending top-up: its payment arrived (idempotent)",
+)
 async def confirm(top_up_id: TopUpId, request: Request, merchant: AdminMerchant, session: Session) -> TopUpView:
     with answering(path=("top_up_id",)):
         async with session.begin():
@@ -422,15 +536,25 @@ class TopUpRefundRequest(BaseModel):
     amount_fen: PositiveFen | None = Field(None, description="Default: all of the top-up that is unspent.")
 
 
-@router.post("/v1/loyalty/stored-value/top-ups/{top_up_id}/refunds", response_model=TopUpView,
-             summary="Refund a top-up's unspent paid money (its bonus is forfeited in proportion)",
-             responses={409: {"description": "nothing_to_refund, refund_exceeds"}})
-async def refund_top_up(top_up_id: TopUpId, body: TopUpRefundRequest, request: Request, merchant: AdminMerchant,
-                        session: Session) -> TopUpView:
+@router.post(
+    "/v1/loyalty/stored-value/top-ups/{top_up_id}/refunds",
+    response_model=TopUpView,
+    summary="Refund a top-up's unspent paid money (its bonus is forfeited in proportion)",
+    responses={409: {"description": "nothing_to_refund, refund_exceeds"}},
+)
+async def refund_top_up(
+    top_up_id: TopUpId, body: TopUpRefundRequest, request: Request, merchant: AdminMerchant, session: Session
+) -> TopUpView:
     with answering(path=("top_up_id",)):
         async with session.begin():
-            view = await stored_value.refund_top_up(session, merchant.merchant_id, top_up_id,
-                                                    refund_id=body.refund_id, amount_fen=body.amount_fen, now=now())
+            view = await stored_value.refund_top_up(
+                session,
+                merchant.merchant_id,
+                top_up_id,
+                refund_id=body.refund_id,
+                amount_fen=body.amount_fen,
+                now=now(),
+            )
     committed(request)
     return top_up_view(view)
 
@@ -452,20 +576,37 @@ class SpendView(BaseModel):
 
 
 def _spend_view(v: stored_value.SpendView) -> SpendView:
-    return SpendView(order_id=v.order_id, customer_id=v.customer_id, paid_fen=v.paid_fen, bonus_fen=v.bonus_fen,
-                     refunded_fen=v.refunded_fen, balance_paid_fen=v.balance.paid_fen,
-                     balance_bonus_fen=v.balance.bonus_fen)
+    return SpendView(
+        order_id=v.order_id,
+        customer_id=v.customer_id,
+        paid_fen=v.paid_fen,
+        bonus_fen=v.bonus_fen,
+        refunded_fen=v.refunded_fen,
+        balance_paid_fen=v.balance.paid_fen,
+        balance_bonus_fen=v.balance.bonus_fen,
+    )
 
 
-@router.post("/v1/loyalty/stored-value/spends", response_model=SpendView, status_code=201,
-             summary="Pay (part of) an order from stored value",
-             responses={409: {"description": "insufficient_balance, spend_exists"}})
-async def spend(body: SpendRequest, request: Request, response: Response, merchant: AdminMerchant, session: Session
-                ) -> SpendView:
+@router.post(
+    "/v1/loyalty/stored-value/spends",
+    response_model=SpendView,
+    status_code=201,
+    summary="Pay (part of) an order from stored value",
+    responses={409: {"description": "insufficient_balance, spend_exists"}},
+)
+async def spend(
+    body: SpendRequest, request: Request, response: Response, merchant: AdminMerchant, session: Session
+) -> SpendView:
     with answering():
         async with session.begin():
-            v = await stored_value.spend(session, merchant.merchant_id, body.customer_id, order_id=body.order_id,
-                                         amount_fen=body.amount_fen, now=now())
+            v = await stored_value.spend(
+                session,
+                merchant.merchant_id,
+                body.customer_id,
+                order_id=body.order_id,
+                amount_fen=body.amount_fen,
+                now=now(),
+            )
     if v.replayed:
         response.status_code = 200
     committed(request)
@@ -477,16 +618,23 @@ class SpendRefundRequest(BaseModel):
     amount_fen: PositiveFen
 
 
-@router.post("/v1/loyalty/stored-value/spends/{order_id}/refunds", response_model=SpendView,
-             summary="Give back (part of) an order's stored-value payment, in its paid/bonus split",
-             responses={404: {"description": "no stored-value payment of the order"},
-                        409: {"description": "refund_exceeds"}})
-async def refund_spend(order_id: Annotated[Id, Path()], body: SpendRefundRequest, request: Request,
-                       merchant: AdminMerchant, session: Session) -> SpendView:
+@router.post(
+    "/v1/loyalty/stored-value/spends/{order_id}/refunds",
+    response_model=SpendView,
+    summary="Give back (part of) an order's stored-value payment, in its paid/bonus split",
+    responses={404: {"description": "no stored-value payment of the order"}, 409: {"description": "refund_exceeds"}},
+)
+async def refund_spend(
+    order_id: Annotated[Id, Path()],
+    body: SpendRefundRequest,
+    request: Request,
+    merchant: AdminMerchant,
+    session: Session,
+) -> SpendView:
     with answering(path=("order_id",)):
         async with session.begin():
-            v = await stored_value.refund_spend(session, merchant.merchant_id, order_id, refund_id=body.refund_id,
-                                                amount_fen=body.amount_fen, now=now())
+            v = await stored_value.refund_spend(
+                session, merchant.merchant_id, order_id, refund_id=body.refund_id, amount_fen=body.amount_fen, now=now()
+            )
     committed(request)
     return _spend_view(v)
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -17,6 +17,7 @@ from services.loyalty.domain.common import MAX_FEN, MAX_POINTS, LoyaltyError
 from services.loyalty.service_layer import reads
 from services.loyalty.service_layer.rules import RulesCache
 from services.loyalty.service_layer.spending import Conflict
+from shared import clock
 from shared.tenancy import Customer, Merchant
 from shared.web import ApiError, customer_dependency, merchant_dependency, runtime_of, session_dependency
 
@@ -34,7 +35,7 @@ Text = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return clock.now()
 
 
 class Reads:
@@ -116,8 +117,10 @@ class PointsView(BaseModel):
     customer_id: str
     balance: int = Field(description="Points available now.")
     pending: int = Field(description="Points of orders inside their return window.")
-    debt: int = Field(description="Points clawed back after a refund that the balance could not cover; "
-                                  "recovered from the next earnings.")
+    debt: int = Field(
+        description="Points clawed back after a refund that the balance could not cover; "
+        "recovered from the next earnings."
+    )
     expiring: list[ExpiringView] = Field(description="Points expiring within `expiring_within_days`, soonest first.")
     expiring_within_days: int
     level: LevelBrief | None = Field(description="null: the merchant has no member levels.")
@@ -125,37 +128,61 @@ class PointsView(BaseModel):
 
 
 def progress_view(p: Any) -> ProgressView:
-    return ProgressView(growth=p.growth, next_level=LevelBrief(code=p.next.code, name=p.next.name) if p.next else None,
-                        needed=p.needed, permille=p.permille, keep_needed=p.keep_needed)
+    return ProgressView(
+        growth=p.growth,
+        next_level=LevelBrief(code=p.next.code, name=p.next.name) if p.next else None,
+        needed=p.needed,
+        permille=p.permille,
+        keep_needed=p.keep_needed,
+    )
 
 
 def points_json(customer_id: str, s: reads.Summary, rules: Any) -> dict[str, Any]:
     """What ``points_view(...).model_dump(mode="json")`` gives, built directly."""
     names = {lv.code: lv.name for lv in rules.levels.levels} if rules.levels is not None else {}
     p = s.progress
-    return {"customer_id": customer_id, "balance": s.balance, "pending": s.pending, "debt": s.debt,
-            "expiring": [{"expires_at": x.expires_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
-                          "points": x.points} for x in s.expiring],
-            "expiring_within_days": s.expiring_within_days,
-            "level": {"code": s.level, "name": names.get(s.level, s.level)} if s.level is not None else None,
-            "progress": None if p is None else {
-                "growth": p.growth, "next_level": {"code": p.next.code, "name": p.next.name} if p.next else None,
-                "needed": p.needed, "permille": p.permille, "keep_needed": p.keep_needed}}
+    return {
+        "customer_id": customer_id,
+        "balance": s.balance,
+        "pending": s.pending,
+        "debt": s.debt,
+        "expiring": [
+            {"expires_at": x.expires_at.astimezone(UTC).isoformat().replace("+00:00", "Z"), "points": x.points}
+            for x in s.expiring
+        ],
+        "expiring_within_days": s.expiring_within_days,
+        "level": {"code": s.level, "name": names.get(s.level, s.level)} if s.level is not None else None,
+        "progress": None
+        if p is None
+        else {
+            "growth": p.growth,
+            "next_level": {"code": p.next.code, "name": p.next.name} if p.next else None,
+            "needed": p.needed,
+            "permille": p.permille,
+            "keep_needed": p.keep_needed,
+        },
+    }
 
 
 def points_view(customer_id: str, s: reads.Summary, names: dict[str, str]) -> PointsView:
     return PointsView(
-        customer_id=customer_id, balance=s.balance, pending=s.pending, debt=s.debt,
+        customer_id=customer_id,
+        balance=s.balance,
+        pending=s.pending,
+        debt=s.debt,
         expiring=[ExpiringView(expires_at=x.expires_at, points=x.points) for x in s.expiring],
         expiring_within_days=s.expiring_within_days,
         level=LevelBrief(code=s.level, name=names.get(s.level, s.level)) if s.level is not None else None,
-        progress=progress_view(s.progress) if s.progress is not None else None)
+        progress=progress_view(s.progress) if s.progress is not None else None,
+    )
 
 
 class EntryView(BaseModel):
     id: int
-    kind: str = Field(description="earn_pending, earn_available, cancel, clawback, recover, write_off, redeem, "
-                                  "restore, expire or adjust")
+    kind: str = Field(
+        description="earn_pending, earn_available, cancel, clawback, recover, write_off, redeem, "
+        "restore, expire or adjust"
+    )
     points: int = Field(description="Change to the available balance.")
     pending: int = Field(description="Change to the pending points.")
     debt: int = Field(description="Change to the debt.")
@@ -182,8 +209,19 @@ class OperatorHistoryView(HistoryView):
 
 def entry_view(r: Any, cls: type[EntryView] = EntryView) -> EntryView:
     extra = {"operator": r.operator} if cls is OperatorEntryView else {}
-    return cls(id=r.id, kind=r.kind, points=r.points, pending=r.pending, debt=r.debt, cause=r.event_id,
-               lot_id=r.lot_id or None, order_id=r.order_id, reason=r.reason, occurred_at=r.occurred_at, **extra)
+    return cls(
+        id=r.id,
+        kind=r.kind,
+        points=r.points,
+        pending=r.pending,
+        debt=r.debt,
+        cause=r.event_id,
+        lot_id=r.lot_id or None,
+        order_id=r.order_id,
+        reason=r.reason,
+        occurred_at=r.occurred_at,
+        **extra,
+    )
 
 
 class MallItemView(BaseModel):
@@ -201,9 +239,18 @@ class MallItemView(BaseModel):
 
 def item_view(found: Any) -> MallItemView:
     i = found.item
-    return MallItemView(item_id=i.item_id, name=i.name, points=i.points, reward=i.reward.model_dump(), stock=i.stock,
-                        stock_left=found.stock_left, per_customer_limit=i.per_customer_limit, active=i.active,
-                        available_from=i.available_from, available_until=i.available_until)
+    return MallItemView(
+        item_id=i.item_id,
+        name=i.name,
+        points=i.points,
+        reward=i.reward.model_dump(),
+        stock=i.stock,
+        stock_left=found.stock_left,
+        per_customer_limit=i.per_customer_limit,
+        active=i.active,
+        available_from=i.available_from,
+        available_until=i.available_until,
+    )
 
 
 class SvEntryView(BaseModel):
@@ -224,10 +271,18 @@ class StoredValueView(BaseModel):
 
 
 def stored_value_view(customer_id: str, st: Any) -> StoredValueView:
-    return StoredValueView(customer_id=customer_id, paid_fen=st.balance.paid_fen, bonus_fen=st.balance.bonus_fen,
-                           total_fen=st.balance.total_fen,
-                           entries=[SvEntryView(id=r.id, kind=r.kind, paid_fen=r.paid_fen, bonus_fen=r.bonus_fen,
-                                                ref=r.ref, occurred_at=r.occurred_at) for r in st.entries])
+    return StoredValueView(
+        customer_id=customer_id,
+        paid_fen=st.balance.paid_fen,
+        bonus_fen=st.balance.bonus_fen,
+        total_fen=st.balance.total_fen,
+        entries=[
+            SvEntryView(
+                id=r.id, kind=r.kind, paid_fen=r.paid_fen, bonus_fen=r.bonus_fen, ref=r.ref, occurred_at=r.occurred_at
+            )
+            for r in st.entries
+        ],
+    )
 
 
 class TopUpView(BaseModel):
@@ -245,9 +300,19 @@ class TopUpView(BaseModel):
 
 
 def top_up_view(t: Any) -> TopUpView:
-    return TopUpView(top_up_id=t.top_up_id, customer_id=t.customer_id, plan_id=t.plan_id, payment_ref=t.payment_ref,
-                     pay_fen=t.pay_fen, bonus_fen=t.bonus_fen, status=t.status, refunded_fen=t.refunded_fen,
-                     forfeited_fen=t.forfeited_fen, created_at=t.created_at, confirmed_at=t.confirmed_at)
+    return TopUpView(
+        top_up_id=t.top_up_id,
+        customer_id=t.customer_id,
+        plan_id=t.plan_id,
+        payment_ref=t.payment_ref,
+        pay_fen=t.pay_fen,
+        bonus_fen=t.bonus_fen,
+        status=t.status,
+        refunded_fen=t.refunded_fen,
+        forfeited_fen=t.forfeited_fen,
+        created_at=t.created_at,
+        confirmed_at=t.confirmed_at,
+    )
 
 
 class PlanView(BaseModel):
@@ -259,8 +324,7 @@ class PlanView(BaseModel):
 
 
 def plan_view(plan: Any, active: bool) -> PlanView:
-    return PlanView(plan_id=plan.plan_id, name=plan.name, pay_fen=plan.pay_fen, bonus_fen=plan.bonus_fen,
-                    active=active)
+    return PlanView(plan_id=plan.plan_id, name=plan.name, pay_fen=plan.pay_fen, bonus_fen=plan.bonus_fen, active=active)
 
 
 class AwardView(BaseModel):

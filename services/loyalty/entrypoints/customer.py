@@ -14,8 +14,6 @@ from sqlalchemy import select
 
 from services.loyalty.adapters.tables import accounts
 from services.loyalty.domain.common import BonusEvent
-from services.loyalty.service_layer import catalogue, reads, spending, stored_value
-from services.loyalty.service_layer.rules import in_force
 from services.loyalty.entrypoints.common import (
     SERVICE,
     AwardView,
@@ -24,6 +22,7 @@ from services.loyalty.entrypoints.common import (
     LevelBrief,
     MallItemView,
     MeCustomer,
+    PlanView,
     Points,
     PointsView,
     ProgressView,
@@ -31,7 +30,6 @@ from services.loyalty.entrypoints.common import (
     StoredValueView,
     Text,
     TopUpView,
-    PlanView,
     answering,
     committed,
     entry_view,
@@ -44,6 +42,8 @@ from services.loyalty.entrypoints.common import (
     stored_value_view,
     top_up_view,
 )
+from services.loyalty.service_layer import catalogue, reads, spending, stored_value
+from services.loyalty.service_layer.rules import in_force
 from shared.events import Id
 from shared.web import ApiError, runtime_of
 
@@ -62,42 +62,63 @@ async def my_points(request: Request, me: MeCustomer) -> Response:
 
 
 @router.get("/v1/me/points/history", response_model=HistoryView, summary="My points history, newest first")
-async def my_history(me: MeCustomer, session: Session,
-                     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                     before: Annotated[int | None, Query(ge=1, description="`next_before` of the last page.")] = None,
-                     ) -> HistoryView:
+async def my_history(
+    me: MeCustomer,
+    session: Session,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[int | None, Query(ge=1, description="`next_before` of the last page.")] = None,
+) -> HistoryView:
     rows = await reads.history(session, me.merchant_id, me.customer_id, limit=limit, before=before)
-    return HistoryView(customer_id=me.customer_id, entries=[entry_view(r) for r in rows],
-                       next_before=rows[-1].id if len(rows) == limit else None)
+    return HistoryView(
+        customer_id=me.customer_id,
+        entries=[entry_view(r) for r in rows],
+        next_before=rows[-1].id if len(rows) == limit else None,
+    )
 
 
 class LevelView(BaseModel):
     level: LevelBrief
-    benefits: dict[str, object] = Field(description="pay_percent, points_multiplier_permille, free_shipping, "
-                                                    "coupon_template_ids")
+    benefits: dict[str, object] = Field(
+        description="pay_percent, points_multiplier_permille, free_shipping, coupon_template_ids"
+    )
     progress: ProgressView
     window_months: int
     next_review_at: str | None = Field(description="When the level is next reviewed (null: nothing to review).")
-    downgrade_warning: bool = Field(description="The last review found the growth short: the level drops at "
-                                                "`next_review_at` unless the growth recovers.")
+    downgrade_warning: bool = Field(
+        description="The last review found the growth short: the level drops at "
+        "`next_review_at` unless the growth recovers."
+    )
 
 
-@router.get("/v1/me/level", response_model=LevelView, summary="My member level, its benefits, my progress",
-            responses={404: {"description": "the merchant has no member levels"}})
+@router.get(
+    "/v1/me/level",
+    response_model=LevelView,
+    summary="My member level, its benefits, my progress",
+    responses={404: {"description": "the merchant has no member levels"}},
+)
 async def my_level(me: MeCustomer, session: Session) -> LevelView:
     rules = await in_force(session, me.merchant_id)
     if rules.levels is None:
         raise ApiError(404, "no_levels", "this shop has no member levels")
     summary = await reads.summary(session, rules, me.customer_id, now())
     a = accounts.c
-    row = (await session.execute(select(a.next_review_at, a.warned_for).where(
-        a.merchant_id == me.merchant_id, a.customer_id == me.customer_id))).first()
+    row = (
+        await session.execute(
+            select(a.next_review_at, a.warned_for).where(
+                a.merchant_id == me.merchant_id, a.customer_id == me.customer_id
+            )
+        )
+    ).first()
     assert summary.level is not None and summary.progress is not None
     level = rules.levels.level(summary.level)
-    return LevelView(level=LevelBrief(code=level.code, name=level.name), benefits=level.benefits.model_dump(),
-                     progress=progress_view(summary.progress), window_months=rules.levels.window_months,
-                     next_review_at=row.next_review_at.isoformat() if row and row.next_review_at else None,
-                     downgrade_warning=bool(row and row.warned_for))
+    return LevelView(
+        level=LevelBrief(code=level.code, name=level.name),
+        benefits=level.benefits.model_dump(),
+        progress=progress_view(summary.progress),
+        window_months=rules.levels.window_months,
+        next_review_at=row.next_review_at.isoformat() if row and row.next_review_at else None,
+        downgrade_warning=bool(row and row.warned_for),
+    )
 
 
 # ---------------------------------------------------------------- checkout offset
@@ -122,16 +143,25 @@ class QuoteView(BaseModel):
     step_fen: int = Field(description="…each worth this many fen.")
 
 
-@router.post("/v1/me/points/offset/quote", response_model=QuoteView,
-             summary="How many points can pay for this order, and what they take off")
+@router.post(
+    "/v1/me/points/offset/quote",
+    response_model=QuoteView,
+    summary="How many points can pay for this order, and what they take off",
+)
 async def offset_quote(body: QuoteRequest, me: MeCustomer, session: Session) -> QuoteView:
     rules = await in_force(session, me.merchant_id)
     with answering():
-        q = await spending.quote(session, rules, me.customer_id, order_fen=body.order_fen, points=body.points,
-                                 now=now())
-    return QuoteView(balance=q.balance, cap_fen=q.cap_fen, max=OffsetAmount(points=q.max.points, fen=q.max.fen),
-                     asked=OffsetAmount(points=q.asked.points, fen=q.asked.fen) if q.asked else None,
-                     step_points=q.unit_points, step_fen=q.unit_fen)
+        q = await spending.quote(
+            session, rules, me.customer_id, order_fen=body.order_fen, points=body.points, now=now()
+        )
+    return QuoteView(
+        balance=q.balance,
+        cap_fen=q.cap_fen,
+        max=OffsetAmount(points=q.max.points, fen=q.max.fen),
+        asked=OffsetAmount(points=q.asked.points, fen=q.asked.fen) if q.asked else None,
+        step_points=q.unit_points,
+        step_fen=q.unit_fen,
+    )
 
 
 class OffsetRequest(BaseModel):
@@ -153,17 +183,32 @@ the order (an unpaid order the customer abandons included), or in proportion whe
 `order.refunded`."""
 
 
-@router.post("/v1/me/points/offset", response_model=OffsetView, status_code=201, description=OFFSET_DOC,
-             summary="Use points as cash at checkout",
-             responses={409: {"description": "insufficient_points, offset_exists, order_closed"},
-                        422: {"description": "exceeds_cap, below_minimum, invalid_amount"}})
-async def offset_redeem(body: OffsetRequest, request: Request, response: Response, me: MeCustomer,
-                        session: Session) -> OffsetView:
+@router.post(
+    "/v1/me/points/offset",
+    response_model=OffsetView,
+    status_code=201,
+    description=OFFSET_DOC,
+    summary="Use points as cash at checkout",
+    responses={
+        409: {"description": "insufficient_points, offset_exists, order_closed"},
+        422: {"description": "exceeds_cap, below_minimum, invalid_amount"},
+    },
+)
+async def offset_redeem(
+    body: OffsetRequest, request: Request, response: Response, me: MeCustomer, session: Session
+) -> OffsetView:
     with answering():
         async with session.begin():
             rules = await in_force(session, me.merchant_id)
-            done = await spending.redeem_offset(session, rules, me.customer_id, order_id=body.order_id,
-                                                order_fen=body.order_fen, points=body.points, now=now())
+            done = await spending.redeem_offset(
+                session,
+                rules,
+                me.customer_id,
+                order_id=body.order_id,
+                order_fen=body.order_fen,
+                points=body.points,
+                now=now(),
+            )
     if done.replayed:
         response.status_code = 200
     committed(request)
@@ -173,14 +218,21 @@ async def offset_redeem(body: OffsetRequest, request: Request, response: Respons
 # ---------------------------------------------------------------- bonuses
 
 
-@router.post("/v1/me/sign-in", response_model=AwardView,
-             summary="Daily sign-in (签到): the sign-in bonus, once a day")
+@router.post("/v1/me/sign-in", response_model=AwardView, summary="Daily sign-in (签到): the sign-in bonus, once a day")
 async def sign_in(request: Request, me: MeCustomer, session: Session) -> AwardView:
     at = now()
     async with session.begin():
         rules = await in_force(session, me.merchant_id)
-        got = await spending.award(session, rules, me.customer_id, BonusEvent.SIGN_IN, at=at, ref=None,
-                                   cause=f"sign_in:{me.customer_id}:{at.isoformat()}", now=at)
+        got = await spending.award(
+            session,
+            rules,
+            me.customer_id,
+            BonusEvent.SIGN_IN,
+            at=at,
+            ref=None,
+            cause=f"sign_in:{me.customer_id}:{at.isoformat()}",
+            now=at,
+        )
     committed(request)
     if got is None:
         return AwardView(awarded=False, bonus="sign_in", reason="already signed in today, or no sign-in bonus")
@@ -210,25 +262,40 @@ class MallRedemptionView(BaseModel):
     item_id: str
     quantity: int
     points: int
-    reward: dict[str, object] = Field(description='{"type": "coupon", "template_id": …}: the coupons service '
-                                                  'issues it on points.redeemed; {"type": "gift", "sku": …}: the '
-                                                  'shop ships it.')
+    reward: dict[str, object] = Field(
+        description='{"type": "coupon", "template_id": …}: the coupons service '
+        'issues it on points.redeemed; {"type": "gift", "sku": …}: the '
+        "shop ships it."
+    )
     balance: int
 
 
-@router.post("/v1/me/mall/redeem", response_model=MallRedemptionView, status_code=201,
-             summary="Redeem a points-mall item",
-             responses={404: {"description": "unknown_item"},
-                        409: {"description": "insufficient_points, out_of_stock, limit_reached, item_unavailable"}})
+@router.post(
+    "/v1/me/mall/redeem",
+    response_model=MallRedemptionView,
+    status_code=201,
+    summary="Redeem a points-mall item",
+    responses={
+        404: {"description": "unknown_item"},
+        409: {"description": "insufficient_points, out_of_stock, limit_reached, item_unavailable"},
+    },
+)
 async def mall_redeem(body: RedeemRequest, request: Request, me: MeCustomer, session: Session) -> MallRedemptionView:
     with answering():
         async with session.begin():
             rules = await in_force(session, me.merchant_id)
-            done = await spending.redeem_item(session, rules, me.customer_id, body.item_id, quantity=body.quantity,
-                                              now=now())
+            done = await spending.redeem_item(
+                session, rules, me.customer_id, body.item_id, quantity=body.quantity, now=now()
+            )
     committed(request)
-    return MallRedemptionView(redemption_id=done.redemption_id, item_id=done.item_id, quantity=done.quantity,
-                              points=done.points, reward=done.reward, balance=done.balance)
+    return MallRedemptionView(
+        redemption_id=done.redemption_id,
+        item_id=done.item_id,
+        quantity=done.quantity,
+        points=done.points,
+        reward=done.reward,
+        balance=done.balance,
+    )
 
 
 # ---------------------------------------------------------------- stored value
@@ -245,8 +312,9 @@ class PlansView(BaseModel):
 
 @router.get("/v1/stored-value/plans", response_model=PlansView, summary="Top-up plans on offer (充500送50)")
 async def offered_plans(me: MeCustomer, session: Session) -> PlansView:
-    return PlansView(plans=[plan_view(p, a) for p, a in await stored_value.plans(session, me.merchant_id,
-                                                                                   active_only=True)])
+    return PlansView(
+        plans=[plan_view(p, a) for p, a in await stored_value.plans(session, me.merchant_id, active_only=True)]
+    )
 
 
 class TopUpRequest(BaseModel):
@@ -259,15 +327,26 @@ notification, confirms it (`POST /v1/loyalty/stored-value/top-ups/{top_up_id}/co
 payment reference again answers the same top-up (200)."""
 
 
-@router.post("/v1/me/stored-value/top-up", response_model=TopUpView, status_code=201, description=TOP_UP_DOC,
-             summary="Start a top-up with a plan (credited when the shop confirms the payment)",
-             responses={404: {"description": "unknown_plan"}, 409: {"description": "payment_ref_used"}})
+@router.post(
+    "/v1/me/stored-value/top-up",
+    response_model=TopUpView,
+    status_code=201,
+    description=TOP_UP_DOC,
+    summary="Start a top-up with a plan (credited when the shop confirms the payment)",
+    responses={404: {"description": "unknown_plan"}, 409: {"description": "payment_ref_used"}},
+)
 async def top_up(body: TopUpRequest, response: Response, me: MeCustomer, session: Session) -> TopUpView:
     with answering():
         async with session.begin():
-            view, new = await stored_value.request_top_up(session, me.merchant_id, me.customer_id,
-                                                          plan_id=body.plan_id, pay_fen=None,
-                                                          payment_ref=body.payment_ref, now=now())
+            view, new = await stored_value.request_top_up(
+                session,
+                me.merchant_id,
+                me.customer_id,
+                plan_id=body.plan_id,
+                pay_fen=None,
+                payment_ref=body.payment_ref,
+                now=now(),
+            )
     if not new:
         response.status_code = 200
     return top_up_view(view)

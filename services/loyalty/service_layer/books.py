@@ -99,31 +99,56 @@ _A = accounts.c
 
 
 def _book(merchant_id: str, r: Any) -> Book:
-    return Book(merchant_id, r.customer_id, r.balance, r.pending, r.debt, r.level, r.level_since, r.last_review_at,
-                r.next_review_at, r.warned_for, r.first_paid_at, r.version)
+    return Book(
+        merchant_id,
+        r.customer_id,
+        r.balance,
+        r.pending,
+        r.debt,
+        r.level,
+        r.level_since,
+        r.last_review_at,
+        r.next_review_at,
+        r.warned_for,
+        r.first_paid_at,
+        r.version,
+    )
 
 
-async def lock(session: AsyncSession, merchant_id: str, customer_ids: Iterable[str], now: datetime, *,
-               create: bool = True, skip_locked: bool = False) -> dict[str, Book]:
+async def lock(
+    session: AsyncSession,
+    merchant_id: str,
+    customer_ids: Iterable[str],
+    now: datetime,
+    *,
+    create: bool = True,
+    skip_locked: bool = False,
+) -> dict[str, Book]:
     """Lock these customers' accounts (created when missing), in customer-id order."""
     ids = sorted(set(customer_ids))
     out: dict[str, Book] = {}
 
     async def select_locked(chunk: list[str]) -> None:
         rows = await session.execute(
-            select(accounts).where(_A.merchant_id == merchant_id, in_values(_A.customer_id, chunk))
-            .order_by(_A.customer_id).with_for_update(skip_locked=skip_locked))
+            select(accounts)
+            .where(_A.merchant_id == merchant_id, in_values(_A.customer_id, chunk))
+            .order_by(_A.customer_id)
+            .with_for_update(skip_locked=skip_locked)
+        )
         out.update((r.customer_id, _book(merchant_id, r)) for r in rows)
 
     for i in range(0, len(ids), CHUNK):
-        chunk = ids[i:i + CHUNK]
+        chunk = ids[i : i + CHUNK]
         await select_locked(chunk)
         missing = [cid for cid in chunk if cid not in out]
         if create and missing:  # new customers: their rows, then their locks
-            await bulk_insert(session, accounts,
-                              ["merchant_id", "customer_id", "balance", "pending", "debt", "version", "updated_at"],
-                              [(merchant_id, cid, 0, 0, 0, 0, now) for cid in missing],
-                              conflict=["merchant_id", "customer_id"])
+            await bulk_insert(
+                session,
+                accounts,
+                ["merchant_id", "customer_id", "balance", "pending", "debt", "version", "updated_at"],
+                [(merchant_id, cid, 0, 0, 0, 0, now) for cid in missing],
+                conflict=["merchant_id", "customer_id"],
+            )
             await select_locked(missing)
     return out
 
@@ -140,10 +165,12 @@ async def load_lots(session: AsyncSession, books: dict[str, Book], customer_ids:
     merchant_id = books[want[0]].merchant_id
     lt = lots.c
     for i in range(0, len(want), CHUNK):
-        chunk = want[i:i + CHUNK]
+        chunk = want[i : i + CHUNK]
         rows = await session.execute(
-            select(lt.customer_id, lt.lot_id, lt.earned_at, lt.expires_at, lt.points, lt.remaining)
-            .where(lt.merchant_id == merchant_id, in_values(lt.customer_id, chunk), lt.remaining > 0))
+            select(lt.customer_id, lt.lot_id, lt.earned_at, lt.expires_at, lt.points, lt.remaining).where(
+                lt.merchant_id == merchant_id, in_values(lt.customer_id, chunk), lt.remaining > 0
+            )
+        )
         for r in rows:
             books[r.customer_id].lots[r.lot_id] = lot_of(r)
         for cid in chunk:
@@ -153,25 +180,73 @@ async def load_lots(session: AsyncSession, books: dict[str, Book], customer_ids:
 async def lot_records(session: AsyncSession, merchant_id: str, customer_id: str, lot_ids: Iterable[str]) -> list[Lot]:
     """Lots by id, open or emptied (a restore reopens emptied ones from these)."""
     lt = lots.c
-    rows = await session.execute(select(lt.lot_id, lt.earned_at, lt.expires_at, lt.points, lt.remaining).where(
-        lt.merchant_id == merchant_id, lt.customer_id == customer_id, in_values(lt.lot_id, sorted(set(lot_ids)))))
+    rows = await session.execute(
+        select(lt.lot_id, lt.earned_at, lt.expires_at, lt.points, lt.remaining).where(
+            lt.merchant_id == merchant_id, lt.customer_id == customer_id, in_values(lt.lot_id, sorted(set(lot_ids)))
+        )
+    )
     return [lot_of(r) for r in rows]
 
 
-ENTRY_COLUMNS = ["merchant_id", "customer_id", "event_id", "kind", "lot_id", "points", "pending", "debt", "order_id",
-                 "reason", "operator", "occurred_at", "created_at"]
-_ACCOUNT_STATE = ["balance", "pending", "debt", "level", "level_since", "last_review_at", "next_review_at",
-                  "warned_for", "first_paid_at"]
+ENTRY_COLUMNS = [
+    "merchant_id",
+    "customer_id",
+    "event_id",
+    "kind",
+    "lot_id",
+    "points",
+    "pending",
+    "debt",
+    "order_id",
+    "reason",
+    "operator",
+    "occurred_at",
+    "created_at",
+]
+_ACCOUNT_STATE = [
+    "balance",
+    "pending",
+    "debt",
+    "level",
+    "level_since",
+    "last_review_at",
+    "next_review_at",
+    "warned_for",
+    "first_paid_at",
+]
 
 
 def entry_row(merchant_id: str, customer_id: str, e: Entry, now: datetime) -> tuple[Any, ...]:
-    return (merchant_id, customer_id, e.event_id, e.kind.value, e.lot_id or "", e.points, e.pending, e.debt,
-            e.order_id, e.reason[:500] if e.reason else None, e.operator, e.at, now)
+    return (
+        merchant_id,
+        customer_id,
+        e.event_id,
+        e.kind.value,
+        e.lot_id or "",
+        e.points,
+        e.pending,
+        e.debt,
+        e.order_id,
+        e.reason[:500] if e.reason else None,
+        e.operator,
+        e.at,
+        now,
+    )
 
 
 def entry_of(r: Any) -> Entry:
-    return Entry(Kind(r.kind), r.event_id, r.occurred_at, r.points, r.pending, r.debt, r.lot_id or None, r.order_id,
-                 r.reason, r.operator)
+    return Entry(
+        Kind(r.kind),
+        r.event_id,
+        r.occurred_at,
+        r.points,
+        r.pending,
+        r.debt,
+        r.lot_id or None,
+        r.order_id,
+        r.reason,
+        r.operator,
+    )
 
 
 async def write(session: AsyncSession, books: Iterable[Book], now: datetime) -> int:
@@ -182,17 +257,44 @@ async def write(session: AsyncSession, books: Iterable[Book], now: datetime) -> 
         return 0
     rows = [entry_row(b.merchant_id, b.customer_id, e, now) for b in dirty for e in b.entries]
     await bulk_insert(session, entries, ENTRY_COLUMNS, rows)
-    lot_rows = [(b.merchant_id, b.customer_id, lot.lot_id, lot.earned_at, lot.expires_at, lot.points, lot.remaining)
-                for b in dirty for lot in b.changed_lots.values()]
-    await bulk_insert(session, lots, ["merchant_id", "customer_id", "lot_id", "earned_at", "expires_at", "points",
-                                      "remaining"], lot_rows,
-                      conflict=["merchant_id", "customer_id", "lot_id"], update={"remaining": "excluded.remaining"})
+    lot_rows = [
+        (b.merchant_id, b.customer_id, lot.lot_id, lot.earned_at, lot.expires_at, lot.points, lot.remaining)
+        for b in dirty
+        for lot in b.changed_lots.values()
+    ]
     await bulk_insert(
-        session, accounts, ["merchant_id", "customer_id", *_ACCOUNT_STATE, "version", "updated_at"],
-        [(b.merchant_id, b.customer_id, b.balance, b.pending, b.debt, b.level, b.level_since, b.last_review_at,
-          b.next_review_at, b.warned_for, b.first_paid_at, b.version + 1, now) for b in dirty],
+        session,
+        lots,
+        ["merchant_id", "customer_id", "lot_id", "earned_at", "expires_at", "points", "remaining"],
+        lot_rows,
+        conflict=["merchant_id", "customer_id", "lot_id"],
+        update={"remaining": "excluded.remaining"},
+    )
+    await bulk_insert(
+        session,
+        accounts,
+        ["merchant_id", "customer_id", *_ACCOUNT_STATE, "version", "updated_at"],
+        [
+            (
+                b.merchant_id,
+                b.customer_id,
+                b.balance,
+                b.pending,
+                b.debt,
+                b.level,
+                b.level_since,
+                b.last_review_at,
+                b.next_review_at,
+                b.warned_for,
+                b.first_paid_at,
+                b.version + 1,
+                now,
+            )
+            for b in dirty
+        ],
         conflict=["merchant_id", "customer_id"],
-        update={c: f"excluded.{c}" for c in (*_ACCOUNT_STATE, "version", "updated_at")})
+        update={c: f"excluded.{c}" for c in (*_ACCOUNT_STATE, "version", "updated_at")},
+    )
     for b in dirty:
         b.version += 1
         b.entries = []

@@ -17,8 +17,12 @@ from services.loyalty.service_layer.spending import Conflict, StoredItem, get_it
 
 async def items(session: AsyncSession, merchant_id: str) -> list[StoredItem]:
     mi = mall_items.c
-    return [stored_item(r) for r in await session.execute(
-        select(mall_items).where(mi.merchant_id == merchant_id).order_by(mi.created_at, mi.item_id))]
+    return [
+        stored_item(r)
+        for r in await session.execute(
+            select(mall_items).where(mi.merchant_id == merchant_id).order_by(mi.created_at, mi.item_id)
+        )
+    ]
 
 
 def on_sale(items_: list[StoredItem], now: datetime) -> list[StoredItem]:
@@ -30,9 +34,17 @@ def on_sale(items_: list[StoredItem], now: datetime) -> list[StoredItem]:
 async def create(session: AsyncSession, merchant_id: str, item: MallItem, now: datetime) -> StoredItem:
     if await get_item(session, merchant_id, item.item_id) is not None:
         raise Conflict("item_exists", f"mall item {item.item_id!r} exists; PUT it to change it", field="item_id")
-    await session.execute(mall_items.insert().values(
-        merchant_id=merchant_id, item_id=item.item_id, body=item.model_dump_json(), stock=item.stock, redeemed=0,
-        created_at=now, updated_at=now))
+    await session.execute(
+        mall_items.insert().values(
+            merchant_id=merchant_id,
+            item_id=item.item_id,
+            body=item.model_dump_json(),
+            stock=item.stock,
+            redeemed=0,
+            created_at=now,
+            updated_at=now,
+        )
+    )
     return StoredItem(item, item.stock, 0)
 
 
@@ -43,11 +55,15 @@ async def replace(session: AsyncSession, merchant_id: str, item: MallItem, now: 
     if found is None:
         raise Conflict("not_found", f"no mall item {item.item_id!r}", field="item_id", status=404)
     if item.stock is not None and item.stock < found.redeemed:
-        raise Conflict("stock_below_redeemed", f"stock {item.stock} is below the {found.redeemed} already redeemed",
-                       field="stock")
+        raise Conflict(
+            "stock_below_redeemed", f"stock {item.stock} is below the {found.redeemed} already redeemed", field="stock"
+        )
     mi = mall_items.c
-    await session.execute(update(mall_items).where(mi.merchant_id == merchant_id, mi.item_id == item.item_id).values(
-        body=item.model_dump_json(), stock=item.stock, updated_at=now))
+    await session.execute(
+        update(mall_items)
+        .where(mi.merchant_id == merchant_id, mi.item_id == item.item_id)
+        .values(body=item.model_dump_json(), stock=item.stock, updated_at=now)
+    )
     return StoredItem(item, None if item.stock is None else item.stock - found.redeemed, found.redeemed)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -33,6 +33,7 @@ from services.loyalty.domain.ledger import LedgerRules
 from services.loyalty.service_layer import announce, books
 from services.loyalty.service_layer.points import OrderRow, current_level, growth_in_window
 from services.loyalty.service_layer.rules import in_force, in_force_many
+from shared import clock
 from shared.db import in_values
 from shared.events import OutboundEvent
 from shared.outbox import Outbox
@@ -51,9 +52,14 @@ def _by_merchant(rows: Iterable[Any]) -> dict[str, list[Any]]:
 
 async def mature_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -> tuple[int, int]:
     o = order_points.c
-    due = (await session.execute(
-        select(o.merchant_id, o.customer_id).where(o.matured.is_(False), o.matures_at <= now)
-        .order_by(o.matures_at).limit(limit))).all()
+    due = (
+        await session.execute(
+            select(o.merchant_id, o.customer_id)
+            .where(o.matured.is_(False), o.matures_at <= now)
+            .order_by(o.matures_at)
+            .limit(limit)
+        )
+    ).all()
     if not due:
         return 0, 0
     grouped = _by_merchant(due)
@@ -62,33 +68,65 @@ async def mature_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -
     changed = 0
     for merchant_id, rows in grouped.items():
         r = rules[merchant_id]
-        held = await books.lock(session, merchant_id, {x.customer_id for x in rows}, now, create=False,
-                                skip_locked=True)
+        held = await books.lock(
+            session, merchant_id, {x.customer_id for x in rows}, now, create=False, skip_locked=True
+        )
         if not held:
             continue
         await books.load_lots(session, held, [cid for cid, b in held.items() if b.debt])
         # Re-read under the lock: the consumer may have matured, refunded or cancelled meanwhile.
-        orders = (await session.execute(select(order_points).where(
-            o.merchant_id == merchant_id, in_values(o.customer_id, sorted(held)), o.matured.is_(False),
-            o.matures_at <= now, o.paid_fen.isnot(None)).order_by(o.matures_at))).all()
+        orders = (
+            await session.execute(
+                select(order_points)
+                .where(
+                    o.merchant_id == merchant_id,
+                    in_values(o.customer_id, sorted(held)),
+                    o.matured.is_(False),
+                    o.matures_at <= now,
+                    o.paid_fen.isnot(None),
+                )
+                .order_by(o.matures_at)
+            )
+        ).all()
         done = []
         for row in orders:
             book = held[row.customer_id]
-            order = OrderRow(row.customer_id, row.paid_fen, row.points, row.growth, row.growth_removed, row.paid_at,
-                             row.matures_at, row.refunded_fen, row.matured, row.cancelled).domain(row.order_id)
+            order = OrderRow(
+                row.customer_id,
+                row.paid_fen,
+                row.points,
+                row.growth,
+                row.growth_removed,
+                row.paid_at,
+                row.matures_at,
+                row.refunded_fen,
+                row.matured,
+                row.cancelled,
+            ).domain(row.order_id)
             posting = ledger.mature(book.account(taking=False), order, at=now, rules=r.ledger, tz=r.tz)
             book.post(posting)
             done.append(row.order_id)
             if order.pending:
                 lot = book.lots.get(f"mature:{row.order_id}")
-                events.append(announce.earned(book, cause="maturity", points=order.pending, status="available",
-                                              at=order.matures_at, order_id=row.order_id,
-                                              lot_id=f"mature:{row.order_id}",
-                                              expires_at=lot.expires_at if lot else None))
+                events.append(
+                    announce.earned(
+                        book,
+                        cause="maturity",
+                        points=order.pending,
+                        status="available",
+                        at=order.matures_at,
+                        order_id=row.order_id,
+                        lot_id=f"mature:{row.order_id}",
+                        expires_at=lot.expires_at if lot else None,
+                    )
+                )
         await books.write(session, held.values(), now)
         if done:
-            await session.execute(update(order_points).where(o.merchant_id == merchant_id,
-                                                             in_values(o.order_id, done)).values(matured=True))
+            await session.execute(
+                update(order_points)
+                .where(o.merchant_id == merchant_id, in_values(o.order_id, done))
+                .values(matured=True)
+            )
         changed += len(done)
     await outbox.stage(session, events)
     return len(due), changed
@@ -96,16 +134,22 @@ async def mature_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -
 
 async def expire_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -> tuple[int, int]:
     lt = lots.c
-    due = (await session.execute(
-        select(lt.merchant_id, lt.customer_id).where(lt.remaining > 0, lt.expires_at <= now)
-        .order_by(lt.expires_at).limit(limit))).all()
+    due = (
+        await session.execute(
+            select(lt.merchant_id, lt.customer_id)
+            .where(lt.remaining > 0, lt.expires_at <= now)
+            .order_by(lt.expires_at)
+            .limit(limit)
+        )
+    ).all()
     if not due:
         return 0, 0
     events: list[OutboundEvent] = []
     changed = 0
     for merchant_id, rows in _by_merchant(due).items():
-        held = await books.lock(session, merchant_id, {x.customer_id for x in rows}, now, create=False,
-                                skip_locked=True)
+        held = await books.lock(
+            session, merchant_id, {x.customer_id for x in rows}, now, create=False, skip_locked=True
+        )
         if not held:
             continue
         await books.load_lots(session, held)
@@ -143,15 +187,25 @@ async def notify_expiring(session: AsyncSession, now: datetime, limit: int = CHU
     for days, only in [(default, None), *sorted(custom.items())]:
         if not days or looked >= limit:
             continue
-        where = [lt.remaining > 0, lt.notified_at.is_(None), lt.expires_at > now,
-                 lt.expires_at <= now + timedelta(days=days)]
+        where = [
+            lt.remaining > 0,
+            lt.notified_at.is_(None),
+            lt.expires_at > now,
+            lt.expires_at <= now + timedelta(days=days),
+        ]
         if only is not None:
             where.append(in_values(lt.merchant_id, only))
         elif custom:
             where.append(lt.merchant_id.not_in(sorted(m for ms in custom.values() for m in ms)))
-        due = (await session.execute(
-            select(lt.merchant_id, lt.customer_id, lt.lot_id).where(*where).order_by(lt.expires_at)
-            .limit(limit - looked).with_for_update(skip_locked=True))).all()
+        due = (
+            await session.execute(
+                select(lt.merchant_id, lt.customer_id, lt.lot_id)
+                .where(*where)
+                .order_by(lt.expires_at)
+                .limit(limit - looked)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
         looked += len(due)
         for merchant_id, rows in _by_merchant(due).items():
             if merchant_id not in zones:
@@ -160,23 +214,44 @@ async def notify_expiring(session: AsyncSession, now: datetime, limit: int = CHU
             for x in rows:
                 by_customer.setdefault(x.customer_id, []).append(x.lot_id)
             for cid, lot_ids in by_customer.items():
-                marked = (await session.execute(
-                    update(lots).where(lt.merchant_id == merchant_id, lt.customer_id == cid,
-                                       in_values(lt.lot_id, lot_ids), lt.notified_at.is_(None), lt.remaining > 0)
-                    .values(notified_at=now).returning(lt.lot_id, lt.remaining, lt.expires_at))).all()
+                marked = (
+                    await session.execute(
+                        update(lots)
+                        .where(
+                            lt.merchant_id == merchant_id,
+                            lt.customer_id == cid,
+                            in_values(lt.lot_id, lot_ids),
+                            lt.notified_at.is_(None),
+                            lt.remaining > 0,
+                        )
+                        .values(notified_at=now)
+                        .returning(lt.lot_id, lt.remaining, lt.expires_at)
+                    )
+                ).all()
                 done += len(marked)
-                events += [announce.expiring(merchant_id, cid, lot_id=m.lot_id, points=m.remaining,
-                                             expires_at=m.expires_at, now=now, tz=zones[merchant_id])
-                           for m in marked]
+                events += [
+                    announce.expiring(
+                        merchant_id,
+                        cid,
+                        lot_id=m.lot_id,
+                        points=m.remaining,
+                        expires_at=m.expires_at,
+                        now=now,
+                        tz=zones[merchant_id],
+                    )
+                    for m in marked
+                ]
     await outbox.stage(session, events)
     return looked, done
 
 
 async def review_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -> tuple[int, int]:
     a = accounts.c
-    due = (await session.execute(
-        select(a.merchant_id, a.customer_id).where(a.next_review_at <= now)
-        .order_by(a.next_review_at).limit(limit))).all()
+    due = (
+        await session.execute(
+            select(a.merchant_id, a.customer_id).where(a.next_review_at <= now).order_by(a.next_review_at).limit(limit)
+        )
+    ).all()
     if not due:
         return 0, 0
     grouped = _by_merchant(due)
@@ -185,8 +260,9 @@ async def review_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -
     changed = 0
     for merchant_id, rows in grouped.items():
         r = rules[merchant_id]
-        held = await books.lock(session, merchant_id, {x.customer_id for x in rows}, now, create=False,
-                                skip_locked=True)
+        held = await books.lock(
+            session, merchant_id, {x.customer_id for x in rows}, now, create=False, skip_locked=True
+        )
         held = {cid: b for cid, b in held.items() if b.next_review_at is not None and b.next_review_at <= now}
         if not held:
             continue
@@ -198,8 +274,7 @@ async def review_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -
             await books.write(session, held.values(), now)
             continue
         ladder = r.levels
-        growth = await growth_in_window(session, merchant_id, sorted(held),
-                                        levels.window_start(ladder, now, r.tz))
+        growth = await growth_in_window(session, merchant_id, sorted(held), levels.window_start(ladder, now, r.tz))
         for cid, b in held.items():
             g = growth.get(cid, 0)
             current = current_level(ladder, b.level, g)
@@ -216,8 +291,11 @@ async def review_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -
             if outcome.change is not None:
                 previous = b.level
                 b.level, b.level_since = outcome.change.to_code, now
-                events.append(announce.level_changed(b, from_level=previous, to_level=outcome.change.to_code,
-                                                     direction="downgrade", growth=g, at=now))
+                events.append(
+                    announce.level_changed(
+                        b, from_level=previous, to_level=outcome.change.to_code, direction="downgrade", growth=g, at=now
+                    )
+                )
             # At the first level there is nothing left to lose: no review to schedule.
             b.next_review_at = None if ladder.rank(b.level or current) == 0 else outcome.next_review_at
         await books.write(session, held.values(), now)
@@ -228,13 +306,14 @@ async def review_due(session: AsyncSession, now: datetime, limit: int = CHUNK) -
 STEPS = (("matured", mature_due), ("expired", expire_due), ("notified", notify_expiring), ("reviewed", review_due))
 
 
-async def run_clock(sessions: async_sessionmaker[AsyncSession], now: datetime | None = None,
-                    chunk: int = CHUNK) -> dict[str, int]:
+async def run_clock(
+    sessions: async_sessionmaker[AsyncSession], now: datetime | None = None, chunk: int = CHUNK
+) -> dict[str, int]:
     """Every step until nothing due is left at ``now`` (default: the current time), one committed
     chunk at a time, and what each step changed (orders matured, lots expired and notified,
     members reviewed). A step that changes nothing (everything due is locked by another worker)
     ends its round: the next round picks it up."""
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     out = {}
     for name, step in STEPS:
         total = 0

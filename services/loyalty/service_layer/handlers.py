@@ -10,7 +10,7 @@ with ``POST /v1/me/sign-in``); a merchant whose shop sends them as events on ``s
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -22,6 +22,7 @@ from services.loyalty.domain.earning import once_key
 from services.loyalty.service_layer import stored_value
 from services.loyalty.service_layer.points import Action, Batch, Cancelled, Op, Paid, Refunded
 from services.loyalty.service_layer.rules import InForce, in_force_many
+from shared import clock
 from shared.db import bulk_insert
 from shared.events import EnvelopeBase
 
@@ -38,12 +39,17 @@ async def record_profiles(session: AsyncSession, events: list[EnvelopeBase]) -> 
         cur = latest.get(key)
         if cur is None or (e.occurred_at, e.event_id) > (cur.occurred_at, cur.event_id):
             latest[key] = e
-    await bulk_insert(session, profiles, ["merchant_id", "customer_id", "birthday", "updated_at"],
-                      [(m, c, e.data.birthday, e.occurred_at) for (m, c), e in latest.items()],
-                      conflict=["merchant_id", "customer_id"],
-                      update={"birthday": "CASE WHEN excluded.updated_at >= {t}.updated_at THEN excluded.birthday "
-                                          "ELSE {t}.birthday END",
-                              "updated_at": "{greatest}({t}.updated_at, excluded.updated_at)"})
+    await bulk_insert(
+        session,
+        profiles,
+        ["merchant_id", "customer_id", "birthday", "updated_at"],
+        [(m, c, e.data.birthday, e.occurred_at) for (m, c), e in latest.items()],
+        conflict=["merchant_id", "customer_id"],
+        update={
+            "birthday": "CASE WHEN excluded.updated_at >= {t}.updated_at THEN excluded.birthday ELSE {t}.birthday END",
+            "updated_at": "{greatest}({t}.updated_at, excluded.updated_at)",
+        },
+    )
 
 
 def operations(rules: InForce, events: list[EnvelopeBase]) -> list[Op]:
@@ -84,7 +90,7 @@ async def handle(session: AsyncSession, events: list[EnvelopeBase], now: datetim
         by_merchant.setdefault(e.merchant_id, []).append(e)
     if not by_merchant:
         return
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     rules = await in_force_many(session, sorted(by_merchant))
     for merchant_id, evs in by_merchant.items():
         ops = operations(rules[merchant_id], evs)

@@ -32,9 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.loyalty.adapters.tables import (
     bonus_awards,
-    messaging,
     daily_earned,
     entries,
+    messaging,
     offsets,
     order_points,
     profiles,
@@ -166,7 +166,7 @@ class Batch:
         self.changed_offsets: set[str] = set()
         self.first_orders: set[tuple[str, str]] = set()
         self.events: list[OutboundEvent] = []
-        self.window_start = (levels.window_start(rules.levels, now, rules.tz) if rules.levels is not None else None)
+        self.window_start = levels.window_start(rules.levels, now, rules.tz) if rules.levels is not None else None
 
     # ------------------------------------------------------------------ loading
 
@@ -179,35 +179,62 @@ class Batch:
             o = order_points.c
             for r in await s.execute(select(order_points).where(o.merchant_id == m, in_values(o.order_id, order_ids))):
                 self.stored_orders.add(r.order_id)
-                self.orders[r.order_id] = OrderRow(r.customer_id, r.paid_fen, r.points, r.growth, r.growth_removed,
-                                                   r.paid_at, r.matures_at, r.refunded_fen, r.matured, r.cancelled)
+                self.orders[r.order_id] = OrderRow(
+                    r.customer_id,
+                    r.paid_fen,
+                    r.points,
+                    r.growth,
+                    r.growth_removed,
+                    r.paid_at,
+                    r.matures_at,
+                    r.refunded_fen,
+                    r.matured,
+                    r.cancelled,
+                )
         # A payment whose refund or cancellation came first takes points back at once.
-        early = {op.order_id: op.customer_id for op in ops if isinstance(op, Paid) and op.order_id in self.orders
-                 and self.orders[op.order_id].paid_fen is None}
+        early = {
+            op.order_id: op.customer_id
+            for op in ops
+            if isinstance(op, Paid) and op.order_id in self.orders and self.orders[op.order_id].paid_fen is None
+        }
         takers = {op.customer_id for op in ops if isinstance(op, (Refunded, Cancelled))} | set(early.values())
         takers |= {cid for cid, b in self.books.items() if b.debt}
         await books.load_lots(s, self.books, takers)
-        earning_days = {(op.customer_id, local_day(op.at, tz).isoformat()) for op in ops
-                        if isinstance(op, (Paid, Action))} if self.rules.earn.daily_cap is not None else set()
+        earning_days = (
+            {(op.customer_id, local_day(op.at, tz).isoformat()) for op in ops if isinstance(op, (Paid, Action))}
+            if self.rules.earn.daily_cap is not None
+            else set()
+        )
         if earning_days:
             d = daily_earned.c
-            rows = await s.execute(select(d.customer_id, d.day, d.points).where(
-                d.merchant_id == m, in_values(d.customer_id, customers),
-                in_values(d.day, sorted({day for _, day in earning_days}))))
+            rows = await s.execute(
+                select(d.customer_id, d.day, d.points).where(
+                    d.merchant_id == m,
+                    in_values(d.customer_id, customers),
+                    in_values(d.day, sorted({day for _, day in earning_days})),
+                )
+            )
             self.daily = {(r.customer_id, r.day): r.points for r in rows}
         if self.window_start is not None:
             self.growth = await growth_in_window(s, m, customers, self.window_start)
         actions = [op for op in ops if isinstance(op, Action)]
         if actions:
             a = bonus_awards.c
-            rows = await s.execute(select(a.customer_id, a.once_key).where(
-                a.merchant_id == m, in_values(a.customer_id, sorted({op.customer_id for op in actions})),
-                in_values(a.once_key, sorted({op.once_key for op in actions}))))
+            rows = await s.execute(
+                select(a.customer_id, a.once_key).where(
+                    a.merchant_id == m,
+                    in_values(a.customer_id, sorted({op.customer_id for op in actions})),
+                    in_values(a.once_key, sorted({op.once_key for op in actions})),
+                )
+            )
             self.awarded = {(r.customer_id, r.once_key) for r in rows}
             if any(op.bonus == BonusEvent.BIRTHDAY_MONTH for op in actions):
                 p = profiles.c
-                rows = await s.execute(select(p.customer_id, p.birthday).where(
-                    p.merchant_id == m, in_values(p.customer_id, sorted({op.customer_id for op in actions}))))
+                rows = await s.execute(
+                    select(p.customer_id, p.birthday).where(
+                        p.merchant_id == m, in_values(p.customer_id, sorted({op.customer_id for op in actions}))
+                    )
+                )
                 self.birthdays = dict(rows.all())
         giving_back = sorted({op.order_id for op in ops if isinstance(op, (Refunded, Cancelled))} | set(early))
         if giving_back:
@@ -216,15 +243,21 @@ class Batch:
     async def _load_offsets(self, order_ids: list[str]) -> None:
         s, m = self.session, self.merchant_id
         f = offsets.c
-        for r in await s.execute(select(f.order_id, f.customer_id, f.points, f.restored).where(
-                f.merchant_id == m, in_values(f.order_id, order_ids))):
+        for r in await s.execute(
+            select(f.order_id, f.customer_id, f.points, f.restored).where(
+                f.merchant_id == m, in_values(f.order_id, order_ids)
+            )
+        ):
             self.offsets[r.order_id] = OffsetRow(r.customer_id, r.points, r.restored)
         if not self.offsets:
             return
         e = entries.c
         causes = {offset_cause(oid): oid for oid in self.offsets}
-        rows = await s.execute(select(entries).where(
-            e.merchant_id == m, in_values(e.event_id, sorted(causes)), e.kind == Kind.REDEEM.value).order_by(e.id))
+        rows = await s.execute(
+            select(entries)
+            .where(e.merchant_id == m, in_values(e.event_id, sorted(causes)), e.kind == Kind.REDEEM.value)
+            .order_by(e.id)
+        )
         for r in rows:
             row = self.offsets[causes[r.event_id]]
             if r.customer_id == row.customer_id:
@@ -257,8 +290,13 @@ class Batch:
             row = self.orders[order_id] = OrderRow(customer_id, None)
             self.changed_orders.add(order_id)
         if row.customer_id != customer_id:
-            log.warning("loyalty.order_of_another_customer", merchant_id=self.merchant_id, order_id=order_id,
-                        customer_id=customer_id, owner=row.customer_id)
+            log.warning(
+                "loyalty.order_of_another_customer",
+                merchant_id=self.merchant_id,
+                order_id=order_id,
+                customer_id=customer_id,
+                owner=row.customer_id,
+            )
             return None
         return row
 
@@ -267,20 +305,33 @@ class Batch:
         if row is None:
             return
         if row.paid_fen is not None:
-            log.info("loyalty.order_paid_again", merchant_id=self.merchant_id, order_id=op.order_id,
-                     event_id=op.event_id)
+            log.info(
+                "loyalty.order_paid_again", merchant_id=self.merchant_id, order_id=op.order_id, event_id=op.event_id
+            )
             return
         rules, tz = self.rules, self.rules.tz
         book = self.books[op.customer_id]
         first = book.first_paid_at is None
         capped = rules.earn.daily_cap is not None
         day = local_day(op.at, tz).isoformat() if capped else ""
-        got = earning.points_for_order(rules.earn, op.amount_fen, level=self._level(book),
-                                       earned_today=self.daily.get((op.customer_id, day), 0) if capped else 0)
+        got = earning.points_for_order(
+            rules.earn,
+            op.amount_fen,
+            level=self._level(book),
+            earned_today=self.daily.get((op.customer_id, day), 0) if capped else 0,
+        )
         matures = earning.matures_at(rules.earn, op.at)
-        posting = ledger.post_order(book.account(taking=False), order_id=op.order_id, paid_fen=op.amount_fen,
-                                    points=got.points, event_id=op.event_id, at=op.at, matures_at=matures,
-                                    rules=rules.ledger, tz=tz)
+        posting = ledger.post_order(
+            book.account(taking=False),
+            order_id=op.order_id,
+            paid_fen=op.amount_fen,
+            points=got.points,
+            event_id=op.event_id,
+            at=op.at,
+            matures_at=matures,
+            rules=rules.ledger,
+            tz=tz,
+        )
         book.post(posting)
         order = posting.order
         assert order is not None
@@ -297,39 +348,69 @@ class Batch:
         if got.points:
             if order.matured:
                 lot = book.lots.get(f"mature:{op.order_id}")
-                self.events.append(announce.earned(book, cause="order", points=got.points, status="available",
-                                                   at=op.at, order_id=op.order_id, lot_id=f"mature:{op.order_id}",
-                                                   expires_at=lot.expires_at if lot else None,
-                                                   capped_by=got.capped_by))
+                self.events.append(
+                    announce.earned(
+                        book,
+                        cause="order",
+                        points=got.points,
+                        status="available",
+                        at=op.at,
+                        order_id=op.order_id,
+                        lot_id=f"mature:{op.order_id}",
+                        expires_at=lot.expires_at if lot else None,
+                        capped_by=got.capped_by,
+                    )
+                )
             else:
-                self.events.append(announce.earned(book, cause="order", points=got.points, status="pending",
-                                                   at=op.at, order_id=op.order_id, matures_at=matures,
-                                                   capped_by=got.capped_by))
+                self.events.append(
+                    announce.earned(
+                        book,
+                        cause="order",
+                        points=got.points,
+                        status="pending",
+                        at=op.at,
+                        order_id=op.order_id,
+                        matures_at=matures,
+                        capped_by=got.capped_by,
+                    )
+                )
         if rules.levels is not None:
             row.growth = levels.growth_for_order(rules.levels, op.amount_fen)
             self._grow(book, row.growth, op.at)
         if not row.matured and self.now >= matures:  # the event came after its window closed
             self._mature(book, op.order_id, row)
         if early_cancel:
-            self._take_back(book, op.order_id, row, row.paid_fen, op.event_id, op.at,
-                            reason="cancelled before the payment arrived")
+            self._take_back(
+                book, op.order_id, row, row.paid_fen, op.event_id, op.at, reason="cancelled before the payment arrived"
+            )
             row.cancelled = True
         elif early_refund:
-            self._take_back(book, op.order_id, row, early_refund, op.event_id, op.at,
-                            reason="refunded before the payment arrived")
+            self._take_back(
+                book, op.order_id, row, early_refund, op.event_id, op.at, reason="refunded before the payment arrived"
+            )
 
     def _mature(self, book: Book, order_id: str, row: OrderRow) -> None:
         order = row.domain(order_id)
-        posting = ledger.mature(book.account(taking=False), order, at=self.now, rules=self.rules.ledger,
-                                tz=self.rules.tz)
+        posting = ledger.mature(
+            book.account(taking=False), order, at=self.now, rules=self.rules.ledger, tz=self.rules.tz
+        )
         book.post(posting)
         row.matured = True
         self.changed_orders.add(order_id)
         if order.pending:
             lot = book.lots.get(f"mature:{order_id}")
-            self.events.append(announce.earned(book, cause="maturity", points=order.pending, status="available",
-                                               at=order.matures_at, order_id=order_id, lot_id=f"mature:{order_id}",
-                                               expires_at=lot.expires_at if lot else None))
+            self.events.append(
+                announce.earned(
+                    book,
+                    cause="maturity",
+                    points=order.pending,
+                    status="available",
+                    at=order.matures_at,
+                    order_id=order_id,
+                    lot_id=f"mature:{order_id}",
+                    expires_at=lot.expires_at if lot else None,
+                )
+            )
 
     def refunded(self, op: Refunded) -> None:
         row = self._order(op.order_id, op.customer_id)
@@ -358,31 +439,58 @@ class Batch:
             self.changed_orders.add(op.order_id)
         self._restore_offset(book, op.order_id, None, op.event_id, op.at)
 
-    def _take_back(self, book: Book, order_id: str, row: OrderRow, amount_fen: int, event_id: str, at: datetime,
-                   reason: str | None = None) -> None:
+    def _take_back(
+        self,
+        book: Book,
+        order_id: str,
+        row: OrderRow,
+        amount_fen: int,
+        event_id: str,
+        at: datetime,
+        reason: str | None = None,
+    ) -> None:
         """Refund ``amount_fen`` of the order (cut to what is left): points, growth, offset."""
         assert row.paid_fen is not None
         left = row.paid_fen - row.refunded_fen
         if amount_fen > left:
-            log.warning("loyalty.refund_exceeds_order", merchant_id=self.merchant_id, order_id=order_id,
-                        event_id=event_id, refund_fen=amount_fen, left_fen=left)
+            log.warning(
+                "loyalty.refund_exceeds_order",
+                merchant_id=self.merchant_id,
+                order_id=order_id,
+                event_id=event_id,
+                refund_fen=amount_fen,
+                left_fen=left,
+            )
             amount_fen = left
         if amount_fen <= 0:
             return
         before = row.domain(order_id)
-        posting = ledger.refund(book.account(), before, amount_fen, event_id=event_id, at=at,
-                                rules=self.rules.ledger, tz=self.rules.tz)
+        posting = ledger.refund(
+            book.account(), before, amount_fen, event_id=event_id, at=at, rules=self.rules.ledger, tz=self.rules.tz
+        )
         if reason is not None:
-            posting = ledger.Posting(posting.account, tuple(
-                e if e.reason else _with_reason(e, reason) for e in posting.entries), posting.order)
+            posting = ledger.Posting(
+                posting.account,
+                tuple(e if e.reason else _with_reason(e, reason) for e in posting.entries),
+                posting.order,
+            )
         book.post(posting)
         after = posting.order
         assert after is not None
         if after.matured and not before.matured and before.pending:
             lot = book.lots.get(f"mature:{order_id}")
-            self.events.append(announce.earned(book, cause="maturity", points=before.pending, status="available",
-                                               at=before.matures_at, order_id=order_id, lot_id=f"mature:{order_id}",
-                                               expires_at=lot.expires_at if lot else None))
+            self.events.append(
+                announce.earned(
+                    book,
+                    cause="maturity",
+                    points=before.pending,
+                    status="available",
+                    at=before.matures_at,
+                    order_id=order_id,
+                    lot_id=f"mature:{order_id}",
+                    expires_at=lot.expires_at if lot else None,
+                )
+            )
         if row.growth:
             g = levels.growth_to_remove(row.growth, row.paid_fen, row.refunded_fen, amount_fen)
             row.growth_removed += g
@@ -394,8 +502,9 @@ class Batch:
         share = None if row.refunded_fen >= paid else (row.refunded_fen, paid)
         self._restore_offset(book, order_id, share, event_id, at)
 
-    def _restore_offset(self, book: Book, order_id: str, share: tuple[int, int] | None, event_id: str,
-                        at: datetime) -> None:
+    def _restore_offset(
+        self, book: Book, order_id: str, share: tuple[int, int] | None, event_id: str, at: datetime
+    ) -> None:
         """Give back the order's checkout offset: all of it (``share`` None) or ``refunded/paid``
         of it (floored), less what came back before."""
         off = self.offsets.get(order_id)
@@ -405,8 +514,15 @@ class Batch:
         want = target - off.restored
         if want <= 0:
             return
-        posting = ledger.restore(book.account(), off.redeemed, event_id=event_id, at=at, points=want,
-                                 already_restored=off.restored, lots=off.lots)
+        posting = ledger.restore(
+            book.account(),
+            off.redeemed,
+            event_id=event_id,
+            at=at,
+            points=want,
+            already_restored=off.restored,
+            lots=off.lots,
+        )
         book.post(posting)
         off.restored += want
         self.changed_offsets.add(order_id)
@@ -423,8 +539,15 @@ class Batch:
             return None
         day = local_day(op.at, tz).isoformat()
         capped = rules.earn.daily_cap is not None
-        award = earning.bonus_points(rules.earn, op.bonus, at=op.at, tz=tz, birthday=birthday, ref=op.ref,
-                                     earned_today=self.daily.get((cid, day), 0) if capped else 0)
+        award = earning.bonus_points(
+            rules.earn,
+            op.bonus,
+            at=op.at,
+            tz=tz,
+            birthday=birthday,
+            ref=op.ref,
+            earned_today=self.daily.get((cid, day), 0) if capped else 0,
+        )
         growth = levels.growth_for_bonus(rules.levels, op.bonus) if rules.levels is not None else 0
         if award is None and not growth:
             return None
@@ -432,21 +555,36 @@ class Batch:
         points = award.points if award is not None else 0
         cause = f"bonus:{op.once_key}"
         if points:
-            posting = ledger.credit(book.account(taking=False), points, event_id=cause, at=op.at,
-                                    rules=rules.ledger, tz=tz, reason=f"{op.bonus.value} bonus ({op.event_id})")
+            posting = ledger.credit(
+                book.account(taking=False),
+                points,
+                event_id=cause,
+                at=op.at,
+                rules=rules.ledger,
+                tz=tz,
+                reason=f"{op.bonus.value} bonus ({op.event_id})",
+            )
             book.post(posting)
             if capped:
                 self._earned_on(cid, day, points)
             lot = book.lots.get(cause)
-            self.events.append(announce.earned(book, cause="bonus", points=points, status="available", at=op.at,
-                                               bonus=op.bonus.value, lot_id=cause,
-                                               expires_at=lot.expires_at if lot else None,
-                                               capped_by=award.capped_by if award else 0))
+            self.events.append(
+                announce.earned(
+                    book,
+                    cause="bonus",
+                    points=points,
+                    status="available",
+                    at=op.at,
+                    bonus=op.bonus.value,
+                    lot_id=cause,
+                    expires_at=lot.expires_at if lot else None,
+                    capped_by=award.capped_by if award else 0,
+                )
+            )
         if growth:
             self._grow(book, growth, op.at)
         self.awarded.add((cid, op.once_key))
-        self.award_rows.append((self.merchant_id, cid, op.once_key, op.bonus.value, points, growth, op.event_id,
-                                op.at))
+        self.award_rows.append((self.merchant_id, cid, op.once_key, op.bonus.value, points, growth, op.event_id, op.at))
         return Awarded(op.bonus.value, op.once_key, points, award.capped_by if award else 0, growth)
 
     # ------------------------------------------------------------------ levels and growth
@@ -480,8 +618,11 @@ class Batch:
         book.next_review_at = levels.next_review_at(ladder, at, self.rules.tz)
         book.warned_for = None
         book.touch()
-        self.events.append(announce.level_changed(book, from_level=previous, to_level=change.to_code,
-                                                  direction="upgrade", growth=growth, at=at))
+        self.events.append(
+            announce.level_changed(
+                book, from_level=previous, to_level=change.to_code, direction="upgrade", growth=growth, at=at
+            )
+        )
 
     def _earned_on(self, customer_id: str, day: str, points: int) -> None:
         key = (customer_id, day)
@@ -494,26 +635,66 @@ class Batch:
         s, m, now = self.session, self.merchant_id, self.now
         await books.write(s, self.books.values(), now)
         if self.changed_orders:
-            cols = ["paid_fen", "points", "growth", "growth_removed", "paid_at", "matures_at", "refunded_fen",
-                    "matured", "cancelled"]
+            cols = [
+                "paid_fen",
+                "points",
+                "growth",
+                "growth_removed",
+                "paid_at",
+                "matures_at",
+                "refunded_fen",
+                "matured",
+                "cancelled",
+            ]
             new, changed = [], []
             for oid in self.changed_orders:
                 r = self.orders[oid]
-                (changed if oid in self.stored_orders else new).append((
-                    m, oid, r.customer_id, r.paid_fen, r.points, r.growth, r.growth_removed, r.paid_at, r.matures_at,
-                    r.refunded_fen, r.matured, r.cancelled))
+                (changed if oid in self.stored_orders else new).append(
+                    (
+                        m,
+                        oid,
+                        r.customer_id,
+                        r.paid_fen,
+                        r.points,
+                        r.growth,
+                        r.growth_removed,
+                        r.paid_at,
+                        r.matures_at,
+                        r.refunded_fen,
+                        r.matured,
+                        r.cancelled,
+                    )
+                )
             names = ["merchant_id", "order_id", "customer_id", *cols]
             await bulk_insert(s, order_points, names, new)  # the orders' locked customers make them ours alone
-            await bulk_insert(s, order_points, names, changed, conflict=["merchant_id", "order_id"],
-                              update={c: f"excluded.{c}" for c in cols})
-        await bulk_insert(s, daily_earned, ["merchant_id", "customer_id", "day", "points"],
-                          [(m, cid, day, self.daily[(cid, day)]) for cid, day in sorted(self.changed_daily)],
-                          conflict=["merchant_id", "customer_id", "day"], update={"points": "excluded.points"})
-        await bulk_insert(s, bonus_awards, ["merchant_id", "customer_id", "once_key", "event", "points", "growth",
-                                            "cause", "awarded_at"], self.award_rows)
+            await bulk_insert(
+                s,
+                order_points,
+                names,
+                changed,
+                conflict=["merchant_id", "order_id"],
+                update={c: f"excluded.{c}" for c in cols},
+            )
+        await bulk_insert(
+            s,
+            daily_earned,
+            ["merchant_id", "customer_id", "day", "points"],
+            [(m, cid, day, self.daily[(cid, day)]) for cid, day in sorted(self.changed_daily)],
+            conflict=["merchant_id", "customer_id", "day"],
+            update={"points": "excluded.points"},
+        )
+        await bulk_insert(
+            s,
+            bonus_awards,
+            ["merchant_id", "customer_id", "once_key", "event", "points", "growth", "cause", "awarded_at"],
+            self.award_rows,
+        )
         for oid in self.changed_offsets:
-            await s.execute(offsets.update().where(offsets.c.merchant_id == m, offsets.c.order_id == oid)
-                            .values(restored=self.offsets[oid].restored))
+            await s.execute(
+                offsets.update()
+                .where(offsets.c.merchant_id == m, offsets.c.order_id == oid)
+                .values(restored=self.offsets[oid].restored)
+            )
         await outbox.stage(s, self.events)
 
 
@@ -526,19 +707,20 @@ def offset_cause(order_id: str) -> str:
     return f"offset:{order_id}"
 
 
-async def growth_in_window(conn: Any, merchant_id: str, customer_ids: Sequence[str], start: datetime
-                           ) -> dict[str, int]:
+async def growth_in_window(conn: Any, merchant_id: str, customer_ids: Sequence[str], start: datetime) -> dict[str, int]:
     """Each customer's growth value in the window from ``start``: the growth of the orders paid
     since, net of their refunds, and of the bonus actions since."""
     o, a = order_points.c, bonus_awards.c
     ids = sorted(set(customer_ids))
     out: dict[str, int] = {}
-    for q in (select(o.customer_id, func.sum(o.growth - o.growth_removed)).where(
-            o.merchant_id == merchant_id, in_values(o.customer_id, ids), o.paid_at >= start, o.growth > 0)
-              .group_by(o.customer_id),
-              select(a.customer_id, func.sum(a.growth)).where(
-            a.merchant_id == merchant_id, in_values(a.customer_id, ids), a.awarded_at >= start, a.growth > 0)
-              .group_by(a.customer_id)):
+    for q in (
+        select(o.customer_id, func.sum(o.growth - o.growth_removed))
+        .where(o.merchant_id == merchant_id, in_values(o.customer_id, ids), o.paid_at >= start, o.growth > 0)
+        .group_by(o.customer_id),
+        select(a.customer_id, func.sum(a.growth))
+        .where(a.merchant_id == merchant_id, in_values(a.customer_id, ids), a.awarded_at >= start, a.growth > 0)
+        .group_by(a.customer_id),
+    ):
         for cid, total in await conn.execute(q):
             out[cid] = out.get(cid, 0) + int(total)
     return out

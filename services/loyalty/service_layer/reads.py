@@ -63,13 +63,21 @@ SELECT 'g', CAST(sum(growth) AS BIGINT), 0, 0, NULL, NULL
 
 
 def _summary_statement(with_growth: bool) -> Any:
-    binds = [bindparam("m", type_=String()), bindparam("c", type_=String()),
-             bindparam("horizon", type_=UTCDateTime())]
+    binds = [bindparam("m", type_=String()), bindparam("c", type_=String()), bindparam("horizon", type_=UTCDateTime())]
     if with_growth:
         binds.append(bindparam("start", type_=UTCDateTime()))
-    return text(_SUMMARY + (_GROWTH if with_growth else "")).bindparams(*binds).columns(
-        column("part", String()), column("n", BigInteger()), column("p", BigInteger()), column("d", BigInteger()),
-        column("level", String()), column("at", UTCDateTime()))
+    return (
+        text(_SUMMARY + (_GROWTH if with_growth else ""))
+        .bindparams(*binds)
+        .columns(
+            column("part", String()),
+            column("n", BigInteger()),
+            column("p", BigInteger()),
+            column("d", BigInteger()),
+            column("level", String()),
+            column("at", UTCDateTime()),
+        )
+    )
 
 
 # Built once: a textual statement's cache key is its text, so a read compiles nothing per request.
@@ -104,8 +112,16 @@ async def summary(conn: Conn, rules: InForce, customer_id: str, now: datetime) -
     if ladder is not None:
         level = current_level(ladder, stored_level, growth)
         progress = levels.progress(ladder, level, growth)
-    return Summary(balance - gone, pending, debt, [ledger.Expiring(at, n) for at, n in sorted(soon.items())], days,
-                   level, growth if ladder is not None else None, progress)
+    return Summary(
+        balance - gone,
+        pending,
+        debt,
+        [ledger.Expiring(at, n) for at, n in sorted(soon.items())],
+        days,
+        level,
+        growth if ladder is not None else None,
+        progress,
+    )
 
 
 async def history(conn: Conn, merchant_id: str, customer_id: str, *, limit: int, before: int | None) -> list[Any]:
@@ -135,17 +151,34 @@ class Proof:
 
 async def reconcile(session: Conn, merchant_id: str, customer_id: str) -> Proof:
     a, e, lt, o = accounts.c, entries.c, lots.c, order_points.c
-    row = (await session.execute(select(a.balance, a.pending, a.debt).where(
-        a.merchant_id == merchant_id, a.customer_id == customer_id))).first()
-    stored = {"balance": row.balance, "pending": row.pending, "debt": row.debt} if row is not None else \
-        {"balance": 0, "pending": 0, "debt": 0}
-    every = [entry_of(r) for r in await session.execute(
-        select(entries).where(e.merchant_id == merchant_id, e.customer_id == customer_id).order_by(e.id))]
-    all_lots = [lot_of(r) for r in await session.execute(
-        select(lots).where(lt.merchant_id == merchant_id, lt.customer_id == customer_id))]
-    orders = [OrderPoints(r.order_id, r.paid_fen, r.points, r.matures_at, r.refunded_fen, r.matured)
-              for r in await session.execute(select(order_points).where(
-                  o.merchant_id == merchant_id, o.customer_id == customer_id, o.paid_fen.isnot(None)))]
+    row = (
+        await session.execute(
+            select(a.balance, a.pending, a.debt).where(a.merchant_id == merchant_id, a.customer_id == customer_id)
+        )
+    ).first()
+    stored = (
+        {"balance": row.balance, "pending": row.pending, "debt": row.debt}
+        if row is not None
+        else {"balance": 0, "pending": 0, "debt": 0}
+    )
+    every = [
+        entry_of(r)
+        for r in await session.execute(
+            select(entries).where(e.merchant_id == merchant_id, e.customer_id == customer_id).order_by(e.id)
+        )
+    ]
+    all_lots = [
+        lot_of(r)
+        for r in await session.execute(select(lots).where(lt.merchant_id == merchant_id, lt.customer_id == customer_id))
+    ]
+    orders = [
+        OrderPoints(r.order_id, r.paid_fen, r.points, r.matures_at, r.refunded_fen, r.matured)
+        for r in await session.execute(
+            select(order_points).where(
+                o.merchant_id == merchant_id, o.customer_id == customer_id, o.paid_fen.isnot(None)
+            )
+        )
+    ]
     proof = ledger.reconcile(every, all_lots, debt=stored["debt"], orders=orders, balance=stored["balance"])
     found = list(proof.differences)
     if proof.totals.pending != stored["pending"]:
@@ -172,15 +205,24 @@ async def liability(session: Conn, rules: InForce, now: datetime) -> Liability:
     and when they expire, by the merchant's calendar month of their last valid day."""
     m = rules.merchant_id
     a, lt, v = accounts.c, lots.c, sv_accounts.c
-    t = (await session.execute(select(
-        func.count().filter(or_(a.balance > 0, a.pending > 0)), func.coalesce(func.sum(a.balance), 0),
-        func.coalesce(func.sum(a.pending), 0), func.coalesce(func.sum(a.debt), 0)).where(a.merchant_id == m))).one()
+    t = (
+        await session.execute(
+            select(
+                func.count().filter(or_(a.balance > 0, a.pending > 0)),
+                func.coalesce(func.sum(a.balance), 0),
+                func.coalesce(func.sum(a.pending), 0),
+                func.coalesce(func.sum(a.debt), 0),
+            ).where(a.merchant_id == m)
+        )
+    ).one()
     months: dict[str, int] = {}
     gone = never = 0
     z = zone(rules.tz)
     for expires_at, n in await session.execute(
-            select(lt.expires_at, func.sum(lt.remaining)).where(lt.merchant_id == m, lt.remaining > 0)
-            .group_by(lt.expires_at)):
+        select(lt.expires_at, func.sum(lt.remaining))
+        .where(lt.merchant_id == m, lt.remaining > 0)
+        .group_by(lt.expires_at)
+    ):
         n = int(n)
         if expires_at is None:
             never += n
@@ -189,9 +231,24 @@ async def liability(session: Conn, rules: InForce, now: datetime) -> Liability:
         else:
             month = (expires_at - timedelta(microseconds=1)).astimezone(z).strftime("%Y-%m")
             months[month] = months.get(month, 0) + n
-    sv = (await session.execute(select(func.coalesce(func.sum(v.paid_fen), 0), func.coalesce(func.sum(v.bonus_fen), 0))
-                                .where(v.merchant_id == m))).one()
+    sv = (
+        await session.execute(
+            select(func.coalesce(func.sum(v.paid_fen), 0), func.coalesce(func.sum(v.bonus_fen), 0)).where(
+                v.merchant_id == m
+            )
+        )
+    ).one()
     unit_points, unit_fen = rules.rules.offset.unit
     points = int(t[1])
-    return Liability(int(t[0]), points, int(t[2]), int(t[3]), points // unit_points * unit_fen,
-                     sorted(months.items()), gone, never, int(sv[0]), int(sv[1]))
+    return Liability(
+        int(t[0]),
+        points,
+        int(t[2]),
+        int(t[3]),
+        points // unit_points * unit_fen,
+        sorted(months.items()),
+        gone,
+        never,
+        int(sv[0]),
+        int(sv[1]),
+    )

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from services.loyalty.adapters.tables import messaging, rules as rules_table
+from services.loyalty.adapters.tables import messaging
+from services.loyalty.adapters.tables import rules as rules_table
 from services.loyalty.domain.common import Strict
 from services.loyalty.domain.earning import EarnRules
 from services.loyalty.domain.ledger import LedgerRules
 from services.loyalty.domain.levels import LevelRules, multipliers
 from services.loyalty.domain.redemption import OffsetRules
+from shared import clock
 from shared.db import in_values
 
 DEFAULT_TZ = "Asia/Shanghai"
@@ -38,8 +39,10 @@ class LoyaltyRules(Strict):
     @model_validator(mode="after")
     def _one_source_of_multipliers(self) -> LoyaltyRules:
         if self.levels is not None and self.earn.level_multipliers:
-            raise ValueError("earn.level_multipliers must be empty when levels are set: give each level its "
-                             "multiplier in levels[].benefits.points_multiplier_permille")
+            raise ValueError(
+                "earn.level_multipliers must be empty when levels are set: give each level its "
+                "multiplier in levels[].benefits.points_multiplier_permille"
+            )
         return self
 
     def earning(self) -> EarnRules:
@@ -72,17 +75,22 @@ def _parse(r: Any) -> tuple[int, LoyaltyRules]:
     if r is None:
         return 0, LoyaltyRules()
     return r.version, LoyaltyRules(
-        earn=EarnRules.model_validate_json(r.earn_rules), ledger=LedgerRules.model_validate_json(r.ledger_rules),
+        earn=EarnRules.model_validate_json(r.earn_rules),
+        ledger=LedgerRules.model_validate_json(r.ledger_rules),
         offset=OffsetRules.model_validate_json(r.offset_rules),
-        levels=LevelRules.model_validate_json(r.level_rules) if r.level_rules else None)
+        levels=LevelRules.model_validate_json(r.level_rules) if r.level_rules else None,
+    )
 
 
 async def in_force_many(session: AsyncSession | AsyncConnection, merchant_ids: list[str]) -> dict[str, InForce]:
     """The rules and time zone of each merchant (defaults where nothing was saved), two queries."""
     t, m = rules_table, messaging.merchants
     rows = {r.merchant_id: r for r in await session.execute(select(t).where(in_values(t.c.merchant_id, merchant_ids)))}
-    zones = dict((await session.execute(select(m.c.merchant_id, m.c.timezone).where(
-        in_values(m.c.merchant_id, merchant_ids)))).all())
+    zones = dict(
+        (
+            await session.execute(select(m.c.merchant_id, m.c.timezone).where(in_values(m.c.merchant_id, merchant_ids)))
+        ).all()
+    )
     out = {}
     for mid in merchant_ids:
         version, parsed = _parse(rows.get(mid))
@@ -97,13 +105,18 @@ async def in_force(session: AsyncSession | AsyncConnection, merchant_id: str) ->
 async def save(session: AsyncSession, merchant_id: str, body: LoyaltyRules) -> int:
     """Store the merchant's rules (whole), in the caller's transaction; returns the new version."""
     t = rules_table
-    current = (await session.execute(select(t.c.version).where(t.c.merchant_id == merchant_id)
-                                     .with_for_update())).scalar()
+    current = (
+        await session.execute(select(t.c.version).where(t.c.merchant_id == merchant_id).with_for_update())
+    ).scalar()
     version = (current or 0) + 1
-    values = {"version": version, "earn_rules": body.earn.model_dump_json(),
-              "ledger_rules": body.ledger.model_dump_json(), "offset_rules": body.offset.model_dump_json(),
-              "level_rules": body.levels.model_dump_json() if body.levels is not None else None,
-              "updated_at": datetime.now(timezone.utc)}
+    values = {
+        "version": version,
+        "earn_rules": body.earn.model_dump_json(),
+        "ledger_rules": body.ledger.model_dump_json(),
+        "offset_rules": body.offset.model_dump_json(),
+        "level_rules": body.levels.model_dump_json() if body.levels is not None else None,
+        "updated_at": clock.now(),
+    }
     if current is None:
         await session.execute(t.insert().values(merchant_id=merchant_id, **values))
     else:

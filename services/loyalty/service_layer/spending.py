@@ -55,23 +55,36 @@ class Quote:
     unit_fen: int
 
 
-async def quote(session: AsyncSession, rules: InForce, customer_id: str, *, order_fen: int, points: int | None,
-                now: datetime) -> Quote:
+async def quote(
+    session: AsyncSession, rules: InForce, customer_id: str, *, order_fen: int, points: int | None, now: datetime
+) -> Quote:
     """What the customer can take off an order of ``order_fen`` (no lock: a quote holds nothing);
     with ``points``, what exactly those buy, or the refusal the redemption would give."""
     balance = await spendable(session, rules.merchant_id, customer_id, now)
     best = redemption.max_offset(rules.rules.offset, order_fen=order_fen, balance=balance)
-    asked = (redemption.offset_for_points(rules.rules.offset, points, order_fen=order_fen, balance=balance)
-             if points is not None else None)
+    asked = (
+        redemption.offset_for_points(rules.rules.offset, points, order_fen=order_fen, balance=balance)
+        if points is not None
+        else None
+    )
     unit_points, unit_fen = rules.rules.offset.unit
     return Quote(balance, redemption.cap_fen(rules.rules.offset, order_fen), best, asked, unit_points, unit_fen)
 
 
 async def spendable(session: AsyncSession, merchant_id: str, customer_id: str, now: datetime) -> int:
     lt = lots.c
-    return int((await session.execute(select(func.coalesce(func.sum(lt.remaining), 0)).where(
-        lt.merchant_id == merchant_id, lt.customer_id == customer_id, lt.remaining > 0,
-        or_(lt.expires_at.is_(None), lt.expires_at > now)))).scalar_one())
+    return int(
+        (
+            await session.execute(
+                select(func.coalesce(func.sum(lt.remaining), 0)).where(
+                    lt.merchant_id == merchant_id,
+                    lt.customer_id == customer_id,
+                    lt.remaining > 0,
+                    or_(lt.expires_at.is_(None), lt.expires_at > now),
+                )
+            )
+        ).scalar_one()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +96,16 @@ class OffsetResult:
     replayed: bool = False
 
 
-async def redeem_offset(session: AsyncSession, rules: InForce, customer_id: str, *, order_id: str, order_fen: int,
-                        points: int, now: datetime) -> OffsetResult:
+async def redeem_offset(
+    session: AsyncSession,
+    rules: InForce,
+    customer_id: str,
+    *,
+    order_id: str,
+    order_fen: int,
+    points: int,
+    now: datetime,
+) -> OffsetResult:
     """Take ``points`` off the balance for ``order_id`` at once (one offset per order). The same
     call again answers the same offset (``replayed``); the points come back when the order is
     cancelled or refunded (see ``points``)."""
@@ -97,25 +118,57 @@ async def redeem_offset(session: AsyncSession, rules: InForce, customer_id: str,
             return OffsetResult(order_id, have.points, have.fen, book.balance, replayed=True)
         raise Conflict("offset_exists", f"order {order_id!r} already has a points offset", field="order_id")
     o = order_points.c
-    state = (await session.execute(select(o.customer_id, o.paid_fen, o.cancelled).where(
-        o.merchant_id == m, o.order_id == order_id))).first()
+    state = (
+        await session.execute(
+            select(o.customer_id, o.paid_fen, o.cancelled).where(o.merchant_id == m, o.order_id == order_id)
+        )
+    ).first()
     if state is not None and (state.customer_id != customer_id or state.paid_fen is not None or state.cancelled):
-        why = ("belongs to another customer" if state.customer_id != customer_id else
-               "is paid already" if state.paid_fen is not None else "was cancelled")
-        raise Conflict("order_closed", f"order {order_id!r} {why}: points can only pay for an open order",
-                       field="order_id")
+        why = (
+            "belongs to another customer"
+            if state.customer_id != customer_id
+            else "is paid already"
+            if state.paid_fen is not None
+            else "was cancelled"
+        )
+        raise Conflict(
+            "order_closed", f"order {order_id!r} {why}: points can only pay for an open order", field="order_id"
+        )
     account = book.account()
-    offset = redemption.offset_for_points(rules.rules.offset, points, order_fen=order_fen,
-                                          balance=account.spendable(now))
+    offset = redemption.offset_for_points(
+        rules.rules.offset, points, order_fen=order_fen, balance=account.spendable(now)
+    )
     cause = offset_cause(order_id)
-    book.post(ledger.redeem(account, offset.points, event_id=cause, at=now, order_id=order_id,
-                            reason="checkout offset"))
+    book.post(
+        ledger.redeem(account, offset.points, event_id=cause, at=now, order_id=order_id, reason="checkout offset")
+    )
     await books.write(session, [book], now)
-    await session.execute(offsets.insert().values(merchant_id=m, order_id=order_id, customer_id=customer_id,
-                                                  points=offset.points, fen=offset.fen, order_fen=order_fen,
-                                                  restored=0, created_at=now))
-    await outbox.stage(session, [announce.redeemed(book, redemption_id=cause, kind="offset", points=offset.points,
-                                                   at=now, order_id=order_id, offset_fen=offset.fen)])
+    await session.execute(
+        offsets.insert().values(
+            merchant_id=m,
+            order_id=order_id,
+            customer_id=customer_id,
+            points=offset.points,
+            fen=offset.fen,
+            order_fen=order_fen,
+            restored=0,
+            created_at=now,
+        )
+    )
+    await outbox.stage(
+        session,
+        [
+            announce.redeemed(
+                book,
+                redemption_id=cause,
+                kind="offset",
+                points=offset.points,
+                at=now,
+                order_id=order_id,
+                offset_fen=offset.fen,
+            )
+        ],
+    )
     return OffsetResult(order_id, offset.points, offset.fen, book.balance)
 
 
@@ -136,8 +189,9 @@ async def get_item(session: AsyncSession, merchant_id: str, item_id: str, *, loc
 
 
 def stored_item(row: Any) -> StoredItem:
-    return StoredItem(MallItem.model_validate_json(row.body),
-                      None if row.stock is None else row.stock - row.redeemed, row.redeemed)
+    return StoredItem(
+        MallItem.model_validate_json(row.body), None if row.stock is None else row.stock - row.redeemed, row.redeemed
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,37 +204,84 @@ class MallResult:
     balance: int
 
 
-async def redeem_item(session: AsyncSession, rules: InForce, customer_id: str, item_id: str, *, quantity: int,
-                      now: datetime) -> MallResult:
+async def redeem_item(
+    session: AsyncSession, rules: InForce, customer_id: str, item_id: str, *, quantity: int, now: datetime
+) -> MallResult:
     m = rules.merchant_id
     found = await get_item(session, m, item_id)
     if found is None:
         raise LoyaltyError(Code.UNKNOWN_ITEM, f"no mall item {item_id!r}", field="item_id")
     book = await _locked(session, rules, customer_id, now)
     r = mall_redemptions.c
-    before = int((await session.execute(select(func.coalesce(func.sum(r.quantity), 0)).where(
-        r.merchant_id == m, r.customer_id == customer_id, r.item_id == item_id))).scalar_one())
+    before = int(
+        (
+            await session.execute(
+                select(func.coalesce(func.sum(r.quantity), 0)).where(
+                    r.merchant_id == m, r.customer_id == customer_id, r.item_id == item_id
+                )
+            )
+        ).scalar_one()
+    )
     account = book.account()
     # The customer's precise answer (limit, stock as read, balance); the database decides the stock.
-    plan = redemption.redeem_item(Catalogue(items=[found.item]), item_id, balance=account.spendable(now), now=now,
-                                  quantity=quantity, stock_left=found.stock_left, redeemed_before=before)
+    plan = redemption.redeem_item(
+        Catalogue(items=[found.item]),
+        item_id,
+        balance=account.spendable(now),
+        now=now,
+        quantity=quantity,
+        stock_left=found.stock_left,
+        redeemed_before=before,
+    )
     if found.item.stock is not None:
         mi = mall_items.c
-        took = (await session.execute(update(mall_items).where(
-            mi.merchant_id == m, mi.item_id == item_id, mi.stock.isnot(None), mi.redeemed + quantity <= mi.stock)
-            .values(redeemed=mi.redeemed + quantity).returning(mi.item_id))).first()
+        took = (
+            await session.execute(
+                update(mall_items)
+                .where(
+                    mi.merchant_id == m, mi.item_id == item_id, mi.stock.isnot(None), mi.redeemed + quantity <= mi.stock
+                )
+                .values(redeemed=mi.redeemed + quantity)
+                .returning(mi.item_id)
+            )
+        ).first()
         if took is None:
             raise LoyaltyError(Code.OUT_OF_STOCK, f"item {item_id!r} ran out of stock", field="item_id")
     redemption_id = f"rdm_{uuid.uuid4().hex}"
-    book.post(ledger.redeem(account, plan.points, event_id=f"mall:{redemption_id}", at=now,
-                            reason=f"mall item {item_id} × {quantity}"))
+    book.post(
+        ledger.redeem(
+            account, plan.points, event_id=f"mall:{redemption_id}", at=now, reason=f"mall item {item_id} × {quantity}"
+        )
+    )
     await books.write(session, [book], now)
     reward = plan.reward.model_dump()
-    await session.execute(mall_redemptions.insert().values(
-        merchant_id=m, redemption_id=redemption_id, customer_id=customer_id, item_id=item_id, quantity=quantity,
-        points=plan.points, reward=orjson.dumps(reward).decode(), created_at=now))
-    await outbox.stage(session, [announce.redeemed(book, redemption_id=redemption_id, kind="mall", points=plan.points,
-                                                   at=now, item_id=item_id, quantity=quantity, reward=reward)])
+    await session.execute(
+        mall_redemptions.insert().values(
+            merchant_id=m,
+            redemption_id=redemption_id,
+            customer_id=customer_id,
+            item_id=item_id,
+            quantity=quantity,
+            points=plan.points,
+            reward=orjson.dumps(reward).decode(),
+            created_at=now,
+        )
+    )
+    await outbox.stage(
+        session,
+        [
+            announce.redeemed(
+                book,
+                redemption_id=redemption_id,
+                kind="mall",
+                points=plan.points,
+                at=now,
+                item_id=item_id,
+                quantity=quantity,
+                reward=reward,
+            )
+        ],
+    )
     return MallResult(redemption_id, item_id, quantity, plan.points, reward, book.balance)
 
 
@@ -195,41 +296,88 @@ class Adjusted:
     entries: list[ledger.Entry]
 
 
-async def adjust(session: AsyncSession, rules: InForce, customer_id: str, *, points: int, reason: str,
-                 operator: str, adjustment_id: str | None, now: datetime) -> Adjusted:
+async def adjust(
+    session: AsyncSession,
+    rules: InForce,
+    customer_id: str,
+    *,
+    points: int,
+    reason: str,
+    operator: str,
+    adjustment_id: str | None,
+    now: datetime,
+) -> Adjusted:
     """A manual adjustment, audited: the reason and the operator are on every entry it writes.
     ``adjustment_id`` (the caller's idempotency key) may be given once per customer."""
     adjustment_id = adjustment_id or f"adj_{uuid.uuid4().hex}"
     cause = f"adjust:{adjustment_id}"
     book = await _locked(session, rules, customer_id, now)
     e = entries.c
-    if (await session.execute(select(e.id).where(e.merchant_id == rules.merchant_id, e.customer_id == customer_id,
-                                                 e.event_id == cause).limit(1))).first() is not None:
+    if (
+        await session.execute(
+            select(e.id)
+            .where(e.merchant_id == rules.merchant_id, e.customer_id == customer_id, e.event_id == cause)
+            .limit(1)
+        )
+    ).first() is not None:
         raise Conflict("already_applied", f"adjustment {adjustment_id!r} was applied already", field="adjustment_id")
-    posting = ledger.adjust(book.account(), points, reason=reason, operator=operator, event_id=cause, at=now,
-                            rules=rules.ledger, tz=rules.tz)
+    posting = ledger.adjust(
+        book.account(),
+        points,
+        reason=reason,
+        operator=operator,
+        event_id=cause,
+        at=now,
+        rules=rules.ledger,
+        tz=rules.tz,
+    )
     book.post(posting)
     await books.write(session, [book], now)
     if points > 0:
         lot = book.lots.get(cause)
-        await outbox.stage(session, [announce.earned(book, cause="adjustment", points=points, status="available",
-                                                     at=now, lot_id=cause, expires_at=lot.expires_at if lot else None)])
+        await outbox.stage(
+            session,
+            [
+                announce.earned(
+                    book,
+                    cause="adjustment",
+                    points=points,
+                    status="available",
+                    at=now,
+                    lot_id=cause,
+                    expires_at=lot.expires_at if lot else None,
+                )
+            ],
+        )
     return Adjusted(adjustment_id, points, book.balance, list(posting.entries))
 
 
-async def write_off_debt(session: AsyncSession, rules: InForce, customer_id: str, *, reason: str, operator: str,
-                         now: datetime) -> int:
+async def write_off_debt(
+    session: AsyncSession, rules: InForce, customer_id: str, *, reason: str, operator: str, now: datetime
+) -> int:
     """Forgive a customer's whole debt (points clawed back that the balance could not cover)."""
     book = await _locked(session, rules, customer_id, now)
     forgiven = book.debt
-    book.post(ledger.write_off(book.account(), event_id=f"write_off:{uuid.uuid4().hex}", at=now, reason=reason,
-                               operator=operator))
+    book.post(
+        ledger.write_off(
+            book.account(), event_id=f"write_off:{uuid.uuid4().hex}", at=now, reason=reason, operator=operator
+        )
+    )
     await books.write(session, [book], now)
     return forgiven
 
 
-async def award(session: AsyncSession, rules: InForce, customer_id: str, bonus: BonusEvent, *, at: datetime,
-                ref: str | None, cause: str, now: datetime) -> Awarded | None:
+async def award(
+    session: AsyncSession,
+    rules: InForce,
+    customer_id: str,
+    bonus: BonusEvent,
+    *,
+    at: datetime,
+    ref: str | None,
+    cause: str,
+    now: datetime,
+) -> Awarded | None:
     """A bonus the shop (or the mini-program) reports: once per once-key (sign-in per local day,
     review per order, …). None when nothing is due: already awarded, or no such bonus or growth."""
     try:

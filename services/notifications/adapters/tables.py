@@ -22,7 +22,8 @@ messaging = MessagingTables.on(metadata)
 
 # What the shop told us about a customer (customer.registered / customer.updated), latest wins.
 contacts = Table(
-    "contacts", metadata,
+    "contacts",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("phone", String(32), nullable=True),  # E.164
@@ -38,7 +39,8 @@ contacts = Table(
 # Consent per channel: granted or denied, with where it came from (event, api, sms_reply,
 # unsubscribe_link, provider). No row: unknown.
 consents = Table(
-    "consents", metadata,
+    "consents",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("channel", String(16), primary_key=True),
@@ -50,7 +52,8 @@ consents = Table(
 # WeChat one-time subscription credits per template (wechat.subscription.granted adds, a send
 # spends one); long_term: a long-term subscription, never spent.
 wechat_credits = Table(
-    "wechat_credits", metadata,
+    "wechat_credits",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("template_id", String(128), primary_key=True),
@@ -61,7 +64,8 @@ wechat_credits = Table(
 
 # The merchant's provider per channel kind (no row: the console channel records the message).
 channel_configs = Table(
-    "channel_configs", metadata,
+    "channel_configs",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("channel", String(16), primary_key=True),
     Column("provider", String(32), nullable=False),
@@ -74,7 +78,8 @@ channel_configs = Table(
 # Caps, quiet hours, consent policy and retries (JSON of service_layer.policies.Policy); no row:
 # the defaults.
 policies = Table(
-    "notify_policies", metadata,
+    "notify_policies",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("body", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
@@ -83,7 +88,8 @@ policies = Table(
 # Templates, versioned: a save with new content adds a version; messages name the version they
 # were rendered from.
 templates = Table(
-    "templates", metadata,
+    "templates",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("key", String(64), primary_key=True),
     Column("version", Integer, primary_key=True),
@@ -98,7 +104,8 @@ templates = Table(
 # Which trigger sends what: conditions, the channels in order of preference (each with its
 # template key), purpose and value.
 rules = Table(
-    "notify_rules", metadata,
+    "notify_rules",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("rule_id", String(64), primary_key=True),
     Column("trigger", String(64), nullable=False),
@@ -109,7 +116,8 @@ rules = Table(
 )
 
 campaigns = Table(
-    "campaigns", metadata,
+    "campaigns",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("campaign_id", String(64), primary_key=True),
     Column("body", Text, nullable=False),  # JSON of service_layer.campaigns.CampaignSpec
@@ -125,7 +133,8 @@ campaigns = Table(
 )
 
 messages = Table(
-    "messages", metadata,
+    "messages",
+    metadata,
     Column("message_id", String(36), primary_key=True),
     Column("merchant_id", String(128), nullable=False),
     Column("customer_id", String(128), nullable=False),
@@ -155,10 +164,18 @@ messages = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("merchant_id", "dedupe_key", name="uq_messages_dedupe"),
     # The dispatcher's queue: due messages, oldest first (a partial index holds only the waiting).
-    Index("ix_messages_due", "due_at", postgresql_where=text("status IN ('queued', 'held')"),
-          sqlite_where=text("status IN ('queued', 'held')")),
-    Index("ix_messages_lease", "lease_until", postgresql_where=text("status = 'sending'"),
-          sqlite_where=text("status = 'sending'")),
+    Index(
+        "ix_messages_due",
+        "due_at",
+        postgresql_where=text("status IN ('queued', 'held')"),
+        sqlite_where=text("status IN ('queued', 'held')"),
+    ),
+    Index(
+        "ix_messages_lease",
+        "lease_until",
+        postgresql_where=text("status = 'sending'"),
+        sqlite_where=text("status = 'sending'"),
+    ),
     Index("ix_messages_customer", "merchant_id", "customer_id", "created_at"),
     Index("ix_messages_rule", "merchant_id", "rule_id", "created_at"),  # a rule's (a playbook's) messages
     Index("ix_messages_campaign", "campaign_id", "status"),
@@ -167,7 +184,8 @@ messages = Table(
 
 # Every step of a message, with its reason: explain and the funnel.
 message_log = Table(
-    "message_log", metadata,
+    "message_log",
+    metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("merchant_id", String(128), nullable=False),
     Column("message_id", String(36), nullable=False),

@@ -163,8 +163,9 @@ def _mac(secret: bytes, payload: str) -> str:
 
 
 def sign_unsubscribe(secret: bytes, merchant_id: str, customer_id: str, channel: str) -> str:
-    payload = _b64(json.dumps(["u1", merchant_id, customer_id, channel], ensure_ascii=False,
-                              separators=(",", ":")).encode())
+    payload = _b64(
+        json.dumps(["u1", merchant_id, customer_id, channel], ensure_ascii=False, separators=(",", ":")).encode()
+    )
     return f"{payload}.{_mac(secret, payload)}"
 
 

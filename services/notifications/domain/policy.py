@@ -38,7 +38,7 @@ import math
 import time as _time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo
@@ -49,8 +49,17 @@ from services.notifications.domain.templates import CHANNELS, Purpose
 Consent = Literal["granted", "denied", "unknown"]
 Window = Literal["day", "week"]
 Action = Literal["send", "hold", "skip"]
-Reason = Literal["ok", "duplicate", "no_contact", "invalid_contact", "consent_denied", "consent_missing",
-                 "no_subscription_credit", "quiet_hours", "cap_reached"]
+Reason = Literal[
+    "ok",
+    "duplicate",
+    "no_contact",
+    "invalid_contact",
+    "consent_denied",
+    "consent_missing",
+    "no_subscription_credit",
+    "quiet_hours",
+    "cap_reached",
+]
 
 # The checks of ``decide``, in order (for docs and explain views).
 CHECKS: tuple[str, ...] = ("duplicate", "contact", "consent", "subscription_credit", "quiet_hours", "caps")
@@ -66,7 +75,7 @@ def zone(tz: tzinfo | str) -> tzinfo:
 
 
 def _exists(local: datetime) -> bool:
-    return local.astimezone(timezone.utc).astimezone(local.tzinfo).replace(tzinfo=None) == local.replace(tzinfo=None)
+    return local.astimezone(UTC).astimezone(local.tzinfo).replace(tzinfo=None) == local.replace(tzinfo=None)
 
 
 def local_instant(day: date, at: time, tz: tzinfo | str) -> datetime:
@@ -114,8 +123,12 @@ class ConsentPolicy:
         """``consent_denied`` / ``consent_missing`` when the message may not go, else None."""
         if consent == "denied":
             return "consent_denied"
-        if (purpose == "marketing" and consent != "granted" and channel not in MERCHANT_SIDE
-                and self.marketing_requires_explicit_consent):
+        if (
+            purpose == "marketing"
+            and consent != "granted"
+            and channel not in MERCHANT_SIDE
+            and self.marketing_requires_explicit_consent
+        ):
             return "consent_missing"
         return None
 
@@ -150,14 +163,16 @@ class Caps:
     rules: tuple[Cap, ...] = ()
 
     @classmethod
-    def of(cls, per_channel: Mapping[str, Iterable[tuple[int, Window]]],
-           all_channels: Iterable[tuple[int, Window]] = ()) -> Caps:
+    def of(
+        cls, per_channel: Mapping[str, Iterable[tuple[int, Window]]], all_channels: Iterable[tuple[int, Window]] = ()
+    ) -> Caps:
         """``Caps.of({"sms": [(1, "day"), (3, "week")]}, all_channels=[(5, "week")])``."""
         rules = [Cap(limit, window, channel) for channel, caps in per_channel.items() for limit, window in caps]
         return cls(tuple(rules) + tuple(Cap(limit, window, None) for limit, window in all_channels))
 
-    def check(self, channel: str, sent: Iterable[tuple[str, datetime]], now: datetime,
-              tz: tzinfo | str) -> CapHit | None:
+    def check(
+        self, channel: str, sent: Iterable[tuple[str, datetime]], now: datetime, tz: tzinfo | str
+    ) -> CapHit | None:
         """Whether one more marketing message on ``channel`` exceeds a cap, given the customer's
         marketing sends. Of the caps it would exceed, the one freeing last (when one more fits)."""
         sent = list(sent)
@@ -172,8 +187,9 @@ class Caps:
         return worst
 
 
-DEFAULT_CAPS = Caps.of({"sms": [(1, "day"), (3, "week")], "wechat": [(1, "day"), (4, "week")],
-                        "email": [(1, "day"), (3, "week")]})
+DEFAULT_CAPS = Caps.of(
+    {"sms": [(1, "day"), (3, "week")], "wechat": [(1, "day"), (4, "week")], "email": [(1, "day"), (3, "week")]}
+)
 
 
 # ---------------------------------------------------------------- quiet hours
@@ -238,10 +254,14 @@ V = TypeVar("V", bound=_Valued)
 def choose_for_credits(candidates: Sequence[V], credits: Credits) -> tuple[list[V], list[V]]:
     """(chosen, refused): the most valuable candidates up to the available credits, ties going to
     the earliest created (then the given order); the rest are refused ``no_subscription_credit``."""
-    order = sorted(range(len(candidates)), key=lambda i: (
-        -candidates[i].value,
-        (0, candidates[i].created_at) if candidates[i].created_at is not None else (1,),
-        i))
+    order = sorted(
+        range(len(candidates)),
+        key=lambda i: (
+            -candidates[i].value,
+            (0, candidates[i].created_at) if candidates[i].created_at is not None else (1,),
+            i,
+        ),
+    )
     ranked = [candidates[i] for i in order]
     n = len(ranked) if credits.long_term else max(0, credits.remaining)
     return ranked[:n], ranked[n:]
@@ -319,17 +339,32 @@ def decide(candidate: Candidate, facts: Facts, now: datetime) -> Decision:
             return _skip("no_subscription_credit", channel=channel, template_id=candidate.template_id)
 
     if purpose == "transactional":
-        return Decision("send", "ok", None, {"channel": channel, "purpose": purpose,
-                                             "bypassed": ["quiet_hours", "caps"]})
+        return Decision(
+            "send", "ok", None, {"channel": channel, "purpose": purpose, "bypassed": ["quiet_hours", "caps"]}
+        )
 
     if facts.quiet_hours is not None and (until := facts.quiet_hours.release_at(now, tz)) is not None:
-        return Decision("hold", "quiet_hours", until, {
-            "channel": channel, "start": facts.quiet_hours.start.isoformat("minutes"),
-            "end": facts.quiet_hours.end.isoformat("minutes"), "until": until.isoformat()})
+        return Decision(
+            "hold",
+            "quiet_hours",
+            until,
+            {
+                "channel": channel,
+                "start": facts.quiet_hours.start.isoformat("minutes"),
+                "end": facts.quiet_hours.end.isoformat("minutes"),
+                "until": until.isoformat(),
+            },
+        )
 
     if (hit := facts.caps.check(channel, facts.recent_marketing, now, tz)) is not None:
-        return _skip("cap_reached", channel=hit.channel, window=hit.window, limit=hit.limit, used=hit.used,
-                     frees_at=hit.frees_at.isoformat())
+        return _skip(
+            "cap_reached",
+            channel=hit.channel,
+            window=hit.window,
+            limit=hit.limit,
+            used=hit.used,
+            frees_at=hit.frees_at.isoformat(),
+        )
 
     return Decision("send", "ok", None, {"channel": channel, "purpose": purpose})
 
@@ -338,10 +373,22 @@ def decide(candidate: Candidate, facts: Facts, now: datetime) -> Decision:
 
 
 _CHANNEL_NAMES = {
-    "zh-CN": {"wechat": "微信", "sms": "短信", "email": "邮件", "webhook": "Webhook", "console": "控制台",
-              "all": "所有渠道"},
-    "en": {"wechat": "WeChat", "sms": "SMS", "email": "email", "webhook": "webhook", "console": "console",
-           "all": "all channels"},
+    "zh-CN": {
+        "wechat": "微信",
+        "sms": "短信",
+        "email": "邮件",
+        "webhook": "Webhook",
+        "console": "控制台",
+        "all": "所有渠道",
+    },
+    "en": {
+        "wechat": "WeChat",
+        "sms": "SMS",
+        "email": "email",
+        "webhook": "webhook",
+        "console": "console",
+        "all": "all channels",
+    },
 }
 _WINDOWS = {"zh-CN": {"day": "天", "week": "周"}, "en": {"day": "day", "week": "week"}}
 _TEXTS = {
@@ -368,7 +415,7 @@ _TEXTS = {
         "no_subscription_credit": "not sent: no WeChat subscription credit for template {template_id}",
         "quiet_hours": "held: quiet hours ({start}–{end}), goes out at {until}",
         "cap_reached": "not sent: {channel} marketing cap reached ({limit} a {window}, {used} sent), "
-                       "frees at {frees_at}",
+        "frees at {frees_at}",
     },
 }
 

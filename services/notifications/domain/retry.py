@@ -29,8 +29,15 @@ Outcome = Literal["transient", "rate_limited", "permanent"]
 Step = tuple[Literal["retry"], datetime] | tuple[Literal["dead"], str]
 
 
-def backoff(attempt: int, *, base_s: float = BASE_S, factor: float = FACTOR, cap_s: float = CAP_S,
-            jitter: float = 0.0, retry_after_s: float | None = None) -> timedelta:
+def backoff(
+    attempt: int,
+    *,
+    base_s: float = BASE_S,
+    factor: float = FACTOR,
+    cap_s: float = CAP_S,
+    jitter: float = 0.0,
+    retry_after_s: float | None = None,
+) -> timedelta:
     """How long to wait after the ``attempt``-th failed try."""
     if attempt < 1:
         raise ValueError("attempt counts from 1")
@@ -49,8 +56,15 @@ def backoff(attempt: int, *, base_s: float = BASE_S, factor: float = FACTOR, cap
     return timedelta(seconds=wait)
 
 
-def next_step(attempt: int, outcome: Outcome, retry_after_s: float | None = None,
-              max_attempts: int = MAX_ATTEMPTS, *, now: datetime, jitter: float = 0.0) -> Step:
+def next_step(
+    attempt: int,
+    outcome: Outcome,
+    retry_after_s: float | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+    *,
+    now: datetime,
+    jitter: float = 0.0,
+) -> Step:
     """After the ``attempt``-th try failed with ``outcome``: ``("retry", at)`` or ``("dead", reason)``."""
     if outcome == "permanent":
         return ("dead", "permanent")

@@ -106,11 +106,17 @@ DEFAULT_TZ = "Asia/Shanghai"
 
 # WeChat subscribe-message keys: a kind followed by digits.
 WECHAT_KEY = re.compile(
-    r"^(thing|number|letter|symbol|character_string|time|date|amount|phone_number|car_number|name|phrase)(\d+)$")
+    r"^(thing|number|letter|symbol|character_string|time|date|amount|phone_number|car_number|name|phrase)(\d+)$"
+)
 # (limit, ellipsis?) per WeChat kind; kinds not listed are not cut.
 WECHAT_LIMITS: dict[str, tuple[int, bool]] = {
-    "thing": (20, True), "name": (10, True), "phrase": (5, True),
-    "character_string": (32, False), "number": (32, False), "letter": (32, False), "symbol": (32, False),
+    "thing": (20, True),
+    "name": (10, True),
+    "phrase": (5, True),
+    "character_string": (32, False),
+    "number": (32, False),
+    "letter": (32, False),
+    "symbol": (32, False),
     "car_number": (8, False),
 }
 PROVIDER_TEMPLATE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
@@ -140,8 +146,9 @@ class Trigger:
     examples: Mapping[str, str]  # locale → a plain-text example, rendered by the preview
 
 
-COMMON_VARIABLES = frozenset({
-    "customer.id", "customer.name", "customer.nickname", "shop.name", "now", "tz", "locale", "unsubscribe_url"})
+COMMON_VARIABLES = frozenset(
+    {"customer.id", "customer.name", "customer.nickname", "shop.name", "now", "tz", "locale", "unsubscribe_url"}
+)
 
 
 def _trigger(name: str, description: str, variables: str, purpose: Purpose, zh: str, en: str) -> Trigger:
@@ -150,49 +157,82 @@ def _trigger(name: str, description: str, variables: str, purpose: Purpose, zh: 
 
 # level.changed is an account notice (transactional); everything else nudges a purchase and is
 # marketing unless the rule that sends it says otherwise.
-TRIGGERS: dict[str, Trigger] = {t.name: t for t in [
-    _trigger("coupon.issued", "A coupon landed in the customer's wallet.",
-             "coupon.id coupon.name coupon.template_id coupon.rule_id coupon.kind coupon.face_value_fen "
-             "coupon.starts_at coupon.expires_at", "marketing",
-             "{{ customer.name }}，{{ shop.name }}送您一张{{ coupon.name }}，有效期至{{ coupon.expires_at | date }}。"
-             "退订回T",
-             "{{ customer.name }}, {{ shop.name }} sent you a coupon: {{ coupon.name }}, valid until "
-             "{{ coupon.expires_at | date }}. Reply STOP to opt out."),
-    _trigger("coupon.expiring", "An unused coupon expires soon.",
-             "coupon.id coupon.name coupon.template_id coupon.rule_id coupon.expires_at coupon.days_left",
-             "marketing",
-             "{{ customer.name }}，您的{{ coupon.name }}还有{{ coupon.days_left }}天过期，别错过。退订回T",
-             "{{ customer.name }}, your {{ coupon.name }} expires in {{ coupon.days_left }} days. "
-             "Reply STOP to opt out."),
-    _trigger("points.expiring", "A lot of points expires soon.",
-             "points.amount points.lot_id points.expires_at points.days_left", "marketing",
-             "{{ customer.name }}，您有{{ points.amount }}积分将于{{ points.expires_at | date }}过期，快来兑换吧。退订回T",
-             "{{ customer.name }}, {{ points.amount }} points expire on {{ points.expires_at | date }}. "
-             "Reply STOP to opt out."),
-    _trigger("level.changed", "A member's level moved up or down.",
-             "level.name level.previous level.direction level.growth", "transactional",
-             "{{ customer.name }}，恭喜您成为{{ shop.name }}{{ level.name }}！",
-             "{{ customer.name }}, you are now a {{ level.name }} member of {{ shop.name }}."),
-    _trigger("segment.changed", "A customer's segment or tags changed (e.g. into dormant: a recall).",
-             "segment.tier segment.cell segment.rfm_class segment.tags segment.previous_tier "
-             "segment.previous_rfm_class segment.entered segment.left", "marketing",
-             "{{ customer.name }}，好久不见！{{ shop.name }}为您准备了回归好礼，点击查看。退订回T",
-             "{{ customer.name }}, we miss you! {{ shop.name }} has a welcome-back gift for you. "
-             "Reply STOP to opt out."),
-    _trigger("replenishment.due", "A category the customer buys regularly is due again.",
-             "replenishment.category", "marketing",
-             "{{ customer.name }}，您常买的{{ replenishment.category }}该补货啦，{{ shop.name }}已为您备好。退订回T",
-             "{{ customer.name }}, time to restock your {{ replenishment.category }} at {{ shop.name }}. "
-             "Reply STOP to opt out."),
-    _trigger("birthday", "The customer's birthday.",
-             "birthday.month birthday.day", "marketing",
-             "{{ customer.name }}，{{ shop.name }}祝您{{ birthday.month }}月{{ birthday.day }}日生日快乐！退订回T",
-             "Happy birthday, {{ customer.name }}! From all of us at {{ shop.name }}. Reply STOP to opt out."),
-    _trigger("campaign", "A merchant's campaign to an audience.",
-             "campaign.id campaign.name", "marketing",
-             "{{ customer.name }}，{{ shop.name }}「{{ campaign.name }}」火热进行中。退订回T",
-             "{{ customer.name }}, {{ shop.name }}'s {{ campaign.name }} is on now. Reply STOP to opt out."),
-]}
+TRIGGERS: dict[str, Trigger] = {
+    t.name: t
+    for t in [
+        _trigger(
+            "coupon.issued",
+            "A coupon landed in the customer's wallet.",
+            "coupon.id coupon.name coupon.template_id coupon.rule_id coupon.kind coupon.face_value_fen "
+            "coupon.starts_at coupon.expires_at",
+            "marketing",
+            "{{ customer.name }}，{{ shop.name }}送您一张{{ coupon.name }}，有效期至{{ coupon.expires_at | date }}。"
+            "退订回T",
+            "{{ customer.name }}, {{ shop.name }} sent you a coupon: {{ coupon.name }}, valid until "
+            "{{ coupon.expires_at | date }}. Reply STOP to opt out.",
+        ),
+        _trigger(
+            "coupon.expiring",
+            "An unused coupon expires soon.",
+            "coupon.id coupon.name coupon.template_id coupon.rule_id coupon.expires_at coupon.days_left",
+            "marketing",
+            "{{ customer.name }}，您的{{ coupon.name }}还有{{ coupon.days_left }}天过期，别错过。退订回T",
+            "{{ customer.name }}, your {{ coupon.name }} expires in {{ coupon.days_left }} days. "
+            "Reply STOP to opt out.",
+        ),
+        _trigger(
+            "points.expiring",
+            "A lot of points expires soon.",
+            "points.amount points.lot_id points.expires_at points.days_left",
+            "marketing",
+            "{{ customer.name }}，您有{{ points.amount }}积分将于{{ points.expires_at | date }}过期，快来兑换吧。退订回T",
+            "{{ customer.name }}, {{ points.amount }} points expire on {{ points.expires_at | date }}. "
+            "Reply STOP to opt out.",
+        ),
+        _trigger(
+            "level.changed",
+            "A member's level moved up or down.",
+            "level.name level.previous level.direction level.growth",
+            "transactional",
+            "{{ customer.name }}，恭喜您成为{{ shop.name }}{{ level.name }}！",
+            "{{ customer.name }}, you are now a {{ level.name }} member of {{ shop.name }}.",
+        ),
+        _trigger(
+            "segment.changed",
+            "A customer's segment or tags changed (e.g. into dormant: a recall).",
+            "segment.tier segment.cell segment.rfm_class segment.tags segment.previous_tier "
+            "segment.previous_rfm_class segment.entered segment.left",
+            "marketing",
+            "{{ customer.name }}，好久不见！{{ shop.name }}为您准备了回归好礼，点击查看。退订回T",
+            "{{ customer.name }}, we miss you! {{ shop.name }} has a welcome-back gift for you. Reply STOP to opt out.",
+        ),
+        _trigger(
+            "replenishment.due",
+            "A category the customer buys regularly is due again.",
+            "replenishment.category",
+            "marketing",
+            "{{ customer.name }}，您常买的{{ replenishment.category }}该补货啦，{{ shop.name }}已为您备好。退订回T",
+            "{{ customer.name }}, time to restock your {{ replenishment.category }} at {{ shop.name }}. "
+            "Reply STOP to opt out.",
+        ),
+        _trigger(
+            "birthday",
+            "The customer's birthday.",
+            "birthday.month birthday.day",
+            "marketing",
+            "{{ customer.name }}，{{ shop.name }}祝您{{ birthday.month }}月{{ birthday.day }}日生日快乐！退订回T",
+            "Happy birthday, {{ customer.name }}! From all of us at {{ shop.name }}. Reply STOP to opt out.",
+        ),
+        _trigger(
+            "campaign",
+            "A merchant's campaign to an audience.",
+            "campaign.id campaign.name",
+            "marketing",
+            "{{ customer.name }}，{{ shop.name }}「{{ campaign.name }}」火热进行中。退订回T",
+            "{{ customer.name }}, {{ shop.name }}'s {{ campaign.name }} is on now. Reply STOP to opt out.",
+        ),
+    ]
+}
 
 
 class UnknownTrigger(ValueError):
@@ -246,27 +286,62 @@ def _when(value: Any) -> Any:
 
 def _trigger_vars(trigger: str, d: dict[str, Any]) -> dict[str, Any]:
     if trigger == "coupon.issued":
-        return {"coupon": {"id": d.get("coupon_id"), "name": d.get("template_name"),
-                           "template_id": d.get("template_id"), "rule_id": d.get("rule_id"), "kind": d.get("kind"),
-                           "face_value_fen": d.get("face_value_fen"), "starts_at": _when(d.get("starts_at")),
-                           "expires_at": _when(d.get("expires_at"))}}
+        return {
+            "coupon": {
+                "id": d.get("coupon_id"),
+                "name": d.get("template_name"),
+                "template_id": d.get("template_id"),
+                "rule_id": d.get("rule_id"),
+                "kind": d.get("kind"),
+                "face_value_fen": d.get("face_value_fen"),
+                "starts_at": _when(d.get("starts_at")),
+                "expires_at": _when(d.get("expires_at")),
+            }
+        }
     if trigger == "coupon.expiring":
-        return {"coupon": {"id": d.get("coupon_id"), "name": d.get("template_name"),
-                           "template_id": d.get("template_id"), "rule_id": d.get("rule_id"),
-                           "expires_at": _when(d.get("expires_at")), "days_left": d.get("days_left")}}
+        return {
+            "coupon": {
+                "id": d.get("coupon_id"),
+                "name": d.get("template_name"),
+                "template_id": d.get("template_id"),
+                "rule_id": d.get("rule_id"),
+                "expires_at": _when(d.get("expires_at")),
+                "days_left": d.get("days_left"),
+            }
+        }
     if trigger == "points.expiring":
-        return {"points": {"amount": d.get("points"), "lot_id": d.get("lot_id"),
-                           "expires_at": _when(d.get("expires_at")), "days_left": d.get("days_left")}}
+        return {
+            "points": {
+                "amount": d.get("points"),
+                "lot_id": d.get("lot_id"),
+                "expires_at": _when(d.get("expires_at")),
+                "days_left": d.get("days_left"),
+            }
+        }
     if trigger == "level.changed":
-        return {"level": {"name": d.get("to_level"), "previous": d.get("from_level"),
-                          "direction": d.get("direction"), "growth": d.get("growth")}}
+        return {
+            "level": {
+                "name": d.get("to_level"),
+                "previous": d.get("from_level"),
+                "direction": d.get("direction"),
+                "growth": d.get("growth"),
+            }
+        }
     if trigger == "segment.changed":
         before, after = d.get("before") or {}, d.get("after") or {}
         old, new = list(before.get("tags") or []), list(after.get("tags") or [])
-        return {"segment": {"tier": after.get("tier"), "cell": after.get("cell"),
-                            "rfm_class": after.get("rfm_class"), "tags": new,
-                            "previous_tier": before.get("tier"), "previous_rfm_class": before.get("rfm_class"),
-                            "entered": [t for t in new if t not in old], "left": [t for t in old if t not in new]}}
+        return {
+            "segment": {
+                "tier": after.get("tier"),
+                "cell": after.get("cell"),
+                "rfm_class": after.get("rfm_class"),
+                "tags": new,
+                "previous_tier": before.get("tier"),
+                "previous_rfm_class": before.get("rfm_class"),
+                "entered": [t for t in new if t not in old],
+                "left": [t for t in old if t not in new],
+            }
+        }
     if trigger == "replenishment.due":
         return {"replenishment": {"category": d.get("category")}}
     if trigger == "birthday":
@@ -276,17 +351,32 @@ def _trigger_vars(trigger: str, d: dict[str, Any]) -> dict[str, Any]:
     raise UnknownTrigger(f"unknown trigger {trigger!r}")
 
 
-def build_context(trigger: str, data: Any, *, customer: Mapping[str, Any], shop: Mapping[str, Any],
-                  now: datetime, tz: str = DEFAULT_TZ, locale: str = DEFAULT_LOCALE,
-                  unsubscribe_url: str | None = None, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_context(
+    trigger: str,
+    data: Any,
+    *,
+    customer: Mapping[str, Any],
+    shop: Mapping[str, Any],
+    now: datetime,
+    tz: str = DEFAULT_TZ,
+    locale: str = DEFAULT_LOCALE,
+    unsubscribe_url: str | None = None,
+    vars: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The variables of the catalogue from a trigger's payload (an event's ``data``, a model or a
     mapping; ``replenishment.due``: category; ``birthday``: month, day;
     ``campaign``: id, name). The one place that maps payload fields to template names."""
     ctx: dict[str, Any] = {
-        "customer": {"id": customer.get("id"), "name": customer.get("name") or customer.get("nickname"),
-                     "nickname": customer.get("nickname") or customer.get("name")},
+        "customer": {
+            "id": customer.get("id"),
+            "name": customer.get("name") or customer.get("nickname"),
+            "nickname": customer.get("nickname") or customer.get("name"),
+        },
         "shop": {"name": shop.get("name")},
-        "now": now, "tz": tz, "locale": locale, "unsubscribe_url": unsubscribe_url,
+        "now": now,
+        "tz": tz,
+        "locale": locale,
+        "unsubscribe_url": unsubscribe_url,
     }
     ctx.update(_trigger_vars(trigger, _payload(data)))
     if vars:
@@ -299,24 +389,43 @@ SAMPLE_NOW = datetime(2026, 11, 7, 10, 0, tzinfo=ZoneInfo(DEFAULT_TZ))
 
 def _sample_data(trigger: str, zh: bool) -> dict[str, Any]:
     now = SAMPLE_NOW
-    coupon = {"coupon_id": "cp-10086", "template_id": "tpl-199-30", "rule_id": "rule-recall",
-              "template_name": "满199减30券" if zh else "¥30 off ¥199"}
+    coupon = {
+        "coupon_id": "cp-10086",
+        "template_id": "tpl-199-30",
+        "rule_id": "rule-recall",
+        "template_name": "满199减30券" if zh else "¥30 off ¥199",
+    }
     match trigger:
         case "coupon.issued":
-            return {**coupon, "kind": "amount_off", "face_value_fen": 3000, "starts_at": now,
-                    "expires_at": now + timedelta(days=7)}
+            return {
+                **coupon,
+                "kind": "amount_off",
+                "face_value_fen": 3000,
+                "starts_at": now,
+                "expires_at": now + timedelta(days=7),
+            }
         case "coupon.expiring":
             return {**coupon, "expires_at": now + timedelta(days=3), "days_left": 3}
         case "points.expiring":
             return {"lot_id": "lot-2026-05", "points": 1200, "expires_at": now + timedelta(days=7), "days_left": 7}
         case "level.changed":
-            return {"from_level": "银卡会员" if zh else "Silver", "to_level": "金卡会员" if zh else "Gold",
-                    "direction": "upgrade", "growth": 2680}
+            return {
+                "from_level": "银卡会员" if zh else "Silver",
+                "to_level": "金卡会员" if zh else "Gold",
+                "direction": "upgrade",
+                "growth": 2680,
+            }
         case "segment.changed":
-            return {"before": {"tier": "B", "cell": "2-2-2", "rfm_class": "important_development",
-                               "tags": ["repurchase_cycle:milk-powder"]},
-                    "after": {"tier": "B", "cell": "1-2-2", "rfm_class": "important_winback", "tags": ["dormant"]},
-                    "config_version": 3}
+            return {
+                "before": {
+                    "tier": "B",
+                    "cell": "2-2-2",
+                    "rfm_class": "important_development",
+                    "tags": ["repurchase_cycle:milk-powder"],
+                },
+                "after": {"tier": "B", "cell": "1-2-2", "rfm_class": "important_winback", "tags": ["dormant"]},
+                "config_version": 3,
+            }
         case "replenishment.due":
             return {"category": "奶粉" if zh else "milk powder"}
         case "birthday":
@@ -326,17 +435,25 @@ def _sample_data(trigger: str, zh: bool) -> dict[str, Any]:
     raise UnknownTrigger(f"unknown trigger {trigger!r}")
 
 
-def sample_context(trigger: str, locale: str = DEFAULT_LOCALE,
-                   extra_vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def sample_context(
+    trigger: str, locale: str = DEFAULT_LOCALE, extra_vars: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Believable values for every variable of ``trigger``, for previews and the save-time trial
     render; ``extra_vars`` are the declared variables with their sample values."""
     zh = locale != "en"
     customer = {"id": "u-42", "name": "林晓" if zh else "Lin Xiao", "nickname": "小林" if zh else "Lin"}
     shop = {"name": "贝贝母婴旗舰店" if zh else "Beibei Baby Store"}
-    return build_context(trigger, _sample_data(trigger, zh), customer=customer, shop=shop, now=SAMPLE_NOW,
-                         tz=DEFAULT_TZ, locale=locale if locale in LOCALES else DEFAULT_LOCALE,
-                         unsubscribe_url="https://fugou.example/u/sample-token",
-                         vars={k.removeprefix("vars."): v for k, v in (extra_vars or {}).items()})
+    return build_context(
+        trigger,
+        _sample_data(trigger, zh),
+        customer=customer,
+        shop=shop,
+        now=SAMPLE_NOW,
+        tz=DEFAULT_TZ,
+        locale=locale if locale in LOCALES else DEFAULT_LOCALE,
+        unsubscribe_url="https://fugou.example/u/sample-token",
+        vars={k.removeprefix("vars."): v for k, v in (extra_vars or {}).items()},
+    )
 
 
 # ---------------------------------------------------------------- filters and the sandbox
@@ -439,8 +556,9 @@ def _finalize(value: Any) -> Any:
 
 
 def _environment(autoescape: bool) -> _Sandbox:
-    env = _Sandbox(undefined=StrictUndefined, autoescape=autoescape, finalize=_finalize, trim_blocks=True,
-                   lstrip_blocks=True)
+    env = _Sandbox(
+        undefined=StrictUndefined, autoescape=autoescape, finalize=_finalize, trim_blocks=True, lstrip_blocks=True
+    )
     env.filters.update({"yuan": yuan, "date": _date_filter, "datetime": _datetime_filter, "format": _format_filter})
     del env.globals["lipsum"]  # no use in a message, and a cheap way to make megabytes
     return env
@@ -544,16 +662,18 @@ def validate(spec: TemplateSpec, extra_vars: Iterable[str] = ()) -> list[Problem
         problems.extend(_channel_problems(spec.channel, spec.parts))
 
     known = variables(spec.trigger, declared) if trigger else None
-    sample = (sample_context(spec.trigger, spec.locale, {n: f"{{{n}}}" for n in declared})
-              if trigger else None)
+    sample = sample_context(spec.trigger, spec.locale, {n: f"{{{n}}}" for n in declared}) if trigger else None
     for name, source, html in _sources(spec.parts):
         problems.extend(_source_problems(name, source, html, known, sample, spec.channel))
     return problems
 
 
 def _channel_problems(channel: str, parts: TemplateParts) -> list[Problem]:
-    out = [Problem(f"parts.{name}", f"{channel} messages have no {name}")
-           for name in PART_NAMES if name not in ALLOWED_PARTS[channel] and _present(parts, name)]
+    out = [
+        Problem(f"parts.{name}", f"{channel} messages have no {name}")
+        for name in PART_NAMES
+        if name not in ALLOWED_PARTS[channel] and _present(parts, name)
+    ]
     if channel == "email":
         if not _present(parts, "subject"):
             out.append(Problem("parts.subject", "an email needs a subject"))
@@ -563,12 +683,16 @@ def _channel_problems(channel: str, parts: TemplateParts) -> list[Problem]:
         if not (_present(parts, "text") or _present(parts, "provider_template")):
             out.append(Problem("parts.text", "an SMS needs text, or a provider template with its fields"))
         if parts.fields and not _present(parts, "provider_template"):
-            out.append(Problem("parts.provider_template", "SMS fields are a provider template's parameters; "
-                                                          "name the template"))
+            out.append(
+                Problem("parts.provider_template", "SMS fields are a provider template's parameters; name the template")
+            )
         for key in parts.fields:
             if not SMS_PARAM.fullmatch(key):
-                out.append(Problem(f"parts.fields.{key}", "an SMS template parameter is a letter or _ then "
-                                                          "letters, digits or _"))
+                out.append(
+                    Problem(
+                        f"parts.fields.{key}", "an SMS template parameter is a letter or _ then letters, digits or _"
+                    )
+                )
     elif channel == "wechat":
         if not _present(parts, "provider_template"):
             out.append(Problem("parts.provider_template", "a WeChat subscribe message needs its template id"))
@@ -576,10 +700,15 @@ def _channel_problems(channel: str, parts: TemplateParts) -> list[Problem]:
             out.append(Problem("parts.fields", "a WeChat subscribe message needs at least one field"))
         for key in parts.fields:
             if not WECHAT_KEY.fullmatch(key):
-                out.append(Problem(f"parts.fields.{key}", "a WeChat key is a kind followed by digits (thing1, "
-                                                          "time2…): thing, number, letter, symbol, "
-                                                          "character_string, time, date, amount, phone_number, "
-                                                          "car_number, name or phrase"))
+                out.append(
+                    Problem(
+                        f"parts.fields.{key}",
+                        "a WeChat key is a kind followed by digits (thing1, "
+                        "time2…): thing, number, letter, symbol, "
+                        "character_string, time, date, amount, phone_number, "
+                        "car_number, name or phrase",
+                    )
+                )
     elif not any(_present(parts, n) for n in ("subject", "text", "html", "fields")):
         out.append(Problem("parts.text", f"a {channel} message needs text, html or fields"))
     if _present(parts, "provider_template") and not PROVIDER_TEMPLATE.fullmatch(parts.provider_template or ""):
@@ -591,8 +720,9 @@ _NUMBER = re.compile(r"^\d+(\.\d+)?$")
 _AMOUNT = re.compile(r"^[¥￥$€£]?\d{1,10}(\.\d{1,2})?元?$")
 
 
-def _source_problems(name: str, source: str, html: bool, known: set[str] | None,
-                     sample: dict[str, Any] | None, channel: str) -> list[Problem]:
+def _source_problems(
+    name: str, source: str, html: bool, known: set[str] | None, sample: dict[str, Any] | None, channel: str
+) -> list[Problem]:
     env = _HTML_ENV if html else _TEXT_ENV
     try:
         ast = env.parse(source)
@@ -603,7 +733,7 @@ def _source_problems(name: str, source: str, html: bool, known: set[str] | None,
         return list(dict.fromkeys(out))
     try:
         value = _compiled(source, html).render(sample)
-    except Exception as exc:  # noqa: BLE001 - any failure of a template is the template's problem
+    except Exception as exc:
         return [Problem(name, f"fails on the sample values: {_describe(exc)}")]
     key = name.removeprefix("parts.fields.")
     if channel == "wechat" and name.startswith("parts.fields.") and (m := WECHAT_KEY.fullmatch(key)):
@@ -715,11 +845,13 @@ def _check_use(use: _Use, leaves: set[str], groups: set[str]) -> str | None:
             return None  # reading into a value (now.year, coupon.name.upper) is the value's business
         candidate = f"{prefix}.{part}"
         if candidate not in leaves and candidate not in groups:
-            children = sorted(p for p in leaves | groups if p.startswith(prefix + ".") and
-                              p.count(".") == prefix.count(".") + 1)
+            children = sorted(
+                p for p in leaves | groups if p.startswith(prefix + ".") and p.count(".") == prefix.count(".") + 1
+            )
             hint = difflib.get_close_matches(candidate, children, n=1)
-            return (f"unknown variable {candidate!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else f"; {prefix} has {', '.join(children)}"))
+            return f"unknown variable {candidate!r}" + (
+                f"; did you mean {hint[0]!r}?" if hint else f"; {prefix} has {', '.join(children)}"
+            )
         prefix = candidate
     if prefix in leaves:
         return None
@@ -749,7 +881,7 @@ def render(spec: TemplateSpec, context: Mapping[str, Any]) -> RenderedParts:
             return None
         try:
             return _compiled(source, html).render(context)
-        except Exception as exc:  # noqa: BLE001 - any failure of a template is the template's problem
+        except Exception as exc:
             raise RenderError(name, _describe(exc)) from exc
 
     parts = spec.parts
@@ -774,7 +906,8 @@ def render_example(trigger: str, locale: str = DEFAULT_LOCALE) -> str:
     """The trigger's plain-text example on the sample values (what a preview shows first)."""
     t = TRIGGERS[trigger]
     return _compiled(t.examples.get(locale) or t.examples[DEFAULT_LOCALE], False).render(
-        sample_context(trigger, locale))
+        sample_context(trigger, locale)
+    )
 
 
 def fingerprint(spec: TemplateSpec) -> str:
@@ -784,17 +917,41 @@ def fingerprint(spec: TemplateSpec) -> str:
     def norm(v: str | None) -> str | None:
         return v if v else None
 
-    doc = {"channel": spec.channel, "locale": spec.locale, "trigger": spec.trigger,
-           "subject": norm(p.subject), "text": norm(p.text), "html": norm(p.html),
-           "fields": sorted(p.fields.items()), "provider_template": norm(p.provider_template),
-           "page": norm(p.page)}
+    doc = {
+        "channel": spec.channel,
+        "locale": spec.locale,
+        "trigger": spec.trigger,
+        "subject": norm(p.subject),
+        "text": norm(p.text),
+        "html": norm(p.html),
+        "fields": sorted(p.fields.items()),
+        "provider_template": norm(p.provider_template),
+        "page": norm(p.page),
+    }
     raw = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
 __all__ = [
-    "CHANNELS", "COMMON_VARIABLES", "DEFAULT_LOCALE", "LOCALES", "TRIGGERS", "Problem", "RenderError",
-    "RenderedParts", "TemplateParts", "TemplateSpec", "Trigger", "UnknownTrigger", "build_context",
-    "check_var_name", "fingerprint", "render", "render_example", "sample_context", "validate", "variables",
+    "CHANNELS",
+    "COMMON_VARIABLES",
+    "DEFAULT_LOCALE",
+    "LOCALES",
+    "TRIGGERS",
+    "Problem",
+    "RenderError",
+    "RenderedParts",
+    "TemplateParts",
+    "TemplateSpec",
+    "Trigger",
+    "UnknownTrigger",
+    "build_context",
+    "check_var_name",
+    "fingerprint",
+    "render",
+    "render_example",
+    "sample_context",
+    "validate",
+    "variables",
     "yuan",
 ]

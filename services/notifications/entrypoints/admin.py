@@ -6,7 +6,7 @@ channel's record, and a customer's consents. Thin: JSON in, a service-layer call
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlencode
 
@@ -23,11 +23,11 @@ from services.notifications.adapters.tables import channel_configs, consents, me
 from services.notifications.domain import templates as dt
 from services.notifications.domain.contacts import ADDRESS_FIELD, InvalidContact, callback_token, normalize_address
 from services.notifications.service_layer import campaigns as campaigns_svc
-from services.notifications.service_layer import config
-from services.notifications.service_layer import profiles, reads
+from services.notifications.service_layer import config, profiles, reads
 from services.notifications.service_layer import templates as templates_svc
 from services.notifications.service_layer.config import Channel, ChannelSettings, Key, NotifyRule, Policy, Strict
 from services.notifications.service_layer.state import Notifier, notifier_for
+from shared import clock
 from shared.events import Id
 from shared.tenancy import Merchant
 from shared.web import ApiError, merchant_dependency, runtime_of, session_dependency
@@ -44,18 +44,24 @@ Locale = Literal["zh-CN", "en"]
 
 router = APIRouter()
 SETTINGS, TEMPLATES, RULES, CAMPAIGNS, MESSAGES, CONSENTS = (
-    ["notifications: settings"], ["notifications: templates"], ["notifications: rules"],
-    ["notifications: campaigns"], ["notifications: messages"], ["notifications: consents"])
+    ["notifications: settings"],
+    ["notifications: templates"],
+    ["notifications: rules"],
+    ["notifications: campaigns"],
+    ["notifications: messages"],
+    ["notifications: consents"],
+)
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return clock.now()
 
 
 def refused(problems: list[tuple[str, str]]) -> RequestValidationError:
     """A 422 naming every field at fault (``error.fields``), in the shape of any validation error."""
-    return RequestValidationError([{"loc": tuple(field.split(".")), "msg": message, "type": "value_error"}
-                                   for field, message in problems])
+    return RequestValidationError(
+        [{"loc": tuple(field.split(".")), "msg": message, "type": "value_error"} for field, message in problems]
+    )
 
 
 def _problems(e: templates_svc.TemplateRefused) -> RequestValidationError:
@@ -65,15 +71,23 @@ def _problems(e: templates_svc.TemplateRefused) -> RequestValidationError:
 # ---------------------------------------------------------------- policy
 
 
-@router.get("/v1/notifications/policy", response_model=Policy, tags=SETTINGS,
-            summary="The policy in force: caps, quiet hours, consent, retries (defaults until saved)")
+@router.get(
+    "/v1/notifications/policy",
+    response_model=Policy,
+    tags=SETTINGS,
+    summary="The policy in force: caps, quiet hours, consent, retries (defaults until saved)",
+)
 async def get_policy(merchant: AdminMerchant, session: Session) -> Policy:
     return await config.policy_of(session, merchant.merchant_id)
 
 
-@router.put("/v1/notifications/policy", response_model=Policy, tags=SETTINGS,
-            summary="Replace the policy (it applies to every message decided from now on)",
-            responses={422: {"description": "a setting, and why"}})
+@router.put(
+    "/v1/notifications/policy",
+    response_model=Policy,
+    tags=SETTINGS,
+    summary="Replace the policy (it applies to every message decided from now on)",
+    responses={422: {"description": "a setting, and why"}},
+)
 async def put_policy(body: Policy, merchant: AdminMerchant, session: Session) -> Policy:
     async with session.begin():
         await config.save_policy(session, merchant.merchant_id, body, now())
@@ -86,7 +100,7 @@ async def put_policy(body: Policy, merchant: AdminMerchant, session: Session) ->
 class ChannelView(BaseModel):
     channel: Channel
     provider: str
-    config: dict[str, Any] = Field(description="The provider's settings; secrets show as \"***\".")
+    config: dict[str, Any] = Field(description='The provider\'s settings; secrets show as "***".')
     rate_per_s: int
     burst: int
     updated_at: datetime
@@ -96,8 +110,11 @@ def _secret_fields(provider: str) -> set[str]:
     model = CONFIG_MODELS.get(provider)
     if model is None:
         return set()
-    return {name for name, f in model.model_fields.items()
-            if f.annotation is SecretStr or SecretStr in get_args(f.annotation)}
+    return {
+        name
+        for name, f in model.model_fields.items()
+        if f.annotation is SecretStr or SecretStr in get_args(f.annotation)
+    }
 
 
 def _channel_view(row: Any) -> ChannelView:
@@ -105,8 +122,14 @@ def _channel_view(row: Any) -> ChannelView:
     for name in _secret_fields(row.provider) & set(body):
         if body[name]:
             body[name] = "***"
-    return ChannelView(channel=row.channel, provider=row.provider, config=body, rate_per_s=row.rate_per_s,
-                       burst=row.burst, updated_at=row.updated_at)
+    return ChannelView(
+        channel=row.channel,
+        provider=row.provider,
+        config=body,
+        rate_per_s=row.rate_per_s,
+        burst=row.burst,
+        updated_at=row.updated_at,
+    )
 
 
 async def _channel_rows(session: AsyncSession, merchant_id: str, channel: str | None = None) -> list[Any]:
@@ -132,17 +155,26 @@ def _refresh_route(request: Request, merchant_id: str, channel: str) -> None:
         route.built_at = float("-inf")
 
 
-@router.put("/v1/notifications/channels/{channel}", response_model=ChannelView, tags=SETTINGS,
-            summary="Set the provider of a channel (validated now, used by the dispatchers within seconds)",
-            responses={422: {"description": "a provider setting, and why (e.g. body.config.app_id)"}})
-async def put_channel(channel: Channel, body: ChannelSettings, request: Request, merchant: AdminMerchant,
-                      session: Session) -> ChannelView:
+@router.put(
+    "/v1/notifications/channels/{channel}",
+    response_model=ChannelView,
+    tags=SETTINGS,
+    summary="Set the provider of a channel (validated now, used by the dispatchers within seconds)",
+    responses={422: {"description": "a provider setting, and why (e.g. body.config.app_id)"}},
+)
+async def put_channel(
+    channel: Channel, body: ChannelSettings, request: Request, merchant: AdminMerchant, session: Session
+) -> ChannelView:
     try:
         async with session.begin():
             await config.save_channel(session, merchant.merchant_id, channel, body, now())
     except ValidationError as e:  # the provider's own settings model
-        raise refused([(".".join(("body", "config", *(str(p) for p in err["loc"]))), err["msg"])
-                       for err in e.errors(include_url=False)]) from None
+        raise refused(
+            [
+                (".".join(("body", "config", *(str(p) for p in err["loc"]))), err["msg"])
+                for err in e.errors(include_url=False)
+            ]
+        ) from None
     except ValueError as e:  # a provider of another channel kind
         raise ApiError(422, "wrong_provider", str(e), field="body.provider") from None
     _refresh_route(request, merchant.merchant_id, channel)
@@ -150,19 +182,28 @@ async def put_channel(channel: Channel, body: ChannelSettings, request: Request,
     return _channel_view(row)
 
 
-@router.get("/v1/notifications/channels", response_model=list[ChannelView], tags=SETTINGS,
-            summary="The configured providers (a channel not listed: messages are recorded by the console)")
+@router.get(
+    "/v1/notifications/channels",
+    response_model=list[ChannelView],
+    tags=SETTINGS,
+    summary="The configured providers (a channel not listed: messages are recorded by the console)",
+)
 async def list_channels(merchant: AdminMerchant, session: Session) -> list[ChannelView]:
     return [_channel_view(r) for r in await _channel_rows(session, merchant.merchant_id)]
 
 
-@router.delete("/v1/notifications/channels/{channel}", status_code=204, tags=SETTINGS,
-               summary="Remove a channel's provider (back to the default)")
+@router.delete(
+    "/v1/notifications/channels/{channel}",
+    status_code=204,
+    tags=SETTINGS,
+    summary="Remove a channel's provider (back to the default)",
+)
 async def delete_channel(channel: Channel, request: Request, merchant: AdminMerchant, session: Session) -> None:
     c = channel_configs.c
     async with session.begin():
-        res = await session.execute(delete(channel_configs).where(c.merchant_id == merchant.merchant_id,
-                                                                  c.channel == channel))
+        res = await session.execute(
+            delete(channel_configs).where(c.merchant_id == merchant.merchant_id, c.channel == channel)
+        )
     if not res.rowcount:  # type: ignore[attr-defined]
         raise ApiError(404, "not_found", f"no provider configured for {channel}", field="path.channel")
     _refresh_route(request, merchant.merchant_id, channel)
@@ -176,18 +217,28 @@ class Parts(Strict):
     text: str | None = Field(None, max_length=20_000, description="sms, email (webhook, console)")
     html: str | None = Field(None, max_length=200_000, description="email, autoescaped (webhook, console)")
     fields: dict[str, Annotated[str, Field(max_length=2_000)]] = Field(
-        default_factory=dict, max_length=50,
-        description="wechat keys (thing1, time2…) or an SMS provider template's parameters")
+        default_factory=dict,
+        max_length=50,
+        description="wechat keys (thing1, time2…) or an SMS provider template's parameters",
+    )
     provider_template: str | None = Field(None, max_length=128, description="wechat template id, SMS template code")
     page: str | None = Field(None, max_length=1_000, description="the mini-program page a WeChat message opens")
 
     def domain(self) -> dt.TemplateParts:
-        return dt.TemplateParts(subject=self.subject, text=self.text, html=self.html, fields=dict(self.fields),
-                                provider_template=self.provider_template, page=self.page)
+        return dt.TemplateParts(
+            subject=self.subject,
+            text=self.text,
+            html=self.html,
+            fields=dict(self.fields),
+            provider_template=self.provider_template,
+            page=self.page,
+        )
 
 
-Vars = Annotated[list[Annotated[str, Field(max_length=70)]], Field(
-    max_length=50, description="Variables of the template's own (a campaign's vars), read as vars.<name>")]
+Vars = Annotated[
+    list[Annotated[str, Field(max_length=70)]],
+    Field(max_length=50, description="Variables of the template's own (a campaign's vars), read as vars.<name>"),
+]
 
 
 class TemplateBody(Strict):
@@ -221,22 +272,44 @@ class TemplateView(BaseModel):
 
 def _template_view(st: templates_svc.StoredTemplate) -> TemplateView:
     p = st.spec.parts
-    return TemplateView(key=st.key, version=st.version, channel=st.spec.channel, locale=st.spec.locale,
-                        trigger=st.spec.trigger, vars=list(st.vars), created_at=st.created_at,
-                        parts=Parts(subject=p.subject, text=p.text, html=p.html, fields=dict(p.fields),
-                                    provider_template=p.provider_template, page=p.page))
+    return TemplateView(
+        key=st.key,
+        version=st.version,
+        channel=st.spec.channel,
+        locale=st.spec.locale,
+        trigger=st.spec.trigger,
+        vars=list(st.vars),
+        created_at=st.created_at,
+        parts=Parts(
+            subject=p.subject,
+            text=p.text,
+            html=p.html,
+            fields=dict(p.fields),
+            provider_template=p.provider_template,
+            page=p.page,
+        ),
+    )
 
 
-@router.post("/v1/notifications/templates", response_model=TemplateSaved, status_code=201, tags=TEMPLATES,
-             summary="Save a template: a new version when its content changed (200 when it did not)",
-             responses={200: {"description": "the same content as the version in force: nothing new"},
-                        422: {"description": "every problem, each naming its part (body.parts.text…)"}})
-async def save_template(body: TemplateBody, response: Response, merchant: AdminMerchant,
-                        session: Session) -> TemplateSaved:
+@router.post(
+    "/v1/notifications/templates",
+    response_model=TemplateSaved,
+    status_code=201,
+    tags=TEMPLATES,
+    summary="Save a template: a new version when its content changed (200 when it did not)",
+    responses={
+        200: {"description": "the same content as the version in force: nothing new"},
+        422: {"description": "every problem, each naming its part (body.parts.text…)"},
+    },
+)
+async def save_template(
+    body: TemplateBody, response: Response, merchant: AdminMerchant, session: Session
+) -> TemplateSaved:
     try:
         async with session.begin():
-            st, created = await templates_svc.save(session, merchant.merchant_id, body.key, body.spec(),
-                                                   list(body.vars), now())
+            st, created = await templates_svc.save(
+                session, merchant.merchant_id, body.key, body.spec(), list(body.vars), now()
+            )
     except templates_svc.TemplateRefused as e:
         raise _problems(e) from None
     if not created:
@@ -244,14 +317,22 @@ async def save_template(body: TemplateBody, response: Response, merchant: AdminM
     return TemplateSaved(key=st.key, version=st.version, created=created)
 
 
-@router.get("/v1/notifications/templates", response_model=list[TemplateView], tags=TEMPLATES,
-            summary="The version in force of every template")
+@router.get(
+    "/v1/notifications/templates",
+    response_model=list[TemplateView],
+    tags=TEMPLATES,
+    summary="The version in force of every template",
+)
 async def list_templates(merchant: AdminMerchant, session: Session) -> list[TemplateView]:
     return [_template_view(st) for st in await templates_svc.listing(session, merchant.merchant_id)]
 
 
-@router.get("/v1/notifications/templates/{key}", response_model=list[TemplateView], tags=TEMPLATES,
-            summary="Every version of a template, newest first")
+@router.get(
+    "/v1/notifications/templates/{key}",
+    response_model=list[TemplateView],
+    tags=TEMPLATES,
+    summary="Every version of a template, newest first",
+)
 async def template_versions(key: TemplateKey, merchant: AdminMerchant, session: Session) -> list[TemplateView]:
     found = await templates_svc.versions(session, merchant.merchant_id, key)
     if not found:
@@ -259,10 +340,15 @@ async def template_versions(key: TemplateKey, merchant: AdminMerchant, session: 
     return [_template_view(st) for st in found]
 
 
-@router.get("/v1/notifications/templates/{key}/versions/{version}", response_model=TemplateView, tags=TEMPLATES,
-            summary="One version of a template")
-async def template_version(key: TemplateKey, version: Annotated[int, Path(ge=1)], merchant: AdminMerchant,
-                           session: Session) -> TemplateView:
+@router.get(
+    "/v1/notifications/templates/{key}/versions/{version}",
+    response_model=TemplateView,
+    tags=TEMPLATES,
+    summary="One version of a template",
+)
+async def template_version(
+    key: TemplateKey, version: Annotated[int, Path(ge=1)], merchant: AdminMerchant, session: Session
+) -> TemplateView:
     found = await templates_svc.versions(session, merchant.merchant_id, key, version)
     if not found:
         raise ApiError(404, "not_found", f"no version {version} of template {key!r}", field="path.version")
@@ -275,8 +361,11 @@ class PreviewBody(Strict):
     trigger: str
     parts: Parts
     vars: Vars = Field(default_factory=list)
-    variables: dict[str, Any] = Field(default_factory=dict, max_length=200, description="Values instead of the "
-                                      "samples, by dotted name: {\"coupon.name\": \"新人券\", \"vars.headline\": …}")
+    variables: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=200,
+        description='Values instead of the samples, by dotted name: {"coupon.name": "新人券", "vars.headline": …}',
+    )
 
 
 class Rendered(BaseModel):
@@ -294,9 +383,13 @@ class PreviewView(BaseModel):
     context: dict[str, Any] = Field(description="The variables it was rendered with")
 
 
-@router.post("/v1/notifications/templates/preview", response_model=PreviewView, tags=TEMPLATES,
-             summary="Render a template on the trigger's sample values (or the values given)",
-             responses={422: {"description": "every problem, each naming its part"}})
+@router.post(
+    "/v1/notifications/templates/preview",
+    response_model=PreviewView,
+    tags=TEMPLATES,
+    summary="Render a template on the trigger's sample values (or the values given)",
+    responses={422: {"description": "every problem, each naming its part"}},
+)
 async def preview(body: PreviewBody, merchant: AdminMerchant) -> PreviewView:
     spec = dt.TemplateSpec(body.channel, body.locale, body.trigger, body.parts.domain())
     try:
@@ -305,19 +398,32 @@ async def preview(body: PreviewBody, merchant: AdminMerchant) -> PreviewView:
         raise _problems(e) from None
     except dt.RenderError as e:
         raise refused([(f"body.{e.field}", f"fails on the values given: {e.message}")]) from None
-    return PreviewView(rendered=Rendered(subject=parts.subject, text=parts.text, html=parts.html,
-                                         fields=dict(parts.fields), provider_template=parts.provider_template,
-                                         page=parts.page, unsubscribe_url=parts.unsubscribe_url), context=ctx)
+    return PreviewView(
+        rendered=Rendered(
+            subject=parts.subject,
+            text=parts.text,
+            html=parts.html,
+            fields=dict(parts.fields),
+            provider_template=parts.provider_template,
+            page=parts.page,
+            unsubscribe_url=parts.unsubscribe_url,
+        ),
+        context=ctx,
+    )
 
 
 class TestSendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     template: Key = Field(description="A saved template's key (its version in force is sent)")
-    to: str = Field(min_length=1, max_length=320, description="A phone number (SMS), an email address, a WeChat "
-                                                              "openid; ignored for webhook and console")
-    variables: dict[str, Any] = Field(default_factory=dict, description="Override sample values, e.g. "
-                                      "{\"coupon.name\": \"新人券\"}")
+    to: str = Field(
+        min_length=1,
+        max_length=320,
+        description="A phone number (SMS), an email address, a WeChat openid; ignored for webhook and console",
+    )
+    variables: dict[str, Any] = Field(
+        default_factory=dict, description='Override sample values, e.g. {"coupon.name": "新人券"}'
+    )
 
 
 class TestSendView(BaseModel):
@@ -329,11 +435,17 @@ class TestSendView(BaseModel):
     rendered: Rendered
 
 
-@router.post("/v1/notifications/test-send", response_model=TestSendView, tags=TEMPLATES,
-             summary="Send a saved template, on its sample values, to an address of yours through the provider "
-                     "configured for its channel (no policy applies: this is the merchant testing)",
-             responses={404: {"description": "no such template"},
-                        422: {"description": "an invalid phone number, email or openid (body.to)"}})
+@router.post(
+    "/v1/notifications/test-send",
+    response_model=TestSendView,
+    tags=TEMPLATES,
+    summary="Send a saved template, on its sample values, to an address of yours through the provider "
+    "configured for its channel (no policy applies: this is the merchant testing)",
+    responses={
+        404: {"description": "no such template"},
+        422: {"description": "an invalid phone number, email or openid (body.to)"},
+    },
+)
 async def test_send(body: TestSendBody, request: Request, merchant: AdminMerchant, session: Session) -> TestSendView:
     found = (await templates_svc.latest(session, merchant.merchant_id, [body.template])).get(body.template)
     if found is None:
@@ -349,8 +461,14 @@ async def test_send(body: TestSendBody, request: Request, merchant: AdminMerchan
         parts, _ = templates_svc.preview(found.spec, list(found.vars), body.variables, merchant.name)
     except dt.RenderError as e:
         raise refused([("body.variables", f"{e.field} fails on the values given: {e.message}")]) from None
-    rendered = ChannelRendered(subject=parts.subject, text=parts.text, html=parts.html, fields=parts.fields,
-                               provider_template=parts.provider_template, page=parts.page)
+    rendered = ChannelRendered(
+        subject=parts.subject,
+        text=parts.text,
+        html=parts.html,
+        fields=parts.fields,
+        provider_template=parts.provider_template,
+        page=parts.page,
+    )
     notifier = Notifier(runtime_of(request, SERVICE).settings)
     try:
         route = await notifier.route(session, merchant.merchant_id, channel)
@@ -359,11 +477,22 @@ async def test_send(body: TestSendBody, request: Request, merchant: AdminMerchan
         [res] = await route.channel.send([Outgoing(f"test-{uuid.uuid4()}", merchant.merchant_id, None, to, rendered)])
     finally:
         await notifier.aclose()
-    return TestSendView(outcome=res.outcome, provider=route.provider, provider_id=res.provider_id, code=res.code,
-                        detail=res.detail,
-                        rendered=Rendered(subject=parts.subject, text=parts.text, html=parts.html,
-                                          fields=dict(parts.fields), provider_template=parts.provider_template,
-                                          page=parts.page, unsubscribe_url=None))
+    return TestSendView(
+        outcome=res.outcome,
+        provider=route.provider,
+        provider_id=res.provider_id,
+        code=res.code,
+        detail=res.detail,
+        rendered=Rendered(
+            subject=parts.subject,
+            text=parts.text,
+            html=parts.html,
+            fields=dict(parts.fields),
+            provider_template=parts.provider_template,
+            page=parts.page,
+            unsubscribe_url=None,
+        ),
+    )
 
 
 class TriggerExample(BaseModel):
@@ -380,14 +509,27 @@ class TriggerView(BaseModel):
     examples: dict[str, TriggerExample] = Field(description="By locale")
 
 
-@router.get("/v1/notifications/triggers", response_model=list[TriggerView], tags=TEMPLATES,
-            summary="The trigger catalogue: what each trigger's templates may read, with examples")
+@router.get(
+    "/v1/notifications/triggers",
+    response_model=list[TriggerView],
+    tags=TEMPLATES,
+    summary="The trigger catalogue: what each trigger's templates may read, with examples",
+)
 async def triggers(merchant: AdminMerchant) -> list[TriggerView]:
-    return [TriggerView(name=t.name, description=t.description, purpose=t.purpose, for_rules=t.name != "campaign",
-                        variables=sorted(dt.variables(t.name)),
-                        examples={loc: TriggerExample(source=src, rendered=dt.render_example(t.name, loc))
-                                  for loc, src in t.examples.items()})
-            for t in dt.TRIGGERS.values()]
+    return [
+        TriggerView(
+            name=t.name,
+            description=t.description,
+            purpose=t.purpose,
+            for_rules=t.name != "campaign",
+            variables=sorted(dt.variables(t.name)),
+            examples={
+                loc: TriggerExample(source=src, rendered=dt.render_example(t.name, loc))
+                for loc, src in t.examples.items()
+            },
+        )
+        for t in dt.TRIGGERS.values()
+    ]
 
 
 # ---------------------------------------------------------------- rules
@@ -397,13 +539,21 @@ class RuleBody(NotifyRule):
     rule_id: Key | None = Field(None, description="Omitted: the path's; given: must equal it")  # type: ignore[assignment]
 
 
-@router.put("/v1/notifications/rules/{rule_id}", response_model=NotifyRule, tags=RULES,
-            summary="Create or replace a rule (its templates may be saved later: explain says template_missing)",
-            responses={422: {"description": "a field, and why"}})
+@router.put(
+    "/v1/notifications/rules/{rule_id}",
+    response_model=NotifyRule,
+    tags=RULES,
+    summary="Create or replace a rule (its templates may be saved later: explain says template_missing)",
+    responses={422: {"description": "a field, and why"}},
+)
 async def put_rule(rule_id: RuleId, body: RuleBody, merchant: AdminMerchant, session: Session) -> NotifyRule:
     if body.rule_id is not None and body.rule_id != rule_id:
-        raise ApiError(422, "validation_error", f"rule_id {body.rule_id!r} differs from the path's {rule_id!r}",
-                       field="body.rule_id")
+        raise ApiError(
+            422,
+            "validation_error",
+            f"rule_id {body.rule_id!r} differs from the path's {rule_id!r}",
+            field="body.rule_id",
+        )
     try:
         rule = NotifyRule.model_validate({**body.model_dump(), "rule_id": rule_id})
     except ValidationError as e:  # the path's rule_id is not a key
@@ -418,8 +568,9 @@ async def list_rules(merchant: AdminMerchant, session: Session) -> list[NotifyRu
     return await config.list_rules(session, merchant.merchant_id)
 
 
-@router.delete("/v1/notifications/rules/{rule_id}", status_code=204, tags=RULES,
-               summary="Delete a rule (its messages stay)")
+@router.delete(
+    "/v1/notifications/rules/{rule_id}", status_code=204, tags=RULES, summary="Delete a rule (its messages stay)"
+)
 async def delete_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -> None:
     async with session.begin():
         found = await config.delete_rule(session, merchant.merchant_id, rule_id)
@@ -456,22 +607,41 @@ async def _check_campaign(session: AsyncSession, merchant_id: str, spec: campaig
         if st is None:
             raise ApiError(422, "unknown_template", f"no template {choice.template!r}", field=field)
         if st.spec.channel != choice.channel:
-            raise ApiError(422, "wrong_template", f"template {choice.template!r} is for {st.spec.channel}, "
-                                                  f"not {choice.channel}", field=field)
+            raise ApiError(
+                422,
+                "wrong_template",
+                f"template {choice.template!r} is for {st.spec.channel}, not {choice.channel}",
+                field=field,
+            )
         if st.spec.trigger != "campaign":
-            raise ApiError(422, "wrong_template", f"template {choice.template!r} answers {st.spec.trigger}; "
-                                                  "a campaign needs a template for the campaign trigger", field=field)
+            raise ApiError(
+                422,
+                "wrong_template",
+                f"template {choice.template!r} answers {st.spec.trigger}; "
+                "a campaign needs a template for the campaign trigger",
+                field=field,
+            )
         missing = [v.removeprefix("vars.") for v in st.vars if v.removeprefix("vars.") not in spec.vars]
         if missing:
-            raise ApiError(422, "missing_vars", f"template {choice.template!r} reads vars "
-                                                f"{', '.join(missing)}: give their values", field="body.vars")
+            raise ApiError(
+                422,
+                "missing_vars",
+                f"template {choice.template!r} reads vars {', '.join(missing)}: give their values",
+                field="body.vars",
+            )
 
 
-@router.post("/v1/notifications/campaigns", response_model=CampaignCreated, status_code=201, tags=CAMPAIGNS,
-             summary="Start (or schedule) a campaign: one message to every member of an audience",
-             responses={422: {"description": "a field, and why"}})
-async def create_campaign(body: campaigns_svc.CampaignSpec, merchant: AdminMerchant,
-                          session: Session) -> CampaignCreated:
+@router.post(
+    "/v1/notifications/campaigns",
+    response_model=CampaignCreated,
+    status_code=201,
+    tags=CAMPAIGNS,
+    summary="Start (or schedule) a campaign: one message to every member of an audience",
+    responses={422: {"description": "a field, and why"}},
+)
+async def create_campaign(
+    body: campaigns_svc.CampaignSpec, merchant: AdminMerchant, session: Session
+) -> CampaignCreated:
     async with session.begin():
         await _check_campaign(session, merchant.merchant_id, body)
         campaign_id = await campaigns_svc.create(session, merchant.merchant_id, body, now())
@@ -485,23 +655,44 @@ async def _campaign(session: AsyncSession, merchant_id: str, campaign_id: str) -
     return row
 
 
-@router.get("/v1/notifications/campaigns/{campaign_id}", response_model=CampaignView, tags=CAMPAIGNS,
-            summary="A campaign: its spec, status and progress")
+@router.get(
+    "/v1/notifications/campaigns/{campaign_id}",
+    response_model=CampaignView,
+    tags=CAMPAIGNS,
+    summary="A campaign: its spec, status and progress",
+)
 async def get_campaign(campaign_id: CampaignId, merchant: AdminMerchant, session: Session) -> CampaignView:
     row = await _campaign(session, merchant.merchant_id, campaign_id)
-    return CampaignView(campaign_id=row.campaign_id, status=row.status,
-                        spec=campaigns_svc.CampaignSpec.model_validate_json(row.body), error=row.error,
-                        scheduled_at=row.scheduled_at, enqueued=row.enqueued,
-                        progress=await campaigns_svc.progress(session, merchant.merchant_id, campaign_id),
-                        created_at=row.created_at, updated_at=row.updated_at)
+    return CampaignView(
+        campaign_id=row.campaign_id,
+        status=row.status,
+        spec=campaigns_svc.CampaignSpec.model_validate_json(row.body),
+        error=row.error,
+        scheduled_at=row.scheduled_at,
+        enqueued=row.enqueued,
+        progress=await campaigns_svc.progress(session, merchant.merchant_id, campaign_id),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
-@router.post("/v1/notifications/campaigns/{campaign_id}/{action}", response_model=CampaignCreated, tags=CAMPAIGNS,
-             summary="Pause, resume or cancel a campaign",
-             responses={404: {"description": "no such campaign"},
-                        409: {"description": "its status does not allow it (resume a cancelled campaign…)"}})
-async def campaign_action(campaign_id: CampaignId, action: Literal["pause", "resume", "cancel"], request: Request,
-                          merchant: AdminMerchant, session: Session) -> CampaignCreated:
+@router.post(
+    "/v1/notifications/campaigns/{campaign_id}/{action}",
+    response_model=CampaignCreated,
+    tags=CAMPAIGNS,
+    summary="Pause, resume or cancel a campaign",
+    responses={
+        404: {"description": "no such campaign"},
+        409: {"description": "its status does not allow it (resume a cancelled campaign…)"},
+    },
+)
+async def campaign_action(
+    campaign_id: CampaignId,
+    action: Literal["pause", "resume", "cancel"],
+    request: Request,
+    merchant: AdminMerchant,
+    session: Session,
+) -> CampaignCreated:
     try:
         async with session.begin():
             status = await campaigns_svc.set_status(session, merchant.merchant_id, campaign_id, action, now())
@@ -539,8 +730,7 @@ class MessageView(BaseModel):
     channel: str
     template: TemplateRef
     purpose: str
-    status: str = Field(description="queued, held, sending, sent, delivered, failed, dead, skipped, paused, "
-                                    "cancelled")
+    status: str = Field(description="queued, held, sending, sent, delivered, failed, dead, skipped, paused, cancelled")
     reason: str | None
     attempts: int
     provider: str | None
@@ -551,8 +741,9 @@ class MessageView(BaseModel):
     sent_at: datetime | None
     delivered_at: datetime | None
     content: dict[str, Any] | None = Field(description="What was sent (rendered)")
-    steps: list[Step] | None = Field(None, description="What happened to it, step by step, with the reasons "
-                                                     "(one message and explain; not in lists)")
+    steps: list[Step] | None = Field(
+        None, description="What happened to it, step by step, with the reasons (one message and explain; not in lists)"
+    )
     why: str = Field(description="One line for a person")
 
 
@@ -563,25 +754,44 @@ def _views(rows: list[Any], locale: str = "zh-CN") -> list[MessageView]:
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
-@router.get("/v1/notifications/messages", response_model=list[MessageView], tags=MESSAGES,
-            summary="Messages, newest first")
-async def list_messages(merchant: AdminMerchant, session: Session,
-                        customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-                        status: Annotated[str | None, Query(min_length=1, max_length=16)] = None,
-                        channel: Channel | None = None,
-                        campaign_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-                        rule_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-                        before: Annotated[AwareDatetime | None, Query(description="Older than this")] = None,
-                        limit: Limit = 50) -> list[MessageView]:
-    return _views(await reads.listing(session, merchant.merchant_id, customer_id=customer_id, status=status,
-                                      channel=channel, campaign_id=campaign_id, rule_id=rule_id, limit=limit,
-                                      before=before))
+@router.get(
+    "/v1/notifications/messages", response_model=list[MessageView], tags=MESSAGES, summary="Messages, newest first"
+)
+async def list_messages(
+    merchant: AdminMerchant,
+    session: Session,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    status: Annotated[str | None, Query(min_length=1, max_length=16)] = None,
+    channel: Channel | None = None,
+    campaign_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    rule_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    before: Annotated[AwareDatetime | None, Query(description="Older than this")] = None,
+    limit: Limit = 50,
+) -> list[MessageView]:
+    return _views(
+        await reads.listing(
+            session,
+            merchant.merchant_id,
+            customer_id=customer_id,
+            status=status,
+            channel=channel,
+            campaign_id=campaign_id,
+            rule_id=rule_id,
+            limit=limit,
+            before=before,
+        )
+    )
 
 
-@router.get("/v1/notifications/messages/{message_id}", response_model=MessageView, tags=MESSAGES,
-            summary="One message, with every step and its reason")
-async def get_message(message_id: MessageId, merchant: AdminMerchant, session: Session,
-                      locale: Locale = "zh-CN") -> MessageView:
+@router.get(
+    "/v1/notifications/messages/{message_id}",
+    response_model=MessageView,
+    tags=MESSAGES,
+    summary="One message, with every step and its reason",
+)
+async def get_message(
+    message_id: MessageId, merchant: AdminMerchant, session: Session, locale: Locale = "zh-CN"
+) -> MessageView:
     found = await reads.one(session, merchant.merchant_id, message_id)
     if found is None:
         raise ApiError(404, "not_found", f"no message {message_id!r}", field="path.message_id")
@@ -596,22 +806,35 @@ class ExplainView(BaseModel):
     note: str | None = None
 
 
-_NO_MESSAGE = {"zh-CN": "没有规则为这个触发生成消息（没有匹配的启用规则，或事件尚未处理）",
-               "en": "no rule produced a message for this trigger (no active rule matched, or the event has not "
-                     "been processed yet)"}
+_NO_MESSAGE = {
+    "zh-CN": "没有规则为这个触发生成消息（没有匹配的启用规则，或事件尚未处理）",
+    "en": "no rule produced a message for this trigger (no active rule matched, or the event has not "
+    "been processed yet)",
+}
 
 
-@router.get("/v1/notifications/explain", response_model=ExplainView, tags=MESSAGES,
-            summary="Why a customer was or was not messaged (for one trigger: an event id or campaign id)")
-async def explain(merchant: AdminMerchant, session: Session,
-                  customer_id: Annotated[str, Query(min_length=1, max_length=128)],
-                  trigger: Annotated[str | None, Query(min_length=1, max_length=200,
-                                                       description="An event id or a campaign id")] = None,
-                  locale: Locale = "zh-CN") -> ExplainView:
+@router.get(
+    "/v1/notifications/explain",
+    response_model=ExplainView,
+    tags=MESSAGES,
+    summary="Why a customer was or was not messaged (for one trigger: an event id or campaign id)",
+)
+async def explain(
+    merchant: AdminMerchant,
+    session: Session,
+    customer_id: Annotated[str, Query(min_length=1, max_length=128)],
+    trigger: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="An event id or a campaign id")
+    ] = None,
+    locale: Locale = "zh-CN",
+) -> ExplainView:
     found = await reads.explain(session, merchant.merchant_id, customer_id, trigger, locale)
-    return ExplainView(customer_id=customer_id, trigger=trigger,
-                       messages=[MessageView.model_validate({"steps": [], **m}) for m in found],
-                       note=None if found else _NO_MESSAGE[locale])
+    return ExplainView(
+        customer_id=customer_id,
+        trigger=trigger,
+        messages=[MessageView.model_validate({"steps": [], **m}) for m in found],
+        note=None if found else _NO_MESSAGE[locale],
+    )
 
 
 class FunnelView(BaseModel):
@@ -633,29 +856,53 @@ class CallbacksView(BaseModel):
     sms_replies: str = Field(description="The URL for replies to the merchant's SMS (opt-out words)")
 
 
-@router.get("/v1/notifications/callbacks", response_model=CallbacksView, tags=SETTINGS,
-            summary="The URLs to configure at the providers (they carry this merchant's callback token)")
+@router.get(
+    "/v1/notifications/callbacks",
+    response_model=CallbacksView,
+    tags=SETTINGS,
+    summary="The URLs to configure at the providers (they carry this merchant's callback token)",
+)
 async def callbacks(request: Request, merchant: AdminMerchant) -> CallbacksView:
     base = runtime_of(request, SERVICE).settings.public_url.rstrip("/")
-    q = urlencode({"merchant_id": merchant.merchant_id,
-                   "token": callback_token(merchant.jwt_secret.encode(), merchant.merchant_id)})
-    return CallbacksView(receipts={p: f"{base}/v1/notifications/receipts/{p}?{q}" for p in RECEIPT_PROVIDERS},
-                         sms_replies=f"{base}/v1/notifications/sms/replies?{q}")
+    q = urlencode(
+        {
+            "merchant_id": merchant.merchant_id,
+            "token": callback_token(merchant.jwt_secret.encode(), merchant.merchant_id),
+        }
+    )
+    return CallbacksView(
+        receipts={p: f"{base}/v1/notifications/receipts/{p}?{q}" for p in RECEIPT_PROVIDERS},
+        sms_replies=f"{base}/v1/notifications/sms/replies?{q}",
+    )
 
 
-@router.get("/v1/notifications/funnel", response_model=FunnelView, tags=MESSAGES,
-            summary="Queued → sent → delivered, and what the policy held back, by reason")
-async def funnel(merchant: AdminMerchant, session: Session,
-                 since: Annotated[AwareDatetime | None, Query(description="Messages created since")] = None,
-                 campaign_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None) -> FunnelView:
+@router.get(
+    "/v1/notifications/funnel",
+    response_model=FunnelView,
+    tags=MESSAGES,
+    summary="Queued → sent → delivered, and what the policy held back, by reason",
+)
+async def funnel(
+    merchant: AdminMerchant,
+    session: Session,
+    since: Annotated[AwareDatetime | None, Query(description="Messages created since")] = None,
+    campaign_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+) -> FunnelView:
     return FunnelView.model_validate(await reads.funnel(session, merchant.merchant_id, since, campaign_id))
 
 
-@router.get("/v1/notifications/console", response_model=list[MessageView], tags=MESSAGES,
-            summary="What the console channel recorded (the embedded default: no provider configured)")
-async def console(merchant: AdminMerchant, session: Session,
-                  customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-                  limit: Limit = 50) -> list[MessageView]:
+@router.get(
+    "/v1/notifications/console",
+    response_model=list[MessageView],
+    tags=MESSAGES,
+    summary="What the console channel recorded (the embedded default: no provider configured)",
+)
+async def console(
+    merchant: AdminMerchant,
+    session: Session,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    limit: Limit = 50,
+) -> list[MessageView]:
     m = messages.c
     q = select(messages).where(m.merchant_id == merchant.merchant_id, m.provider == "console")
     if customer_id is not None:
@@ -690,15 +937,24 @@ class ConsentsView(BaseModel):
 
 async def read_consents(session: AsyncSession, merchant_id: str, customer_id: str) -> ConsentsView:
     k = consents.c
-    rows = await session.execute(select(k.channel, k.state, k.source, k.updated_at).where(
-        k.merchant_id == merchant_id, k.customer_id == customer_id).order_by(k.channel))
-    return ConsentsView(customer_id=customer_id, consents={
-        r.channel: ConsentView(state=r.state, source=r.source, updated_at=r.updated_at)
-        for r in rows if r.channel in ADDRESS_FIELD and r.state in ("granted", "denied")})
+    rows = await session.execute(
+        select(k.channel, k.state, k.source, k.updated_at)
+        .where(k.merchant_id == merchant_id, k.customer_id == customer_id)
+        .order_by(k.channel)
+    )
+    return ConsentsView(
+        customer_id=customer_id,
+        consents={
+            r.channel: ConsentView(state=r.state, source=r.source, updated_at=r.updated_at)
+            for r in rows
+            if r.channel in ADDRESS_FIELD and r.state in ("granted", "denied")
+        },
+    )
 
 
-async def write_consents(session: AsyncSession, merchant_id: str, customer_id: str, body: ConsentsBody,
-                         source: str) -> ConsentsView:
+async def write_consents(
+    session: AsyncSession, merchant_id: str, customer_id: str, body: ConsentsBody, source: str
+) -> ConsentsView:
     """Grants are recorded; a denial is an opt-out (its waiting messages on that channel are skipped)."""
     given = body.given()
     if not given:
@@ -713,14 +969,23 @@ async def write_consents(session: AsyncSession, merchant_id: str, customer_id: s
     return await read_consents(session, merchant_id, customer_id)
 
 
-@router.get("/v1/customers/{customer_id}/consents", response_model=ConsentsView, tags=CONSENTS,
-            summary="A customer's consents per channel")
+@router.get(
+    "/v1/customers/{customer_id}/consents",
+    response_model=ConsentsView,
+    tags=CONSENTS,
+    summary="A customer's consents per channel",
+)
 async def get_consents(customer_id: CustomerId, merchant: AdminMerchant, session: Session) -> ConsentsView:
     return await read_consents(session, merchant.merchant_id, customer_id)
 
 
-@router.put("/v1/customers/{customer_id}/consents", response_model=ConsentsView, tags=CONSENTS,
-            summary="Record a customer's consents (denied: an opt-out; waiting messages on it are skipped)")
-async def put_consents(customer_id: CustomerId, body: ConsentsBody, merchant: AdminMerchant,
-                       session: Session) -> ConsentsView:
+@router.put(
+    "/v1/customers/{customer_id}/consents",
+    response_model=ConsentsView,
+    tags=CONSENTS,
+    summary="Record a customer's consents (denied: an opt-out; waiting messages on it are skipped)",
+)
+async def put_consents(
+    customer_id: CustomerId, body: ConsentsBody, merchant: AdminMerchant, session: Session
+) -> ConsentsView:
     return await write_consents(session, merchant.merchant_id, customer_id, body, "api")

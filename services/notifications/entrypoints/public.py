@@ -57,8 +57,12 @@ async def my_consents(me: MeCustomer, session: Session) -> ConsentsView:
     return await read_consents(session, me.merchant_id, me.customer_id)
 
 
-@router.put("/v1/me/consents", response_model=ConsentsView, tags=ME,
-            summary="Grant or withdraw my consent per channel (withdrawn: nothing more is sent on it)")
+@router.put(
+    "/v1/me/consents",
+    response_model=ConsentsView,
+    tags=ME,
+    summary="Grant or withdraw my consent per channel (withdrawn: nothing more is sent on it)",
+)
 async def put_my_consents(body: ConsentsBody, me: MeCustomer, session: Session) -> ConsentsView:
     return await write_consents(session, me.merchant_id, me.customer_id, body, "customer")
 
@@ -73,13 +77,20 @@ class ReceiptsAnswer(BaseModel):
     matched: int = Field(description="Receipts that matched a message of ours")
 
 
-@router.post("/v1/notifications/receipts/{provider}", response_model=ReceiptsAnswer, tags=PROVIDERS,
-             summary="Delivery receipts pushed by a provider (WeChat is answered \"success\" as it expects)",
-             responses={422: {"description": "not a receipt report of this provider"}})
-async def receipts(provider: ReceiptProvider, request: Request, session: Session,
-                   merchant_id: Annotated[str, Query(min_length=1, max_length=128)],
-                   token: Annotated[str, Query(min_length=1, max_length=128,
-                                               description="From GET /v1/notifications/callbacks")]) -> Response:
+@router.post(
+    "/v1/notifications/receipts/{provider}",
+    response_model=ReceiptsAnswer,
+    tags=PROVIDERS,
+    summary='Delivery receipts pushed by a provider (WeChat is answered "success" as it expects)',
+    responses={422: {"description": "not a receipt report of this provider"}},
+)
+async def receipts(
+    provider: ReceiptProvider,
+    request: Request,
+    session: Session,
+    merchant_id: Annotated[str, Query(min_length=1, max_length=128)],
+    token: Annotated[str, Query(min_length=1, max_length=128, description="From GET /v1/notifications/callbacks")],
+) -> Response:
     merchant = await _merchant(request, merchant_id)
     _check_callback(merchant, token)
     raw = await request.body()
@@ -122,20 +133,31 @@ async def _merchant(request: Request, merchant_id: str) -> Merchant:
 
 def _check_callback(merchant: Merchant, token: str) -> None:
     if not hmac.compare_digest(token, callback_token(merchant.jwt_secret.encode(), merchant.merchant_id)):
-        raise ApiError(403, "forbidden", "wrong callback token (GET /v1/notifications/callbacks gives the URLs)",
-                       field="query.token")
+        raise ApiError(
+            403,
+            "forbidden",
+            "wrong callback token (GET /v1/notifications/callbacks gives the URLs)",
+            field="query.token",
+        )
 
 
-@router.post("/v1/notifications/sms/replies", response_model=RepliesAnswer, tags=PROVIDERS,
-             summary="Replies to the merchant's SMS (one or a JSON array): an opt-out word opts the sender out",
-             responses={404: {"description": "no such merchant"},
-                        422: {"description": "a reply without a valid phone number or text (body.phone…)"}})
-async def sms_replies(request: Request, session: Session,
-                      merchant_id: Annotated[str, Query(min_length=1, max_length=128)],
-                      token: Annotated[str, Query(min_length=1, max_length=128,
-                                                  description="From GET /v1/notifications/callbacks")],
-                      body: Annotated[Any, Body(description="{\"phone\", \"text\"} or Aliyun's "
-                                                            "[{\"phone_number\", \"content\", …}]")]) -> Response:
+@router.post(
+    "/v1/notifications/sms/replies",
+    response_model=RepliesAnswer,
+    tags=PROVIDERS,
+    summary="Replies to the merchant's SMS (one or a JSON array): an opt-out word opts the sender out",
+    responses={
+        404: {"description": "no such merchant"},
+        422: {"description": "a reply without a valid phone number or text (body.phone…)"},
+    },
+)
+async def sms_replies(
+    request: Request,
+    session: Session,
+    merchant_id: Annotated[str, Query(min_length=1, max_length=128)],
+    token: Annotated[str, Query(min_length=1, max_length=128, description="From GET /v1/notifications/callbacks")],
+    body: Annotated[Any, Body(description='{"phone", "text"} or Aliyun\'s [{"phone_number", "content", …}]')],
+) -> Response:
     merchant = await _merchant(request, merchant_id)
     _check_callback(merchant, token)
     items, prefix = (body, "body.{i}.") if isinstance(body, list) else ([body], "body.")
@@ -147,8 +169,12 @@ async def sms_replies(request: Request, session: Session,
         try:
             reply = SmsReply.model_validate(item)
         except ValidationError as e:
-            raise refused([((where + ".".join(str(p) for p in err["loc"])).rstrip("."), err["msg"])
-                           for err in e.errors(include_url=False)]) from None
+            raise refused(
+                [
+                    ((where + ".".join(str(p) for p in err["loc"])).rstrip("."), err["msg"])
+                    for err in e.errors(include_url=False)
+                ]
+            ) from None
         try:
             phone = normalize_phone(reply.phone)
         except InvalidContact as e:
@@ -215,21 +241,30 @@ async def _unsubscribe(request: Request, session: Any, token: str) -> tuple[Merc
 Token = Annotated[str, Query(min_length=1, max_length=2_000, description="From the link in the message")]
 
 
-@router.get("/v1/notifications/unsubscribe", response_class=HTMLResponse, tags=PROVIDERS,
-            summary="The unsubscribe link in a message: opts the customer out of that channel",
-            responses={400: {"description": "an invalid or tampered link"}})
+@router.get(
+    "/v1/notifications/unsubscribe",
+    response_class=HTMLResponse,
+    tags=PROVIDERS,
+    summary="The unsubscribe link in a message: opts the customer out of that channel",
+    responses={400: {"description": "an invalid or tampered link"}},
+)
 async def unsubscribe_page(request: Request, session: Session, token: Token) -> HTMLResponse:
     done = await _unsubscribe(request, session, token)
     if done is None:
         return _page("链接无效", "这个退订链接无效或已损坏。请使用消息中的完整链接，或直接联系商家。", status=400)
     merchant, channel = done
-    return _page("退订成功", f"您已退订{merchant.name}的{_CHANNEL_NAMES.get(channel, channel)}，"
-                 "今后不会再收到此类消息。")
+    return _page(
+        "退订成功", f"您已退订{merchant.name}的{_CHANNEL_NAMES.get(channel, channel)}，今后不会再收到此类消息。"
+    )
 
 
-@router.post("/v1/notifications/unsubscribe", status_code=200, tags=PROVIDERS,
-             summary="One-click unsubscribe (RFC 8058: List-Unsubscribe=One-Click)",
-             responses={400: {"description": "an invalid or tampered link"}})
+@router.post(
+    "/v1/notifications/unsubscribe",
+    status_code=200,
+    tags=PROVIDERS,
+    summary="One-click unsubscribe (RFC 8058: List-Unsubscribe=One-Click)",
+    responses={400: {"description": "an invalid or tampered link"}},
+)
 async def unsubscribe_one_click(request: Request, session: Session, token: Token) -> Response:
     if await _unsubscribe(request, session, token) is None:
         raise ApiError(400, "invalid_token", "invalid or tampered unsubscribe token", field="query.token")

@@ -51,9 +51,11 @@ class QuietWindow(Strict):
 
 
 def _default_caps() -> dict[str, list[CapRule]]:
-    return {"sms": [CapRule(limit=1, window="day"), CapRule(limit=3, window="week")],
-            "wechat": [CapRule(limit=1, window="day"), CapRule(limit=4, window="week")],
-            "email": [CapRule(limit=1, window="day"), CapRule(limit=3, window="week")]}
+    return {
+        "sms": [CapRule(limit=1, window="day"), CapRule(limit=3, window="week")],
+        "wechat": [CapRule(limit=1, window="day"), CapRule(limit=4, window="week")],
+        "email": [CapRule(limit=1, window="day"), CapRule(limit=3, window="week")],
+    }
 
 
 class Policy(Strict):
@@ -67,12 +69,16 @@ class Policy(Strict):
     marketing_requires_explicit_consent: bool = True
     max_attempts: int = Field(retry.MAX_ATTEMPTS, ge=1, le=30)
     unsubscribe_base_url: str | None = Field(
-        None, description="Public base URL of this service for unsubscribe links (e.g. https://shop.example.com); "
-                          "null: FUGOU_PUBLIC_URL")
+        None,
+        description="Public base URL of this service for unsubscribe links (e.g. https://shop.example.com); "
+        "null: FUGOU_PUBLIC_URL",
+    )
 
     def domain_caps(self) -> dp.Caps:
-        return dp.Caps.of({ch: [(c.limit, c.window) for c in caps] for ch, caps in self.caps.items()},
-                          [(c.limit, c.window) for c in self.all_channels_caps])
+        return dp.Caps.of(
+            {ch: [(c.limit, c.window) for c in caps] for ch, caps in self.caps.items()},
+            [(c.limit, c.window) for c in self.all_channels_caps],
+        )
 
     def consent_policy(self) -> dp.ConsentPolicy:
         return dp.ConsentPolicy(self.marketing_requires_explicit_consent)
@@ -86,26 +92,40 @@ class ChannelChoice(Strict):
 class Conditions(Strict):
     """Which trigger events a rule answers (every condition given must hold)."""
 
-    entered_tags: list[str] = Field(default_factory=list, description="segment.changed: any of these tags was "
-                                    "gained (e.g. dormant; replenish_due:milk-powder)")
-    to_tiers: list[Literal["S", "A", "B", "C"]] = Field(default_factory=list, description="segment.changed: the "
-                                                        "tier after the change is one of these (and changed)")
-    to_classes: list[str] = Field(default_factory=list, description="segment.changed: the RFM class after the "
-                                  "change is one of these (and changed)")
+    entered_tags: list[str] = Field(
+        default_factory=list,
+        description="segment.changed: any of these tags was gained (e.g. dormant; replenish_due:milk-powder)",
+    )
+    to_tiers: list[Literal["S", "A", "B", "C"]] = Field(
+        default_factory=list, description="segment.changed: the tier after the change is one of these (and changed)"
+    )
+    to_classes: list[str] = Field(
+        default_factory=list,
+        description="segment.changed: the RFM class after the change is one of these (and changed)",
+    )
     direction: Literal["upgrade", "downgrade"] | None = Field(None, description="level.changed")
     to_levels: list[str] = Field(default_factory=list, description="level.changed: the new level is one of these")
     max_days_left: int | None = Field(None, ge=0, description="coupon.expiring / points.expiring")
-    coupon_rules: list[str] = Field(default_factory=list, description="coupon.issued / coupon.expiring: the coupon "
-                                    "was issued by one of these coupon rules (e.g. a playbook's own rule)")
-    coupon_templates: list[str] = Field(default_factory=list, description="coupon.issued / coupon.expiring: the "
-                                        "coupon is of one of these coupon templates")
+    coupon_rules: list[str] = Field(
+        default_factory=list,
+        description="coupon.issued / coupon.expiring: the coupon "
+        "was issued by one of these coupon rules (e.g. a playbook's own rule)",
+    )
+    coupon_templates: list[str] = Field(
+        default_factory=list,
+        description="coupon.issued / coupon.expiring: the coupon is of one of these coupon templates",
+    )
 
 
 CONDITION_TRIGGERS: dict[str, tuple[str, ...]] = {
-    "entered_tags": ("segment.changed",), "to_tiers": ("segment.changed",), "to_classes": ("segment.changed",),
-    "direction": ("level.changed",), "to_levels": ("level.changed",),
+    "entered_tags": ("segment.changed",),
+    "to_tiers": ("segment.changed",),
+    "to_classes": ("segment.changed",),
+    "direction": ("level.changed",),
+    "to_levels": ("level.changed",),
     "max_days_left": ("coupon.expiring", "points.expiring"),
-    "coupon_rules": ("coupon.issued", "coupon.expiring"), "coupon_templates": ("coupon.issued", "coupon.expiring"),
+    "coupon_rules": ("coupon.issued", "coupon.expiring"),
+    "coupon_templates": ("coupon.issued", "coupon.expiring"),
 }
 assert set(CONDITION_TRIGGERS) == set(Conditions.model_fields)
 
@@ -113,15 +133,25 @@ assert set(CONDITION_TRIGGERS) == set(Conditions.model_fields)
 class NotifyRule(Strict):
     rule_id: Key
     name: str = Field(min_length=1, max_length=128)
-    trigger: str = Field(description="coupon.issued, coupon.expiring, points.expiring, level.changed, "
-                                     "segment.changed, replenishment.due or birthday")
+    trigger: str = Field(
+        description="coupon.issued, coupon.expiring, points.expiring, level.changed, "
+        "segment.changed, replenishment.due or birthday"
+    )
     conditions: Conditions = Field(default_factory=Conditions)
-    channels: list[ChannelChoice] = Field(min_length=1, max_length=5, description="In order of preference: the "
-                                          "first the customer can be reached on (contact, consent, credit) is used")
+    channels: list[ChannelChoice] = Field(
+        min_length=1,
+        max_length=5,
+        description="In order of preference: the "
+        "first the customer can be reached on (contact, consent, credit) is used",
+    )
     purpose: Purpose | None = Field(None, description="null: the trigger's default")
-    value: int = Field(0, ge=0, description="What the message is worth: WeChat credits and caps go to the most "
-                                            "valuable first. 0: the trigger's own worth (a coupon's face value in "
-                                            "fen, the points about to expire)")
+    value: int = Field(
+        0,
+        ge=0,
+        description="What the message is worth: WeChat credits and caps go to the most "
+        "valuable first. 0: the trigger's own worth (a coupon's face value in "
+        "fen, the points about to expire)",
+    )
     active: bool = True
 
     @field_validator("trigger")
@@ -145,8 +175,9 @@ class NotifyRule(Strict):
             if getattr(self.conditions, name) in (None, []):
                 continue
             if self.trigger not in CONDITION_TRIGGERS[name]:
-                raise ValueError(f"conditions.{name} applies to {' and '.join(CONDITION_TRIGGERS[name])}, "
-                                 f"not to {self.trigger}")
+                raise ValueError(
+                    f"conditions.{name} applies to {' and '.join(CONDITION_TRIGGERS[name])}, not to {self.trigger}"
+                )
         return self
 
     @property
@@ -168,8 +199,12 @@ async def policy_of(conn: Conn, merchant_id: str) -> Policy:
 
 
 async def policies_of(conn: Conn, merchant_ids: list[str]) -> dict[str, Policy]:
-    found = {r.merchant_id: Policy.model_validate_json(r.body) for r in await conn.execute(
-        select(policies.c.merchant_id, policies.c.body).where(policies.c.merchant_id.in_(merchant_ids)))}
+    found = {
+        r.merchant_id: Policy.model_validate_json(r.body)
+        for r in await conn.execute(
+            select(policies.c.merchant_id, policies.c.body).where(policies.c.merchant_id.in_(merchant_ids))
+        )
+    }
     return {m: found.get(m) or Policy() for m in merchant_ids}
 
 
@@ -179,9 +214,11 @@ async def rules_for(conn: Conn, merchant_ids: list[str], triggers: set[str]) -> 
     if not merchant_ids or not triggers:
         return out
     r = rules.c
-    for row in await conn.execute(select(r.merchant_id, r.body).where(
-            r.merchant_id.in_(merchant_ids), r.trigger.in_(sorted(triggers)), r.active.is_(True))
-            .order_by(r.merchant_id, r.rule_id)):
+    for row in await conn.execute(
+        select(r.merchant_id, r.body)
+        .where(r.merchant_id.in_(merchant_ids), r.trigger.in_(sorted(triggers)), r.active.is_(True))
+        .order_by(r.merchant_id, r.rule_id)
+    ):
         out.setdefault(row.merchant_id, []).append(NotifyRule.model_validate_json(row.body))
     return out
 
@@ -200,24 +237,35 @@ def loads(body: str | bytes) -> Any:
 async def save_policy(session: AsyncSession, merchant_id: str, policy: Policy, now: Any) -> None:
     from shared.db import bulk_insert
 
-    await bulk_insert(session, policies, ["merchant_id", "body", "updated_at"],
-                      [(merchant_id, policy.model_dump_json(), now)], conflict=["merchant_id"],
-                      update={"body": "excluded.body", "updated_at": "excluded.updated_at"})
+    await bulk_insert(
+        session,
+        policies,
+        ["merchant_id", "body", "updated_at"],
+        [(merchant_id, policy.model_dump_json(), now)],
+        conflict=["merchant_id"],
+        update={"body": "excluded.body", "updated_at": "excluded.updated_at"},
+    )
 
 
 async def save_rule(session: AsyncSession, merchant_id: str, rule: NotifyRule, now: Any) -> None:
     from shared.db import bulk_insert
 
-    await bulk_insert(session, rules, ["merchant_id", "rule_id", "trigger", "body", "active", "updated_at"],
-                      [(merchant_id, rule.rule_id, rule.trigger, rule.model_dump_json(), rule.active, now)],
-                      conflict=["merchant_id", "rule_id"],
-                      update={c: f"excluded.{c}" for c in ("trigger", "body", "active", "updated_at")})
+    await bulk_insert(
+        session,
+        rules,
+        ["merchant_id", "rule_id", "trigger", "body", "active", "updated_at"],
+        [(merchant_id, rule.rule_id, rule.trigger, rule.model_dump_json(), rule.active, now)],
+        conflict=["merchant_id", "rule_id"],
+        update={c: f"excluded.{c}" for c in ("trigger", "body", "active", "updated_at")},
+    )
 
 
 async def list_rules(conn: Conn, merchant_id: str) -> list[NotifyRule]:
     r = rules.c
-    return [NotifyRule.model_validate_json(row.body) for row in await conn.execute(
-        select(r.body).where(r.merchant_id == merchant_id).order_by(r.rule_id))]
+    return [
+        NotifyRule.model_validate_json(row.body)
+        for row in await conn.execute(select(r.body).where(r.merchant_id == merchant_id).order_by(r.rule_id))
+    ]
 
 
 async def delete_rule(session: AsyncSession, merchant_id: str, rule_id: str) -> bool:
@@ -253,9 +301,21 @@ async def save_channel(session: AsyncSession, merchant_id: str, kind: str, s: Ch
         if hasattr(value, "get_secret_value"):
             body[name] = value.get_secret_value()
     rate, burst = DEFAULT_RATES[s.provider]
-    await bulk_insert(session, channel_configs, ["merchant_id", "channel", "provider", "config", "rate_per_s", "burst",
-                                                 "updated_at"],
-                      [(merchant_id, kind, s.provider, orjson.dumps(body).decode(), s.rate_per_s or rate,
-                        s.burst or max(s.rate_per_s or rate, burst), now)],
-                      conflict=["merchant_id", "channel"],
-                      update={c: f"excluded.{c}" for c in ("provider", "config", "rate_per_s", "burst", "updated_at")})
+    await bulk_insert(
+        session,
+        channel_configs,
+        ["merchant_id", "channel", "provider", "config", "rate_per_s", "burst", "updated_at"],
+        [
+            (
+                merchant_id,
+                kind,
+                s.provider,
+                orjson.dumps(body).decode(),
+                s.rate_per_s or rate,
+                s.burst or max(s.rate_per_s or rate, burst),
+                now,
+            )
+        ],
+        conflict=["merchant_id", "channel"],
+        update={c: f"excluded.{c}" for c in ("provider", "config", "rate_per_s", "burst", "updated_at")},
+    )

@@ -29,9 +29,29 @@ from services.notifications.service_layer.config import ChannelChoice, Policy
 from services.notifications.service_layer.templates import StoredTemplate, latest
 from shared.db import bulk_insert
 
-MESSAGE_COLUMNS = ["message_id", "merchant_id", "customer_id", "dedupe_key", "trigger", "trigger_key", "rule_id",
-                   "campaign_id", "channel", "template_key", "template_version", "purpose", "value", "context",
-                   "status", "reason", "due_at", "attempts", "recipient", "created_at", "updated_at"]
+MESSAGE_COLUMNS = [
+    "message_id",
+    "merchant_id",
+    "customer_id",
+    "dedupe_key",
+    "trigger",
+    "trigger_key",
+    "rule_id",
+    "campaign_id",
+    "channel",
+    "template_key",
+    "template_version",
+    "purpose",
+    "value",
+    "context",
+    "status",
+    "reason",
+    "due_at",
+    "attempts",
+    "recipient",
+    "created_at",
+    "updated_at",
+]
 
 
 @dataclass(frozen=True)
@@ -81,8 +101,9 @@ def unsubscribe_url(base: str, shop: Shop, customer_id: str, channel: str) -> st
     return f"{base.rstrip('/')}/v1/notifications/unsubscribe?token={token}"
 
 
-async def enqueue(session: Any, shop: Shop, wants: Sequence[Want], policy: Policy, now: datetime,
-                  public_url: str) -> Enqueued:
+async def enqueue(
+    session: Any, shop: Shop, wants: Sequence[Want], policy: Policy, now: datetime, public_url: str
+) -> Enqueued:
     out = Enqueued()
     if not wants:
         return out
@@ -102,16 +123,31 @@ async def enqueue(session: Any, shop: Shop, wants: Sequence[Want], policy: Polic
             if tpl is None or tpl.spec.channel != choice.channel:
                 reason, detail = "template_missing", {"channel": choice.channel, "template": choice.template}
             else:
-                address = getattr(person, ADDRESS_FIELD[choice.channel]) if (
-                    person is not None and choice.channel in ADDRESS_FIELD) else None
+                address = (
+                    getattr(person, ADDRESS_FIELD[choice.channel])
+                    if (person is not None and choice.channel in ADDRESS_FIELD)
+                    else None
+                )
                 cred = credits.get(w.customer_id, {})
                 d = dp.decide(
-                    dp.Candidate(choice.channel, w.purpose, w.trigger,  # type: ignore[arg-type]
-                                 template_id=tpl.provider_template, value=w.value),
-                    dp.Facts(tz=shop.tz, address=address, consent=said.get(w.customer_id, {}),
-                             credits={t: dp.Credits(n, lt) for t, (n, lt) in cred.items()},
-                             caps=dp.Caps(), quiet_hours=None, consent_policy=consent_policy),
-                    now)
+                    dp.Candidate(
+                        choice.channel,
+                        w.purpose,
+                        w.trigger,  # type: ignore[arg-type]
+                        template_id=tpl.provider_template,
+                        value=w.value,
+                    ),
+                    dp.Facts(
+                        tz=shop.tz,
+                        address=address,
+                        consent=said.get(w.customer_id, {}),
+                        credits={t: dp.Credits(n, lt) for t, (n, lt) in cred.items()},
+                        caps=dp.Caps(),
+                        quiet_hours=None,
+                        consent_policy=consent_policy,
+                    ),
+                    now,
+                )
                 if d.action != "skip":
                     chosen = (choice, tpl, address)
                     break
@@ -124,31 +160,90 @@ async def enqueue(session: Any, shop: Shop, wants: Sequence[Want], policy: Polic
             assert first_refusal is not None
             choice, reason, detail = first_refusal
             tpl_version = tpls[choice.template].version if choice.template in tpls else 0
-            rows.append((mid, shop.merchant_id, w.customer_id, w.dedupe_key, w.trigger, w.trigger_key, w.rule_id,
-                         w.campaign_id, choice.channel, choice.template, tpl_version, w.purpose, w.value, "{}",
-                         "skipped", reason, now, 0, None, now, now))
+            rows.append(
+                (
+                    mid,
+                    shop.merchant_id,
+                    w.customer_id,
+                    w.dedupe_key,
+                    w.trigger,
+                    w.trigger_key,
+                    w.rule_id,
+                    w.campaign_id,
+                    choice.channel,
+                    choice.template,
+                    tpl_version,
+                    w.purpose,
+                    w.value,
+                    "{}",
+                    "skipped",
+                    reason,
+                    now,
+                    0,
+                    None,
+                    now,
+                    now,
+                )
+            )
             # The first choice's refusal, as the dispatcher logs one, and every channel tried.
-            logs.append((shop.merchant_id, mid, now, "skipped", reason,
-                         orjson.dumps({"channel": choice.channel, **detail, "tried": refusals}).decode()))
+            logs.append(
+                (
+                    shop.merchant_id,
+                    mid,
+                    now,
+                    "skipped",
+                    reason,
+                    orjson.dumps({"channel": choice.channel, **detail, "tried": refusals}).decode(),
+                )
+            )
             out.skipped += 1
             out.reasons[reason] = out.reasons.get(reason, 0) + 1
             continue
         choice, tpl, address = chosen
         ctx = dt.build_context(
-            w.trigger, w.data, customer={"id": w.customer_id}, shop={"name": shop.name}, now=now, tz=shop.tz,
-            locale=tpl.spec.locale, vars=w.vars,
+            w.trigger,
+            w.data,
+            customer={"id": w.customer_id},
+            shop={"name": shop.name},
+            now=now,
+            tz=shop.tz,
+            locale=tpl.spec.locale,
+            vars=w.vars,
             unsubscribe_url=unsubscribe_url(base, shop, w.customer_id, choice.channel)
-            if choice.channel in ADDRESS_FIELD else None)
-        rows.append((mid, shop.merchant_id, w.customer_id, w.dedupe_key, w.trigger, w.trigger_key, w.rule_id,
-                     w.campaign_id, choice.channel, choice.template, tpl.version, w.purpose, w.value,
-                     orjson.dumps(ctx, default=_json_default).decode(), w.status, None, w.due_at or now, 0, address,
-                     now, now))
+            if choice.channel in ADDRESS_FIELD
+            else None,
+        )
+        rows.append(
+            (
+                mid,
+                shop.merchant_id,
+                w.customer_id,
+                w.dedupe_key,
+                w.trigger,
+                w.trigger_key,
+                w.rule_id,
+                w.campaign_id,
+                choice.channel,
+                choice.template,
+                tpl.version,
+                w.purpose,
+                w.value,
+                orjson.dumps(ctx, default=_json_default).decode(),
+                w.status,
+                None,
+                w.due_at or now,
+                0,
+                address,
+                now,
+                now,
+            )
+        )
         if refusals:  # a fallback channel: say why the preferred ones were passed over
-            logs.append((shop.merchant_id, mid, now, "queued", "fallback",
-                         orjson.dumps({"tried": refusals}).decode()))
+            logs.append((shop.merchant_id, mid, now, "queued", "fallback", orjson.dumps({"tried": refusals}).decode()))
         out.queued += 1
-    inserted = await bulk_insert(session, messages, MESSAGE_COLUMNS, rows, conflict=["merchant_id", "dedupe_key"],
-                                 returning=["message_id"])
+    inserted = await bulk_insert(
+        session, messages, MESSAGE_COLUMNS, rows, conflict=["merchant_id", "dedupe_key"], returning=["message_id"]
+    )
     fresh = {r[0] for r in inserted}
     out.duplicates = len(rows) - len(fresh)
     if out.duplicates:  # already there: neither counted again nor logged again

@@ -10,7 +10,7 @@ customer gains a ``replenish_due:<category>`` tag (segmentation's lifecycle tags
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -20,11 +20,12 @@ from services.notifications.service_layer import profiles
 from services.notifications.service_layer.config import NotifyRule, policies_of, rules_for
 from services.notifications.service_layer.enqueue import Shop, Want, enqueue
 from services.notifications.service_layer.state import public_url_of
+from shared import clock
 from shared.events import EnvelopeBase
 
-EVENT_TRIGGERS = frozenset({"coupon.issued", "coupon.expiring", "points.expiring", "level.changed",
-                            "segment.changed"})
+EVENT_TRIGGERS = frozenset({"coupon.issued", "coupon.expiring", "points.expiring", "level.changed", "segment.changed"})
 REPLENISH_TAG = "replenish_due:"
+
 
 def _tags(side: dict[str, Any] | None) -> list[str]:
     return list((side or {}).get("tags") or [])
@@ -40,8 +41,9 @@ def matches(rule: NotifyRule, trigger: str, data: Any) -> bool:
                 return False
         if c.to_tiers and not (after.get("tier") in c.to_tiers and before.get("tier") != after.get("tier")):
             return False
-        if c.to_classes and not (after.get("rfm_class") in c.to_classes
-                                 and before.get("rfm_class") != after.get("rfm_class")):
+        if c.to_classes and not (
+            after.get("rfm_class") in c.to_classes and before.get("rfm_class") != after.get("rfm_class")
+        ):
             return False
         return True
     if trigger == "level.changed":
@@ -62,7 +64,7 @@ def replenishments(data: Any) -> list[dict[str, Any]]:
     """The categories a segment change made due (each its own trigger)."""
     before, after = data.before or {}, data.after or {}
     gained = [t for t in _tags(after) if t.startswith(REPLENISH_TAG) and t not in _tags(before)]
-    return [{"category": t[len(REPLENISH_TAG):]} for t in gained]
+    return [{"category": t[len(REPLENISH_TAG) :]} for t in gained]
 
 
 def worth(trigger: str, data: Any) -> int:
@@ -79,8 +81,9 @@ async def shops(session: AsyncSession, merchant_ids: Sequence[str]) -> dict[str,
     from services.notifications.adapters.tables import messaging
 
     m = messaging.merchants.c
-    rows = await session.execute(select(m.merchant_id, m.name, m.timezone, m.jwt_secret).where(
-        m.merchant_id.in_(list(merchant_ids))))
+    rows = await session.execute(
+        select(m.merchant_id, m.name, m.timezone, m.jwt_secret).where(m.merchant_id.in_(list(merchant_ids)))
+    )
     return {r.merchant_id: Shop(r.merchant_id, r.name, r.timezone, bytes(r.jwt_secret).decode()) for r in rows}
 
 
@@ -108,18 +111,37 @@ async def apply_triggers(session: AsyncSession, events: Sequence[EnvelopeBase], 
             data: Any = e.data  # type: ignore[attr-defined]
             for rule in mine:
                 if rule.trigger == t and matches(rule, t, data):
-                    wants.append(Want(e.customer_id or "", t, e.event_id, data, rule.channels,
-                                      rule.effective_purpose, rule.value or worth(t, data), rule_id=rule.rule_id))
+                    wants.append(
+                        Want(
+                            e.customer_id or "",
+                            t,
+                            e.event_id,
+                            data,
+                            rule.channels,
+                            rule.effective_purpose,
+                            rule.value or worth(t, data),
+                            rule_id=rule.rule_id,
+                        )
+                    )
                 elif rule.trigger == "replenishment.due" and t == "segment.changed":
                     for due in replenishments(data):
-                        wants.append(Want(e.customer_id or "", "replenishment.due",
-                                          f"{e.event_id}:{due['category']}", due, rule.channels,
-                                          rule.effective_purpose, rule.value, rule_id=rule.rule_id))
+                        wants.append(
+                            Want(
+                                e.customer_id or "",
+                                "replenishment.due",
+                                f"{e.event_id}:{due['category']}",
+                                due,
+                                rule.channels,
+                                rule.effective_purpose,
+                                rule.value,
+                                rule_id=rule.rule_id,
+                            )
+                        )
         await enqueue(session, shop, wants, policies[merchant_id], now, public_url_of(session))
 
 
 async def handle(session: AsyncSession, events: list[EnvelopeBase], now: datetime | None = None) -> None:
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     said = [e for e in events if e.type in profiles.PROFILE_TYPES]  # type: ignore[attr-defined]
     if said:
         await profiles.record_profiles(session, said)

@@ -26,8 +26,14 @@ log = structlog.get_logger("fugou.notifications")
 PROFILE_TYPES = frozenset({"customer.registered", "customer.updated"})
 GRANT_TYPE = "wechat.subscription.granted"
 # The shop's consent keys, as the event contract has them (customer.updated data.consents).
-CONSENT_CHANNELS = {"sms": "sms", "email": "email", "wechat": "wechat", "marketing_sms": "sms",
-                    "marketing_email": "email", "marketing_wechat": "wechat"}
+CONSENT_CHANNELS = {
+    "sms": "sms",
+    "email": "email",
+    "wechat": "wechat",
+    "marketing_sms": "sms",
+    "marketing_email": "email",
+    "marketing_wechat": "wechat",
+}
 
 
 def _clean(kind: str, raw: str | None, merchant_id: str, customer_id: str) -> str | None:
@@ -40,8 +46,13 @@ def _clean(kind: str, raw: str | None, merchant_id: str, customer_id: str) -> st
             return normalize_email(raw)
         return normalize_openid(raw)
     except InvalidContact as e:
-        log.warning("notifications.contact_refused", merchant_id=merchant_id, customer_id=customer_id, field=kind,
-                    reason=e.reason)
+        log.warning(
+            "notifications.contact_refused",
+            merchant_id=merchant_id,
+            customer_id=customer_id,
+            field=kind,
+            reason=e.reason,
+        )
         return None
 
 
@@ -61,18 +72,32 @@ async def record_profiles(session: AsyncSession, events: Sequence[EnvelopeBase])
     rows, consent_rows = [], []
     for (m, c), e in latest.items():
         d = e.data
-        rows.append((m, c, _clean("phone", d.phone, m, c), _clean("email", d.email, m, c),
-                     _clean("openid", d.wechat_openid, m, c), _birthday(d.birthday), None, e.occurred_at))
+        rows.append(
+            (
+                m,
+                c,
+                _clean("phone", d.phone, m, c),
+                _clean("email", d.email, m, c),
+                _clean("openid", d.wechat_openid, m, c),
+                _birthday(d.birthday),
+                None,
+                e.occurred_at,
+            )
+        )
         for key, granted in d.consents.items():
             channel = CONSENT_CHANNELS.get(key)
             if channel is not None:
                 consent_rows.append((m, c, channel, "granted" if granted else "denied", "event", e.occurred_at))
     newer = "excluded.updated_at >= {t}.updated_at"
-    await bulk_insert(session, contacts, ["merchant_id", "customer_id", "phone", "email", "openid", "birthday",
-                                          "locale", "updated_at"], rows,
-                      conflict=["merchant_id", "customer_id"],
-                      update={c: f"excluded.{c}" for c in ("phone", "email", "openid", "birthday", "updated_at")},
-                      update_where=newer)
+    await bulk_insert(
+        session,
+        contacts,
+        ["merchant_id", "customer_id", "phone", "email", "openid", "birthday", "locale", "updated_at"],
+        rows,
+        conflict=["merchant_id", "customer_id"],
+        update={c: f"excluded.{c}" for c in ("phone", "email", "openid", "birthday", "updated_at")},
+        update_where=newer,
+    )
     await set_consents(session, consent_rows)
 
 
@@ -83,11 +108,15 @@ async def set_consents(session: AsyncSession, rows: Iterable[tuple[str, str, str
         k = (r[0], r[1], r[2])
         if k not in latest or r[5] >= latest[k][5]:
             latest[k] = r
-    await bulk_insert(session, consents, ["merchant_id", "customer_id", "channel", "state", "source", "updated_at"],
-                      list(latest.values()), conflict=["merchant_id", "customer_id", "channel"],
-                      update={"state": "excluded.state", "source": "excluded.source",
-                              "updated_at": "excluded.updated_at"},
-                      update_where="excluded.updated_at >= {t}.updated_at")
+    await bulk_insert(
+        session,
+        consents,
+        ["merchant_id", "customer_id", "channel", "state", "source", "updated_at"],
+        list(latest.values()),
+        conflict=["merchant_id", "customer_id", "channel"],
+        update={"state": "excluded.state", "source": "excluded.source", "updated_at": "excluded.updated_at"},
+        update_where="excluded.updated_at >= {t}.updated_at",
+    )
 
 
 async def record_grants(session: AsyncSession, events: Sequence[EnvelopeBase]) -> None:
@@ -97,17 +126,21 @@ async def record_grants(session: AsyncSession, events: Sequence[EnvelopeBase]) -
         k = (e.merchant_id, e.customer_id or "", e.data.template_id)  # type: ignore[attr-defined]
         n, at = sums.get(k, (0, e.occurred_at))
         sums[k] = (n + e.data.count, max(at, e.occurred_at))  # type: ignore[attr-defined]
-    await bulk_insert(session, wechat_credits, ["merchant_id", "customer_id", "template_id", "credits", "long_term",
-                                                "updated_at"],
-                      [(m, c, t, n, False, at) for (m, c, t), (n, at) in sums.items()],
-                      conflict=["merchant_id", "customer_id", "template_id"],
-                      update={"credits": "{t}.credits + excluded.credits", "updated_at": "excluded.updated_at"})
+    await bulk_insert(
+        session,
+        wechat_credits,
+        ["merchant_id", "customer_id", "template_id", "credits", "long_term", "updated_at"],
+        [(m, c, t, n, False, at) for (m, c, t), (n, at) in sums.items()],
+        conflict=["merchant_id", "customer_id", "template_id"],
+        update={"credits": "{t}.credits + excluded.credits", "updated_at": "excluded.updated_at"},
+    )
 
 
 async def customers_by_phone(session: AsyncSession, merchant_id: str, phone: str) -> list[str]:
     c = contacts.c
-    return list((await session.execute(select(c.customer_id).where(c.merchant_id == merchant_id,
-                                                                    c.phone == phone))).scalars())
+    return list(
+        (await session.execute(select(c.customer_id).where(c.merchant_id == merchant_id, c.phone == phone))).scalars()
+    )
 
 
 async def spend_credits(session: AsyncSession, merchant_id: str, wanted: dict[tuple[str, str], int]) -> None:
@@ -115,24 +148,40 @@ async def spend_credits(session: AsyncSession, merchant_id: str, wanted: dict[tu
     one statement, run for every pair (executemany)."""
     w = wechat_credits.c
     if wanted:
-        await session.execute(update(wechat_credits).where(
-            w.merchant_id == merchant_id, w.customer_id == bindparam("c"), w.template_id == bindparam("t"),
-            w.long_term.is_(False), w.credits >= bindparam("n")).values(credits=w.credits - bindparam("n")),
-            [{"c": c, "t": t, "n": n} for (c, t), n in wanted.items()])
+        await session.execute(
+            update(wechat_credits)
+            .where(
+                w.merchant_id == merchant_id,
+                w.customer_id == bindparam("c"),
+                w.template_id == bindparam("t"),
+                w.long_term.is_(False),
+                w.credits >= bindparam("n"),
+            )
+            .values(credits=w.credits - bindparam("n")),
+            [{"c": c, "t": t, "n": n} for (c, t), n in wanted.items()],
+        )
 
 
 async def give_back_credits(session: AsyncSession, merchant_id: str, back: dict[tuple[str, str], int]) -> None:
     """A message that spent a credit and then was not delivered (refused, dead) gives it back."""
     w = wechat_credits.c
     if back:
-        await session.execute(update(wechat_credits).where(
-            w.merchant_id == merchant_id, w.customer_id == bindparam("c"), w.template_id == bindparam("t"),
-            w.long_term.is_(False)).values(credits=w.credits + bindparam("n")),
-            [{"c": c, "t": t, "n": n} for (c, t), n in back.items()])
+        await session.execute(
+            update(wechat_credits)
+            .where(
+                w.merchant_id == merchant_id,
+                w.customer_id == bindparam("c"),
+                w.template_id == bindparam("t"),
+                w.long_term.is_(False),
+            )
+            .values(credits=w.credits + bindparam("n")),
+            [{"c": c, "t": t, "n": n} for (c, t), n in back.items()],
+        )
 
 
-async def facts_of(session: AsyncSession, merchant_id: str, customer_ids: Sequence[str]
-                   ) -> tuple[dict[str, Any], dict[str, dict[str, str]], dict[str, dict[str, tuple[int, bool]]]]:
+async def facts_of(
+    session: AsyncSession, merchant_id: str, customer_ids: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, dict[str, str]], dict[str, dict[str, tuple[int, bool]]]]:
     """(contacts, consents per channel, WeChat credits per template) of these customers."""
     ids = sorted(set(customer_ids))
     c, k, w = contacts.c, consents.c, wechat_credits.c
@@ -140,14 +189,23 @@ async def facts_of(session: AsyncSession, merchant_id: str, customer_ids: Sequen
     said: dict[str, dict[str, str]] = {}
     credits: dict[str, dict[str, tuple[int, bool]]] = {}
     for i in range(0, len(ids), 5000):
-        part = ids[i:i + 5000]
-        for r in await session.execute(select(c.customer_id, c.phone, c.email, c.openid, c.birthday).where(
-                c.merchant_id == merchant_id, in_values(c.customer_id, part))):
+        part = ids[i : i + 5000]
+        for r in await session.execute(
+            select(c.customer_id, c.phone, c.email, c.openid, c.birthday).where(
+                c.merchant_id == merchant_id, in_values(c.customer_id, part)
+            )
+        ):
             people[r.customer_id] = r
-        for r in await session.execute(select(k.customer_id, k.channel, k.state).where(
-                k.merchant_id == merchant_id, in_values(k.customer_id, part))):
+        for r in await session.execute(
+            select(k.customer_id, k.channel, k.state).where(
+                k.merchant_id == merchant_id, in_values(k.customer_id, part)
+            )
+        ):
             said.setdefault(r.customer_id, {})[r.channel] = r.state
-        for r in await session.execute(select(w.customer_id, w.template_id, w.credits, w.long_term).where(
-                w.merchant_id == merchant_id, in_values(w.customer_id, part))):
+        for r in await session.execute(
+            select(w.customer_id, w.template_id, w.credits, w.long_term).where(
+                w.merchant_id == merchant_id, in_values(w.customer_id, part)
+            )
+        ):
             credits.setdefault(r.customer_id, {})[r.template_id] = (r.credits, r.long_term)
     return people, said, credits

@@ -23,9 +23,14 @@ from services.notifications.domain.policy import TokenBucket
 from shared.settings import Settings
 
 # Default provider rate limits (messages/s, burst) when the merchant sets none.
-DEFAULT_RATES: dict[str, tuple[int, int]] = {"wechat": (500, 1000), "aliyun": (1000, 2000),
-                                             "generic": (5000, 10000), "smtp": (50, 100), "webhook": (500, 1000),
-                                             "console": (1_000_000, 1_000_000)}
+DEFAULT_RATES: dict[str, tuple[int, int]] = {
+    "wechat": (500, 1000),
+    "aliyun": (1000, 2000),
+    "generic": (5000, 10000),
+    "smtp": (50, 100),
+    "webhook": (500, 1000),
+    "console": (1_000_000, 1_000_000),
+}
 CONFIG_TTL_S = 5.0
 
 
@@ -46,8 +51,9 @@ class Notifier:
         self.settings = settings
         # httpx slows per request as its pool grows; 64 connections carry loopback and real
         # provider latency alike.
-        self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=64,
-                                                                          max_keepalive_connections=64))
+        self.http = httpx.AsyncClient(
+            timeout=10.0, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        )
         self.routes: dict[tuple[str, str], Route] = {}
         self.console = ConsoleChannel()
         self.console_bucket = TokenBucket(*DEFAULT_RATES["console"])
@@ -61,8 +67,13 @@ class Notifier:
         if cached is not None and now - cached.built_at < CONFIG_TTL_S:
             return cached
         c = channel_configs.c
-        row = (await session.execute(select(c.provider, c.config, c.rate_per_s, c.burst, c.updated_at).where(
-            c.merchant_id == merchant_id, c.channel == kind))).first()
+        row = (
+            await session.execute(
+                select(c.provider, c.config, c.rate_per_s, c.burst, c.updated_at).where(
+                    c.merchant_id == merchant_id, c.channel == kind
+                )
+            )
+        ).first()
         stamp = (row.provider, row.config, row.rate_per_s, row.burst) if row else None
         if cached is not None and cached.stamp == stamp:
             cached.built_at = now

@@ -4,7 +4,7 @@ birthday clock, sharing one Notifier (channels, buckets) and one segmentation cl
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,7 +19,7 @@ from services.notifications.service_layer.dispatch import dispatcher
 from services.notifications.service_layer.enqueue import Want, enqueue
 from services.notifications.service_layer.handlers import shops
 from services.notifications.service_layer.state import notifier_for, release
-from shared import segmentation_api
+from shared import clock, segmentation_api
 
 log = structlog.get_logger("fugou.notifications")
 
@@ -41,11 +41,28 @@ async def birthdays_once(sessions: async_sessionmaker[AsyncSession], public_url:
                 continue
             local = now.astimezone(ZoneInfo(shop.tz))
             c = contacts.c
-            who = [r.customer_id for r in await session.execute(select(c.customer_id).where(
-                c.merchant_id == merchant_id, c.birthday == f"{local.month:02d}-{local.day:02d}"))]
-            wants = [Want(cid, "birthday", f"birthday:{local.year}", {"month": local.month, "day": local.day},
-                          rule.channels, rule.effective_purpose, rule.value, rule_id=rule.rule_id)
-                     for rule in mine for cid in who]
+            who = [
+                r.customer_id
+                for r in await session.execute(
+                    select(c.customer_id).where(
+                        c.merchant_id == merchant_id, c.birthday == f"{local.month:02d}-{local.day:02d}"
+                    )
+                )
+            ]
+            wants = [
+                Want(
+                    cid,
+                    "birthday",
+                    f"birthday:{local.year}",
+                    {"month": local.month, "day": local.day},
+                    rule.channels,
+                    rule.effective_purpose,
+                    rule.value,
+                    rule_id=rule.rule_id,
+                )
+                for rule in mine
+                for cid in who
+            ]
             done = await enqueue(session, shop, wants, await policy_of(session, merchant_id), now, public_url)
             queued += done.queued
     return queued
@@ -54,7 +71,7 @@ async def birthdays_once(sessions: async_sessionmaker[AsyncSession], public_url:
 async def birthday_clock(runtime: Any) -> None:
     while True:
         try:
-            await birthdays_once(runtime.sessions, runtime.settings.public_url, datetime.now(timezone.utc))
+            await birthdays_once(runtime.sessions, runtime.settings.public_url, clock.now())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -73,7 +90,8 @@ def background(runtime: Any) -> Any:
             await asyncio.gather(
                 dispatcher(runtime, notifier),
                 campaign_worker(runtime, lambda: client, notifier.wake, runtime.settings.public_url),
-                birthday_clock(runtime))
+                birthday_clock(runtime),
+            )
         finally:
             await release(runtime)
             await segmentation_api.release(runtime)

@@ -23,8 +23,8 @@ from services.segmentation.adapters.tables import (
     behaviours,
     customer_categories,
     customer_tags,
-    member_levels,
     customers,
+    member_levels,
     order_items,
     orders,
     profiles,
@@ -79,7 +79,8 @@ class Compiler:
         ).subquery("u")
         self.base = "union" if for_filter is None else self.base_for(for_filter)
         self.u: FromClause = {"segments": segments, "customers": customers, "profiles": profiles}.get(
-            self.base, self._union)
+            self.base, self._union
+        )
 
     @staticmethod
     def base_for(f: Any) -> str:
@@ -116,8 +117,9 @@ class Compiler:
             return exists().where(t.c.merchant_id == m, t.c.customer_id == u.c.customer_id, t.c.tag.in_(f.tag))
         if isinstance(f, a.MemberLevel):
             lv = member_levels
-            return exists().where(lv.c.merchant_id == m, lv.c.customer_id == u.c.customer_id,
-                                  lv.c.level.in_(f.member_level))
+            return exists().where(
+                lv.c.merchant_id == m, lv.c.customer_id == u.c.customer_id, lv.c.level.in_(f.member_level)
+            )
         if isinstance(f, a.Recency):
             # Recency in calendar days of the merchant's zone, as instants on last_order_at.
             conds = [c.c.last_order_at.isnot(None)]
@@ -127,8 +129,11 @@ class Compiler:
                 conds.append(c.c.last_order_at < self._midnight_days_ago(f.recency_days.gte - 1))
             return and_(*conds)
         if isinstance(f, (a.Frequency, a.Monetary)):
-            col, rng = ((func.coalesce(s.c.frequency, 0), f.frequency) if isinstance(f, a.Frequency)
-                        else (func.coalesce(s.c.monetary_fen, 0), f.monetary_fen))
+            col, rng = (
+                (func.coalesce(s.c.frequency, 0), f.frequency)
+                if isinstance(f, a.Frequency)
+                else (func.coalesce(s.c.monetary_fen, 0), f.monetary_fen)
+            )
             conds = []
             if rng.gte is not None:
                 conds.append(col >= rng.gte)
@@ -136,8 +141,11 @@ class Compiler:
                 conds.append(col <= rng.lte)
             return and_(*conds)
         if isinstance(f, (a.FirstOrder, a.LastOrder)):
-            col, rng = ((c.c.first_order_at, f.first_order_at) if isinstance(f, a.FirstOrder)
-                        else (c.c.last_order_at, f.last_order_at))
+            col, rng = (
+                (c.c.first_order_at, f.first_order_at)
+                if isinstance(f, a.FirstOrder)
+                else (c.c.last_order_at, f.last_order_at)
+            )
             conds = [col.isnot(None)]
             if rng.gte is not None:
                 conds.append(col >= rng.gte)
@@ -148,8 +156,11 @@ class Compiler:
             return member(p.c.region, f.region)
         if isinstance(f, a.BoughtCategory):
             cc = customer_categories
-            conds = [cc.c.merchant_id == m, cc.c.customer_id == u.c.customer_id,
-                     cc.c.category == f.bought_category.category]
+            conds = [
+                cc.c.merchant_id == m,
+                cc.c.customer_id == u.c.customer_id,
+                cc.c.category == f.bought_category.category,
+            ]
             if f.bought_category.within_days is not None:
                 conds.append(cc.c.last_at >= self.now - timedelta(days=f.bought_category.within_days))
             return exists().where(*conds)
@@ -157,11 +168,17 @@ class Compiler:
             b, o, i = behaviours, orders, order_items
             kinds = ["favorite", "cart"] if f.interested_not_bought == "any" else [f.interested_not_bought]
             bought_since = exists().where(
-                o.c.merchant_id == m, o.c.customer_id == u.c.customer_id, o.c.paid_at.isnot(None),
-                o.c.paid_at >= b.c.last_at, i.c.merchant_id == o.c.merchant_id, i.c.order_id == o.c.order_id,
-                i.c.sku == b.c.sku)
-            return exists().where(b.c.merchant_id == m, b.c.customer_id == u.c.customer_id, b.c.kind.in_(kinds),
-                                  not_(bought_since))
+                o.c.merchant_id == m,
+                o.c.customer_id == u.c.customer_id,
+                o.c.paid_at.isnot(None),
+                o.c.paid_at >= b.c.last_at,
+                i.c.merchant_id == o.c.merchant_id,
+                i.c.order_id == o.c.order_id,
+                i.c.sku == b.c.sku,
+            )
+            return exists().where(
+                b.c.merchant_id == m, b.c.customer_id == u.c.customer_id, b.c.kind.in_(kinds), not_(bought_since)
+            )
         if isinstance(f, a.OrderedUnpaid):
             return func.coalesce(c.c.unpaid_orders, 0) > 0
         raise TypeError(f"no SQL for {type(f).__name__}")
@@ -183,5 +200,15 @@ class Compiler:
     def rows(self, f: Any) -> Select[Any]:
         """The audience's customers with what a merchant wants to see of them."""
         u, s, c, p = self.u, self.s, self.c, self.p
-        return self.select(f, u.c.customer_id, s.c.tier, s.c.cell, s.c.rfm_class, s.c.frequency, s.c.monetary_fen,
-                           c.c.last_order_at, p.c.region, func.coalesce(s.c.tags, literal("[]")).label("tags"))
+        return self.select(
+            f,
+            u.c.customer_id,
+            s.c.tier,
+            s.c.cell,
+            s.c.rfm_class,
+            s.c.frequency,
+            s.c.monetary_fen,
+            c.c.last_order_at,
+            p.c.region,
+            func.coalesce(s.c.tags, literal("[]")).label("tags"),
+        )

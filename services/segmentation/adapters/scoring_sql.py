@@ -19,8 +19,9 @@ from shared.db import day_start_plus
 
 
 class ScoreSql:
-    def __init__(self, bounds: Boundaries, split: Split, levels: int, tier_overrides: dict[str, str], tz: str,
-                 now: datetime):
+    def __init__(
+        self, bounds: Boundaries, split: Split, levels: int, tier_overrides: dict[str, str], tz: str, now: datetime
+    ):
         self.bounds, self.split, self.levels, self.overrides, self.tz = bounds, split, levels, tier_overrides, tz
         self.zone = ZoneInfo(tz)
         self.today: date = now.astimezone(self.zone).date()
@@ -48,15 +49,18 @@ class ScoreSql:
         r_high = last >= self._before(self.split.recency_days)
         f_high = frequency >= self.split.frequency
         m_high = monetary >= self.split.monetary_fen
-        return case(*[((r_high if r else ~r_high) & (f_high if f else ~f_high) & (m_high if m else ~m_high), k.code)
-                      for (r, f, m), k in CLASSES.items()])
+        return case(
+            *[
+                ((r_high if r else ~r_high) & (f_high if f else ~f_high) & (m_high if m else ~m_high), k.code)
+                for (r, f, m), k in CLASSES.items()
+            ]
+        )
 
     def recency_change_at(self, last: Any) -> Any:
         """When the recency next passes an R boundary or the class split (NULL: never again);
         as domain.lifecycle.next_recency_change."""
         thresholds = sorted({int(t) for t in (*self.bounds.recency_days, self.split.recency_days)})
-        return case(*[(last >= self._before(t), day_start_plus(last, self.tz, t + 1)) for t in thresholds],
-                    else_=None)
+        return case(*[(last >= self._before(t), day_start_plus(last, self.tz, t + 1)) for t in thresholds], else_=None)
 
     @staticmethod
     def cell(r: Any, f: Any, m: Any) -> Any:
@@ -64,5 +68,10 @@ class ScoreSql:
 
     def tier(self, cell: Any) -> Any:
         levels = range(1, self.levels + 1)
-        return case({f"{r}-{f}-{m}": tier_of(r, f, m, self.levels, self.overrides)
-                     for r, f, m in product(levels, levels, levels)}, value=cell)
+        return case(
+            {
+                f"{r}-{f}-{m}": tier_of(r, f, m, self.levels, self.overrides)
+                for r, f, m in product(levels, levels, levels)
+            },
+            value=cell,
+        )

@@ -14,7 +14,8 @@ messaging = MessagingTables.on(metadata)
 # (created_at, paid_at, cancelled_at) and refunds are summed from `refunds`, so the row, and the
 # aggregates recomputed from it, end the same for any delivery order.
 orders = Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("order_id", String(128), primary_key=True),
     Column("customer_id", String(128), nullable=False),
@@ -29,7 +30,8 @@ orders = Table(
 )
 
 order_items = Table(
-    "order_items", metadata,
+    "order_items",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("order_id", String(128), primary_key=True),
     Column("line", Integer, primary_key=True),
@@ -40,7 +42,8 @@ order_items = Table(
 )
 
 refunds = Table(
-    "refunds", metadata,
+    "refunds",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("refund_id", String(128), primary_key=True),
     Column("order_id", String(128), nullable=False),
@@ -52,7 +55,8 @@ refunds = Table(
 
 # What each customer bought per category: the basis of repurchase cycles.
 customer_categories = Table(
-    "customer_categories", metadata,
+    "customer_categories",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("category", String(128), primary_key=True),
@@ -64,7 +68,8 @@ customer_categories = Table(
 
 # Carts and favourites, for "interested but not bought".
 behaviours = Table(
-    "behaviours", metadata,
+    "behaviours",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("kind", String(16), primary_key=True),
@@ -76,7 +81,8 @@ behaviours = Table(
 )
 
 customers = Table(
-    "customers", metadata,
+    "customers",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("paid_orders", Integer, nullable=False),
@@ -88,7 +94,8 @@ customers = Table(
 )
 
 import_jobs = Table(
-    "import_jobs", metadata,
+    "import_jobs",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("source", String(512), primary_key=True),
     Column("position", BigInteger, nullable=False),
@@ -100,7 +107,8 @@ import_jobs = Table(
 
 # Every version a merchant saved; the highest is in force.
 rfm_configs = Table(
-    "rfm_configs", metadata,
+    "rfm_configs",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("version", Integer, primary_key=True),
     Column("body", Text, nullable=False),
@@ -109,7 +117,8 @@ rfm_configs = Table(
 
 # Quantile boundaries and averages of the merchant's customers, as last computed.
 rfm_stats = Table(
-    "rfm_stats", metadata,
+    "rfm_stats",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("config_version", Integer, nullable=False),
     Column("body", Text, nullable=False),
@@ -121,7 +130,8 @@ rfm_stats = Table(
 # change any of it (a recency boundary, an order leaving the period, a tag's window): the sweep
 # re-scores exactly the rows whose moment has come.
 segments = Table(
-    "segments", metadata,
+    "segments",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("config_version", Integer, nullable=False),
@@ -143,7 +153,8 @@ segments = Table(
 
 # One row per tag a customer has now (the lifecycle tags, later the merchant's own).
 customer_tags = Table(
-    "customer_tags", metadata,
+    "customer_tags",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("tag", String(160), primary_key=True),
@@ -152,7 +163,8 @@ customer_tags = Table(
 
 # Re-scoring every customer after a configuration change: a resumable background job.
 rescore_jobs = Table(
-    "rescore_jobs", metadata,
+    "rescore_jobs",
+    metadata,
     Column("job_id", String(36), primary_key=True),
     Column("merchant_id", String(128), nullable=False),
     Column("config_version", Integer, nullable=False),
@@ -171,7 +183,8 @@ rescore_jobs = Table(
 
 # What the shop tells about a customer (customer.registered / customer.updated).
 profiles = Table(
-    "profiles", metadata,
+    "profiles",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("region", String(128), nullable=True),
@@ -183,7 +196,8 @@ profiles = Table(
 
 # Each customer's member level, as loyalty announced it (level.changed): audiences filter on it.
 member_levels = Table(
-    "member_levels", metadata,
+    "member_levels",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("customer_id", String(128), primary_key=True),
     Column("level", String(64), nullable=False),
@@ -193,7 +207,8 @@ member_levels = Table(
 
 # Audiences merchants saved, for the other services to reference by id.
 audiences = Table(
-    "audiences", metadata,
+    "audiences",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("audience_id", String(36), primary_key=True),
     Column("name", String(255), nullable=False),
@@ -204,7 +219,8 @@ audiences = Table(
 
 # Merchants' own tags: a customer has tag custom:<name> while the rule's audience filter holds.
 tag_rules = Table(
-    "tag_rules", metadata,
+    "tag_rules",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("name", String(64), primary_key=True),
     Column("filter", Text, nullable=False),
@@ -217,7 +233,8 @@ tag_rules = Table(
 # Counts are JSON objects: tiers {"S": n}, classes {code: n}, cells {"3-3-3": n}, tags {tag: n}
 # (the lifecycle tags, custom ones left out); the repurchase rate is repeat_buyers / buyers.
 segment_snapshots = Table(
-    "segment_snapshots", metadata,
+    "segment_snapshots",
+    metadata,
     Column("merchant_id", String(128), primary_key=True),
     Column("day", String(10), primary_key=True),  # YYYY-MM-DD in the merchant's time zone
     Column("taken_at", UTCDateTime, nullable=False),

@@ -56,14 +56,24 @@ class Cell(_Strict):
 
 
 class RfmClassIs(_Strict):
-    rfm_class: list[Literal["important_value", "important_development", "important_retain", "important_winback",
-                            "general_value", "general_development", "general_retain", "general_winback"]] = Field(
-        min_length=1)
+    rfm_class: list[
+        Literal[
+            "important_value",
+            "important_development",
+            "important_retain",
+            "important_winback",
+            "general_value",
+            "general_development",
+            "general_retain",
+            "general_winback",
+        ]
+    ] = Field(min_length=1)
 
 
 class HasTag(_Strict):
     tag: list[Annotated[str, Field(min_length=1, max_length=160)]] = Field(
-        min_length=1, description="Any of these tags (e.g. dormant, interest, replenish_due:milk-powder).")
+        min_length=1, description="Any of these tags (e.g. dormant, interest, replenish_due:milk-powder)."
+    )
 
 
 class Recency(_Strict):
@@ -128,10 +138,23 @@ class Not(_Strict):
 
 
 _KINDS: dict[str, type[BaseModel]] = {
-    "and": And, "or": Or, "not": Not, "tier": Tier, "cell": Cell, "rfm_class": RfmClassIs, "tag": HasTag,
-    "recency_days": Recency, "frequency": Frequency, "monetary_fen": Monetary, "first_order_at": FirstOrder,
-    "last_order_at": LastOrder, "region": Region, "member_level": MemberLevel, "bought_category": BoughtCategory,
-    "interested_not_bought": Interested, "ordered_unpaid": OrderedUnpaid,
+    "and": And,
+    "or": Or,
+    "not": Not,
+    "tier": Tier,
+    "cell": Cell,
+    "rfm_class": RfmClassIs,
+    "tag": HasTag,
+    "recency_days": Recency,
+    "frequency": Frequency,
+    "monetary_fen": Monetary,
+    "first_order_at": FirstOrder,
+    "last_order_at": LastOrder,
+    "region": Region,
+    "member_level": MemberLevel,
+    "bought_category": BoughtCategory,
+    "interested_not_bought": Interested,
+    "ordered_unpaid": OrderedUnpaid,
 }
 _KIND_OF = {model: kind for kind, model in _KINDS.items()}
 
@@ -144,10 +167,13 @@ def _kind(value: object) -> str | None:
 
 
 Filter = Annotated[
-    Union[tuple(Annotated[model, Tag(kind)] for kind, model in _KINDS.items())],  # type: ignore[misc]
-    Discriminator(_kind, custom_error_type="invalid_filter",
-                  custom_error_message="a condition is an object with one key, one of: " + ", ".join(_KINDS),
-                  custom_error_context={"kinds": ", ".join(_KINDS)}),
+    Union[tuple(Annotated[model, Tag(kind)] for kind, model in _KINDS.items())],  # type: ignore[misc]  # noqa: UP007
+    Discriminator(
+        _kind,
+        custom_error_type="invalid_filter",
+        custom_error_message="a condition is an object with one key, one of: " + ", ".join(_KINDS),
+        custom_error_context={"kinds": ", ".join(_KINDS)},
+    ),
 ]
 
 for _model in (And, Or, Not):
@@ -161,4 +187,3 @@ def depth(f: BaseModel, level: int = 1) -> int:
     if isinstance(f, Not):
         return depth(f.not_, level + 1)
     return level
-

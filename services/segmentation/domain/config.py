@@ -56,12 +56,13 @@ class RfmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     period_days: Annotated[int, Field(ge=1, le=3650)] | None = Field(
-        365, description="F and M count orders of the last N days; null counts all history.")
+        365, description="F and M count orders of the last N days; null counts all history."
+    )
     levels: Literal[3, 5] = 3
-    boundaries: FixedBoundaries | QuantileBoundaries = Field(default_factory=QuantileBoundaries,
-                                                             discriminator="mode")
+    boundaries: FixedBoundaries | QuantileBoundaries = Field(default_factory=QuantileBoundaries, discriminator="mode")
     tier_overrides: dict[str, Literal["S", "A", "B", "C"]] = Field(
-        default_factory=dict, description='Per-cell tiers over the default, e.g. {"3-1-3": "A"} (R-F-M on 3 levels).')
+        default_factory=dict, description='Per-cell tiers over the default, e.g. {"3-1-3": "A"} (R-F-M on 3 levels).'
+    )
     class_split: ClassSplit = Field(default_factory=ClassSplit)
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
 
@@ -82,8 +83,9 @@ class RfmConfig(BaseModel):
             for dim in DIMENSIONS:
                 bounds = getattr(self.boundaries, dim)
                 if len(bounds) != self.levels - 1:
-                    raise ValueError(f"boundaries.{dim}: {self.levels} levels need {self.levels - 1} boundaries, "
-                                     f"got {len(bounds)}")
+                    raise ValueError(
+                        f"boundaries.{dim}: {self.levels} levels need {self.levels - 1} boundaries, got {len(bounds)}"
+                    )
                 if any(b <= a for a, b in zip(bounds, bounds[1:])):
                     raise ValueError(f"boundaries.{dim}: boundaries overlap; they must be strictly ascending")
         return self

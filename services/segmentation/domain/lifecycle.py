@@ -28,8 +28,9 @@ class LifecycleConfig(BaseModel):
     dormant_days: int = Field(90, ge=1, le=3650)
     churn_factor: float = Field(2.0, ge=1.0, le=20.0)
     replenish_lead_days: int = Field(3, ge=0, le=90)
-    category_cycles: dict[str, int] = Field(default_factory=dict,
-                                            description='Days between purchases per category, e.g. {"milk-powder": 30}.')
+    category_cycles: dict[str, int] = Field(
+        default_factory=dict, description='Days between purchases per category, e.g. {"milk-powder": 30}.'
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,9 @@ def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time.min, tzinfo=zone)
 
 
-def next_recency_change(last_order_at: datetime, now: datetime, tz: str,
-                        thresholds: Iterable[float]) -> datetime | None:
+def next_recency_change(
+    last_order_at: datetime, now: datetime, tz: str, thresholds: Iterable[float]
+) -> datetime | None:
     """When the customer's recency (calendar days in the merchant's zone) next passes one of the
     thresholds (R boundaries, the class split): recency d passes t on the day it becomes > t."""
     zone = ZoneInfo(tz)

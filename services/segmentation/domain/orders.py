@@ -99,8 +99,9 @@ def fold(events: Iterable[Any]) -> Folded:
             key = (e.merchant_id, e.customer_id, BEHAVIOUR_KINDS[t], d.sku)
             b = out.behaviours.get(key)
             if b is None:
-                out.behaviours[key] = Behaviour(e.merchant_id, e.customer_id, key[2], d.sku, d.category, 1,
-                                                e.occurred_at, e.occurred_at)
+                out.behaviours[key] = Behaviour(
+                    e.merchant_id, e.customer_id, key[2], d.sku, d.category, 1, e.occurred_at, e.occurred_at
+                )
             else:
                 b.count += 1
                 b.first_at, b.last_at = min(b.first_at, e.occurred_at), max(b.last_at, e.occurred_at)
@@ -126,6 +127,7 @@ def fold(events: Iterable[Any]) -> Folded:
         else:  # order.refunded
             rkey = (e.merchant_id, d.refund_id)
             if rkey not in out.refunds:
-                out.refunds[rkey] = Refund(e.merchant_id, d.refund_id, d.order_id, e.customer_id, d.amount_fen,
-                                           d.full, at)
+                out.refunds[rkey] = Refund(
+                    e.merchant_id, d.refund_id, d.order_id, e.customer_id, d.amount_fen, d.full, at
+                )
     return out

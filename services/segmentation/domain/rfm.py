@@ -91,14 +91,23 @@ def tier_of(r: int, f: int, m: int, levels: int, tier_overrides: dict[str, str] 
     return (tier_overrides or {}).get(f"{r3}-{f3}-{m3}") or default_tier(r3, f3, m3)
 
 
-def score(recency_days: int, frequency: int, monetary_fen: int, *, boundaries: Boundaries, levels: int,
-          split: Split, tier_overrides: dict[str, str] | None = None) -> Score:
+def score(
+    recency_days: int,
+    frequency: int,
+    monetary_fen: int,
+    *,
+    boundaries: Boundaries,
+    levels: int,
+    split: Split,
+    tier_overrides: dict[str, str] | None = None,
+) -> Score:
     r = level_recency(recency_days, boundaries.recency_days)
     f = level_up(frequency, boundaries.frequency)
     m = level_up(monetary_fen, boundaries.monetary_fen)
     tier = tier_of(r, f, m, levels, tier_overrides)
-    klass = CLASSES[(recency_days <= split.recency_days, frequency >= split.frequency,
-                     monetary_fen >= split.monetary_fen)]
+    klass = CLASSES[
+        (recency_days <= split.recency_days, frequency >= split.frequency, monetary_fen >= split.monetary_fen)
+    ]
     return Score(r, f, m, f"{r}-{f}-{m}", tier, klass)
 
 
@@ -115,4 +124,3 @@ def quantile_bounds(sorted_values: list[float], levels: int) -> tuple[float, ...
             v = out[-1] + 1
         out.append(v)
     return tuple(out)
-

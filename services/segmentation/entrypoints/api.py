@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -10,12 +10,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from services.segmentation.domain.config import RfmConfig
 from services.segmentation.adapters.tables import rescore_jobs
+from services.segmentation.domain.config import RfmConfig
 from services.segmentation.service_layer.rfm import class_names, current_config, explain_customer, save_config, summary
 from services.segmentation.service_layer.rfm_read import COVERAGE_TTL_S, InForceCache, StoredReads
 from services.segmentation.service_layer.segments import start_rescore
 from services.segmentation.service_layer.snapshots import Point, trend
+from shared import clock
 from shared.events import Id
 from shared.tenancy import Customer, Merchant
 from shared.web import ApiError, customer_dependency, merchant_dependency, runtime_of, session_dependency
@@ -115,19 +116,40 @@ async def _load(request: Request, merchant_id: str, customer_id: str, tz: str) -
         raise missing
     v, sc, cfg = found.values, found.score, found.config
     return CustomerRfm(
-        merchant_id=merchant_id, customer_id=customer_id, recency_days=v.recency_days, frequency=v.frequency,
-        monetary_fen=v.monetary_fen, first_order_at=v.first_order_at, last_order_at=v.last_order_at,
-        r_level=sc.r_level, f_level=sc.f_level, m_level=sc.m_level, cell=sc.cell, tier=sc.tier,
+        merchant_id=merchant_id,
+        customer_id=customer_id,
+        recency_days=v.recency_days,
+        frequency=v.frequency,
+        monetary_fen=v.monetary_fen,
+        first_order_at=v.first_order_at,
+        last_order_at=v.last_order_at,
+        r_level=sc.r_level,
+        f_level=sc.f_level,
+        m_level=sc.m_level,
+        cell=sc.cell,
+        tier=sc.tier,
         rfm_class=RfmClassView(code=sc.rfm_class.code, zh_cn=sc.rfm_class.zh_cn, en=sc.rfm_class.en),
         tags=list(read.tags),
-        why=Why(config_version=found.version, period_days=cfg.period_days, levels=cfg.levels,
-                boundaries_source=cfg.boundaries.mode,
-                boundaries=BoundariesView(recency_days=list(found.boundaries.recency_days),
-                                          frequency=list(found.boundaries.frequency),
-                                          monetary_fen=list(found.boundaries.monetary_fen)),
-                class_split=SplitView(mode=cfg.class_split.mode, recency_days=found.split.recency_days,
-                                      frequency=found.split.frequency, monetary_fen=found.split.monetary_fen),
-                stats_computed_at=found.stats.computed_at, customers_in_stats=found.stats.customers))
+        why=Why(
+            config_version=found.version,
+            period_days=cfg.period_days,
+            levels=cfg.levels,
+            boundaries_source=cfg.boundaries.mode,
+            boundaries=BoundariesView(
+                recency_days=list(found.boundaries.recency_days),
+                frequency=list(found.boundaries.frequency),
+                monetary_fen=list(found.boundaries.monetary_fen),
+            ),
+            class_split=SplitView(
+                mode=cfg.class_split.mode,
+                recency_days=found.split.recency_days,
+                frequency=found.split.frequency,
+                monetary_fen=found.split.monetary_fen,
+            ),
+            stats_computed_at=found.stats.computed_at,
+            customers_in_stats=found.stats.customers,
+        ),
+    )
 
 
 RFM_READ = f"""Answered from the customer's stored segment (levels, cell, tier, class, F and M over the
@@ -145,9 +167,13 @@ query, so a change made by any process shows at the next read (a job that starte
 between two reads may keep this process computing for up to {COVERAGE_TTL_S:g} s more)."""
 
 
-@router.get("/v1/customers/{customer_id}/rfm", response_model=CustomerRfm,
-            summary="One customer's R, F, M, levels, cell, tier and class, with the boundaries applied (admin)",
-            description=RFM_READ, responses={404: {"description": "no such customer"}})
+@router.get(
+    "/v1/customers/{customer_id}/rfm",
+    response_model=CustomerRfm,
+    summary="One customer's R, F, M, levels, cell, tier and class, with the boundaries applied (admin)",
+    description=RFM_READ,
+    responses={404: {"description": "no such customer"}},
+)
 async def get_rfm(customer_id: Annotated[Id, Path()], request: Request, merchant: AdminMerchant) -> CustomerRfm:
     # No session dependency: most reads take one connection for one statement (see _load).
     return await _load(request, merchant.merchant_id, customer_id, merchant.timezone)
@@ -161,7 +187,9 @@ async def get_my_rfm(request: Request, me: MeCustomer) -> CustomerRfm:
 class ConfigView(BaseModel):
     version: int
     config: RfmConfig
-    job_id: str | None = Field(None, description="The re-scoring job this change started (GET /v1/segmentation/jobs/{id}).")
+    job_id: str | None = Field(
+        None, description="The re-scoring job this change started (GET /v1/segmentation/jobs/{id})."
+    )
 
 
 @router.get("/v1/segmentation/config", response_model=ConfigView, summary="The RFM configuration in force")
@@ -170,8 +198,11 @@ async def get_config(merchant: AdminMerchant, session: Session) -> ConfigView:
     return ConfigView(version=version, config=config)
 
 
-@router.put("/v1/segmentation/config", response_model=ConfigView,
-            summary="Save a new version of the RFM configuration (validated as a whole)")
+@router.put(
+    "/v1/segmentation/config",
+    response_model=ConfigView,
+    summary="Save a new version of the RFM configuration (validated as a whole)",
+)
 async def put_config(body: RfmConfig, request: Request, merchant: AdminMerchant, session: Session) -> ConfigView:
     async with session.begin():
         version = await save_config(session, merchant.merchant_id, body, merchant.timezone)
@@ -194,14 +225,26 @@ class JobView(BaseModel):
 
 @router.get("/v1/segmentation/jobs/{job_id}", response_model=JobView, summary="Progress of a re-scoring job")
 async def get_job(job_id: str, merchant: AdminMerchant, session: Session) -> JobView:
-    row = (await session.execute(select(rescore_jobs).where(
-        rescore_jobs.c.job_id == job_id, rescore_jobs.c.merchant_id == merchant.merchant_id))).first()
+    row = (
+        await session.execute(
+            select(rescore_jobs).where(
+                rescore_jobs.c.job_id == job_id, rescore_jobs.c.merchant_id == merchant.merchant_id
+            )
+        )
+    ).first()
     if row is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}", field="path.job_id")
-    return JobView(job_id=row.job_id, config_version=row.config_version, status=row.status, total=row.total,
-                   done=row.done, changed=row.changed,
-                   progress=1.0 if row.status == "done" else (row.done / row.total if row.total else 0.0),
-                   created_at=row.created_at, finished_at=row.finished_at)
+    return JobView(
+        job_id=row.job_id,
+        config_version=row.config_version,
+        status=row.status,
+        total=row.total,
+        done=row.done,
+        changed=row.changed,
+        progress=1.0 if row.status == "done" else (row.done / row.total if row.total else 0.0),
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+    )
 
 
 class Summary(BaseModel):
@@ -211,7 +254,9 @@ class Summary(BaseModel):
     tiers: dict[str, int]
     classes: dict[str, int]
     class_names: dict[str, dict[str, str]]
-    repurchase_rate: float = Field(description="Share of customers with 2+ paid orders in the period, among those with 1+.")
+    repurchase_rate: float = Field(
+        description="Share of customers with 2+ paid orders in the period, among those with 1+."
+    )
     repeat_customers: int
     buying_customers: int
 
@@ -229,35 +274,60 @@ class TrendPoint(BaseModel):
     tiers: dict[str, int]
     classes: dict[str, int] = Field(description="Customers per RFM class code (names in class_names).")
     cells: dict[str, int] = Field(description="Customers per R-F-M cell, every cell of the levels then in force.")
-    tags: dict[str, int] = Field(description="Customers per lifecycle tag (interest, new, dormant, churn_risk, "
-                                             "repurchase_cycle:<category>, replenish_due:<category>).")
-    repurchase_rate: float = Field(description="Share of customers with 2+ paid orders in the period, among those with 1+.")
+    tags: dict[str, int] = Field(
+        description="Customers per lifecycle tag (interest, new, dormant, churn_risk, "
+        "repurchase_cycle:<category>, replenish_due:<category>)."
+    )
+    repurchase_rate: float = Field(
+        description="Share of customers with 2+ paid orders in the period, among those with 1+."
+    )
     repeat_customers: int
     buying_customers: int
 
     @classmethod
     def of(cls, p: Point) -> TrendPoint:
-        return cls(day=p.day, taken_at=p.taken_at, config_version=p.config_version, customers=p.customers,
-                   tiers=p.tiers, classes=p.classes, cells=p.cells, tags=p.tags, repurchase_rate=p.repurchase_rate,
-                   repeat_customers=p.repeat_buyers, buying_customers=p.buyers)
+        return cls(
+            day=p.day,
+            taken_at=p.taken_at,
+            config_version=p.config_version,
+            customers=p.customers,
+            tiers=p.tiers,
+            classes=p.classes,
+            cells=p.cells,
+            tags=p.tags,
+            repurchase_rate=p.repurchase_rate,
+            repeat_customers=p.repeat_buyers,
+            buying_customers=p.buyers,
+        )
 
 
 class Trend(BaseModel):
     timezone: str = Field(description="The merchant's time zone, in which days are counted.")
-    days: list[TrendPoint] = Field(description="One point per local day that has a snapshot, oldest first "
-                                               "(today's, when taken, is as of its last hourly snapshot).")
+    days: list[TrendPoint] = Field(
+        description="One point per local day that has a snapshot, oldest first "
+        "(today's, when taken, is as of its last hourly snapshot)."
+    )
     today: TrendPoint = Field(description="The counts now, computed live (what today's next snapshot would keep).")
     class_names: dict[str, dict[str, str]]
 
 
-@router.get("/v1/segments/trend", response_model=Trend,
-            summary="Tiers, classes, lifecycle tags and the repurchase rate per day over the last N days",
-            description="Daily snapshots of the counts GET /v1/segments/summary gives (taken at start-up and "
-                        "hourly by the segmentation worker, one per local day of the merchant, the day's last "
-                        "standing), for the days of the window that have one, and `today` computed now.")
-async def get_trend(merchant: AdminMerchant, session: Session,
-                    days: Annotated[int, Query(ge=1, le=400, description="Local days back, today included.")] = 30
-                    ) -> Trend:
-    points, today = await trend(session, merchant.merchant_id, merchant.timezone, days, datetime.now(timezone.utc))
-    return Trend(timezone=merchant.timezone, days=[TrendPoint.of(p) for p in points], today=TrendPoint.of(today),
-                 class_names=class_names())
+@router.get(
+    "/v1/segments/trend",
+    response_model=Trend,
+    summary="Tiers, classes, lifecycle tags and the repurchase rate per day over the last N days",
+    description="Daily snapshots of the counts GET /v1/segments/summary gives (taken at start-up and "
+    "hourly by the segmentation worker, one per local day of the merchant, the day's last "
+    "standing), for the days of the window that have one, and `today` computed now.",
+)
+async def get_trend(
+    merchant: AdminMerchant,
+    session: Session,
+    days: Annotated[int, Query(ge=1, le=400, description="Local days back, today included.")] = 30,
+) -> Trend:
+    points, today = await trend(session, merchant.merchant_id, merchant.timezone, days, clock.now())
+    return Trend(
+        timezone=merchant.timezone,
+        days=[TrendPoint.of(p) for p in points],
+        today=TrendPoint.of(today),
+        class_names=class_names(),
+    )

@@ -45,19 +45,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import (BigInteger, Column, MetaData, String, Table, delete, event, func, insert,
-                        literal, select, true)
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, event, func, insert, literal, select, true
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import Connection, URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 
 from services.segmentation.adapters.aggregates import recompute_categories, recompute_customers
 from services.segmentation.adapters.tables import customers, import_jobs, messaging, orders, rescore_jobs, rfm_configs
-from shared import faults
+from shared import clock, faults
 from shared.db import UTCDateTime, create_engine, insert_for
 from shared.runtime import migrate
 from shared.settings import Settings
@@ -65,18 +64,19 @@ from shared.settings import Settings
 REQUIRED_COLUMNS = ("order_id", "customer_id", "paid_at", "amount_fen")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_CHUNK = 50_000
-SAMPLE_REASONS = 10     # bad rows kept for the final summary
-REPORT_LIMIT = 100      # bad rows reported one by one as they are met (all are counted)
+SAMPLE_REASONS = 10  # bad rows kept for the final summary
+REPORT_LIMIT = 100  # bad rows reported one by one as they are met (all are counted)
 _HEAD_BYTES = 64 * 1024
-_MAX_ID = 128           # orders.order_id / customer_id are String(128)
-_MAX_FEN = 2**63 - 1    # BIGINT
+_MAX_ID = 128  # orders.order_id / customer_id are String(128)
+_MAX_FEN = 2**63 - 1  # BIGINT
 _FUTURE_SLACK = timedelta(days=1)
-_UTC = timezone.utc
+_UTC = UTC
 
 _staging_metadata = MetaData()
 # One per connection (TEMPORARY); emptied at the start of every chunk.
 staged = Table(
-    "segmentation_import_staged", _staging_metadata,
+    "segmentation_import_staged",
+    _staging_metadata,
     Column("order_id", String(_MAX_ID), primary_key=True),
     Column("customer_id", String(_MAX_ID), nullable=False),
     Column("amount_fen", BigInteger, nullable=False),
@@ -98,14 +98,14 @@ class ImportResult:
     source: str
     already_imported: bool = False
     merchant_known: bool = True  # False: no merchant.upserted seen by segmentation for this id
-    resumed_from: int = 0        # byte offset this run started at (0 = from the top)
-    rows: int = 0                # data rows read by this run
-    imported: int = 0            # orders newly stored by this run
-    present: int = 0             # duplicates in the file or orders already stored
-    not_paid: int = 0            # rows skipped for their status
-    bad: int = 0                 # rows skipped as invalid
+    resumed_from: int = 0  # byte offset this run started at (0 = from the top)
+    rows: int = 0  # data rows read by this run
+    imported: int = 0  # orders newly stored by this run
+    present: int = 0  # duplicates in the file or orders already stored
+    not_paid: int = 0  # rows skipped for their status
+    bad: int = 0  # rows skipped as invalid
     bad_samples: list[tuple[int, str]] = field(default_factory=list)
-    job_rows_done: int = 0       # totals over all runs of this job
+    job_rows_done: int = 0  # totals over all runs of this job
     job_rows_imported: int = 0
     seconds: float = 0.0
 
@@ -119,15 +119,20 @@ class ImportResult:
 
     def summary(self) -> str:
         if self.already_imported:
-            return (f"already imported: {self.job_rows_imported:,} orders from {self.job_rows_done:,} rows "
-                    f"({self.source}); use --restart to import again")
+            return (
+                f"already imported: {self.job_rows_imported:,} orders from {self.job_rows_done:,} rows "
+                f"({self.source}); use --restart to import again"
+            )
         resumed = f" (resumed at byte {self.resumed_from:,})" if self.resumed_from else ""
-        return (f"imported {self.imported:,} orders; skipped {self.skipped:,} rows "
-                f"({self.bad:,} bad, {self.not_paid:,} not paid); {self.present:,} already present or "
-                f"duplicate; {self.rows:,} rows in {self.seconds:.1f} s = {self.rows_per_s:,.0f} rows/s{resumed}")
+        return (
+            f"imported {self.imported:,} orders; skipped {self.skipped:,} rows "
+            f"({self.bad:,} bad, {self.not_paid:,} not paid); {self.present:,} already present or "
+            f"duplicate; {self.rows:,} rows in {self.seconds:.1f} s = {self.rows_per_s:,.0f} rows/s{resumed}"
+        )
 
 
 # -- the file ---------------------------------------------------------------------------------------
+
 
 def source_key(path: Path) -> str:
     """The job's identity: absolute path, size and SHA-256 of the first 64 KiB."""
@@ -181,8 +186,10 @@ def _read_header(f: BinaryIO) -> tuple[dict[str, int], int, int]:
         index.setdefault(name.strip().lower(), i)
     missing = [c for c in REQUIRED_COLUMNS if c not in index]
     if missing:
-        raise UnusableFile(f"missing column(s): {', '.join(missing)} (header: {', '.join(header)}; "
-                           f"required: {', '.join(REQUIRED_COLUMNS)}; optional: status)")
+        raise UnusableFile(
+            f"missing column(s): {', '.join(missing)} (header: {', '.join(header)}; "
+            f"required: {', '.join(REQUIRED_COLUMNS)}; optional: status)"
+        )
     return index, lines.pos, reader.line_num
 
 
@@ -200,9 +207,10 @@ def _lines_before(f: BinaryIO, pos: int) -> int:
 
 # -- the database -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Urls:
-    async_url: URL       # for migrations (and for the import itself on PostgreSQL)
+    async_url: URL  # for migrations (and for the import itself on PostgreSQL)
     sync_url: URL | None  # SQLite only
 
 
@@ -227,8 +235,14 @@ def _sqlite_engine(url: URL) -> Any:
         # against a process crash, the checkpoint with it), BEGIN IMMEDIATE per transaction.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON",
-                       "cache_size=-262144", "temp_store=MEMORY"):
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "busy_timeout=30000",
+            "foreign_keys=ON",
+            "cache_size=-262144",
+            "temp_store=MEMORY",
+        ):
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
 
@@ -255,24 +269,43 @@ class _Statements:
         # Staging goes straight to the driver's executemany with tuples: no per-row work in
         # SQLAlchemy. A repeated order_id keeps its first row.
         stage = insert(staged)
-        stage = (stage.prefix_with("OR IGNORE") if dialect == "sqlite"
-                 else insert_for(dialect, staged).on_conflict_do_nothing())
-        compiled = stage.compile(dialect=conn.dialect, column_keys=["order_id", "customer_id", "amount_fen",
-                                                                    "paid_at"])
+        stage = (
+            stage.prefix_with("OR IGNORE")
+            if dialect == "sqlite"
+            else insert_for(dialect, staged).on_conflict_do_nothing()
+        )
+        compiled = stage.compile(dialect=conn.dialect, column_keys=["order_id", "customer_id", "amount_fen", "paid_at"])
         # An order already paid stays as it is; one known only from a live refund or cancellation
         # (a row without payment) takes the payment from the file.
         purge = delete(staged).where(
-            select(literal(1)).where(orders.c.merchant_id == merchant_id, orders.c.order_id == staged.c.order_id,
-                                     orders.c.paid_at.isnot(None)).exists())
+            select(literal(1))
+            .where(
+                orders.c.merchant_id == merchant_id,
+                orders.c.order_id == staged.c.order_id,
+                orders.c.paid_at.isnot(None),
+            )
+            .exists()
+        )
         copy_ins = insert_for(dialect, orders).from_select(
             ["merchant_id", "order_id", "customer_id", "status", "amount_fen", "paid_at"],
-            select(literal(merchant_id, String), staged.c.order_id, staged.c.customer_id, literal("paid", String),
-                   staged.c.amount_fen, staged.c.paid_at).where(true()))
+            select(
+                literal(merchant_id, String),
+                staged.c.order_id,
+                staged.c.customer_id,
+                literal("paid", String),
+                staged.c.amount_fen,
+                staged.c.paid_at,
+            ).where(true()),
+        )
         copy = copy_ins.on_conflict_do_update(
             index_elements=[orders.c.merchant_id, orders.c.order_id],
-            set_={"status": copy_ins.excluded.status, "amount_fen": copy_ins.excluded.amount_fen,
-                  "paid_at": copy_ins.excluded.paid_at},
-            where=orders.c.paid_at.is_(None))
+            set_={
+                "status": copy_ins.excluded.status,
+                "amount_fen": copy_ins.excluded.amount_fen,
+                "paid_at": copy_ins.excluded.paid_at,
+            },
+            where=orders.c.paid_at.is_(None),
+        )
         # The live handler's definition of the aggregates, recomputed for the chunk's customers.
         fold = recompute_customers(dialect, merchant_id, select(staged.c.customer_id))
         lock = "LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE" if dialect == "postgresql" else None
@@ -281,33 +314,61 @@ class _Statements:
 
 def _merchant_timezone(conn: Connection, merchant_id: str) -> str | None:
     with conn.begin():
-        return conn.execute(select(messaging.merchants.c.timezone)
-                            .where(messaging.merchants.c.merchant_id == merchant_id)).scalar()
+        return conn.execute(
+            select(messaging.merchants.c.timezone).where(messaging.merchants.c.merchant_id == merchant_id)
+        ).scalar()
 
 
-def _checkpoint(conn: Connection, merchant_id: str, source: str, position: int, rows_done: int,
-                rows_imported: int, finished: bool) -> None:
-    now = datetime.now(_UTC)
+def _checkpoint(
+    conn: Connection, merchant_id: str, source: str, position: int, rows_done: int, rows_imported: int, finished: bool
+) -> None:
+    now = clock.now()
     ins = insert_for(conn.dialect.name, import_jobs).values(
-        merchant_id=merchant_id, source=source, position=position, rows_done=rows_done,
-        rows_imported=rows_imported, finished_at=now if finished else None, updated_at=now)
-    conn.execute(ins.on_conflict_do_update(
-        index_elements=[import_jobs.c.merchant_id, import_jobs.c.source],
-        set_={"position": ins.excluded.position, "rows_done": ins.excluded.rows_done,
-              "rows_imported": ins.excluded.rows_imported, "finished_at": ins.excluded.finished_at,
-              "updated_at": ins.excluded.updated_at}))
+        merchant_id=merchant_id,
+        source=source,
+        position=position,
+        rows_done=rows_done,
+        rows_imported=rows_imported,
+        finished_at=now if finished else None,
+        updated_at=now,
+    )
+    conn.execute(
+        ins.on_conflict_do_update(
+            index_elements=[import_jobs.c.merchant_id, import_jobs.c.source],
+            set_={
+                "position": ins.excluded.position,
+                "rows_done": ins.excluded.rows_done,
+                "rows_imported": ins.excluded.rows_imported,
+                "finished_at": ins.excluded.finished_at,
+                "updated_at": ins.excluded.updated_at,
+            },
+        )
+    )
     if finished and rows_imported:
         # History changes segments: have the service's worker re-score the merchant's customers.
-        total = conn.execute(select(func.count()).select_from(customers).where(
-            customers.c.merchant_id == merchant_id)).scalar_one()
-        version = conn.execute(select(func.coalesce(func.max(rfm_configs.c.version), 0)).where(
-            rfm_configs.c.merchant_id == merchant_id)).scalar_one()
-        conn.execute(rescore_jobs.insert().values(
-            job_id=str(uuid.uuid4()), merchant_id=merchant_id, config_version=version, status="pending",
-            total=total, done=0, changed=0, cursor=None, created_at=now))
+        total = conn.execute(
+            select(func.count()).select_from(customers).where(customers.c.merchant_id == merchant_id)
+        ).scalar_one()
+        version = conn.execute(
+            select(func.coalesce(func.max(rfm_configs.c.version), 0)).where(rfm_configs.c.merchant_id == merchant_id)
+        ).scalar_one()
+        conn.execute(
+            rescore_jobs.insert().values(
+                job_id=str(uuid.uuid4()),
+                merchant_id=merchant_id,
+                config_version=version,
+                status="pending",
+                total=total,
+                done=0,
+                changed=0,
+                cursor=None,
+                created_at=now,
+            )
+        )
 
 
 # -- the import -------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Job:
@@ -332,8 +393,14 @@ def _run(conn: Connection, job: _Job, result: ImportResult) -> None:
             conn.execute(delete(import_jobs).where(keys))
             saved = None
         else:
-            saved = conn.execute(select(import_jobs.c.position, import_jobs.c.rows_done, import_jobs.c.rows_imported,
-                                        import_jobs.c.finished_at).where(keys)).first()
+            saved = conn.execute(
+                select(
+                    import_jobs.c.position,
+                    import_jobs.c.rows_done,
+                    import_jobs.c.rows_imported,
+                    import_jobs.c.finished_at,
+                ).where(keys)
+            ).first()
     if saved is not None and saved.finished_at is not None:
         result.already_imported = True
         result.job_rows_done, result.job_rows_imported = saved.rows_done, saved.rows_imported
@@ -358,7 +425,7 @@ def _run(conn: Connection, job: _Job, result: ImportResult) -> None:
         i_order, i_customer, i_paid, i_amount = (index[c] for c in REQUIRED_COLUMNS)
         i_status = index.get("status")
         width = max(i_order, i_customer, i_paid, i_amount, -1 if i_status is None else i_status) + 1
-        latest = datetime.now(_UTC) + _FUTURE_SLACK
+        latest = clock.now() + _FUTURE_SLACK
         samples = result.bad_samples
         reported = 0
 
@@ -404,8 +471,9 @@ def _run(conn: Connection, job: _Job, result: ImportResult) -> None:
                         elif len(row) < width:
                             bad(start_line, f"expected at least {width} fields, found {len(row)}")
                         else:
-                            parsed = _parse(row, i_order, i_customer, i_paid, i_amount, i_status, zone, latest,
-                                            is_sqlite)
+                            parsed = _parse(
+                                row, i_order, i_customer, i_paid, i_amount, i_status, zone, latest, is_sqlite
+                            )
                             if type(parsed) is tuple:
                                 append(parsed)
                             elif parsed is None:
@@ -416,9 +484,18 @@ def _run(conn: Connection, job: _Job, result: ImportResult) -> None:
                         done = False
                         break
                 result.rows += read
-                imported, present = _commit_chunk(conn, sql, job, result.source, batch, expected=position,
-                                                  position=lines.pos, rows_done=rows_done + read,
-                                                  rows_imported=rows_imported, finished=done)
+                imported, present = _commit_chunk(
+                    conn,
+                    sql,
+                    job,
+                    result.source,
+                    batch,
+                    expected=position,
+                    position=lines.pos,
+                    rows_done=rows_done + read,
+                    rows_imported=rows_imported,
+                    finished=done,
+                )
                 faults.point("import.after_chunk")
                 result.imported += imported
                 result.present += present
@@ -436,8 +513,17 @@ def _run(conn: Connection, job: _Job, result: ImportResult) -> None:
     result.seconds = time.perf_counter() - started
 
 
-def _parse(row: list[str], i_order: int, i_customer: int, i_paid: int, i_amount: int, i_status: int | None,
-           zone: ZoneInfo, latest: datetime, is_sqlite: bool) -> tuple[str, str, int, Any] | str | None:
+def _parse(
+    row: list[str],
+    i_order: int,
+    i_customer: int,
+    i_paid: int,
+    i_amount: int,
+    i_status: int | None,
+    zone: ZoneInfo,
+    latest: datetime,
+    is_sqlite: bool,
+) -> tuple[str, str, int, Any] | str | None:
     """A staged row, None for a row that is not paid, or the reason the row is bad."""
     if i_status is not None:
         status = row[i_status].strip().lower()
@@ -474,18 +560,32 @@ def _parse(row: list[str], i_order: int, i_customer: int, i_paid: int, i_amount:
     return (order_id, customer_id, fen, at.isoformat(" ", "microseconds")[:26] if is_sqlite else at)
 
 
-def _commit_chunk(conn: Connection, sql: _Statements, job: _Job, source: str,
-                  batch: list[tuple[str, str, int, Any]], *, expected: int, position: int, rows_done: int,
-                  rows_imported: int, finished: bool) -> tuple[int, int]:
+def _commit_chunk(
+    conn: Connection,
+    sql: _Statements,
+    job: _Job,
+    source: str,
+    batch: list[tuple[str, str, int, Any]],
+    *,
+    expected: int,
+    position: int,
+    rows_done: int,
+    rows_imported: int,
+    finished: bool,
+) -> tuple[int, int]:
     """Store one chunk and its checkpoint in one transaction; (orders imported, rows already present)."""
     with conn.begin():
         if sql.lock:
             conn.exec_driver_sql(sql.lock)
-        current = conn.execute(select(import_jobs.c.position).where(
-            import_jobs.c.merchant_id == job.merchant_id, import_jobs.c.source == source)).scalar()
+        current = conn.execute(
+            select(import_jobs.c.position).where(
+                import_jobs.c.merchant_id == job.merchant_id, import_jobs.c.source == source
+            )
+        ).scalar()
         if current is not None and current != expected:
-            raise ConcurrentImport(f"the checkpoint moved from byte {expected} to {current}: "
-                                   "is another import of this file running?")
+            raise ConcurrentImport(
+                f"the checkpoint moved from byte {expected} to {current}: is another import of this file running?"
+            )
         imported = 0
         if batch:
             conn.execute(delete(staged))
@@ -494,7 +594,7 @@ def _commit_chunk(conn: Connection, sql: _Statements, job: _Job, source: str,
             imported = conn.execute(select(func.count()).select_from(staged)).scalar_one()
             if imported:
                 conn.execute(sql.copy)
-                conn.execute(sql.fold, {"now": datetime.now(_UTC)})
+                conn.execute(sql.fold, {"now": clock.now()})
                 for stmt in recompute_categories(job.merchant_id, select(staged.c.customer_id)):
                     conn.execute(stmt)
             present = len(batch) - imported  # duplicates in the chunk, or orders already stored
@@ -509,8 +609,17 @@ def _progress(job: _Job, size: int, position: int) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=size, initial=position, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                desc=f"import {job.merchant_id}", mininterval=0.5, dynamic_ncols=True)
+    return tqdm(
+        total=size,
+        initial=position,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        desc=f"import {job.merchant_id}",
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
 
 
 async def _migrate(url: URL) -> None:
@@ -535,9 +644,17 @@ async def _migrate_and_run_async(url: URL, job: _Job, result: ImportResult) -> N
         await engine.dispose()
 
 
-def import_orders(path: str | Path, merchant_id: str, *, database_url: str | None = None,
-                  timezone_name: str | None = None, chunk: int = DEFAULT_CHUNK, restart: bool = False,
-                  progress: bool = False, on_bad: Callable[[int, str], None] | None = None) -> ImportResult:
+def import_orders(
+    path: str | Path,
+    merchant_id: str,
+    *,
+    database_url: str | None = None,
+    timezone_name: str | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    restart: bool = False,
+    progress: bool = False,
+    on_bad: Callable[[int, str], None] | None = None,
+) -> ImportResult:
     """Import (or resume importing) a CSV of historical orders; see the module docstring.
 
     Raises UnusableFile when the file cannot be imported at all, ValueError for bad arguments."""
@@ -578,19 +695,25 @@ def import_orders(path: str | Path, merchant_id: str, *, database_url: str | Non
 
 # -- command line -----------------------------------------------------------------------------------
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.segmentation import-orders",
         description="Import a merchant's historical orders from CSV (columns order_id, customer_id, paid_at, "
-                    "amount_fen; optional status). Resumable: a rerun continues where a killed run stopped.")
+        "amount_fen; optional status). Resumable: a rerun continues where a killed run stopped.",
+    )
     parser.add_argument("--merchant", required=True, help="the merchant_id the orders belong to")
     parser.add_argument("csv", help="the CSV file (UTF-8, header row)")
-    parser.add_argument("--timezone", default=None,
-                        help="time zone of paid_at values without offset (default: the merchant's, else "
-                             f"{DEFAULT_TIMEZONE})")
-    parser.add_argument("--database-url", default=None,
-                        help="segmentation database (default: FUGOU_SEGMENTATION_DATABASE_URL, else "
-                             "./data/segmentation.sqlite)")
+    parser.add_argument(
+        "--timezone",
+        default=None,
+        help=f"time zone of paid_at values without offset (default: the merchant's, else {DEFAULT_TIMEZONE})",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="segmentation database (default: FUGOU_SEGMENTATION_DATABASE_URL, else ./data/segmentation.sqlite)",
+    )
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="rows per transaction (default: %(default)s)")
     parser.add_argument("--restart", action="store_true", help="forget this file's checkpoint and start from the top")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -600,8 +723,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stderr(f"line {line}: {reason}")
 
     try:
-        result = import_orders(args.csv, args.merchant, database_url=args.database_url, timezone_name=args.timezone,
-                               chunk=args.chunk, restart=args.restart, progress=not args.no_progress, on_bad=on_bad)
+        result = import_orders(
+            args.csv,
+            args.merchant,
+            database_url=args.database_url,
+            timezone_name=args.timezone,
+            chunk=args.chunk,
+            restart=args.restart,
+            progress=not args.no_progress,
+            on_bad=on_bad,
+        )
     except UnusableFile as exc:
         _stderr(f"error: {args.csv}: {exc}")
         return 2
@@ -612,8 +743,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stderr("interrupted: the chunks committed so far are kept; run the same command again to resume")
         return 130
     if not result.merchant_known:
-        _stderr(f"warning: merchant {args.merchant!r} is not known to segmentation (no merchant.upserted "
-                "received); its orders are stored under that id all the same")
+        _stderr(
+            f"warning: merchant {args.merchant!r} is not known to segmentation (no merchant.upserted "
+            "received); its orders are stored under that id all the same"
+        )
     if result.bad_samples:
         _stderr(f"skipped {result.bad:,} bad row(s); the first {len(result.bad_samples)}:")
         for line, reason in result.bad_samples:

@@ -3,20 +3,21 @@ set-based SQL (a few statements per batch, never a query per event)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.adapters.aggregates import (
-    record_refunds,
     recompute_categories,
     recompute_customers,
+    record_refunds,
     upsert_behaviours,
     upsert_orders,
 )
 from services.segmentation.adapters.tables import member_levels, profiles
 from services.segmentation.domain.orders import BEHAVIOUR_KINDS, ORDER_TYPES, fold
 from services.segmentation.service_layer.segments import merchant_timezone, rescore, scoring_for
+from shared import clock
 from shared.db import bulk_insert, dialect_name
 from shared.events import EnvelopeBase
 
@@ -47,14 +48,15 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
     if not by_merchant:
         return
     dialect = dialect_name(session)
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     for merchant_id, ids in by_merchant.items():
         ids.sort()
         moved: list[str] = []
         for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i:i + _CHUNK]
-            moved.extend(r.customer_id for r in await session.execute(
-                recompute_customers(dialect, merchant_id, chunk, now)))
+            chunk = ids[i : i + _CHUNK]
+            moved.extend(
+                r.customer_id for r in await session.execute(recompute_customers(dialect, merchant_id, chunk, now))
+            )
             for stmt in recompute_categories(merchant_id, chunk):
                 await session.execute(stmt)
         moved.extend(interested.get(merchant_id, ()))
@@ -82,17 +84,22 @@ async def apply_profiles(session: AsyncSession, events: list[EnvelopeBase]) -> N
         if e.type == "customer.registered":  # type: ignore[attr-defined]
             registered[key] = min(registered.get(key, e.occurred_at), e.occurred_at)
     await bulk_insert(
-        session, profiles, ["merchant_id", "customer_id", "region", "birthday", "registered_at", "updated_at"],
-        [(m, c, e.data.region, e.data.birthday, registered.get((m, c)), e.occurred_at)  # type: ignore[attr-defined]
-         for (m, c), e in latest.items()],
+        session,
+        profiles,
+        ["merchant_id", "customer_id", "region", "birthday", "registered_at", "updated_at"],
+        [
+            (m, c, e.data.region, e.data.birthday, registered.get((m, c)), e.occurred_at)  # type: ignore[attr-defined]
+            for (m, c), e in latest.items()
+        ],
         conflict=["merchant_id", "customer_id"],
         update={
             "region": "CASE WHEN excluded.updated_at >= {t}.updated_at THEN excluded.region ELSE {t}.region END",
             "birthday": "CASE WHEN excluded.updated_at >= {t}.updated_at THEN excluded.birthday ELSE {t}.birthday END",
             "registered_at": "{least}(coalesce({t}.registered_at, excluded.registered_at), "
-                             "coalesce(excluded.registered_at, {t}.registered_at))",
+            "coalesce(excluded.registered_at, {t}.registered_at))",
             "updated_at": "{greatest}({t}.updated_at, excluded.updated_at)",
-        })
+        },
+    )
 
 
 async def apply_levels(session: AsyncSession, events: list[EnvelopeBase]) -> None:
@@ -105,11 +112,16 @@ async def apply_levels(session: AsyncSession, events: list[EnvelopeBase]) -> Non
         if cur is None or (e.occurred_at, e.event_id) > (cur.occurred_at, cur.event_id):
             latest[key] = e
     await bulk_insert(
-        session, member_levels, ["merchant_id", "customer_id", "level", "changed_at"],
+        session,
+        member_levels,
+        ["merchant_id", "customer_id", "level", "changed_at"],
         [(m, c, e.data.to_level, e.occurred_at) for (m, c), e in latest.items()],  # type: ignore[attr-defined]
         conflict=["merchant_id", "customer_id"],
-        update={"level": "CASE WHEN excluded.changed_at >= {t}.changed_at THEN excluded.level ELSE {t}.level END",
-                "changed_at": "{greatest}({t}.changed_at, excluded.changed_at)"})
+        update={
+            "level": "CASE WHEN excluded.changed_at >= {t}.changed_at THEN excluded.level ELSE {t}.level END",
+            "changed_at": "{greatest}({t}.changed_at, excluded.changed_at)",
+        },
+    )
 
 
 async def handle(session: AsyncSession, events: list[EnvelopeBase]) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -45,6 +45,7 @@ from services.segmentation.service_layer.rfm import (
     needs_stats,
     stats_current,
 )
+from shared import clock
 from shared.db import fetch_rows
 
 COVERAGE_TTL_S = 10.0
@@ -85,24 +86,46 @@ def _stored_query(ids: Any) -> Any:
     Seen (each computed once per statement)."""
     c, s, m = customers.c, segments.c, bindparam("merchant_id")
     jobs = rescore_jobs.c
-    return (select(c.customer_id, c.first_order_at, c.last_order_at, s.config_version, s.r_level, s.f_level,
-                   s.m_level, s.cell, s.tier, s.rfm_class, s.frequency, s.monetary_fen, s.tags, s.next_change_at,
-                   s.scored_at,
-                   func.coalesce(select(func.max(rfm_configs.c.version)).where(rfm_configs.c.merchant_id == m)
-                                 .scalar_subquery(), 0),
-                   select(rfm_stats.c.computed_at).where(rfm_stats.c.merchant_id == m).scalar_subquery(),
-                   # (two comparisons, not an IN: its values would be rendered into the text)
-                   or_(exists().where(jobs.merchant_id == m, or_(jobs.status == "pending", jobs.status == "running")),
-                       exists().where(import_jobs.c.merchant_id == m, import_jobs.c.finished_at.is_(None))))
-            .select_from(customers.outerjoin(segments, and_(s.merchant_id == c.merchant_id,
-                                                            s.customer_id == c.customer_id)))
-            .where(c.merchant_id == m, ids, c.last_order_at.isnot(None)))
+    return (
+        select(
+            c.customer_id,
+            c.first_order_at,
+            c.last_order_at,
+            s.config_version,
+            s.r_level,
+            s.f_level,
+            s.m_level,
+            s.cell,
+            s.tier,
+            s.rfm_class,
+            s.frequency,
+            s.monetary_fen,
+            s.tags,
+            s.next_change_at,
+            s.scored_at,
+            func.coalesce(
+                select(func.max(rfm_configs.c.version)).where(rfm_configs.c.merchant_id == m).scalar_subquery(), 0
+            ),
+            select(rfm_stats.c.computed_at).where(rfm_stats.c.merchant_id == m).scalar_subquery(),
+            # (two comparisons, not an IN: its values would be rendered into the text)
+            or_(
+                exists().where(jobs.merchant_id == m, or_(jobs.status == "pending", jobs.status == "running")),
+                exists().where(import_jobs.c.merchant_id == m, import_jobs.c.finished_at.is_(None)),
+            ),
+        )
+        .select_from(
+            customers.outerjoin(segments, and_(s.merchant_id == c.merchant_id, s.customer_id == c.customer_id))
+        )
+        .where(c.merchant_id == m, ids, c.last_order_at.isnot(None))
+    )
 
 
 # On PostgreSQL the ids are one array parameter (the statement's text never changes); elsewhere an
 # expanding IN.
 _STORED_PG = _stored_query(customers.c.customer_id == any_(bindparam("customer_ids", type_=ARRAY(String))))
 _STORED = _stored_query(customers.c.customer_id.in_(bindparam("customer_ids", expanding=True)))
+
+
 def _split(rows: Any) -> tuple[dict[str, Stored], Seen | None]:
     stored, seen = {}, None
     for r in rows:
@@ -111,22 +134,31 @@ def _split(rows: Any) -> tuple[dict[str, Stored], Seen | None]:
     return stored, seen
 
 
-async def fetch_stored(conn: AsyncConnection, merchant_id: str, customer_ids: list[str]
-                       ) -> tuple[dict[str, Stored], Seen | None]:
+async def fetch_stored(
+    conn: AsyncConnection, merchant_id: str, customer_ids: list[str]
+) -> tuple[dict[str, Stored], Seen | None]:
     """The one query of a batch of reads: the customers found (with a paid order), and the
     merchant's state (None when no customer was found); shared.db.fetch_rows runs it on the
     driver itself on PostgreSQL."""
     pg = conn.dialect.name == "postgresql"
-    return _split(await fetch_rows(conn, _STORED_PG if pg else _STORED,
-                                   {"merchant_id": merchant_id, "customer_ids": customer_ids}, key="rfm.stored"))
+    return _split(
+        await fetch_rows(
+            conn,
+            _STORED_PG if pg else _STORED,
+            {"merchant_id": merchant_id, "customer_ids": customer_ids},
+            key="rfm.stored",
+        )
+    )
 
 
 def _coverage_query(merchant_id: str, version: int, stats_at: datetime | None) -> Any:
     jobs = rescore_jobs.c
     return select(
         exists().where(jobs.merchant_id == merchant_id, jobs.config_version == version),
-        exists().where(jobs.merchant_id == merchant_id, jobs.created_at >= stats_at) if stats_at is not None
-        else false())
+        exists().where(jobs.merchant_id == merchant_id, jobs.created_at >= stats_at)
+        if stats_at is not None
+        else false(),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,29 +205,33 @@ class InForceCache:
 
     async def get(self, conn: AsyncConnection, merchant_id: str, seen: Seen) -> InForce:
         hit = self._by_merchant.get(merchant_id)
-        clock = time.monotonic()
-        if hit is not None and hit.seen == seen and (
-                (hit.version_covered and hit.stats_covered) or clock - hit.checked_at < self.coverage_ttl_s):
+        checked = time.monotonic()
+        if (
+            hit is not None
+            and hit.seen == seen
+            and ((hit.version_covered and hit.stats_covered) or checked - hit.checked_at < self.coverage_ttl_s)
+        ):
             return hit
         if hit is not None and hit.seen[:2] == seen[:2]:  # the same configuration and statistics
             covered = (await conn.execute(_coverage_query(merchant_id, seen.version, seen.stats_at))).one()
-            entry = replace(hit, seen=seen, version_covered=bool(covered[0]), stats_covered=bool(covered[1]),
-                            checked_at=clock)
+            entry = replace(
+                hit, seen=seen, version_covered=bool(covered[0]), stats_covered=bool(covered[1]), checked_at=checked
+            )
         else:
-            entry = await self._load(conn, merchant_id, seen, clock)
+            entry = await self._load(conn, merchant_id, seen, checked)
         if len(self._by_merchant) >= _MAX_MERCHANTS:
             self._by_merchant.clear()
         self._by_merchant[merchant_id] = entry
         return entry
 
     @staticmethod
-    async def _load(conn: AsyncConnection, merchant_id: str, seen: Seen, clock: float) -> InForce:
+    async def _load(conn: AsyncConnection, merchant_id: str, seen: Seen, checked: float) -> InForce:
         version, config = await current_config(conn, merchant_id)
         row = (await conn.execute(select(rfm_stats).where(rfm_stats.c.merchant_id == merchant_id))).first()
         stats = Stats.from_row(row) if row is not None else None
         covered = (await conn.execute(_coverage_query(merchant_id, seen.version, seen.stats_at))).one()
         bounds, split = applied(config, stats) if stats is not None else (None, None)
-        entry = InForce(seen, config, stats, bounds, split, bool(covered[0]), bool(covered[1]), clock)
+        entry = InForce(seen, config, stats, bounds, split, bool(covered[0]), bool(covered[1]), checked)
         if version != seen.version or (stats.computed_at if stats else None) != seen.stats_at:
             # Saved or refreshed since the rows were read: not what they are judged against.
             # Compute this time (busy); the next read sees the new state and loads it.
@@ -254,8 +290,13 @@ def answer(row: Stored | None, ctx: InForce | None, tz: str, now: datetime) -> R
     assert ctx.stats is not None and ctx.boundaries is not None and ctx.split is not None
     assert row.r_level is not None and row.f_level is not None and row.m_level is not None
     assert row.cell is not None and row.tier is not None and row.rfm_class is not None
-    values = Values(recency_days(row.last_order_at, now, tz), int(row.frequency or 0), int(row.monetary_fen or 0),
-                    row.first_order_at, row.last_order_at)
+    values = Values(
+        recency_days(row.last_order_at, now, tz),
+        int(row.frequency or 0),
+        int(row.monetary_fen or 0),
+        row.first_order_at,
+        row.last_order_at,
+    )
     score = Score(row.r_level, row.f_level, row.m_level, row.cell, row.tier, CLASS_BY_CODE[row.rfm_class])
     return Read(True, Explained(values, score, ctx.boundaries, ctx.split, ctx.version, ctx.config, ctx.stats), tags)
 
@@ -291,14 +332,14 @@ class StoredReads:
             loop.call_soon(self._flush)
         self._waiting.setdefault(merchant_id, {}).setdefault(customer_id, []).append(future)
         row, ctx = await future
-        return answer(row, ctx, tz, datetime.now(timezone.utc))
+        return answer(row, ctx, tz, clock.now())
 
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, {}
         for merchant_id, by_customer in waiting.items():
             ids = list(by_customer)
             for i in range(0, len(ids), self.MAX_BATCH):
-                part = {cid: by_customer[cid] for cid in ids[i:i + self.MAX_BATCH]}
+                part = {cid: by_customer[cid] for cid in ids[i : i + self.MAX_BATCH]}
                 task = asyncio.create_task(self._run(merchant_id, part))
                 self._tasks.add(task)  # held until done (the loop keeps only weak references)
                 task.add_done_callback(self._tasks.discard)

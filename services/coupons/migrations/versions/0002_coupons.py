@@ -4,6 +4,7 @@ Revision ID: cou_0002
 Revises: cou_0001
 Create Date: 2026-11-24
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -124,6 +125,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("customer_segments", "referrals", "orders", "coupons", "issuances", "rule_spend", "rules",
-                  "customer_limits", "templates"):
+    for table in (
+        "customer_segments",
+        "referrals",
+        "orders",
+        "coupons",
+        "issuances",
+        "rule_spend",
+        "rules",
+        "customer_limits",
+        "templates",
+    ):
         op.drop_table(table)

@@ -4,6 +4,7 @@ Revision ID: cou_0003
 Revises: cou_0002
 Create Date: 2026-11-24
 """
+
 import sqlalchemy as sa
 from alembic import op
 

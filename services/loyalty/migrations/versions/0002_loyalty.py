@@ -4,6 +4,7 @@ Revision ID: loy_0002
 Revises: loy_0001
 Create Date: 2026-11-25
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -224,7 +225,22 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("sv_spends", "sv_top_ups", "sv_entries", "sv_accounts", "sv_plans", "mall_redemptions",
-                  "mall_items", "offsets", "profiles", "bonus_awards", "daily_earned", "order_points", "entries",
-                  "lots", "accounts", "loyalty_rules"):
+    for table in (
+        "sv_spends",
+        "sv_top_ups",
+        "sv_entries",
+        "sv_accounts",
+        "sv_plans",
+        "mall_redemptions",
+        "mall_items",
+        "offsets",
+        "profiles",
+        "bonus_awards",
+        "daily_earned",
+        "order_points",
+        "entries",
+        "lots",
+        "accounts",
+        "loyalty_rules",
+    ):
         op.drop_table(table)

@@ -37,8 +37,18 @@ from services.notifications.adapters.channels.wechat import WechatChannel, Wecha
 from services.notifications.adapters.channels.wechat import parse_receipts as parse_wechat_receipts
 
 __all__ = [
-    "CHANNEL_KINDS", "CONFIG_MODELS", "RECEIPT_PROVIDERS", "Channel", "ChannelKind", "Outcome", "Outgoing",
-    "Receipt", "Rendered", "SendResult", "build_channel", "parse_receipts",
+    "CHANNEL_KINDS",
+    "CONFIG_MODELS",
+    "RECEIPT_PROVIDERS",
+    "Channel",
+    "ChannelKind",
+    "Outcome",
+    "Outgoing",
+    "Receipt",
+    "Rendered",
+    "SendResult",
+    "build_channel",
+    "parse_receipts",
 ]
 
 CONFIG_MODELS: dict[str, type[BaseModel]] = {
@@ -50,7 +60,11 @@ CONFIG_MODELS: dict[str, type[BaseModel]] = {
     "console": ConsoleConfig,
 }
 CHANNEL_KINDS: dict[str, ChannelKind] = {
-    "wechat": "wechat", "aliyun": "sms", "generic": "sms", "smtp": "email", "webhook": "webhook",
+    "wechat": "wechat",
+    "aliyun": "sms",
+    "generic": "sms",
+    "smtp": "email",
+    "webhook": "webhook",
     "console": "console",
 }
 RECEIPT_PROVIDERS = ("wechat", "aliyun", "generic")

@@ -16,6 +16,7 @@ from typing import Literal, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from shared import clock
 from shared.logging import log
 
 T = TypeVar("T")
@@ -135,7 +136,7 @@ def retry_after(headers: httpx.Headers) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when - clock.now()).total_seconds())
 
 
 def http_status_result(response: httpx.Response) -> SendResult | None:
@@ -178,9 +179,9 @@ async def guarded(call: Awaitable[R], on_error: Callable[[SendResult], R]) -> R:
     service caps attempts, so a bug cannot retry forever; it is logged loudly)."""
     try:
         return await call
-    except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, httpx.HTTPError, OSError) as exc:
         return on_error(network_retry(exc))
-    except Exception as exc:  # noqa: BLE001 - reported per message, see docstring
+    except Exception as exc:
         log.exception("notifications.channel.unexpected_error")
         return on_error(retry(f"internal error: {type(exc).__name__}", code="internal"))
 
@@ -189,9 +190,7 @@ def _same(result: SendResult) -> SendResult:
     return result
 
 
-async def send_each(
-    items: Sequence[T], send_one: Callable[[T], Awaitable[SendResult]], limit: int
-) -> list[SendResult]:
+async def send_each(items: Sequence[T], send_one: Callable[[T], Awaitable[SendResult]], limit: int) -> list[SendResult]:
     """send_one for every message, bounded and guarded (see `guarded`); results in input order."""
     return await bounded_gather(items, lambda item: guarded(send_one(item), _same), limit)
 

@@ -10,12 +10,13 @@ import re
 from collections.abc import Sequence
 from email.headerregistry import Address
 from email.message import EmailMessage
+
 import aiosmtplib
 from pydantic import Field, SecretStr, model_validator
 
 from services.notifications.adapters.channels.base import (
-    ChannelKind,
     ChannelConfig,
+    ChannelKind,
     Outgoing,
     SendResult,
     failed,
@@ -65,10 +66,15 @@ class SmtpChannel:
             return []
         c = self.config
         smtp = aiosmtplib.SMTP(
-            hostname=c.host, port=c.port, use_tls=c.use_tls,
+            hostname=c.host,
+            port=c.port,
+            use_tls=c.use_tls,
             # False, not None: aiosmtplib would otherwise upgrade on its own when offered.
-            start_tls=c.starttls, validate_certs=c.validate_certs, timeout=c.timeout,
-            username=c.username, password=c.password.get_secret_value() if c.password else None,
+            start_tls=c.starttls,
+            validate_certs=c.validate_certs,
+            timeout=c.timeout,
+            username=c.username,
+            password=c.password.get_secret_value() if c.password else None,
         )
         try:
             await smtp.connect()
@@ -102,7 +108,8 @@ class SmtpChannel:
             return failed(f"cannot build the message: {exc}", code="invalid_message")
         try:
             errors, reply = await smtp.send_message(
-                message, sender=self.config.from_address, recipients=[msg.recipient])
+                message, sender=self.config.from_address, recipients=[msg.recipient]
+            )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             return _by_reply(refused.code, refused.message)

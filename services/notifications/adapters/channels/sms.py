@@ -48,6 +48,7 @@ from services.notifications.adapters.channels.base import (
     retry,
     send_each,
 )
+from shared import clock
 
 # ---------------------------------------------------------------------------------------------
 # Aliyun signature (shared with the fake provider in tests/providers.py, which verifies it)
@@ -88,10 +89,16 @@ ALIYUN_RETRY = {
     "SignatureNonceUsed": None,  # a nonce collision is ours, and a new request has a new nonce
 }
 # Codes about one message in a SendBatchSms call: resend the group one by one to isolate it.
-ALIYUN_PER_MESSAGE = frozenset({
-    "isv.MOBILE_NUMBER_ILLEGAL", "isv.TEMPLATE_MISSING_PARAMETERS", "isv.TEMPLATE_PARAMS_ILLEGAL",
-    "isv.INVALID_JSON_PARAM", "isv.PARAM_LENGTH_LIMIT", "isv.BLACK_KEY_CONTROL_LIMIT",
-})
+ALIYUN_PER_MESSAGE = frozenset(
+    {
+        "isv.MOBILE_NUMBER_ILLEGAL",
+        "isv.TEMPLATE_MISSING_PARAMETERS",
+        "isv.TEMPLATE_PARAMS_ILLEGAL",
+        "isv.INVALID_JSON_PARAM",
+        "isv.PARAM_LENGTH_LIMIT",
+        "isv.BLACK_KEY_CONTROL_LIMIT",
+    }
+)
 # Everything else (isv.SMS_TEMPLATE_ILLEGAL, isv.SMS_SIGNATURE_ILLEGAL, SignatureDoesNotMatch,
 # InvalidAccessKeyId.NotFound, isv.AMOUNT_NOT_ENOUGH, …) will not change by waiting: failed.
 ALIYUN_BATCH_LIMIT = 100
@@ -141,8 +148,11 @@ class AliyunSmsChannel:
                 by_template.setdefault(template, []).append(i)
             else:
                 results[i] = failed("no Aliyun TemplateCode for this message", code="template_missing")
-        chunks = [idx[n:n + ALIYUN_BATCH_LIMIT] for idx in by_template.values()
-                  for n in range(0, len(idx), ALIYUN_BATCH_LIMIT)]
+        chunks = [
+            idx[n : n + ALIYUN_BATCH_LIMIT]
+            for idx in by_template.values()
+            for n in range(0, len(idx), ALIYUN_BATCH_LIMIT)
+        ]
 
         async def run(chunk: list[int]) -> None:
             messages = [batch[i] for i in chunk]
@@ -158,13 +168,15 @@ class AliyunSmsChannel:
         if len(messages) == 1:
             return [await self._send_single(messages[0])]
         numbers = [aliyun_number(m.recipient) for m in messages]
-        answer = await self._call({
-            "Action": "SendBatchSms",
-            "PhoneNumberJson": _json(numbers),
-            "SignNameJson": _json([self.config.sign_name] * len(messages)),
-            "TemplateCode": messages[0].rendered.provider_template or "",
-            "TemplateParamJson": _json([dict(m.rendered.fields) for m in messages]),
-        })
+        answer = await self._call(
+            {
+                "Action": "SendBatchSms",
+                "PhoneNumberJson": _json(numbers),
+                "SignNameJson": _json([self.config.sign_name] * len(messages)),
+                "TemplateCode": messages[0].rendered.provider_template or "",
+                "TemplateParamJson": _json([dict(m.rendered.fields) for m in messages]),
+            }
+        )
         if answer.outcome == "failed" and answer.code in ALIYUN_PER_MESSAGE:
             return await send_each(messages, self._send_single, self.config.concurrency)
         if answer.outcome != "sent":
@@ -173,14 +185,16 @@ class AliyunSmsChannel:
 
     async def _send_single(self, msg: Outgoing) -> SendResult:
         number = aliyun_number(msg.recipient)
-        answer = await self._call({
-            "Action": "SendSms",
-            "PhoneNumbers": number,
-            "SignName": self.config.sign_name,
-            "TemplateCode": msg.rendered.provider_template or "",
-            "TemplateParam": _json(dict(msg.rendered.fields)),
-            "OutId": msg.message_id,
-        })
+        answer = await self._call(
+            {
+                "Action": "SendSms",
+                "PhoneNumbers": number,
+                "SignName": self.config.sign_name,
+                "TemplateCode": msg.rendered.provider_template or "",
+                "TemplateParam": _json(dict(msg.rendered.fields)),
+                "OutId": msg.message_id,
+            }
+        )
         if answer.outcome == "sent":
             return SendResult("sent", provider_id=f"{answer.provider_id}:{number}")
         return answer
@@ -194,21 +208,25 @@ class AliyunSmsChannel:
             "SignatureMethod": "HMAC-SHA1",
             "SignatureNonce": uuid.uuid4().hex,
             "SignatureVersion": "1.0",
-            "Timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Timestamp": clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
             "Version": "2017-05-25",
             **action_params,
         }
         signature = aliyun_signature(params, self._secret)
         body = f"{canonical_query(params)}&Signature={percent_encode(signature)}"
         response = await self._owner.http.post(
-            self.config.endpoint, content=body.encode(), headers=FORM_HEADERS, timeout=self._owner.timeout,
+            self.config.endpoint,
+            content=body.encode(),
+            headers=FORM_HEADERS,
+            timeout=self._owner.timeout,
         )
         try:
             answer = orjson.loads(response.content)
             code = str(answer["Code"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return http_status_result(response) or retry(
-                f"unreadable answer: {response.text[:200]}", code="bad_response")
+                f"unreadable answer: {response.text[:200]}", code="bad_response"
+            )
         detail = f"{code}: {answer.get('Message', '')}"
         if response.status_code >= 500 or response.status_code == 429:
             return retry(detail, code=code)
@@ -231,13 +249,15 @@ def parse_aliyun_receipts(body: bytes) -> list[Receipt]:
     for report in reports:
         success = report.get("success") in (True, "true")
         biz_id, number = report.get("biz_id"), report.get("phone_number")
-        receipts.append(Receipt(
-            provider_id=f"{biz_id}:{number}" if biz_id and number else (biz_id or None),
-            message_id=report.get("out_id") or None,
-            status="delivered" if success else "failed",
-            code=None if success else (report.get("err_code") or None),
-            at=_china_time(report.get("report_time")),
-        ))
+        receipts.append(
+            Receipt(
+                provider_id=f"{biz_id}:{number}" if biz_id and number else (biz_id or None),
+                message_id=report.get("out_id") or None,
+                status="delivered" if success else "failed",
+                code=None if success else (report.get("err_code") or None),
+                at=_china_time(report.get("report_time")),
+            )
+        )
     return receipts
 
 
@@ -277,15 +297,17 @@ class GenericSmsChannel:
         self.config = config
         self.max_batch = config.batch_size if config.batch else 200
         self._owner = HttpOwner(http, config.timeout, config.concurrency)
-        self._headers = {"Authorization": f"Bearer {config.token.get_secret_value()}",
-                         "Content-Type": "application/json"}
+        self._headers = {
+            "Authorization": f"Bearer {config.token.get_secret_value()}",
+            "Content-Type": "application/json",
+        }
 
     async def aclose(self) -> None:
         await self._owner.aclose()
 
     async def send(self, batch: Sequence[Outgoing]) -> list[SendResult]:
         size = self.config.batch_size if self.config.batch else 1
-        chunks = [list(batch[n:n + size]) for n in range(0, len(batch), size)]
+        chunks = [list(batch[n : n + size]) for n in range(0, len(batch), size)]
 
         async def run(chunk: list[Outgoing]) -> list[SendResult]:
             return await guarded(self._post(chunk), lambda r: [r] * len(chunk))
@@ -294,10 +316,12 @@ class GenericSmsChannel:
         return [result for results in per_chunk for result in results]
 
     async def _post(self, chunk: list[Outgoing]) -> list[SendResult]:
-        body = orjson.dumps({"messages": [
-            {"id": m.message_id, "phone": m.recipient, "text": m.rendered.text or ""} for m in chunk]})
+        body = orjson.dumps(
+            {"messages": [{"id": m.message_id, "phone": m.recipient, "text": m.rendered.text or ""} for m in chunk]}
+        )
         response = await self._owner.http.post(
-            self.config.url, content=body, headers=self._headers, timeout=self._owner.timeout)
+            self.config.url, content=body, headers=self._headers, timeout=self._owner.timeout
+        )
         if (by_status := http_status_result(response)) is not None:
             return [by_status] * len(chunk)
         try:
@@ -332,13 +356,15 @@ def parse_generic_receipts(body: bytes) -> list[Receipt]:
         status = row.get("status")
         if status not in ("delivered", "failed"):
             raise ValueError(f"unknown receipt status {status!r}")
-        receipts.append(Receipt(
-            provider_id=_str_or_none(row.get("provider_id")),
-            message_id=_str_or_none(row.get("id")),
-            status=status,
-            code=_str_or_none(row.get("code")),
-            at=_iso_time(row.get("at")),
-        ))
+        receipts.append(
+            Receipt(
+                provider_id=_str_or_none(row.get("provider_id")),
+                message_id=_str_or_none(row.get("id")),
+                status=status,
+                code=_str_or_none(row.get("code")),
+                at=_iso_time(row.get("at")),
+            )
+        )
     return receipts
 
 

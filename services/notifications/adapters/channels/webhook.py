@@ -67,21 +67,28 @@ class WebhookChannel:
 
     async def _send_one(self, msg: Outgoing) -> SendResult:
         r = msg.rendered
-        body = orjson.dumps({
-            "message_id": msg.message_id,
-            "merchant_id": msg.merchant_id,
-            "customer_id": msg.customer_id,
-            "recipient": msg.recipient,
-            "subject": r.subject,
-            "text": r.text,
-            "fields": dict(r.fields),
-            "unsubscribe_url": r.unsubscribe_url,
-        })
-        response = await self._owner.http.post(self.config.url, content=body, timeout=self._owner.timeout, headers={
-            "Content-Type": "application/json",
-            "X-Fugou-Message-Id": msg.message_id,
-            "X-Fugou-Signature": webhook_signature(self._secret, body),
-        })
+        body = orjson.dumps(
+            {
+                "message_id": msg.message_id,
+                "merchant_id": msg.merchant_id,
+                "customer_id": msg.customer_id,
+                "recipient": msg.recipient,
+                "subject": r.subject,
+                "text": r.text,
+                "fields": dict(r.fields),
+                "unsubscribe_url": r.unsubscribe_url,
+            }
+        )
+        response = await self._owner.http.post(
+            self.config.url,
+            content=body,
+            timeout=self._owner.timeout,
+            headers={
+                "Content-Type": "application/json",
+                "X-Fugou-Message-Id": msg.message_id,
+                "X-Fugou-Signature": webhook_signature(self._secret, body),
+            },
+        )
         if (by_status := http_status_result(response)) is not None:
             return by_status
         if response.status_code >= 300:  # redirects are not followed: a moved hook is a config error

@@ -137,7 +137,9 @@ class WechatChannel:
 
     async def _post(self, token: str, body: bytes) -> tuple[SendResult, int | None]:
         response = await self._owner.http.post(
-            self._send_url + quote(token, safe=""), content=body, headers=JSON_HEADERS,
+            self._send_url + quote(token, safe=""),
+            content=body,
+            headers=JSON_HEADERS,
             timeout=self._owner.timeout,
         )
         if (by_status := http_status_result(response)) is not None:
@@ -168,8 +170,11 @@ class WechatChannel:
             self.token_fetches += 1
             response = await self._owner.http.get(
                 self._token_url,
-                params={"grant_type": "client_credential", "appid": self.config.app_id,
-                        "secret": self.config.app_secret.get_secret_value()},
+                params={
+                    "grant_type": "client_credential",
+                    "appid": self.config.app_id,
+                    "secret": self.config.app_secret.get_secret_value(),
+                },
                 timeout=self._owner.timeout,
             )
             if (by_status := http_status_result(response)) is not None:
@@ -182,8 +187,9 @@ class WechatChannel:
                 errcode = int(answer.get("errcode", -1))
                 detail = f"token: {answer.get('errmsg', '')}"
                 # A wrong appid/secret or an IP not on the whitelist needs a person, not a retry.
-                outcome = retry(detail, code=str(errcode)) if errcode in RETRY_ERRCODES else failed(
-                    detail, code=str(errcode))
+                outcome = (
+                    retry(detail, code=str(errcode)) if errcode in RETRY_ERRCODES else failed(detail, code=str(errcode))
+                )
                 raise _TokenUnavailable(outcome)
             expires_in = float(answer.get("expires_in", 7200))
             margin = self.config.token_margin_s if expires_in > self.config.token_margin_s else expires_in / 2
@@ -218,13 +224,15 @@ def parse_receipts(body: bytes, content_type: str) -> list[Receipt]:
     for entry in entries:
         error_code = str(entry.get("ErrorCode", "")).strip()
         msg_id = entry.get("MsgID")
-        receipts.append(Receipt(
-            provider_id=None if msg_id in (None, "") else str(msg_id),
-            message_id=None,  # WeChat does not echo anything of ours
-            status="delivered" if error_code == "0" else "failed",
-            code=None if error_code == "0" else (error_code or None),
-            at=at,
-        ))
+        receipts.append(
+            Receipt(
+                provider_id=None if msg_id in (None, "") else str(msg_id),
+                message_id=None,  # WeChat does not echo anything of ours
+                status="delivered" if error_code == "0" else "failed",
+                code=None if error_code == "0" else (error_code or None),
+                at=at,
+            )
+        )
     return receipts
 
 

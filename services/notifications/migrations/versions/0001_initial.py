@@ -4,6 +4,7 @@ Revision ID: not_0001
 Revises:
 Create Date: 2026-11-24
 """
+
 from alembic import op
 
 from shared.migrations import create_messaging_tables_v1

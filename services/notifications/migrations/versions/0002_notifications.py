@@ -5,6 +5,7 @@ Revision ID: not_0002
 Revises: not_0001
 Create Date: 2026-11-24
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -134,10 +135,20 @@ def upgrade() -> None:
     )
     op.create_index("ix_messages_campaign", "messages", ["campaign_id", "status"])
     op.create_index("ix_messages_customer", "messages", ["merchant_id", "customer_id", "created_at"])
-    op.create_index("ix_messages_due", "messages", ["due_at"], postgresql_where=sa.text("status IN ('queued', 'held')"),
-                    sqlite_where=sa.text("status IN ('queued', 'held')"))
-    op.create_index("ix_messages_lease", "messages", ["lease_until"], postgresql_where=sa.text("status = 'sending'"),
-                    sqlite_where=sa.text("status = 'sending'"))
+    op.create_index(
+        "ix_messages_due",
+        "messages",
+        ["due_at"],
+        postgresql_where=sa.text("status IN ('queued', 'held')"),
+        sqlite_where=sa.text("status IN ('queued', 'held')"),
+    )
+    op.create_index(
+        "ix_messages_lease",
+        "messages",
+        ["lease_until"],
+        postgresql_where=sa.text("status = 'sending'"),
+        sqlite_where=sa.text("status = 'sending'"),
+    )
     op.create_index("ix_messages_provider_id", "messages", ["provider", "provider_id"])
     op.create_table(
         "message_log",
@@ -152,7 +163,17 @@ def upgrade() -> None:
     op.create_index("ix_message_log_message", "message_log", ["message_id", "id"])
 
 
-
 def downgrade() -> None:
-    for table in ('message_log', 'messages', 'campaigns', 'notify_rules', 'templates', 'notify_policies', 'channel_configs', 'wechat_credits', 'consents', 'contacts'):
+    for table in (
+        "message_log",
+        "messages",
+        "campaigns",
+        "notify_rules",
+        "templates",
+        "notify_policies",
+        "channel_configs",
+        "wechat_credits",
+        "consents",
+        "contacts",
+    ):
         op.drop_table(table)

@@ -5,6 +5,7 @@ Revision ID: not_0003
 Revises: not_0002
 Create Date: 2026-11-24
 """
+
 from alembic import op
 
 revision = "not_0003"

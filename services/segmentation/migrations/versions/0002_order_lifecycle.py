@@ -4,6 +4,7 @@ Revision ID: seg_0002
 Revises: seg_0001
 Create Date: 2026-11-24
 """
+
 import sqlalchemy as sa
 from alembic import op
 

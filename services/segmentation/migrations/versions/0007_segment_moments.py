@@ -10,6 +10,7 @@ change that only moves boundaries, tiers or the class split can re-score in SQL 
 moment is recomputed there). Existing rows take next_change_at for both: an early moment only
 means a full re-score of that customer at that moment.
 """
+
 import sqlalchemy as sa
 from alembic import op
 
