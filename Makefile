@@ -7,11 +7,12 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 RUN_DIR ?= $(CURDIR)/.run
 
-.PHONY: help venv run demo test test-unit bench up down migrate clean
+.PHONY: help venv run demo lint test test-unit bench up down migrate clean
 
 help:
 	@echo "make run    - the whole system in one process on http://$(HOST):$(PORT) (SQLite under ./data)"
 	@echo "make demo   - make run, filled with a synthetic shop (10,000 customers, six months) through the event API"
+	@echo "make lint   - ruff (lint and format) and mypy, as CI runs them first"
 	@echo "make test   - unit, integration and end-to-end tests against real Kafka and PostgreSQL"
 	@echo "make bench  - benchmarks (starts Kafka and PostgreSQL), figures with their peers"
 	@echo "make up     - distributed mode: Kafka, PostgreSQL and one process per service; make down stops it"
@@ -19,7 +20,7 @@ help:
 # The virtualenv is rebuilt only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -29,6 +30,11 @@ run: venv
 
 demo: venv
 	PORT=$(PORT) HOST=$(HOST) $(PY) -m demo --start
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: venv
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
