@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 from sqlalchemy import update
 
 from bench.common import result, say
+from shared import clock
 
 MERCHANT = "bench"
 TZ = "Asia/Shanghai"
@@ -41,7 +42,7 @@ def cid(i: int) -> str:
 async def load(dsn: str, n: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        now = datetime.now(UTC)
+        now = clock.now()
         await conn.execute(
             "INSERT INTO merchants (merchant_id, name, timezone, jwt_secret, active, updated_at) "
             "VALUES ($1, 'bench', $2, $3, true, now())",
@@ -85,7 +86,7 @@ async def run(n: int, dsn: str, url: str) -> None:
     await migrate(engine, SPEC)
     await load(dsn, n)
     sessions = session_factory(engine)
-    now = datetime.now(UTC)
+    now = clock.now()
 
     async def rule_with_bundle(limited: bool) -> StoredRule:
         """A monthly bundle of three templates. Unlimited, as the monthly_loyal preset makes it

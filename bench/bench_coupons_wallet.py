@@ -22,23 +22,22 @@ import asyncio
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 
-from bench.common import result, say
+from bench.common import result, say, spawn, stop
 from bench.http_load import free_port, measure, paced_summary, told, wait_up
+from shared import clock
 
 MERCHANT = "bench"
 SECRET = "bench-wallet-secret-0123456789abcdefghijklmnopqrstuv"
-TEMPLATES = [
+TEMPLATES: list[dict[str, Any]] = [  # JSON documents, as a merchant posts them
     {"name": "新客8折券", "kind": {"type": "percent", "pay_percent": 80, "max_discount_fen": 5000}, "valid_days": 30},
     {"name": "复购85折券", "kind": {"type": "percent", "pay_percent": 85}, "valid_days": 30},
     {
@@ -115,7 +114,7 @@ async def load(dsn: str, url: str, n: int, per: int, now: datetime, seed: int = 
             for j in range(per):
                 k = rnd.randrange(len(TEMPLATES))
                 issued = now - timedelta(days=rnd.uniform(0, 40))
-                expires = issued + timedelta(days=TEMPLATES[k]["valid_days"])  # type: ignore[operator]
+                expires = issued + timedelta(days=TEMPLATES[k]["valid_days"])
                 roll = rnd.random()
                 state, order, used = "available", None, None
                 if expires <= now:
@@ -187,7 +186,7 @@ def peer_server(port: int) -> None:
 
     @app.get("/v1/me/coupons")
     async def wallet() -> dict[str, Any]:
-        return body  # type: ignore[no-any-return]
+        return body
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -200,7 +199,7 @@ async def run(
 ) -> None:
     from shared.tenancy import mint_customer_token
 
-    now = datetime.now(UTC)
+    now = clock.now()
     t = time.perf_counter()
     await load(dsn, url, n, per, now)
     say(f"loading took {time.perf_counter() - t:.1f}s")
@@ -221,7 +220,7 @@ async def run(
         "FUGOU_ENV": "test",
         "FUGOU_LOG_LEVEL": "WARNING",
     }
-    proc = subprocess.Popen(
+    proc = await spawn(
         [
             sys.executable,
             "-m",
@@ -234,7 +233,7 @@ async def run(
             "--workers",
             str(workers),
         ],
-        env=env,
+        env,
     )
     try:
         await wait_up(f"http://127.0.0.1:{port}/healthz")
@@ -250,16 +249,15 @@ async def run(
             f"http://127.0.0.1:{port}", pick, seconds, concurrency, rates
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        await stop(proc)
 
     say(
         f"wallet_get: closed loop {n_req:,} requests, {errors} errors, {rps:,.0f} req/s, p50 {p50:.1f} ms, "
         f"p99 {p99:.1f} ms; {told(paced)}"
     )
-    peer = subprocess.Popen(
+    peer = await spawn(
         [sys.executable, "-m", "bench.bench_coupons_wallet", "--peer-server", str(peer_port)],
-        env={**os.environ, "FUGOU_BENCH_PEER_BODY": sample_body.decode()},
+        {**os.environ, "FUGOU_BENCH_PEER_BODY": sample_body.decode()},
     )
     try:
         await wait_up(f"http://127.0.0.1:{peer_port}/v1/me/coupons")
@@ -267,8 +265,7 @@ async def run(
             f"http://127.0.0.1:{peer_port}", pick, seconds, concurrency, rates
         )
     finally:
-        peer.send_signal(signal.SIGTERM)
-        peer.wait(timeout=30)
+        await stop(peer)
         shutil.rmtree(data_dir, ignore_errors=True)
     say(
         f"peer: closed loop {q_n:,} requests, {q_rps:,.0f} req/s, p50 {q_p50:.1f} ms, p99 {q_p99:.1f} ms; "

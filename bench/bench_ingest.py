@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import random
-import subprocess
 import sys
 import time
 import uuid
@@ -21,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import result, say
+from bench.common import result, run_checked, say, spawn, stop
 from shared.bus.kafka import KafkaBus
 from shared.events import new_event
 from shared.tenancy import hash_api_key
@@ -147,9 +146,9 @@ async def run(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str) 
         "FUGOU_ENV": "test",
     }
     # Migrate first, so the timed run measures consumption only.
-    subprocess.run([sys.executable, "-m", "services.segmentation", "migrate"], env=env, check=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.segmentation", "run", "--roles", "consumer,relay", "--port", "0"], env=env
+    await run_checked([sys.executable, "-m", "services.segmentation", "migrate"], env)
+    proc = await spawn(
+        [sys.executable, "-m", "services.segmentation", "run", "--roles", "consumer,relay", "--port", "0"], env
     )
     started = time.perf_counter()
     try:
@@ -159,15 +158,14 @@ async def run(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: str) 
             applied = await pg_scalar(pg_dsn, "SELECT count(*) FROM inbox")
             if applied >= n and await pg_scalar(pg_dsn, "SELECT count(*) FROM outbox") == 0:
                 break
-            if proc.poll() is not None:
+            if proc.returncode is not None:
                 raise RuntimeError(f"segmentation exited with {proc.returncode}")
             if applied // 100_000 != last // 100_000:
                 say(f"applied {applied:,} ({time.perf_counter() - started:.0f}s)")
             last = applied
         elapsed = time.perf_counter() - started
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        await stop(proc)
     customers_rows = await pg_scalar(pg_dsn, "SELECT count(*) FROM customers")
     total_orders = await pg_scalar(pg_dsn, "SELECT sum(paid_orders) FROM customers")
     assert total_orders == n, f"aggregates hold {total_orders} orders, expected {n}"

@@ -29,18 +29,17 @@ import asyncio
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from typing import Any
 
 import orjson
 
-from bench.common import result, say
+from bench.common import result, run_checked, say, spawn, stop
+from shared import clock
 from tests.infra import pg_scalar
 
 MERCHANT = "bench"
@@ -63,7 +62,7 @@ def generate(n: int, customers: int, seed: int = 7) -> list[tuple[bytes, bytes]]
     of the same customer (half of it), built directly as JSON for speed. Recent: the points stay
     pending (one entry per payment, one per refund)."""
     rng = random.Random(seed)
-    start = datetime.now(timezone(timedelta(hours=8))) - timedelta(hours=1)
+    start = clock.now().astimezone(timezone(timedelta(hours=8))) - timedelta(hours=1)
     out = []
     orders: dict[str, list[tuple[str, int]]] = {}
     for i in range(n):
@@ -148,7 +147,7 @@ async def ledger(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: st
         "FUGOU_LOG_LEVEL": "WARNING",
         "FUGOU_ENV": "test",
     }
-    subprocess.run([sys.executable, "-m", "services.loyalty", "migrate"], env=env, check=True)
+    await run_checked([sys.executable, "-m", "services.loyalty", "migrate"], env)
     # The merchant's rules: a ladder, so growth and upgrades are part of the work (not timed).
     from services.loyalty.service_layer.rules import LoyaltyRules
 
@@ -169,9 +168,7 @@ async def ledger(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: st
     # Like the deployment (deploy/k8s/loyalty.yaml: 2 replicas), `processes` consumers share the
     # topic's partitions through their group; one relay is active at a time (advisory lock).
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "services.loyalty", "run", "--roles", "consumer,relay", "--port", "0"], env=env
-        )
+        await spawn([sys.executable, "-m", "services.loyalty", "run", "--roles", "consumer,relay", "--port", "0"], env)
         for _ in range(processes)
     ]
     started = time.perf_counter()
@@ -183,17 +180,14 @@ async def ledger(n: int, customers: int, bootstrap: str, pg_dsn: str, pg_url: st
             if applied >= n and await pg_scalar(pg_dsn, "SELECT count(*) FROM outbox") == 0:
                 break
             for proc in procs:
-                if proc.poll() is not None:
+                if proc.returncode is not None:
                     raise RuntimeError(f"loyalty exited with {proc.returncode}")
             if applied // 50_000 != last // 50_000:
                 say(f"applied {applied:,} ({time.perf_counter() - started:.0f}s)")
             last = applied
         elapsed = time.perf_counter() - started
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        await asyncio.gather(*(stop(proc) for proc in procs))
     n_entries = await pg_scalar(pg_dsn, "SELECT count(*) FROM entries")
     paid = await pg_scalar(pg_dsn, "SELECT count(*) FROM order_points WHERE paid_fen IS NOT NULL")
     pending = await pg_scalar(pg_dsn, "SELECT coalesce(sum(pending), 0) FROM accounts")
@@ -230,7 +224,7 @@ async def load_points(dsn: str, n: int, seed: int = 11) -> list[str]:
     from services.loyalty.service_layer.rules import LoyaltyRules
 
     rng = random.Random(seed)
-    now = datetime.now(UTC)
+    now = clock.now()
     accounts, lots, growth = [], [], []
     ids = []
     for i in range(n):
@@ -350,14 +344,14 @@ async def points_get(
         "FUGOU_LOG_LEVEL": "WARNING",
     }
     env.pop("FUGOU_API_KEY_PEPPER", None)
-    subprocess.run([sys.executable, "-m", "services.loyalty", "migrate"], env=env, check=True)
+    await run_checked([sys.executable, "-m", "services.loyalty", "migrate"], env)
     started = time.perf_counter()
     ids = await load_points(dsn, n)
     say(f"loaded {n:,} customers in {time.perf_counter() - started:.1f}s")
     rnd = random.Random(3)
     tokens = [mint_customer_token(MERCHANT, c, SECRET, ttl=timedelta(hours=2)) for c in rnd.sample(ids, min(5000, n))]
     port, peer_port = free_port(), free_port()
-    proc = subprocess.Popen(
+    proc = await spawn(
         [
             sys.executable,
             "-m",
@@ -370,7 +364,7 @@ async def points_get(
             "--workers",
             str(workers),
         ],
-        env=env,
+        env,
     )
     try:
         await wait_up(f"http://127.0.0.1:{port}/healthz")
@@ -382,21 +376,19 @@ async def points_get(
             f"http://127.0.0.1:{port}", pick, seconds, concurrency, rates
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        await stop(proc)
     say(
         f"points_get: closed loop {n_req:,} requests, {errors} errors, {rps:,.0f} req/s, p50 {p50:.1f} ms, "
         f"p99 {p99:.1f} ms; {told(paced)}"
     )
-    peer = subprocess.Popen([sys.executable, "-m", "bench.bench_loyalty", "peer-server", "--port", str(peer_port)])
+    peer = await spawn([sys.executable, "-m", "bench.bench_loyalty", "peer-server", "--port", str(peer_port)])
     try:
         await wait_up(f"http://127.0.0.1:{peer_port}/v1/me/points")
         (q_rps, q_p50, q_p99, q_n, _), peer_paced = await measure(
             f"http://127.0.0.1:{peer_port}", pick, seconds, concurrency, rates
         )
     finally:
-        peer.send_signal(signal.SIGTERM)
-        peer.wait(timeout=30)
+        await stop(peer)
         shutil.rmtree(data_dir, ignore_errors=True)
     say(
         f"peer: closed loop {q_n:,} requests, {q_rps:,.0f} req/s, p50 {q_p50:.1f} ms, p99 {q_p99:.1f} ms; "

@@ -8,8 +8,8 @@ to the generic SMS gateway. The rules are enforced on the way and checked exactl
 a tenth of the customers already had a marketing SMS today (the 1-a-day cap skips them), and a
 second merchant whose quiet hours cover this moment has its messages held, none sent. The figure
 is messages handed to the provider per second, from the moment they fall due (the service
-already running) until the last one is recorded. Peer: bare httpx posting the same messages to the same gateway, in the same
-batches (500 per request, 4 in flight), with no database.
+already running) until the last one is recorded. Peer: bare httpx posting the same messages to
+the same gateway, in the same batches (500 per request, 4 in flight), with no database.
 
 notifications.campaign_100k: a campaign to 100,000 customers (an explicit customer-id audience:
 segmentation does not run in this bench), created through the service's code and delivered by
@@ -26,18 +26,17 @@ import asyncio
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import orjson
 
-from bench.common import result, say
+from bench.common import Process, result, say, spawn, stop
+from shared import clock
 from tests.infra import pg_scalar
 from tests.providers import GENERIC_TOKEN, serve_in_process
 
@@ -63,7 +62,7 @@ async def prepare(dsn: str, url: str, n: int, gateway: str) -> tuple[int, int, i
     engine = create_engine(url)
     await migrate(engine, SPEC)
     sessions = session_factory(engine)
-    now = datetime.now(UTC)
+    now = clock.now()
     local = now.astimezone(ZoneInfo("Asia/Shanghai"))
     start = (local - timedelta(hours=1)).strftime("%H:00")
     end = (local + timedelta(hours=2)).strftime("%H:00")
@@ -217,7 +216,7 @@ async def prepare(dsn: str, url: str, n: int, gateway: str) -> tuple[int, int, i
     return n - len(capped), len(capped), quiet_n
 
 
-async def start_service(url: str) -> tuple[subprocess.Popen[bytes], str]:
+async def start_service(url: str) -> tuple[Process, str]:
     """The service as deployed, up and ready (its port answers /readyz) before anything is timed."""
     from bench.http_load import free_port, wait_up
 
@@ -233,30 +232,30 @@ async def start_service(url: str) -> tuple[subprocess.Popen[bytes], str]:
         "FUGOU_NOTIFY_BATCH": "2000",
         "FUGOU_NOTIFY_IDLE_MS": "50",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.notifications", "run", "--roles", "api,consumer", "--port", str(port)], env=env
+    proc = await spawn(
+        [sys.executable, "-m", "services.notifications", "run", "--roles", "api,consumer", "--port", str(port)], env
     )
     await wait_up(f"http://127.0.0.1:{port}/readyz")
     return proc, data_dir
 
 
-def stop_service(proc: subprocess.Popen[bytes], data_dir: str) -> None:
-    proc.send_signal(signal.SIGTERM)
+async def stop_service(proc: Process, data_dir: str) -> None:
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
+        await stop(proc)
+    except TimeoutError:
         proc.kill()
+        await proc.wait()
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
-async def wait_for(dsn: str, sql: str, target: int, proc: subprocess.Popen[bytes], timeout: float = 600) -> float:
+async def wait_for(dsn: str, sql: str, target: int, proc: Process, timeout: float = 600) -> float:
     started = time.perf_counter()
     last = -1
     while True:
         got = await pg_scalar(dsn, sql)
         if got >= target:
             return time.perf_counter() - started
-        if proc.poll() is not None:
+        if proc.returncode is not None:
             raise RuntimeError(f"notifications exited with {proc.returncode}")
         if time.perf_counter() - started > timeout:
             raise RuntimeError(f"only {got:,} of {target:,} after {timeout:.0f}s")
@@ -359,7 +358,7 @@ async def run(n: int, dsn: str, campaign_n: int) -> None:
             sessions = session_factory(engine)
             ids = [f"k{i:07d}" for i in range(campaign_n)]
             conn_rows = [
-                (MERCHANT, c, f"+86136{i:08d}", None, None, None, None, datetime.now(UTC)) for i, c in enumerate(ids)
+                (MERCHANT, c, f"+86136{i:08d}", None, None, None, None, clock.now()) for i, c in enumerate(ids)
             ]
             import asyncpg
 
@@ -381,7 +380,7 @@ async def run(n: int, dsn: str, campaign_n: int) -> None:
                 )
                 await conn.copy_records_to_table(
                     "consents",
-                    records=[(MERCHANT, c, "sms", "granted", "event", datetime.now(UTC)) for c in ids],
+                    records=[(MERCHANT, c, "sms", "granted", "event", clock.now()) for c in ids],
                     columns=["merchant_id", "customer_id", "channel", "state", "source", "updated_at"],
                 )
             finally:
@@ -396,7 +395,7 @@ async def run(n: int, dsn: str, campaign_n: int) -> None:
             before = gateway.count("generic")
             started = time.perf_counter()
             async with sessions() as s, s.begin():
-                campaign_id = await campaigns.create(s, MERCHANT, spec, datetime.now(UTC))
+                campaign_id = await campaigns.create(s, MERCHANT, spec, clock.now())
             await engine.dispose()
             sent_sql = (
                 f"SELECT count(*) FROM messages WHERE campaign_id = '{campaign_id}' AND status IN ('sent', 'delivered')"
@@ -408,7 +407,7 @@ async def run(n: int, dsn: str, campaign_n: int) -> None:
             assert provider == campaign_n, (provider, campaign_n)
             peer_s = await peer(gateway.base_url, campaign_n)
         finally:
-            stop_service(proc, data_dir)
+            await stop_service(proc, data_dir)
         scaled = {"scaled": True} if campaign_n < 100_000 else {}
         result(
             "notifications.campaign_100k",

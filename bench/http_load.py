@@ -102,8 +102,7 @@ async def load_test(
             schedule.put_nowait(due)
             k += 1
     else:
-        while time.perf_counter() < stop_at:
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
     n_at_stop, errors_at_stop = len(lat), errors
     elapsed = time.perf_counter() - started
     for tk in tasks:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -34,6 +35,7 @@ from types import FrameType
 import httpx
 
 from demo import feed, shop
+from shared import clock
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -45,12 +47,6 @@ def _default_url() -> str:
     if host in ("0.0.0.0", "::", ""):  # listening everywhere: talk to it on loopback
         host = "127.0.0.1"
     return f"http://{host}:{os.environ.get('PORT', '8000')}"
-
-
-def _data_dir() -> Path:
-    from shared.settings import Settings  # reads FUGOU_DATA_DIR and .env as the server does
-
-    return Settings().data_dir
 
 
 def _key_from_environment(data_dir: Path) -> str | None:
@@ -69,10 +65,8 @@ def _die_with_parent() -> None:
     """In the child before exec: on Linux, get SIGTERM when the demo dies, even by kill -9, so the
     server is never left orphaned."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def start_server(url: str) -> subprocess.Popen[bytes]:
@@ -157,12 +151,16 @@ def shop_moment(args: argparse.Namespace, data_dir: Path) -> datetime:
         if now.tzinfo is None:
             raise SystemExit(f"--now needs an offset, e.g. {args.now}+08:00")
     else:
+        remembered: datetime | None
         try:
             known = json.loads(memo.read_text())
-            now = datetime.fromisoformat(known["now"]) if {k: known.get(k) for k in made_for} == made_for else None
+            remembered = (
+                datetime.fromisoformat(known["now"]) if {k: known.get(k) for k in made_for} == made_for else None
+            )
         except (OSError, ValueError, KeyError, TypeError):
-            now = None
-        if now is not None:
+            remembered = None
+        if remembered is not None:
+            now = remembered
             print(
                 f"  The same shop as the last run (ending {now.isoformat()}): what was fed already comes back "
                 "as duplicates.",
@@ -170,8 +168,8 @@ def shop_moment(args: argparse.Namespace, data_dir: Path) -> datetime:
                 flush=True,
             )
         else:
-            now = datetime.now(shop.TZ).replace(microsecond=0)
-    if now > datetime.now(shop.TZ):
+            now = clock.now().astimezone(shop.TZ).replace(microsecond=0)
+    if now > clock.now().astimezone(shop.TZ):
         raise SystemExit(f"--now {now.isoformat()} is in the future: the shop's events cannot have happened yet")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -297,8 +295,13 @@ def _key_hint(args: argparse.Namespace, data_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from shared.cli import process_settings  # (imported here: the server's dependencies are heavy)
+
+    # The settings the server reads (FUGOU_DATA_DIR, .env), and the clock it runs on
+    # (FUGOU_CLOCK_OFFSET): the shop's history ends at the server's now, not the wall clock's.
+    settings = process_settings()
     url = (args.url or _default_url()).rstrip("/")
-    data_dir = _data_dir()
+    data_dir = settings.data_dir
     hint = _key_hint(args, data_dir)
     if not args.start:
         key = args.key or _key_from_environment(data_dir)

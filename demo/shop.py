@@ -40,6 +40,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from shared import clock
+
 TZ = ZoneInfo("Asia/Shanghai")
 SHOP_NAME = "贝贝母婴旗舰店"
 SUBSCRIBE_TEMPLATE = "TPL-COUPON"  # the WeChat subscribe-message template the shop asks customers for
@@ -324,7 +326,7 @@ def generate(
     if customers < 1 or months < 1:
         raise ValueError("customers and months must be at least 1")
     if now is None:
-        now = datetime.now(TZ)
+        now = clock.now().astimezone(TZ)
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, got the naive {now.isoformat()}")
     now = now.astimezone(TZ).replace(microsecond=0)
@@ -470,7 +472,7 @@ class _Life:
                 end = min(now - timedelta(days=20), first + timedelta(days=rng.uniform(30, 125)))
             purchases = self.cycles(staples, first, end, stretch, skip)
             # Now and then a toy, in the basket or on its own (toys have no cycle to disturb).
-            for at, basket in purchases:
+            for _at, basket in purchases:
                 if rng.random() < 0.1:
                     basket.append(("toys", 1))
             for _ in range(max(1, int((end - first).days / 30))):
@@ -694,7 +696,7 @@ def iter_batches(
             yield batch
             batch = []
         while len(run) > size:
-            yield run[:size]
+            yield list(run[:size])
             run = run[size:]
         batch.extend(run)
         i = j

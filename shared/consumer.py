@@ -19,6 +19,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import structlog
 from sqlalchemy import exc as sa_exc
@@ -35,6 +37,7 @@ log = structlog.get_logger("fugou.consumer")
 
 BatchHandler = Callable[[AsyncSession, list[EnvelopeBase]], Awaitable[None]]
 MERCHANT_EVENT = "merchant.upserted"
+T = TypeVar("T")
 
 
 class MerchantsNotSynced(Exception):
@@ -138,9 +141,9 @@ class MerchantFollower:
                         events.append(parse_event(r.value, check_encodable=False))
                     except InvalidEvent as bad:
                         log.error("merchants.invalid_event", service=self.service, reason=bad.reason)
-                events = [e for e in events if e.type == MERCHANT_EVENT]  # type: ignore[attr-defined]
-                await retry_forever(lambda: self._apply(events), self.service, "merchants.apply")
-                await retry_forever(lambda: self.subscriber.commit(records), self.service, "merchants.commit")
+                events = [e for e in events if e.type == MERCHANT_EVENT]
+                await retry_forever(partial(self._apply, events), self.service, "merchants.apply")
+                await retry_forever(partial(self.subscriber.commit, records), self.service, "merchants.commit")
         finally:
             self.started = False
             await asyncio.shield(self.subscriber.stop())
@@ -152,8 +155,8 @@ class MerchantFollower:
 
 
 async def retry_forever(
-    fn: Callable[[], Awaitable[object]], service: str, what: str, only: Callable[[Exception], bool] | None = None
-) -> object:
+    fn: Callable[[], Awaitable[T]], service: str, what: str, only: Callable[[Exception], bool] | None = None
+) -> T:
     """Call fn until it succeeds, backing off exponentially to 30 s; re-raise errors `only` rejects."""
     backoff = 0.1
     while True:
@@ -283,7 +286,7 @@ class EventConsumer:
             metrics.EVENTS_CONSUMED.labels(self.service, topic, outcome).inc(n)
         return dead
 
-    async def _retry(self, fn: Callable[[], Awaitable[object]], what: str) -> object:
+    async def _retry(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
         # Applying a batch retries only what says "the infrastructure is unwell" (or "the
         # merchant copy is catching up"); anything else is the batch's own fault: narrow it down.
         only = (lambda exc: is_transient(exc) or isinstance(exc, MerchantsNotSynced)) if what == "apply" else None

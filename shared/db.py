@@ -143,7 +143,16 @@ def insert_for(session_or_dialect: Any, table: Any) -> Any:
 
 
 def dialect_name(session: AsyncSession) -> str:
-    return session.bind.dialect.name  # type: ignore[union-attr]
+    return session.get_bind().dialect.name
+
+
+async def _driver_connection(conn: AsyncConnection) -> Any:
+    """The driver's own connection (asyncpg's, or aiosqlite's) under ``conn``, to run SQL on it
+    directly; Any: which driver depends on the URL."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None:  # only once the pooled connection was invalidated or closed
+        raise RuntimeError("the database connection was invalidated or closed")
+    return driver
 
 
 # ---------------------------------------------------------------- hot reads
@@ -171,8 +180,8 @@ async def fetch_rows(
                 dict(compiled.params),
             )
         sql, names, constants = found
-        driver = (await conn.get_raw_connection()).driver_connection
-        return await driver.fetch(sql, *[params[n] if n in params else constants[n] for n in names])  # type: ignore[no-any-return, union-attr]
+        driver = await _driver_connection(conn)
+        return await driver.fetch(sql, *[params[n] if n in params else constants[n] for n in names])
     return (await conn.execute(stmt, params)).all()
 
 
@@ -267,18 +276,18 @@ async def bulk_insert(
             tail = f" ON CONFLICT ({target}) DO NOTHING"
     if returning:
         tail += " RETURNING " + ", ".join(q(c) for c in returning)
-    raw = (await conn.get_raw_connection()).driver_connection
+    raw = await _driver_connection(conn)
     if dialect == "postgresql":
-        if not raw.is_in_transaction():  # type: ignore[union-attr]
+        if not raw.is_in_transaction():
             # SQLAlchemy's asyncpg adapter opens the transaction lazily, at its first statement.
             await conn.exec_driver_sql("SELECT 1")
         types = [_PG_ARRAY_TYPES[_type_name(table.c[c])] for c in columns]
         args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
         sql = f"INSERT INTO {name} ({cols}) SELECT * FROM unnest({args}){tail}"
-        arrays = [list(col) for col in zip(*rows)]
+        arrays = [list(col) for col in zip(*rows, strict=True)]  # every row holds one value per column
         if returning:
-            return [tuple(r) for r in await raw.fetch(sql, *arrays)]  # type: ignore[union-attr]
-        await raw.execute(sql, *arrays)  # type: ignore[union-attr]
+            return [tuple(r) for r in await raw.fetch(sql, *arrays)]
+        await raw.execute(sql, *arrays)
         return []
     out: list[tuple[Any, ...]] = []
     per_row = len(columns)
@@ -289,9 +298,12 @@ async def bulk_insert(
         part = rows[i : i + chunk]
         sql = f"INSERT INTO {name} ({cols}) VALUES {', '.join([one] * len(part))}{tail}"
         params = [_sqlite_value(v) for row in part for v in row]
-        cursor = await raw.execute(sql, params)  # type: ignore[union-attr]
+        cursor = await raw.execute(sql, params)
         if returning:
-            out.extend(tuple(_sqlite_result(v, t) for v, t in zip(r, result_types)) for r in await cursor.fetchall())
+            out.extend(
+                tuple(_sqlite_result(v, t) for v, t in zip(r, result_types, strict=True))
+                for r in await cursor.fetchall()
+            )
         await cursor.close()
     return out
 
@@ -307,23 +319,23 @@ async def bulk_update(
     conn = await session.connection()
     q = conn.dialect.identifier_preparer.quote
     name = table.name
-    raw = (await conn.get_raw_connection()).driver_connection
+    raw = await _driver_connection(conn)
     names = [*key, *columns]
     if conn.dialect.name == "postgresql":
-        if not raw.is_in_transaction():  # type: ignore[union-attr]
+        if not raw.is_in_transaction():
             await conn.exec_driver_sql("SELECT 1")
         types = [_PG_ARRAY_TYPES[_type_name(table.c[c])] for c in names]
         args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
         sets = ", ".join(f"{q(c)} = v.{q(c)}" for c in columns)
         match = " AND ".join(f"{name}.{q(k)} = v.{q(k)}" for k in key)
         sql = f"UPDATE {name} SET {sets} FROM unnest({args}) AS v({', '.join(q(c) for c in names)}) WHERE {match}"
-        await raw.execute(sql, *[list(col) for col in zip(*rows)])  # type: ignore[union-attr]
+        await raw.execute(sql, *[list(col) for col in zip(*rows, strict=True)])
         return
     sets = ", ".join(f"{q(c)} = ?" for c in columns)
     match = " AND ".join(f"{q(k)} = ?" for k in key)
     nk = len(key)
     await raw.executemany(
-        f"UPDATE {name} SET {sets} WHERE {match}",  # type: ignore[union-attr]
+        f"UPDATE {name} SET {sets} WHERE {match}",
         [[_sqlite_value(v) for v in (*r[nk:], *r[:nk])] for r in rows],
     )
 
@@ -343,13 +355,13 @@ class in_values(ColumnElement[bool]):
 
 @compiles(in_values)
 def _in_values_default(element: in_values, compiler: Any, **kw: Any) -> str:
-    return compiler.process(element.column.in_(element.values), **kw)  # type: ignore[no-any-return]
+    return compiler.process(element.column.in_(element.values), **kw)
 
 
 @compiles(in_values, "postgresql")
 def _in_values_postgresql(element: in_values, compiler: Any, **kw: Any) -> str:
     array = bindparam(None, element.values, type_=ARRAY(element.column.type))
-    return compiler.process(element.column == any_(array), **kw)  # type: ignore[no-any-return]
+    return compiler.process(element.column == any_(array), **kw)
 
 
 # ---------------------------------------------------------------- calendar days in SQL
@@ -395,7 +407,7 @@ _SQLITE_END_OF_TIME = "9999-12-31 23:59:59.999999"
 @compiles(earliest)
 def _earliest_sqlite(element: earliest, compiler: Any, **kw: Any) -> str:
     if len(element.clauses) == 1:  # min() of one argument is SQLite's aggregate
-        return compiler.process(element.clauses, **kw)  # type: ignore[no-any-return]
+        return compiler.process(element.clauses, **kw)
     args = ", ".join(f"coalesce({compiler.process(a, **kw)}, '{_SQLITE_END_OF_TIME}')" for a in element.clauses)
     return f"nullif(min({args}), '{_SQLITE_END_OF_TIME}')"
 

@@ -411,7 +411,10 @@ _TYPES: list[EventType] = [
         schema_version=1,
         customer_scoped=True,
         direction="outbound",
-        description="Points credited: pending from a paid order, available when its return window closes, a bonus or an adjustment.",
+        description=(
+            "Points credited: pending from a paid order, available when its return window closes, "
+            "a bonus or an adjustment."
+        ),
     ),
     EventType(
         name="points.redeemed",
@@ -420,7 +423,9 @@ _TYPES: list[EventType] = [
         schema_version=1,
         customer_scoped=True,
         direction="outbound",
-        description="Points spent on a checkout offset or a points-mall item (a coupon item names the template to issue).",
+        description=(
+            "Points spent on a checkout offset or a points-mall item (a coupon item names the template to issue)."
+        ),
     ),
     EventType(
         name="points.expiring",
@@ -472,6 +477,10 @@ class EnvelopeBase(BaseModel):
     customer_id: Id | None = None
     occurred_at: AwareDatetime = Field(description="ISO 8601 with its offset.")
     schema_version: Annotated[int, Field(ge=1)] = 1
+    # Every envelope has a type; each registered model narrows it to its own name (a Literal, the
+    # discriminator). Declared last so the envelopes' field order (and JSON) stays as it was.
+    # ``data`` is left to the registered models: its type depends on ``type``.
+    type: str
 
     @property
     def key(self) -> bytes:
@@ -485,7 +494,7 @@ class EnvelopeBase(BaseModel):
 def _envelope_model(t: EventType) -> type[EnvelopeBase]:
     name = "".join(p.capitalize() for p in t.name.replace(".", "_").split("_")) + "Event"
     fields: dict[str, Any] = {
-        "type": (Literal[t.name], ...),  # type: ignore[valid-type]
+        "type": (Literal[t.name], ...),
         "data": (t.payload, ...),
         "schema_version": (Annotated[int, Field(ge=1, le=t.schema_version)], t.schema_version),
     }
@@ -496,8 +505,9 @@ def _envelope_model(t: EventType) -> type[EnvelopeBase]:
 
 
 ENVELOPE_MODELS: dict[str, type[EnvelopeBase]] = {t.name: _envelope_model(t) for t in _TYPES}
-Envelope = Annotated[Union[tuple(ENVELOPE_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
-_adapter: TypeAdapter[EnvelopeBase] = TypeAdapter(Envelope)
+# Every member of the Union is an EnvelopeBase, so the adapter yields one.
+Envelope = Annotated[Union[tuple(ENVELOPE_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007 - a Union built at run time from the registered models (X | Y cannot spread a tuple)
+_adapter: TypeAdapter[EnvelopeBase] = TypeAdapter(Envelope)  # type: ignore[arg-type]  # the run-time Union above
 
 
 class InvalidEvent(ValueError):

@@ -40,7 +40,7 @@ class Inbox:
         if not unique:
             return []
         now = clock.now()
-        rows = [(e.merchant_id, e.event_id, e.type, now) for e in unique.values()]  # type: ignore[attr-defined]
+        rows = [(e.merchant_id, e.event_id, e.type, now) for e in unique.values()]
         fresh = {
             (r[0], r[1])
             for r in await bulk_insert(

@@ -8,8 +8,9 @@ consumers' inbox makes that harmless, and nothing is lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import (
@@ -27,11 +28,12 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import clock, faults, metrics
 from shared.bus.base import Bus, Message
-from shared.db import BigId, UTCDateTime, bulk_insert, json_object, json_text, new_uuid, utf8_bytes
+from shared.db import BigId, UTCDateTime, bulk_insert, dialect_name, json_object, json_text, new_uuid, utf8_bytes
 from shared.events import REGISTRY, EnvelopeBase, OutboundEvent
 from shared.topics import topic_for
 
@@ -79,15 +81,13 @@ class Outbox:
             json_text(r.c.data),
         )
         key = utf8_bytes(r.c.merchant_id + literal(":") + func.coalesce(r.c.customer_id, literal("")))
-        result = await session.execute(
-            insert(self.table).from_select(
-                ["merchant_id", "topic", "key", "payload", "created_at"],
-                select(
-                    r.c.merchant_id, literal(topic_for(type_)), key, utf8_bytes(envelope), literal(now, UTCDateTime())
-                ),
-            )
+        stmt = insert(self.table).from_select(
+            ["merchant_id", "topic", "key", "payload", "created_at"],
+            select(r.c.merchant_id, literal(topic_for(type_)), key, utf8_bytes(envelope), literal(now, UTCDateTime())),
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        # An INSERT runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+        result = cast("CursorResult[Any]", await session.execute(stmt))
+        return int(result.rowcount)
 
     async def stage(self, session: AsyncSession, events: Sequence[EnvelopeBase | OutboundEvent]) -> None:
         """Record events to publish, inside the caller's transaction."""
@@ -98,10 +98,7 @@ class Outbox:
             session,
             self.table,
             ["merchant_id", "topic", "key", "payload", "created_at"],
-            [
-                (e.merchant_id, topic_for(e.type), e.key, e.to_json(), now)  # type: ignore[attr-defined]
-                for e in events
-            ],
+            [(e.merchant_id, topic_for(e.type), e.key, e.to_json(), now) for e in events],
         )
 
 
@@ -134,7 +131,7 @@ class OutboxRelay:
     async def publish_once(self) -> int:
         """Publish up to one batch; return how many rows were published."""
         async with self.sessions() as session, session.begin():
-            if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            if dialect_name(session) == "postgresql":
                 got = (
                     await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self._lock_key})
                 ).scalar()
@@ -175,7 +172,5 @@ class OutboxRelay:
                 continue
             if n < self.batch:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle)
-                except TimeoutError:
-                    pass

@@ -80,14 +80,12 @@ class Upstream:
 def route_table(routers: Iterable[APIRouter]) -> list[tuple[str, frozenset[str]]]:
     """(path template, methods) of every HTTP route of the routers, in their order: what the
     service itself serves, read from its code, so the proxy cannot drift from it."""
-    table = []
+    table: list[tuple[str, frozenset[str]]] = []
     for router in routers:
         for route in router.routes:
-            methods = getattr(route, "methods", None)
-            path = getattr(route, "path", None)
-            if not isinstance(route, Route) or not methods or path in NEVER_PROXIED:
+            if not isinstance(route, Route) or not route.methods or route.path in NEVER_PROXIED:
                 continue  # a websocket or a mount has no (path, methods) to match
-            table.append((path, frozenset(methods)))
+            table.append((route.path, frozenset(route.methods)))
     return table
 
 

@@ -96,10 +96,10 @@ class ServiceRuntime:
         self.bus = bus
         self.database_url = database_url or settings.database_url(spec.name)
         self.engine: AsyncEngine | None = None
-        self.sessions: async_sessionmaker[AsyncSession] = None  # type: ignore[assignment]
+        self.sessions: async_sessionmaker[AsyncSession] = None  # type: ignore[assignment]  # set by start(), before any use
         self.outbox = Outbox(spec.tables.outbox)
         self.inbox = Inbox(spec.tables.inbox)
-        self.tenancy: Tenancy = None  # type: ignore[assignment]
+        self.tenancy: Tenancy = None  # type: ignore[assignment]  # set by start(), before any use
         self.relay: OutboxRelay | None = None
         self.consumer: EventConsumer | None = None
         self.merchants: MerchantFollower | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -77,7 +77,7 @@ class SegmentationClient:
         r = await self._call("GET", f"/v1/audiences/{audience_id}", merchant_id)
         if r.status_code == 404:
             raise AudienceNotFound(f"no saved audience {audience_id!r}")
-        return r.json()["filter"]  # type: ignore[no-any-return]
+        return r.json()["filter"]
 
     async def check_filter(self, merchant_id: str, f: Mapping[str, Any]) -> None:
         """Segmentation's own validation of a filter (raises AudienceRejected with its reason);
@@ -105,7 +105,9 @@ class SegmentationClient:
             found.update(c["customer_id"] for c in r.json()["customers"])
         return found
 
-    async def members(self, merchant_id: str, audience: Mapping[str, Any], chunk: int) -> AsyncIterator[list[str]]:
+    async def members(
+        self, merchant_id: str, audience: Mapping[str, Any], chunk: int
+    ) -> AsyncGenerator[list[str], None]:
         """Every member of a saved audience or a filter, in chunks, streamed (flat memory)."""
         if "audience_id" in audience:
             request = self.http.build_request(

@@ -173,9 +173,10 @@ class Tenancy:
             claims = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             return None
-        mid = claims.get("mid")
-        if not isinstance(mid, str):
+        claimed = claims.get("mid")
+        if not isinstance(claimed, str):
             return None
+        mid = claimed
         merchant = await self.by_id(mid)
         if merchant is None or not merchant.active:
             return None
@@ -185,7 +186,12 @@ class Tenancy:
                 merchant.jwt_secret,
                 algorithms=["HS256"],
                 # exp is judged below against the one clock, not PyJWT's own reading of the time.
-                options={"require": ["sub", "mid", "exp"], "verify_exp": False, "verify_iat": False, "verify_nbf": False},
+                options={
+                    "require": ["sub", "mid", "exp"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
             )
         except jwt.PyJWTError:
             return None

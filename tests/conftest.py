@@ -9,9 +9,10 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -21,7 +22,7 @@ from fastapi import FastAPI
 
 from shared import clock
 from shared.settings import SERVICES, Settings
-from tests.infra import Kafka, Postgres, running_kafka, running_postgres
+from tests.infra import ROOT, Kafka, Postgres, running_kafka, running_postgres
 
 os.environ.setdefault("FUGOU_LOG_LEVEL", "WARNING")
 ADMIN_TOKEN = "test-admin-token"
@@ -126,6 +127,67 @@ def kafka_pg_settings(tmp_path: Path, kafka: Kafka, pg_urls: dict[str, str], **o
         **dbs,
         **overrides,
     )
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a test's services keep their data: SQLite files under the test's folder (the embedded
+    default) or fresh databases, one per service, on the suite's real PostgreSQL cluster."""
+
+    name: str
+    pg_urls: dict[str, str] | None = None
+
+    def database_url(self, service: str) -> str | None:
+        """The service's database URL, or None for the SQLite default (Settings picks it)."""
+        return None if self.pg_urls is None else self.pg_urls[service]
+
+    def settings(self, tmp_path: Path, **overrides: object) -> Settings:
+        dbs = {f"{svc}_database_url": url for svc, url in (self.pg_urls or {}).items()}
+        return embedded_settings(tmp_path, **dbs, **overrides)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres])])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Runs the test once on SQLite and once on PostgreSQL (the same test, two stores)."""
+    if request.param == "sqlite":
+        return Backend("sqlite")
+    return Backend("postgres", request.getfixturevalue("pg_urls"))
+
+
+@pytest.fixture(
+    params=["inprocess-sqlite", pytest.param("kafka-postgres", marks=[pytest.mark.kafka, pytest.mark.postgres])]
+)
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings of the embedded system once as ``make run`` runs it (in-process bus, SQLite) and once
+    on the real parts (Kafka, PostgreSQL): ``stack(**overrides)``."""
+    if request.param == "inprocess-sqlite":
+        return lambda **overrides: embedded_settings(tmp_path, **overrides)
+    kafka, urls = request.getfixturevalue("kafka"), request.getfixturevalue("pg_urls")
+    return lambda **overrides: kafka_pg_settings(tmp_path, kafka, urls, **overrides)
+
+
+_ENFORCE_TIERS = False  # TODO(tiers): on once tests/unit holds no such test
+_INFRASTRUCTURE = {"kafka": "kafka", "postgres": "postgres", "pg_urls": "postgres"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks each test by the real parts it asks for (so ``-m "not kafka"`` leaves them out), and
+    holds the tiers apart: a test under tests/unit that needs Kafka, PostgreSQL or a browser is an
+    error of the suite, not a slow unit test."""
+    unit = ROOT / "tests" / "unit"
+    misplaced = []
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in _INFRASTRUCTURE.items():
+            if fixture in names:
+                item.add_marker(getattr(pytest.mark, marker))
+        if item.path.is_relative_to(unit) and any(item.iter_markers(name=m) for m in ("kafka", "postgres", "browser")):
+            misplaced.append(item.nodeid)
+    if misplaced and _ENFORCE_TIERS:
+        raise pytest.UsageError(
+            "tests/unit needs no Kafka, PostgreSQL or browser; move these to tests/integration, tests/e2e or "
+            "tests/browser:\n  " + "\n  ".join(misplaced)
+        )
 
 
 @asynccontextmanager

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
@@ -83,14 +85,15 @@ class ConsoleStatic(StaticFiles):
     types and caching: the vendored library a day, the console's own files revalidated each time."""
 
     async def check_config(self) -> None:
-        if self.directory is not None and not Path(self.directory).is_dir():
+        # Once per app (Starlette remembers the check), off the event loop like Starlette's own.
+        if self.directory is not None and not await asyncio.to_thread(Path(self.directory).is_dir):
             return  # assets not installed: every file answers 404 (the pages say why)
         await super().check_config()
 
     def file_response(
-        self, full_path: str | Path, stat_result: object, scope: Scope, status_code: int = 200
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
     ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)  # type: ignore[arg-type]
+        response = super().file_response(full_path, stat_result, scope, status_code)
         suffix = Path(full_path).suffix.lower()
         if response.status_code == 200:
             response.headers["content-type"] = CONTENT_TYPES.get(suffix, "application/octet-stream")

@@ -150,7 +150,7 @@ class InProcessBus:
                 f"({','.join('?' * len(topics))})",
                 (group_id, *topics),
             )
-            rows = dict(await cur.fetchall())  # type: ignore[arg-type]
+            rows: dict[str, int] = {topic: offset for topic, offset in await cur.fetchall()}
             await cur.close()
         return {t: int(rows.get(t, 0)) for t in topics}
 
@@ -161,7 +161,7 @@ class InProcessBus:
                 f"GROUP BY topic",
                 tuple(topics),
             )
-            rows = dict(await cur.fetchall())  # type: ignore[arg-type]
+            rows: dict[str, int] = {topic: offset for topic, offset in await cur.fetchall()}
             await cur.close()
         return {t: int(rows.get(t, 0)) for t in topics}
 
@@ -187,7 +187,7 @@ class InProcessBus:
                     f"({','.join('?' * len(gids))})",
                     (topic, *gids),
                 )
-                n, low = await cur.fetchone()  # type: ignore[misc]
+                n, low = await cur.fetchone()  # type: ignore[misc]  # an aggregate without GROUP BY: always one row
                 await cur.close()
                 if n != len(gids) or low is None:
                     continue

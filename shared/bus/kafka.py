@@ -146,17 +146,17 @@ class KafkaSubscriber:
         cut = len(self.prefix)
         for tp, msgs in batches.items():
             topic = tp.topic[cut:]
-            for m in msgs:
-                out.append(
-                    Record(
-                        topic=topic,
-                        partition=tp.partition,
-                        offset=m.offset,
-                        key=m.key,
-                        value=m.value,
-                        headers=tuple(m.headers or ()),
-                    )
+            out.extend(
+                Record(
+                    topic=topic,
+                    partition=tp.partition,
+                    offset=m.offset,
+                    key=m.key,
+                    value=m.value,
+                    headers=tuple(m.headers or ()),
                 )
+                for m in msgs
+            )
         return out
 
     async def caught_up(self) -> bool:

@@ -7,11 +7,11 @@ Screenshots go to $FUGOU_TEST_ARTIFACTS (default test-artifacts/console/)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from demo import feed, shop
+from shared import clock
 from tests.browser.tab import Console, Tab, Watch
 from tests.infra import ROOT
 from tests.processes import ServiceProcess
@@ -117,10 +118,8 @@ async def tab(
     finally:
         report = getattr(request.node, "report_call", None)
         if report is not None and report.failed:
-            try:
+            with contextlib.suppress(Exception):
                 await t.shot("FAILED")
-            except Exception:
-                pass
         await context.close()
 
 
@@ -190,7 +189,7 @@ async def console(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> 
         await asyncio.to_thread(server.wait_http, "/readyz", 120)
         await until_known(server.url, KEY)
 
-        the_shop = shop.generate(CUSTOMERS, MONTHS, SEED, now=datetime.now(shop.TZ).replace(microsecond=0))
+        the_shop = shop.generate(CUSTOMERS, MONTHS, SEED, now=clock.now().astimezone(shop.TZ).replace(microsecond=0))
         await feed.setup_merchant(server.url, KEY)
         report = await feed.post_events(server.url, KEY, shop.by_customer(the_shop.events), progress=False)
         assert report.rejected == 0, report.first_rejection

@@ -66,7 +66,7 @@ async def test_a_key_revoked_after_login_sends_the_next_page_to_the_login_page(t
     # Revocation travels to every service on the bus: wait until the pages' APIs refuse the key.
     async with console.api(extra) as api:
         for path in ("/v1/merchant", "/v1/segments/summary"):
-            assert await until_equal(lambda: _status(api, path), 401, timeout_s=30) == 401
+            assert await until_equal(lambda path=path: _status(api, path), 401, timeout_s=30) == 401
 
     await tab.page.click('#nav a[data-route="tiers"]')
     await landed_on_login_expired(tab)

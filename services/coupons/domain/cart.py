@@ -244,7 +244,7 @@ def _price(combo: Iterable[_Candidate], cart: Cart) -> tuple[tuple[Pick, ...], i
         room = [remaining[i] for i in c.scoped]
         off = min(c.applied.discount_fen, sum(room))
         per_line = [0] * len(remaining)
-        for i, share in zip(c.scoped, _allocate(off, room)):
+        for i, share in zip(c.scoped, _allocate(off, room), strict=True):
             per_line[i] = share
             remaining[i] -= share
         goods += off

@@ -28,10 +28,10 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
-from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]
+from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]  # no stubs or py.typed
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -61,7 +61,7 @@ from shared import clock
 
 NEVER_FIRES_YEARS = 5
 MAX_HOLDOUT_PERCENT = 50
-RFM_CLASSES = (
+RfmClass = Literal[
     "important_value",
     "important_development",
     "important_retain",
@@ -70,7 +70,8 @@ RFM_CLASSES = (
     "general_development",
     "general_retain",
     "general_winback",
-)
+]
+RFM_CLASSES: tuple[RfmClass, ...] = get_args(RfmClass)
 
 
 class _Strict(BaseModel):
@@ -105,7 +106,7 @@ class SegmentTarget(_Strict):
     """Exactly one of: a tier, an RFM class, a lifecycle tag (e.g. replenish_due:milk-powder)."""
 
     tier: Literal["S", "A", "B", "C"] | None = None
-    rfm_class: Literal[RFM_CLASSES] | None = None  # type: ignore[valid-type]
+    rfm_class: RfmClass | None = None
     tag: Annotated[str, Field(min_length=1, max_length=160)] | None = None
 
     @model_validator(mode="after")

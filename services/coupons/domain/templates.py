@@ -67,6 +67,8 @@ class Reason(StrEnum):
     BELOW_THRESHOLD = "below_threshold"
     NOT_NTH_ORDER_TODAY = "not_nth_order_today"
     NOTHING_TO_DISCOUNT = "nothing_to_discount"
+    # A payment's coupon that cannot be combined with those before it (cart.stacking_conflict).
+    STACKING_CONFLICT = "stacking_conflict"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from services.coupons.domain.cart import Applied
 from services.coupons.domain.templates import Reason, require_aware
@@ -123,8 +123,17 @@ def _same(coupon: Coupon) -> Transition:
     return Transition(coupon, False)
 
 
-def _to(coupon: Coupon, event: str, **changes: object) -> Transition:
-    return Transition(replace(coupon, version=coupon.version + 1, **changes), True, event)  # type: ignore[arg-type]
+class _Changes(TypedDict, total=False):
+    """What a transition may change of a coupon (besides its version)."""
+
+    state: State
+    order_id: str | None
+    locked_at: datetime | None
+    used_at: datetime | None
+
+
+def _to(coupon: Coupon, event: str, **changes: Unpack[_Changes]) -> Transition:
+    return Transition(replace(coupon, version=coupon.version + 1, **changes), True, event)
 
 
 def _err(coupon: Coupon, code: str, message: str) -> CouponError:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -33,7 +33,7 @@ MeCustomer = Annotated[Customer, Depends(customer_dependency(SERVICE))]
 router = APIRouter(tags=["coupons: wallet"])
 
 WalletState = Literal["available", "locked", "used", "expired"]
-AnyState = Literal["available", "locked", "used", "expired", "revoked"]
+AnyState = wallet.StateName
 
 
 # ---------------------------------------------------------------- per app: the template cache and a read gate
@@ -135,7 +135,10 @@ class CustomerWalletView(BaseModel):
     )
 
 
-def _view(c: wallet.WalletCoupon, cls: type[CouponView] = CouponView) -> Any:
+_V = TypeVar("_V", bound=CouponView)
+
+
+def _view(c: wallet.WalletCoupon, cls: type[_V]) -> _V:
     t = c.template.template
     extra: dict[str, Any] = {}
     if cls is CustomerCouponView:
@@ -246,7 +249,7 @@ async def claim(body: ClaimRequest, request: Request, me: MeCustomer, session: S
     runtime_of(request, SERVICE).committed()
     found = await wallet.get_coupon(session, _reads(request).cache, me.merchant_id, coupon_id, now)
     assert found is not None
-    return _view(found)  # type: ignore[no-any-return]
+    return _view(found, CouponView)
 
 
 class PricedCoupon(BaseModel):
@@ -335,7 +338,7 @@ class LockRequest(BaseModel):
     cart: Cart
 
 
-LOCK_ERRORS = {
+LOCK_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {
         "description": "not a coupon in my wallet (another customer's answers the same), or another customer's order"
     },
@@ -350,7 +353,7 @@ LOCK_ERRORS = {
 @router.post(
     "/v1/me/coupons/{coupon_id}/lock",
     response_model=CouponView,
-    responses=LOCK_ERRORS,  # type: ignore[arg-type]
+    responses=LOCK_ERRORS,
     summary="Hold a coupon for an order being placed, priced on its cart (customer token)",
     description="Locking again to the same order changes nothing. The coupon is used when the order is paid "
     "(order.paid naming it), and comes back when the order is cancelled or released here.",
@@ -375,7 +378,7 @@ async def lock(
             )
     found = await wallet.get_coupon(session, cache, me.merchant_id, coupon_id, now)
     assert found is not None
-    return _view(found)  # type: ignore[no-any-return]
+    return _view(found, CouponView)
 
 
 class ReleaseRequest(BaseModel):
@@ -400,7 +403,7 @@ async def release(
     runtime_of(request, SERVICE).committed()
     found = await wallet.get_coupon(session, _reads(request).cache, me.merchant_id, coupon_id, now)
     assert found is not None
-    return _view(found)  # type: ignore[no-any-return]
+    return _view(found, CouponView)
 
 
 # ---------------------------------------------------------------- the merchant's calls

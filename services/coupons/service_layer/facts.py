@@ -5,6 +5,9 @@ each fact is an upsert that ends the same whatever the delivery order."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,35 +18,59 @@ from shared.events import EnvelopeBase
 ORDER_TYPES = frozenset({"order.created", "order.paid", "order.cancelled", "order.refunded"})
 
 
+@dataclass
+class _Order:
+    """One order's row, as the events of a batch leave it."""
+
+    merchant_id: str
+    order_id: str
+    customer_id: str | None
+    amount_fen: int = 0
+    paid_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    refunded_fen: int = 0
+
+    def row(self) -> tuple[str, str, str | None, int, datetime | None, datetime | None, int]:
+        return (
+            self.merchant_id,
+            self.order_id,
+            self.customer_id,
+            self.amount_fen,
+            self.paid_at,
+            self.cancelled_at,
+            self.refunded_fen,
+        )
+
+
 async def record_orders(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     """One row per order: created or paid sets the amount (the payment's wins), paid_at is the
     earliest payment, cancelled_at the earliest cancellation; refunds are summed per order in the
     events of the batch and added (the inbox keeps each refund event to one application)."""
-    rows: dict[tuple[str, str], list[object]] = {}
+    rows: dict[tuple[str, str], _Order] = {}
     for e in events:
-        t = e.type  # type: ignore[attr-defined]
+        t = e.type
         if t not in ORDER_TYPES:
             continue
-        d = e.data  # type: ignore[attr-defined]
+        d = e.data  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         key = (e.merchant_id, d.order_id)
-        row = rows.setdefault(key, [e.merchant_id, d.order_id, e.customer_id, 0, None, None, 0])
+        row = rows.setdefault(key, _Order(e.merchant_id, d.order_id, e.customer_id))
         if t == "order.paid":
-            if row[4] is None or e.occurred_at < row[4]:  # type: ignore[operator]
-                row[3], row[4] = d.amount_fen, e.occurred_at
+            if row.paid_at is None or e.occurred_at < row.paid_at:
+                row.amount_fen, row.paid_at = d.amount_fen, e.occurred_at
         elif t == "order.created":
-            if row[4] is None:
-                row[3] = d.amount_fen
+            if row.paid_at is None:
+                row.amount_fen = d.amount_fen
         elif t == "order.cancelled":
-            row[5] = e.occurred_at if row[5] is None else min(row[5], e.occurred_at)  # type: ignore[type-var]
+            row.cancelled_at = e.occurred_at if row.cancelled_at is None else min(row.cancelled_at, e.occurred_at)
         else:
-            row[6] = int(row[6]) + d.amount_fen  # type: ignore[call-overload]
+            row.refunded_fen += d.amount_fen
     if not rows:
         return
     await bulk_insert(
         session,
         orders,
         ["merchant_id", "order_id", "customer_id", "amount_fen", "paid_at", "cancelled_at", "refunded_fen"],
-        [tuple(r) for r in rows.values()],
+        [r.row() for r in rows.values()],
         conflict=["merchant_id", "order_id"],
         update={
             # The earliest payment's amount wins; a creation's only until a payment is known.
@@ -61,12 +88,13 @@ async def record_orders(session: AsyncSession, events: list[EnvelopeBase]) -> No
 
 async def record_referrals(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     """The first referral bound wins (a customer is referred once)."""
-    rows = {}
+    rows: dict[tuple[str, str | None], tuple[str, str | None, str, datetime]] = {}
     for e in events:
-        if e.type == "referral.bound":  # type: ignore[attr-defined]
+        if e.type == "referral.bound":
             key = (e.merchant_id, e.customer_id)
             if key not in rows or e.occurred_at < rows[key][3]:
-                rows[key] = (e.merchant_id, e.customer_id, e.data.referrer_id, e.occurred_at)  # type: ignore[attr-defined]
+                referrer_id = e.data.referrer_id  # type: ignore[attr-defined]  # data is declared by each registered envelope model
+                rows[key] = (e.merchant_id, e.customer_id, referrer_id, e.occurred_at)
     await bulk_insert(
         session,
         referrals,
@@ -85,14 +113,14 @@ async def record_segments(session: AsyncSession, events: list[EnvelopeBase]) -> 
     """The latest segment.changed per customer wins (by occurrence, then event id)."""
     latest: dict[tuple[str, str], EnvelopeBase] = {}
     for e in events:
-        if e.type == "segment.changed":  # type: ignore[attr-defined]
+        if e.type == "segment.changed":
             key = (e.merchant_id, e.customer_id or "")
             cur = latest.get(key)
             if cur is None or (e.occurred_at, e.event_id) > (cur.occurred_at, cur.event_id):
                 latest[key] = e
     rows = []
     for (m, c), e in latest.items():
-        after = e.data.after or {}  # type: ignore[attr-defined]
+        after = e.data.after or {}  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         rows.append(
             (
                 m,

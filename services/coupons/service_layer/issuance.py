@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,6 +78,7 @@ from services.coupons.domain.rules import (
     OrderInCategory,
     ReferralConversion,
     Schedule,
+    SegmentChanged,
     goal_crossed,
     goal_trigger_key,
     goal_window,
@@ -132,8 +133,8 @@ async def apply_triggers(
 ) -> Counter[str]:
     """Find the event triggers in a batch (facts already recorded) and decide each; returns the
     outcomes counted."""
-    paid = [e for e in events if e.type == "order.paid"]  # type: ignore[attr-defined]
-    changed = [e for e in events if e.type == "segment.changed"]  # type: ignore[attr-defined]
+    paid = [e for e in events if e.type == "order.paid"]
+    changed = [e for e in events if e.type == "segment.changed"]
     kinds = (ORDER_TRIGGERS if paid else frozenset()) | (SEGMENT_TRIGGERS if changed else frozenset())
     if not kinds:
         return Counter()
@@ -179,7 +180,7 @@ async def _order_occurrences(
     # The batch's paid orders per customer, with the categories their items are in.
     batch: dict[str, dict[str, set[str]]] = defaultdict(dict)
     for e in paid:
-        data = e.data  # type: ignore[attr-defined]
+        data = e.data  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         batch[e.customer_id or ""].setdefault(data.order_id, set()).update(i.category for i in data.items if i.category)
     customers = sorted(batch)
     o = orders.c
@@ -278,10 +279,11 @@ def _segment_occurrences(
     segment_rules: list[StoredRule], changed: list[EnvelopeBase], fired: dict[str, list[Occurrence]]
 ) -> None:
     for e in changed:
-        data = e.data  # type: ignore[attr-defined]
+        data = e.data  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         before, after = data.before or {}, data.after or {}
         for stored in segment_rules:
-            into = stored.rule.trigger.into  # type: ignore[union-attr]
+            assert isinstance(stored.rule.trigger, SegmentChanged)  # SEGMENT_TRIGGERS: segment_changed only
+            into = stored.rule.trigger.into
             if into.tag is not None:
                 entered = into.tag in (after.get("tags") or []) and into.tag not in (before.get("tags") or [])
             else:
@@ -460,7 +462,8 @@ async def _grant_round(
     day = now.astimezone(ZoneInfo(tz)).date().isoformat()
     granted, cut_reason = await _reserve(session, merchant_id, stored, day, len(ids), each_fen, each_coupons)
     if granted < len(ids):
-        refused.update((c, cut_reason) for c in ids[granted:])  # type: ignore[misc]
+        assert cut_reason is not None  # _reserve names the cap whenever it grants fewer than asked
+        refused.update((c, cut_reason) for c in ids[granted:])
         await _give_back(session, merchant_id, rule_id, ids[granted:], cap)
         ids = ids[:granted]
     if not ids:
@@ -667,7 +670,7 @@ async def audience_chunks(
     merchant_id: str,
     audience: AudienceRef | AudienceFilter | None,
     chunk: int,
-) -> AsyncIterator[list[str]]:
+) -> AsyncGenerator[list[str], None]:
     """The audience's members in chunks: from the local replica when the filter can hold only
     of customers with a segment (or for no audience: every customer coupons knows, by a segment
     or an order); otherwise streamed from segmentation."""

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import ARRAY, BigInteger, String, bindparam, column, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,7 +37,12 @@ CHUNK = 5000  # customers per statement
 class IssueRefused(Exception):
     """Nobody could be issued this template: ``code`` says why (``http_status`` for the API)."""
 
-    STATUS = {"inactive": 409, "template_expired": 409, "out_of_stock": 409, "limit_reached": 409}
+    STATUS: ClassVar[dict[str, int]] = {
+        "inactive": 409,
+        "template_expired": 409,
+        "out_of_stock": 409,
+        "limit_reached": 409,
+    }
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -9,7 +9,6 @@ loyalty's mall should only sell items whose template can be issued."""
 
 from __future__ import annotations
 
-
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,9 +23,9 @@ log = structlog.get_logger("fugou.coupons.mall")
 async def apply_mall_rewards(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     now = clock.now()
     for e in events:
-        if e.type != "points.redeemed":  # type: ignore[attr-defined]
+        if e.type != "points.redeemed":
             continue
-        d = e.data  # type: ignore[attr-defined]
+        d = e.data  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         reward = d.reward or {}
         if d.kind != "mall" or reward.get("type") != "coupon" or not reward.get("template_id"):
             continue

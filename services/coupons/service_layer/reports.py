@@ -48,7 +48,8 @@ async def _redemptions(session: AsyncSession, merchant_id: str, where: Any) -> r
         .group_by(c.c.template_id)
     ):
         redeemed += int(n)
-        cost += per_use[tid] * int(n) if per_use.get(tid) is not None else int(discount)  # type: ignore[operator]
+        per_redemption = per_use.get(tid)
+        cost += per_redemption * int(n) if per_redemption is not None else int(discount)
     redeeming = select(c.c.order_id).where(c.c.merchant_id == merchant_id, where, used)
     gmv = (
         await session.execute(

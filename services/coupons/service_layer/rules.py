@@ -105,10 +105,10 @@ async def check_audience(
     except AudienceRejected as e:
         raise RuleRefused(e.field, e.message) from None
     except AudienceNotFound:
+        assert isinstance(audience, AudienceRef)  # only saved_filter raises it
         raise RuleRefused(
             "audience.audience_id",
-            f"no saved audience {audience.audience_id!r} for this merchant "  # type: ignore[union-attr]
-            "(see GET /v1/audiences)",
+            f"no saved audience {audience.audience_id!r} for this merchant (see GET /v1/audiences)",
         ) from None
 
 

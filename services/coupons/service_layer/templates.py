@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.coupons.adapters.tables import templates
@@ -82,9 +83,13 @@ async def list_templates(session: AsyncSession, merchant_id: str, *, public_only
 
 
 async def set_active(session: AsyncSession, merchant_id: str, template_id: str, active: bool) -> bool:
-    result = await session.execute(
-        update(templates)
-        .where(templates.c.merchant_id == merchant_id, templates.c.template_id == template_id)
-        .values(active=active, updated_at=clock.now())
+    # An UPDATE runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+    result = cast(
+        "CursorResult[Any]",
+        await session.execute(
+            update(templates)
+            .where(templates.c.merchant_id == merchant_id, templates.c.template_id == template_id)
+            .values(active=active, updated_at=clock.now())
+        ),
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)

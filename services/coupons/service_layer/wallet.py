@@ -33,10 +33,11 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import structlog
 from sqlalchemy import and_, bindparam, or_, select, text, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from services.coupons.adapters.tables import (
@@ -59,7 +60,7 @@ from services.coupons.domain.cart import (
     evaluate,
     stacking_conflict,
 )
-from services.coupons.domain.templates import CouponTemplate, face_value_fen, zone
+from services.coupons.domain.templates import CouponTemplate, Reason, face_value_fen, zone
 from services.coupons.domain.wallet import Coupon, CouponError, State
 from services.coupons.service_layer.issue import IssueRefused, issue
 from services.coupons.service_layer.templates import StoredTemplate
@@ -74,11 +75,12 @@ outbox = Outbox(messaging.outbox)
 CHUNK = 2000  # coupons per sweep step (one transaction)
 MAX_ROWS = 1000  # coupons one wallet read looks at, at most
 MAX_ROUNDS = 8  # compare-and-set rounds before giving up on a batch (each lost round is another's win)
-DEFAULT_REFUND_POLICY = "keep_used"
+RefundPolicy = Literal["restore", "keep_used"]
+# A coupon's state by name (domain.wallet.State's values), as stored and as the wallet shows it.
+StateName = Literal["available", "locked", "used", "expired", "revoked"]
+DEFAULT_REFUND_POLICY: RefundPolicy = "keep_used"
 DEFAULT_EXPIRING_DAYS = 3
 WALLET_STATES = ("available", "locked", "used", "expired")
-
-RefundPolicy = Literal["restore", "keep_used"]
 
 
 class WalletError(Exception):
@@ -172,7 +174,7 @@ class WalletCoupon:
     customer_id: str
     template: TemplateView
     rule_id: str | None
-    state: str
+    state: StateName
     starts_at: datetime
     expires_at: datetime
     issued_at: datetime
@@ -203,7 +205,7 @@ _COLUMNS = (
 _RANK = {"available": 0, "locked": 1, "used": 2, "expired": 3, "revoked": 4}
 
 
-def _effective(state: str, expires_at: datetime, now: datetime) -> str:
+def _effective(state: StateName, expires_at: datetime, now: datetime) -> StateName:
     return "expired" if state == "available" and expires_at <= now else state
 
 
@@ -452,12 +454,14 @@ def _row(merchant_id: str, r: Any) -> _Row:
 _SET = ("state", "order_id", "locked_at", "used_at", "discount_fen", "order_amount_fen", "version")
 _PG_CAS = text(
     "UPDATE coupons AS c SET state = v.state, order_id = v.order_id, locked_at = v.locked_at, "
-    "used_at = v.used_at, discount_fen = v.discount_fen, order_amount_fen = v.order_amount_fen, version = v.version "
+    "used_at = v.used_at, discount_fen = v.discount_fen, order_amount_fen = v.order_amount_fen, "
+    "version = v.version "
     "FROM unnest(CAST(:merchant_id AS text[]), CAST(:coupon_id AS text[]), CAST(:loaded AS integer[]), "
     "CAST(:state AS text[]), CAST(:order_id AS text[]), CAST(:locked_at AS timestamptz[]), "
     "CAST(:used_at AS timestamptz[]), CAST(:discount_fen AS bigint[]), CAST(:order_amount_fen AS bigint[]), "
     "CAST(:version AS integer[])) "
-    "AS v(merchant_id, coupon_id, loaded, state, order_id, locked_at, used_at, discount_fen, order_amount_fen, version) "
+    "AS v(merchant_id, coupon_id, loaded, state, order_id, locked_at, used_at, discount_fen, order_amount_fen, "
+    "version) "
     "WHERE c.merchant_id = v.merchant_id AND c.coupon_id = v.coupon_id AND c.version = v.loaded "
     "RETURNING c.merchant_id, c.coupon_id"
 )
@@ -485,16 +489,20 @@ async def _write(session: AsyncSession, rows: Sequence[_Row]) -> set[tuple[str, 
     ]
     if dialect_name(session) == "postgresql":
         cols = ("merchant_id", "coupon_id", "loaded", *_SET)
-        params = {name: list(col) for name, col in zip(cols, zip(*values))}
+        params = {name: list(col) for name, col in zip(cols, zip(*values, strict=True), strict=True)}
         return {(m, c) for m, c in await session.execute(_PG_CAS, params)}
     won: set[tuple[str, str]] = set()
     for m, cid, loaded, *new in values:
-        result = await session.execute(
-            update(coupons)
-            .where(_C.merchant_id == m, _C.coupon_id == cid, _C.version == loaded)
-            .values(dict(zip(_SET, new)))
+        # An UPDATE runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+        result = cast(
+            "CursorResult[Any]",
+            await session.execute(
+                update(coupons)
+                .where(_C.merchant_id == m, _C.coupon_id == cid, _C.version == loaded)
+                .values(dict(zip(_SET, new, strict=True)))
+            ),
         )
-        if result.rowcount:  # type: ignore[attr-defined]
+        if result.rowcount:
             won.add((m, cid))
     return won
 
@@ -697,10 +705,17 @@ async def _zones(session: AsyncSession, merchant_ids: Iterable[str]) -> dict[str
 # ---------------------------------------------------------------- order events
 
 
+_ActionKind = Literal["redeem", "release", "cancel", "refund"]
+# What an order event does to the coupons tied to its order (a payment releases those it does not name).
+_ORDER_ACTION: dict[str, _ActionKind] = {"order.paid": "release", "order.cancelled": "cancel"}
+# (merchant, order, coupon, customer, code, message): a redemption_refusals row but its time.
+_Refusal = tuple[str, str, str, str, str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class _Action:
     at: int  # position in the batch
-    kind: Literal["redeem", "release", "cancel", "refund"]
+    kind: _ActionKind
     event: EnvelopeBase
 
 
@@ -708,7 +723,7 @@ class _Action:
 class _Outcome:
     row: _Row
     events: list[OutboundEvent] = field(default_factory=list)
-    refusals: list[tuple[str, str, str, str, str, datetime]] = field(default_factory=list)
+    refusals: list[_Refusal] = field(default_factory=list)
     changed: bool = False
 
 
@@ -734,7 +749,7 @@ def _price_payment(
     machine would redeem and that apply to the order's items, in the order the shop listed them,
     each kept while it stacks with those before it; the kept ones are priced together. Coupons
     the state machine refuses are left out here (the redemption itself says why)."""
-    m, data, at = e.merchant_id, e.data, e.occurred_at  # type: ignore[attr-defined]
+    m, data, at = e.merchant_id, e.data, e.occurred_at  # type: ignore[attr-defined]  # data is declared by each registered envelope model
     order_id, owner = data.order_id, e.customer_id or ""
     named = [
         cid
@@ -759,7 +774,7 @@ def _price_payment(
                 continue
         conflict = stacking_conflict([*kept, held])
         if conflict is not None:
-            out[cid] = Applied(0, "goods", "stacking_conflict", conflict)  # type: ignore[arg-type]
+            out[cid] = Applied(0, "goods", Reason.STACKING_CONFLICT, conflict)
             continue
         kept.append(held)
     if cart is None:  # no items: on the shop's word, at face value
@@ -783,7 +798,7 @@ def _run(
     out = _Outcome(replace(row))
     for a in actions:
         e, cur = a.event, out.row
-        data, at, order_id = e.data, e.occurred_at, e.data.order_id  # type: ignore[attr-defined]
+        data, at, order_id = e.data, e.occurred_at, e.data.order_id  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         c = cur.coupon
         if a.kind == "redeem":
             locked_here = c.state == State.LOCKED and c.order_id == order_id
@@ -838,8 +853,9 @@ def _run(
     return out
 
 
-def _refusal(e: EnvelopeBase, coupon_id: str, code: str, message: str) -> tuple[str, str, str, str, str, datetime]:
-    return (e.merchant_id, e.data.order_id, coupon_id, e.customer_id or "", code, message)  # type: ignore[attr-defined]
+def _refusal(e: EnvelopeBase, coupon_id: str, code: str, message: str) -> _Refusal:
+    order_id: str = e.data.order_id  # type: ignore[attr-defined]  # data is declared by each registered envelope model
+    return (e.merchant_id, order_id, coupon_id, e.customer_id or "", code, message)
 
 
 async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) -> None:
@@ -848,20 +864,19 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
     relevant = [
         (i, e)
         for i, e in enumerate(events)
-        if e.type in ("order.paid", "order.cancelled")  # type: ignore[attr-defined]
-        or (e.type == "order.refunded" and e.data.full)
-    ]  # type: ignore[attr-defined]
+        if e.type in ("order.paid", "order.cancelled") or (e.type == "order.refunded" and e.data.full)  # type: ignore[attr-defined]  # data is declared by each registered envelope model
+    ]
     if not relevant:
         return
     named: dict[str, set[str]] = {}
     touched_orders: dict[str, set[str]] = {}
     for _, e in relevant:
-        touched_orders.setdefault(e.merchant_id, set()).add(e.data.order_id)  # type: ignore[attr-defined]
-        if e.type == "order.paid":  # type: ignore[attr-defined]
-            named.setdefault(e.merchant_id, set()).update(e.data.coupon_ids)  # type: ignore[attr-defined]
+        touched_orders.setdefault(e.merchant_id, set()).add(e.data.order_id)  # type: ignore[attr-defined]  # data is declared by each registered envelope model
+        if e.type == "order.paid":
+            named.setdefault(e.merchant_id, set()).update(e.data.coupon_ids)  # type: ignore[attr-defined]  # data is declared by each registered envelope model
     rows = await _load(session, named, touched_orders)
-    paid = [(i, e) for i, e in relevant if e.type == "order.paid"]  # type: ignore[attr-defined]
-    if not rows and not any(e.data.coupon_ids for _, e in paid):  # type: ignore[attr-defined]
+    paid = [(i, e) for i, e in relevant if e.type == "order.paid"]
+    if not rows and not any(e.data.coupon_ids for _, e in paid):  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         return  # the common case: orders without coupons
 
     # Each coupon's actions, in batch order: payments naming it, and what happens to the orders
@@ -871,23 +886,23 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
         if r.coupon.order_id:
             tied.setdefault((k[0], r.coupon.order_id), set()).add(k)
     for _, e in paid:
-        for cid in e.data.coupon_ids:  # type: ignore[attr-defined]
+        for cid in e.data.coupon_ids:  # type: ignore[attr-defined]  # data is declared by each registered envelope model
             if (e.merchant_id, cid) in rows:
-                tied.setdefault((e.merchant_id, e.data.order_id), set()).add((e.merchant_id, cid))  # type: ignore[attr-defined]
+                tied.setdefault((e.merchant_id, e.data.order_id), set()).add((e.merchant_id, cid))  # type: ignore[attr-defined]  # data is declared by each registered envelope model
     actions: dict[tuple[str, str], list[_Action]] = {k: [] for k in rows}
-    refusals: list[tuple[str, str, str, str, str, datetime]] = []
+    refusals: list[_Refusal] = []
     for i, e in relevant:
-        m, order_id = e.merchant_id, e.data.order_id  # type: ignore[attr-defined]
-        names = set(e.data.coupon_ids) if e.type == "order.paid" else set()  # type: ignore[attr-defined]
+        m, order_id = e.merchant_id, e.data.order_id  # type: ignore[attr-defined]  # data is declared by each registered envelope model
+        names = set(e.data.coupon_ids) if e.type == "order.paid" else set()  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         for cid in sorted(names):
             if (m, cid) in rows:
                 actions[(m, cid)].append(_Action(i, "redeem", e))
             else:
                 refusals.append(_refusal(e, cid, "unknown_coupon", "no such coupon at this shop"))
-        kind = {"order.paid": "release", "order.cancelled": "cancel"}.get(e.type, "refund")  # type: ignore[attr-defined]
+        kind = _ORDER_ACTION.get(e.type, "refund")
         for k in sorted(tied.get((m, order_id), ())):
             if k[1] not in names:
-                actions[k].append(_Action(i, kind, e))  # type: ignore[arg-type]
+                actions[k].append(_Action(i, kind, e))
     for k in actions:
         actions[k].sort(key=lambda a: a.at)
 
@@ -901,7 +916,7 @@ async def apply_order_events(session: AsyncSession, events: list[EnvelopeBase]) 
         views.update(((m, tid), v) for tid, v in found.items())
     prices: dict[tuple[int, str], Applied] = {}
     for i, e in paid:
-        if e.data.coupon_ids and e.merchant_id in zones:  # type: ignore[attr-defined]
+        if e.data.coupon_ids and e.merchant_id in zones:  # type: ignore[attr-defined]  # data is declared by each registered envelope model
             for cid, applied in _price_payment(e, rows, views, zones[e.merchant_id]).items():
                 prices[(i, cid)] = applied
 

@@ -35,10 +35,10 @@ def validate_batch(raw: list[Any], merchant_id: str) -> list[Outcome]:
         except InvalidEvent as bad:
             out.append(Outcome(i, bad.event_id, "rejected", bad.reason, bad.field))
             continue
-        if event.type not in INBOUND_TYPES:  # type: ignore[attr-defined]
+        if event.type not in INBOUND_TYPES:
             out.append(
                 Outcome(i, event.event_id, "rejected", f"type: {event.type!r} is not accepted from shops", "type")
-            )  # type: ignore
+            )
         elif event.merchant_id != merchant_id:
             out.append(
                 Outcome(

@@ -4,9 +4,10 @@ the boundary, with the events it raises staged in the same transaction."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.adapters.tables import messaging
@@ -99,9 +100,9 @@ async def add_api_key(session: AsyncSession, *, merchant_id: str, pepper: str, a
 async def revoke_api_key(session: AsyncSession, *, merchant_id: str, api_key: str, pepper: str) -> bool:
     digest = hash_api_key(api_key, pepper)
     async with session.begin():
-        result = await session.execute(
-            keys.delete().where(keys.c.key_hash == digest, keys.c.merchant_id == merchant_id)
-        )
+        stmt = keys.delete().where(keys.c.key_hash == digest, keys.c.merchant_id == merchant_id)
+        # A DELETE runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+        result = cast("CursorResult[Any]", await session.execute(stmt))
         if result.rowcount:
             await _publish_merchant(session, merchant_id)
     return bool(result.rowcount)

@@ -787,9 +787,11 @@ def reconcile(
         else:
             per_lot[e.lot_id] = per_lot.get(e.lot_id, 0) + e.points
     remaining = {lot.lot_id: lot.remaining for lot in lots}
-    for lot_id in sorted(per_lot.keys() | remaining.keys()):
-        if per_lot.get(lot_id, 0) != remaining.get(lot_id, 0):
-            found.append(Difference("lot", per_lot.get(lot_id, 0), remaining.get(lot_id, 0), lot_id))
+    found.extend(
+        Difference("lot", per_lot.get(lot_id, 0), remaining.get(lot_id, 0), lot_id)
+        for lot_id in sorted(per_lot.keys() | remaining.keys())
+        if per_lot.get(lot_id, 0) != remaining.get(lot_id, 0)
+    )
     for check, value in (
         ("negative_balance", sums.balance),
         ("negative_pending", sums.pending),
@@ -810,7 +812,9 @@ def reconcile(
         for e in entries:
             if e.pending and e.order_id is not None:
                 per_order[e.order_id] = per_order.get(e.order_id, 0) + e.pending
-        for o in orders:
-            if per_order.get(o.order_id, 0) != o.pending:
-                found.append(Difference("order_pending", per_order.get(o.order_id, 0), o.pending, o.order_id))
+        found.extend(
+            Difference("order_pending", per_order.get(o.order_id, 0), o.pending, o.order_id)
+            for o in orders
+            if per_order.get(o.order_id, 0) != o.pending
+        )
     return Reconciliation(sums, in_lots, tuple(found))

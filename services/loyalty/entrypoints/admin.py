@@ -237,7 +237,7 @@ async def customer_history(
     rows = await reads.history(session, merchant.merchant_id, customer_id, limit=limit, before=before)
     return OperatorHistoryView(
         customer_id=customer_id,
-        entries=[entry_view(r, OperatorEntryView) for r in rows],  # type: ignore[misc]
+        entries=[entry_view(r, OperatorEntryView) for r in rows],
         next_before=rows[-1].id if len(rows) == limit else None,
     )
 

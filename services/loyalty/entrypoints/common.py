@@ -4,10 +4,10 @@ the field at fault, and the views both the customer and the merchant see."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, Field, StrictInt, ValidationError
@@ -199,15 +199,18 @@ class OperatorEntryView(EntryView):
 
 class HistoryView(BaseModel):
     customer_id: str
-    entries: list[EntryView]
+    entries: Sequence[EntryView]  # a Sequence (covariant): OperatorHistoryView narrows it
     next_before: int | None = Field(description="Pass as `before` for the next (older) page; null: no more.")
 
 
 class OperatorHistoryView(HistoryView):
-    entries: list[OperatorEntryView]  # type: ignore[assignment]
+    entries: Sequence[OperatorEntryView]
 
 
-def entry_view(r: Any, cls: type[EntryView] = EntryView) -> EntryView:
+_Entry = TypeVar("_Entry", bound=EntryView)
+
+
+def entry_view(r: Any, cls: type[_Entry]) -> _Entry:
     extra = {"operator": r.operator} if cls is OperatorEntryView else {}
     return cls(
         id=r.id,

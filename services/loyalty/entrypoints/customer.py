@@ -17,6 +17,7 @@ from services.loyalty.domain.common import BonusEvent
 from services.loyalty.entrypoints.common import (
     SERVICE,
     AwardView,
+    EntryView,
     Fen,
     HistoryView,
     LevelBrief,
@@ -71,7 +72,7 @@ async def my_history(
     rows = await reads.history(session, me.merchant_id, me.customer_id, limit=limit, before=before)
     return HistoryView(
         customer_id=me.customer_id,
-        entries=[entry_view(r) for r in rows],
+        entries=[entry_view(r, EntryView) for r in rows],
         next_before=rows[-1].id if len(rows) == limit else None,
     )
 

@@ -6,8 +6,10 @@ redeem, never below what is already gone."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.loyalty.adapters.tables import mall_items
@@ -70,5 +72,9 @@ async def replace(session: AsyncSession, merchant_id: str, item: MallItem, now: 
 async def delete(session: AsyncSession, merchant_id: str, item_id: str) -> bool:
     """Remove an item (its redemptions keep their reward; prefer ``active: false`` to withdraw it)."""
     mi = mall_items.c
-    result = await session.execute(mall_items.delete().where(mi.merchant_id == merchant_id, mi.item_id == item_id))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    # A DELETE runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+    result = cast(
+        "CursorResult[Any]",
+        await session.execute(mall_items.delete().where(mi.merchant_id == merchant_id, mi.item_id == item_id)),
+    )
+    return bool(result.rowcount)

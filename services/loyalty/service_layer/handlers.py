@@ -57,8 +57,8 @@ def operations(rules: InForce, events: list[EnvelopeBase]) -> list[Op]:
     ops: list[Op] = []
     triggers: dict[str, tuple[Any, ...]] = {}
     for e in events:
-        t: str = e.type  # type: ignore[attr-defined]
-        d: Any = e.data  # type: ignore[attr-defined]
+        t: str = e.type
+        d: Any = e.data  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         cid = e.customer_id
         if cid is None:
             continue
@@ -82,7 +82,7 @@ def operations(rules: InForce, events: list[EnvelopeBase]) -> list[Op]:
 
 
 async def handle(session: AsyncSession, events: list[EnvelopeBase], now: datetime | None = None) -> None:
-    said = [e for e in events if e.type in PROFILE_TYPES]  # type: ignore[attr-defined]
+    said = [e for e in events if e.type in PROFILE_TYPES]
     if said:
         await record_profiles(session, said)
     by_merchant: dict[str, list[EnvelopeBase]] = {}
@@ -96,6 +96,6 @@ async def handle(session: AsyncSession, events: list[EnvelopeBase], now: datetim
         ops = operations(rules[merchant_id], evs)
         if ops:
             await Batch(session, rules[merchant_id], now).run(ops)
-        cancelled = [e.data.order_id for e in evs if e.type == "order.cancelled"]  # type: ignore[attr-defined]
+        cancelled = [e.data.order_id for e in evs if e.type == "order.cancelled"]  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         if cancelled:  # a cancelled order's stored-value payment comes back whole
             await stored_value.release_cancelled(session, merchant_id, cancelled, now)

@@ -220,22 +220,22 @@ class Batch:
         actions = [op for op in ops if isinstance(op, Action)]
         if actions:
             a = bonus_awards.c
-            rows = await s.execute(
+            awarded = await s.execute(
                 select(a.customer_id, a.once_key).where(
                     a.merchant_id == m,
                     in_values(a.customer_id, sorted({op.customer_id for op in actions})),
                     in_values(a.once_key, sorted({op.once_key for op in actions})),
                 )
             )
-            self.awarded = {(r.customer_id, r.once_key) for r in rows}
+            self.awarded = {(r.customer_id, r.once_key) for r in awarded}
             if any(op.bonus == BonusEvent.BIRTHDAY_MONTH for op in actions):
                 p = profiles.c
-                rows = await s.execute(
+                born = await s.execute(
                     select(p.customer_id, p.birthday).where(
                         p.merchant_id == m, in_values(p.customer_id, sorted({op.customer_id for op in actions}))
                     )
                 )
-                self.birthdays = dict(rows.all())
+                self.birthdays = {r.customer_id: r.birthday for r in born}
         giving_back = sorted({op.order_id for op in ops if isinstance(op, (Refunded, Cancelled))} | set(early))
         if giving_back:
             await self._load_offsets(giving_back)
@@ -262,7 +262,7 @@ class Batch:
             row = self.offsets[causes[r.event_id]]
             if r.customer_id == row.customer_id:
                 row.redeemed.append(books.entry_of(r))
-        for oid, row in self.offsets.items():
+        for row in self.offsets.values():
             if row.redeemed:
                 row.lots = await books.lot_records(s, m, row.customer_id, {x.lot_id for x in row.redeemed if x.lot_id})
 
@@ -646,7 +646,8 @@ class Batch:
                 "matured",
                 "cancelled",
             ]
-            new, changed = [], []
+            new: list[tuple[Any, ...]] = []
+            changed: list[tuple[Any, ...]] = []
             for oid in self.changed_orders:
                 r = self.orders[oid]
                 (changed if oid in self.stored_orders else new).append(

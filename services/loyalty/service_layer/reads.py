@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, String, bindparam, column, func, or_, select, text
+from sqlalchemy import BigInteger, BindParameter, String, bindparam, column, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.loyalty.adapters.tables import accounts, entries, lots, order_points, sv_accounts
@@ -63,7 +63,11 @@ SELECT 'g', CAST(sum(growth) AS BIGINT), 0, 0, NULL, NULL
 
 
 def _summary_statement(with_growth: bool) -> Any:
-    binds = [bindparam("m", type_=String()), bindparam("c", type_=String()), bindparam("horizon", type_=UTCDateTime())]
+    binds: list[BindParameter[Any]] = [
+        bindparam("m", type_=String()),
+        bindparam("c", type_=String()),
+        bindparam("horizon", type_=UTCDateTime()),
+    ]
     if with_growth:
         binds.append(bindparam("start", type_=UTCDateTime()))
     return (
@@ -100,8 +104,11 @@ async def summary(conn: Conn, rules: InForce, customer_id: str, now: datetime) -
     for r in rows:
         r = _Row(*r)
         if r.part == "a":
+            assert r.n is not None  # accounts.balance is NOT NULL
             balance, pending, debt, stored_level = r.n, r.p, r.d, r.level
         elif r.part == "l":
+            # lots.remaining is NOT NULL; a lot that never expires (NULL) fails expires_at <= :horizon
+            assert r.n is not None and r.at is not None
             if r.at <= now:
                 gone += r.n
             else:

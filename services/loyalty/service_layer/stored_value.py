@@ -14,11 +14,13 @@ never take more than the balance."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.loyalty.adapters.tables import sv_accounts, sv_entries, sv_plans, sv_spends, sv_top_ups
@@ -144,8 +146,12 @@ async def save_plan(
 
 async def delete_plan(session: AsyncSession, merchant_id: str, plan_id: str) -> bool:
     p = sv_plans.c
-    result = await session.execute(sv_plans.delete().where(p.merchant_id == merchant_id, p.plan_id == plan_id))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    # A DELETE runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+    result = cast(
+        "CursorResult[Any]",
+        await session.execute(sv_plans.delete().where(p.merchant_id == merchant_id, p.plan_id == plan_id)),
+    )
+    return bool(result.rowcount)
 
 
 # ---------------------------------------------------------------- top-ups
@@ -425,7 +431,7 @@ async def release_cancelled(session: AsyncSession, merchant_id: str, order_ids: 
 @dataclass(frozen=True, slots=True)
 class SvStatement:
     balance: Balance
-    entries: list[Any]
+    entries: Sequence[Row[*tuple[Any, ...]]]  # sv_entries rows, newest first
     reconciliation: sv.SvReconciliation
 
 

@@ -429,7 +429,7 @@ def explain_text(decision: Decision, locale: str = "zh-CN") -> str:
     """One line saying why, in zh-CN or en (times on the merchant's clock)."""
     loc = locale if locale in _TEXTS else "zh-CN"
     d = dict(decision.detail)
-    key = decision.reason
+    key: Reason | Literal["ok_transactional"] = decision.reason
     if key == "ok" and d.get("purpose") == "transactional":
         key = "ok_transactional"
     d["channel"] = _CHANNEL_NAMES[loc].get(str(d.get("channel")), str(d.get("channel")))

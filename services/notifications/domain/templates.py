@@ -185,7 +185,8 @@ TRIGGERS: dict[str, Trigger] = {
             "A lot of points expires soon.",
             "points.amount points.lot_id points.expires_at points.days_left",
             "marketing",
-            "{{ customer.name }}，您有{{ points.amount }}积分将于{{ points.expires_at | date }}过期，快来兑换吧。退订回T",
+            "{{ customer.name }}，您有{{ points.amount }}积分将于{{ points.expires_at | date }}过期，"
+            "快来兑换吧。退订回T",
             "{{ customer.name }}, {{ points.amount }} points expire on {{ points.expires_at | date }}. "
             "Reply STOP to opt out.",
         ),
@@ -655,9 +656,7 @@ def validate(spec: TemplateSpec, extra_vars: Iterable[str] = ()) -> list[Problem
     if trigger is None:
         problems.append(Problem("trigger", f"unknown trigger {spec.trigger!r}; one of {', '.join(TRIGGERS)}"))
     declared = _declared(extra_vars)
-    for name in declared:
-        if (why := check_var_name(name)) is not None:
-            problems.append(Problem(f"vars.{name}", why))
+    problems.extend(Problem(f"vars.{name}", why) for name in declared if (why := check_var_name(name)) is not None)
     if spec.channel in CHANNELS:
         problems.extend(_channel_problems(spec.channel, spec.parts))
 
@@ -686,29 +685,27 @@ def _channel_problems(channel: str, parts: TemplateParts) -> list[Problem]:
             out.append(
                 Problem("parts.provider_template", "SMS fields are a provider template's parameters; name the template")
             )
-        for key in parts.fields:
-            if not SMS_PARAM.fullmatch(key):
-                out.append(
-                    Problem(
-                        f"parts.fields.{key}", "an SMS template parameter is a letter or _ then letters, digits or _"
-                    )
-                )
+        out.extend(
+            Problem(f"parts.fields.{key}", "an SMS template parameter is a letter or _ then letters, digits or _")
+            for key in parts.fields
+            if not SMS_PARAM.fullmatch(key)
+        )
     elif channel == "wechat":
         if not _present(parts, "provider_template"):
             out.append(Problem("parts.provider_template", "a WeChat subscribe message needs its template id"))
         if not parts.fields:
             out.append(Problem("parts.fields", "a WeChat subscribe message needs at least one field"))
-        for key in parts.fields:
-            if not WECHAT_KEY.fullmatch(key):
-                out.append(
-                    Problem(
-                        f"parts.fields.{key}",
-                        "a WeChat key is a kind followed by digits (thing1, "
-                        "time2…): thing, number, letter, symbol, "
-                        "character_string, time, date, amount, phone_number, "
-                        "car_number, name or phrase",
-                    )
-                )
+        out.extend(
+            Problem(
+                f"parts.fields.{key}",
+                "a WeChat key is a kind followed by digits (thing1, "
+                "time2…): thing, number, letter, symbol, "
+                "character_string, time, date, amount, phone_number, "
+                "car_number, name or phrase",
+            )
+            for key in parts.fields
+            if not WECHAT_KEY.fullmatch(key)
+        )
     elif not any(_present(parts, n) for n in ("subject", "text", "html", "fields")):
         out.append(Problem("parts.text", f"a {channel} message needs text, html or fields"))
     if _present(parts, "provider_template") and not PROVIDER_TEMPLATE.fullmatch(parts.provider_template or ""):
@@ -800,15 +797,20 @@ def _walk(node: nodes.Node, uses: list[_Use], attrs: list[tuple[str, int]]) -> N
 
 
 def _ast_problems(ast: nodes.Template, env: _Sandbox, known: set[str] | None) -> list[str]:
-    out: list[str] = []
-    for node in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
-        out.append(f"line {node.lineno}: {type(node).__name__.lower()} is not available in message templates")
-    for node in ast.find_all(nodes.Filter):
-        if node.name not in env.filters:
-            out.append(f"line {node.lineno}: unknown filter {node.name!r}")
-    for node in ast.find_all(nodes.Test):
-        if node.name not in env.tests:
-            out.append(f"line {node.lineno}: unknown test {node.name!r}")
+    out: list[str] = [
+        f"line {stmt.lineno}: {type(stmt).__name__.lower()} is not available in message templates"
+        for stmt in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport))
+    ]
+    out.extend(
+        f"line {flt.lineno}: unknown filter {flt.name!r}"
+        for flt in ast.find_all(nodes.Filter)
+        if flt.name not in env.filters
+    )
+    out.extend(
+        f"line {test.lineno}: unknown test {test.name!r}"
+        for test in ast.find_all(nodes.Test)
+        if test.name not in env.tests
+    )
     uses: list[_Use] = []
     attrs: list[tuple[str, int]] = []
     _walk(ast, uses, attrs)

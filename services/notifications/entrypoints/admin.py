@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from enum import Enum
+from typing import Annotated, Any, Literal, cast, get_args
 from urllib.parse import urlencode
 
 import orjson
@@ -15,6 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlalchemy import delete, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifications.adapters.channels import CONFIG_MODELS, RECEIPT_PROVIDERS, Outgoing
@@ -25,7 +27,15 @@ from services.notifications.domain.contacts import ADDRESS_FIELD, InvalidContact
 from services.notifications.service_layer import campaigns as campaigns_svc
 from services.notifications.service_layer import config, profiles, reads
 from services.notifications.service_layer import templates as templates_svc
-from services.notifications.service_layer.config import Channel, ChannelSettings, Key, NotifyRule, Policy, Strict
+from services.notifications.service_layer.config import (
+    Channel,
+    ChannelSettings,
+    Key,
+    NotifyRule,
+    Policy,
+    RuleFields,
+    Strict,
+)
 from services.notifications.service_layer.state import Notifier, notifier_for
 from shared import clock
 from shared.events import Id
@@ -43,14 +53,13 @@ CustomerId = Annotated[Id, Path(description="The shop's customer id.")]
 Locale = Literal["zh-CN", "en"]
 
 router = APIRouter()
-SETTINGS, TEMPLATES, RULES, CAMPAIGNS, MESSAGES, CONSENTS = (
-    ["notifications: settings"],
-    ["notifications: templates"],
-    ["notifications: rules"],
-    ["notifications: campaigns"],
-    ["notifications: messages"],
-    ["notifications: consents"],
-)
+# OpenAPI tags, typed as FastAPI takes them.
+SETTINGS: list[str | Enum] = ["notifications: settings"]
+TEMPLATES: list[str | Enum] = ["notifications: templates"]
+RULES: list[str | Enum] = ["notifications: rules"]
+CAMPAIGNS: list[str | Enum] = ["notifications: campaigns"]
+MESSAGES: list[str | Enum] = ["notifications: messages"]
+CONSENTS: list[str | Enum] = ["notifications: consents"]
 
 
 def now() -> datetime:
@@ -201,10 +210,14 @@ async def list_channels(merchant: AdminMerchant, session: Session) -> list[Chann
 async def delete_channel(channel: Channel, request: Request, merchant: AdminMerchant, session: Session) -> None:
     c = channel_configs.c
     async with session.begin():
-        res = await session.execute(
-            delete(channel_configs).where(c.merchant_id == merchant.merchant_id, c.channel == channel)
+        # A DELETE runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+        res = cast(
+            "CursorResult[Any]",
+            await session.execute(
+                delete(channel_configs).where(c.merchant_id == merchant.merchant_id, c.channel == channel)
+            ),
         )
-    if not res.rowcount:  # type: ignore[attr-defined]
+    if not res.rowcount:
         raise ApiError(404, "not_found", f"no provider configured for {channel}", field="path.channel")
     _refresh_route(request, merchant.merchant_id, channel)
 
@@ -535,8 +548,8 @@ async def triggers(merchant: AdminMerchant) -> list[TriggerView]:
 # ---------------------------------------------------------------- rules
 
 
-class RuleBody(NotifyRule):
-    rule_id: Key | None = Field(None, description="Omitted: the path's; given: must equal it")  # type: ignore[assignment]
+class RuleBody(RuleFields):
+    rule_id: Key | None = Field(None, description="Omitted: the path's; given: must equal it")
 
 
 @router.put(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import hmac
 import html
-from typing import Annotated, Any, Literal
+from enum import Enum
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -44,7 +45,8 @@ from shared.tenancy import Customer, Merchant
 from shared.web import ApiError, customer_dependency, runtime_of
 
 MeCustomer = Annotated[Customer, Depends(customer_dependency(SERVICE))]
-ME, PROVIDERS = ["notifications: me"], ["notifications: providers"]
+ME: list[str | Enum] = ["notifications: me"]
+PROVIDERS: list[str | Enum] = ["notifications: providers"]
 
 router = APIRouter()
 
@@ -70,7 +72,7 @@ async def put_my_consents(body: ConsentsBody, me: MeCustomer, session: Session) 
 # ---------------------------------------------------------------- delivery receipts
 
 ReceiptProvider = Literal["wechat", "aliyun", "generic"]
-assert set(ReceiptProvider.__args__) == set(RECEIPT_PROVIDERS)  # type: ignore[attr-defined]
+assert set(get_args(ReceiptProvider)) == set(RECEIPT_PROVIDERS)
 
 
 class ReceiptsAnswer(BaseModel):
@@ -116,8 +118,9 @@ class SmsReply(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    phone: str = Field(validation_alias=AliasChoices("phone", "phone_number"), max_length=64)
-    text: str = Field(validation_alias=AliasChoices("text", "content"), max_length=2_000)
+    # Built only by model_validate (never __init__), so the plugin's unknown __init__ names do not matter.
+    phone: str = Field(validation_alias=AliasChoices("phone", "phone_number"), max_length=64)  # type: ignore[pydantic-alias]  # either name is read
+    text: str = Field(validation_alias=AliasChoices("text", "content"), max_length=2_000)  # type: ignore[pydantic-alias]  # either name is read
 
 
 class RepliesAnswer(BaseModel):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from datetime import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.notifications.adapters.tables import policies, rules
@@ -50,7 +51,7 @@ class QuietWindow(Strict):
         return dp.QuietHours(time.fromisoformat(self.start), time.fromisoformat(self.end))
 
 
-def _default_caps() -> dict[str, list[CapRule]]:
+def _default_caps() -> dict[Channel, list[CapRule]]:
     return {
         "sms": [CapRule(limit=1, window="day"), CapRule(limit=3, window="week")],
         "wechat": [CapRule(limit=1, window="day"), CapRule(limit=4, window="week")],
@@ -130,8 +131,11 @@ CONDITION_TRIGGERS: dict[str, tuple[str, ...]] = {
 assert set(CONDITION_TRIGGERS) == set(Conditions.model_fields)
 
 
-class NotifyRule(Strict):
-    rule_id: Key
+class RuleFields(Strict):
+    """A rule's fields and checks; ``rule_id`` is a stored rule's (``NotifyRule``), a request body's
+    may be left to the path."""
+
+    rule_id: Key | None = None
     name: str = Field(min_length=1, max_length=128)
     trigger: str = Field(
         description="coupon.issued, coupon.expiring, points.expiring, level.changed, "
@@ -162,14 +166,14 @@ class NotifyRule(Strict):
         return v
 
     @model_validator(mode="after")
-    def _distinct(self) -> NotifyRule:
+    def _distinct(self) -> RuleFields:
         seen = [c.channel for c in self.channels]
         if len(set(seen)) != len(seen):
             raise ValueError("channels: each channel at most once")
         return self
 
     @model_validator(mode="after")
-    def _conditions_apply(self) -> NotifyRule:
+    def _conditions_apply(self) -> RuleFields:
         """A condition the trigger never carries would be ignored silently: refused instead."""
         for name in self.conditions.model_fields_set:
             if getattr(self.conditions, name) in (None, []):
@@ -182,7 +186,11 @@ class NotifyRule(Strict):
 
     @property
     def effective_purpose(self) -> Purpose:
-        return self.purpose or TRIGGERS[self.trigger].purpose  # type: ignore[return-value]
+        return self.purpose or TRIGGERS[self.trigger].purpose
+
+
+class NotifyRule(RuleFields):
+    rule_id: Key
 
 
 assert set(CHANNELS) == {"wechat", "sms", "email", "webhook", "console"}
@@ -271,8 +279,12 @@ async def list_rules(conn: Conn, merchant_id: str) -> list[NotifyRule]:
 async def delete_rule(session: AsyncSession, merchant_id: str, rule_id: str) -> bool:
     from sqlalchemy import delete
 
-    res = await session.execute(delete(rules).where(rules.c.merchant_id == merchant_id, rules.c.rule_id == rule_id))
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    # A DELETE runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+    res = cast(
+        "CursorResult[Any]",
+        await session.execute(delete(rules).where(rules.c.merchant_id == merchant_id, rules.c.rule_id == rule_id)),
+    )
+    return bool(res.rowcount)
 
 
 class ChannelSettings(Strict):

@@ -25,6 +25,7 @@ OutId, the webhook's X-Fugou-Message-Id, the generic gateway's id)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -331,10 +332,12 @@ async def send(
                 await asyncio.sleep(wait)
             try:
                 results = await route.channel.send([c.outgoing for c in part if c.outgoing is not None])
+                if len(results) != len(part):  # one result per message, in order: anything else is a channel bug
+                    raise RuntimeError(f"{route.provider} answered {len(results)} results for {len(part)} messages")
             except Exception as exc:  # a channel bug or an outage it did not classify: retry, lose nothing
                 log.warning("notifications.channel_raised", provider=route.provider, error=repr(exc))
                 results = [SendResult("retry", code="channel_error", detail=repr(exc)[:300]) for _ in part]
-            out.extend((c, res, route.provider) for c, res in zip(part, results))
+            out.extend((c, res, route.provider) for c, res in zip(part, results, strict=True))
         return out
 
     done = await asyncio.gather(*(one_group(k, v) for k, v in groups.items()))
@@ -452,7 +455,5 @@ async def _rounds(runtime: Any, notifier: Notifier) -> None:
             continue
         if stats.claimed < settings.notify_batch:
             notifier.wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(notifier.wake.wait(), idle)
-            except TimeoutError:
-                pass

@@ -69,7 +69,7 @@ class Want:
     trigger_key: str
     data: Any
     choices: Sequence[ChannelChoice]
-    purpose: str
+    purpose: dt.Purpose
     value: int = 0
     rule_id: str | None = None
     campaign_id: str | None = None
@@ -133,7 +133,7 @@ async def enqueue(
                     dp.Candidate(
                         choice.channel,
                         w.purpose,
-                        w.trigger,  # type: ignore[arg-type]
+                        w.trigger,
                         template_id=tpl.provider_template,
                         value=w.value,
                     ),

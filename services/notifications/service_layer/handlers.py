@@ -41,11 +41,9 @@ def matches(rule: NotifyRule, trigger: str, data: Any) -> bool:
                 return False
         if c.to_tiers and not (after.get("tier") in c.to_tiers and before.get("tier") != after.get("tier")):
             return False
-        if c.to_classes and not (
+        return not c.to_classes or (
             after.get("rfm_class") in c.to_classes and before.get("rfm_class") != after.get("rfm_class")
-        ):
-            return False
-        return True
+        )
     if trigger == "level.changed":
         if c.direction and data.direction != c.direction:
             return False
@@ -90,12 +88,12 @@ async def shops(session: AsyncSession, merchant_ids: Sequence[str]) -> dict[str,
 async def apply_triggers(session: AsyncSession, events: Sequence[EnvelopeBase], now: datetime) -> None:
     by_merchant: dict[str, list[EnvelopeBase]] = {}
     for e in events:
-        if e.type in EVENT_TRIGGERS and e.customer_id:  # type: ignore[attr-defined]
+        if e.type in EVENT_TRIGGERS and e.customer_id:
             by_merchant.setdefault(e.merchant_id, []).append(e)
     if not by_merchant:
         return
     merchant_ids = sorted(by_merchant)
-    wanted_triggers = {e.type for evs in by_merchant.values() for e in evs} | {"replenishment.due"}  # type: ignore[attr-defined]
+    wanted_triggers = {e.type for evs in by_merchant.values() for e in evs} | {"replenishment.due"}
     rules = await rules_for(session, merchant_ids, wanted_triggers)
     if not rules:
         return
@@ -107,8 +105,8 @@ async def apply_triggers(session: AsyncSession, events: Sequence[EnvelopeBase], 
             continue
         wants: list[Want] = []
         for e in by_merchant[merchant_id]:
-            t: str = e.type  # type: ignore[attr-defined]
-            data: Any = e.data  # type: ignore[attr-defined]
+            t: str = e.type
+            data: Any = e.data  # type: ignore[attr-defined]  # each registered envelope model declares its data; EnvelopeBase does not
             for rule in mine:
                 if rule.trigger == t and matches(rule, t, data):
                     wants.append(
@@ -124,28 +122,28 @@ async def apply_triggers(session: AsyncSession, events: Sequence[EnvelopeBase], 
                         )
                     )
                 elif rule.trigger == "replenishment.due" and t == "segment.changed":
-                    for due in replenishments(data):
-                        wants.append(
-                            Want(
-                                e.customer_id or "",
-                                "replenishment.due",
-                                f"{e.event_id}:{due['category']}",
-                                due,
-                                rule.channels,
-                                rule.effective_purpose,
-                                rule.value,
-                                rule_id=rule.rule_id,
-                            )
+                    wants.extend(
+                        Want(
+                            e.customer_id or "",
+                            "replenishment.due",
+                            f"{e.event_id}:{due['category']}",
+                            due,
+                            rule.channels,
+                            rule.effective_purpose,
+                            rule.value,
+                            rule_id=rule.rule_id,
                         )
+                        for due in replenishments(data)
+                    )
         await enqueue(session, shop, wants, policies[merchant_id], now, public_url_of(session))
 
 
 async def handle(session: AsyncSession, events: list[EnvelopeBase], now: datetime | None = None) -> None:
     now = now or clock.now()
-    said = [e for e in events if e.type in profiles.PROFILE_TYPES]  # type: ignore[attr-defined]
+    said = [e for e in events if e.type in profiles.PROFILE_TYPES]
     if said:
         await profiles.record_profiles(session, said)
-    grants = [e for e in events if e.type == profiles.GRANT_TYPE]  # type: ignore[attr-defined]
+    grants = [e for e in events if e.type == profiles.GRANT_TYPE]
     if grants:
         await profiles.record_grants(session, grants)
     await apply_triggers(session, events, now)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifications.adapters.tables import consents, contacts, wechat_credits
 from services.notifications.domain.contacts import InvalidContact, normalize_email, normalize_openid, normalize_phone
+from services.notifications.domain.policy import Consent
 from shared.db import bulk_insert, in_values
 from shared.events import EnvelopeBase
 
@@ -123,9 +124,9 @@ async def record_grants(session: AsyncSession, events: Sequence[EnvelopeBase]) -
     """Each grant adds its credits (the inbox makes a redelivered grant count once)."""
     sums: dict[tuple[str, str, str], tuple[int, datetime]] = {}
     for e in events:
-        k = (e.merchant_id, e.customer_id or "", e.data.template_id)  # type: ignore[attr-defined]
+        k = (e.merchant_id, e.customer_id or "", e.data.template_id)  # type: ignore[attr-defined]  # data is declared by each registered envelope model
         n, at = sums.get(k, (0, e.occurred_at))
-        sums[k] = (n + e.data.count, max(at, e.occurred_at))  # type: ignore[attr-defined]
+        sums[k] = (n + e.data.count, max(at, e.occurred_at))  # type: ignore[attr-defined]  # data is declared by each registered envelope model
     await bulk_insert(
         session,
         wechat_credits,
@@ -181,12 +182,12 @@ async def give_back_credits(session: AsyncSession, merchant_id: str, back: dict[
 
 async def facts_of(
     session: AsyncSession, merchant_id: str, customer_ids: Sequence[str]
-) -> tuple[dict[str, Any], dict[str, dict[str, str]], dict[str, dict[str, tuple[int, bool]]]]:
+) -> tuple[dict[str, Any], dict[str, dict[str, Consent]], dict[str, dict[str, tuple[int, bool]]]]:
     """(contacts, consents per channel, WeChat credits per template) of these customers."""
     ids = sorted(set(customer_ids))
     c, k, w = contacts.c, consents.c, wechat_credits.c
     people: dict[str, Any] = {}
-    said: dict[str, dict[str, str]] = {}
+    said: dict[str, dict[str, Consent]] = {}  # a stored state is "granted" or "denied" (set_consents' callers)
     credits: dict[str, dict[str, tuple[int, bool]]] = {}
     for i in range(0, len(ids), 5000):
         part = ids[i : i + 5000]
@@ -196,16 +197,16 @@ async def facts_of(
             )
         ):
             people[r.customer_id] = r
-        for r in await session.execute(
+        for s in await session.execute(
             select(k.customer_id, k.channel, k.state).where(
                 k.merchant_id == merchant_id, in_values(k.customer_id, part)
             )
         ):
-            said.setdefault(r.customer_id, {})[r.channel] = r.state
-        for r in await session.execute(
+            said.setdefault(s.customer_id, {})[s.channel] = s.state
+        for g in await session.execute(
             select(w.customer_id, w.template_id, w.credits, w.long_term).where(
                 w.merchant_id == merchant_id, in_values(w.customer_id, part)
             )
         ):
-            credits.setdefault(r.customer_id, {})[r.template_id] = (r.credits, r.long_term)
+            credits.setdefault(g.customer_id, {})[g.template_id] = (g.credits, g.long_term)
     return people, said, credits

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from sqlalchemy import func, or_, select, update
@@ -20,7 +20,7 @@ from services.notifications.service_layer import profiles
 from services.notifications.service_layer.enqueue import log_rows
 from shared.db import bulk_update
 
-_POLICY_REASONS = frozenset(
+_POLICY_REASONS: frozenset[dp.Reason] = frozenset(
     {
         "duplicate",
         "no_contact",
@@ -32,6 +32,11 @@ _POLICY_REASONS = frozenset(
         "quiet_hours",
     }
 )
+
+
+def _policy_reason(reason: str | None) -> TypeGuard[dp.Reason]:
+    """A reason the policy's ``decide`` gives (and ``explain_text`` explains), not a dispatch status."""
+    return reason in _POLICY_REASONS
 
 
 def message_view(r: Any, log: Sequence[Any] | None = None, locale: str = "zh-CN") -> dict[str, Any]:
@@ -122,11 +127,11 @@ def why(status: str, reason: str | None, steps: list[dict[str, Any]], locale: st
     """One line for a person: the policy's own explanation where a rule decided, else the status."""
     texts = _WHY["en" if locale == "en" else "zh-CN"]
     decided = next((s for s in reversed(steps) if s["status"] in ("skipped", "held") and s["reason"]), None)
-    if status in ("skipped", "held") and decided is not None and reason in _POLICY_REASONS:
+    if status in ("skipped", "held") and decided is not None and _policy_reason(reason):
         d = dp.Decision(
             "skip" if status == "skipped" else "hold",
             reason,
-            None,  # type: ignore[arg-type]
+            None,
             decided.get("detail") or {},
         )
         try:

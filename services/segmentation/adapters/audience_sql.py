@@ -13,11 +13,12 @@ primary key, so every condition sees the same columns and the members are the sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import FromClause, Select, and_, exists, func, literal, not_, or_, select, union
+from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, func, literal, not_, or_, select, union
 
 from services.segmentation.adapters.tables import (
     behaviours,
@@ -97,7 +98,7 @@ class Compiler:
         tier, cell, class and region compare the bare column, which their indexes can serve."""
         u, s, c, p, m = self.u, self.s, self.c, self.p, self.m
 
-        def member(col: Any, values: list[str]) -> Any:
+        def member(col: Any, values: Sequence[str]) -> Any:
             return func.coalesce(col, "").in_(values) if negated else col.in_(values)
 
         if isinstance(f, a.And):
@@ -122,7 +123,7 @@ class Compiler:
             )
         if isinstance(f, a.Recency):
             # Recency in calendar days of the merchant's zone, as instants on last_order_at.
-            conds = [c.c.last_order_at.isnot(None)]
+            conds: list[ColumnElement[bool]] = [c.c.last_order_at.isnot(None)]
             if f.recency_days.lte is not None:
                 conds.append(c.c.last_order_at >= self._midnight_days_ago(f.recency_days.lte))
             if f.recency_days.gte is not None:
@@ -141,16 +142,16 @@ class Compiler:
                 conds.append(col <= rng.lte)
             return and_(*conds)
         if isinstance(f, (a.FirstOrder, a.LastOrder)):
-            col, rng = (
+            at, window = (
                 (c.c.first_order_at, f.first_order_at)
                 if isinstance(f, a.FirstOrder)
                 else (c.c.last_order_at, f.last_order_at)
             )
-            conds = [col.isnot(None)]
-            if rng.gte is not None:
-                conds.append(col >= rng.gte)
-            if rng.lt is not None:
-                conds.append(col < rng.lt)
+            conds = [at.isnot(None)]
+            if window.gte is not None:
+                conds.append(at >= window.gte)
+            if window.lt is not None:
+                conds.append(at < window.lt)
             return and_(*conds)
         if isinstance(f, a.Region):
             return member(p.c.region, f.region)

@@ -7,6 +7,7 @@ comparison in SQL is on ``last_order_at`` itself, exact across DST changes, on b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from itertools import product
 from typing import Any
@@ -20,7 +21,13 @@ from shared.db import day_start_plus
 
 class ScoreSql:
     def __init__(
-        self, bounds: Boundaries, split: Split, levels: int, tier_overrides: dict[str, str], tz: str, now: datetime
+        self,
+        bounds: Boundaries,
+        split: Split,
+        levels: int,
+        tier_overrides: Mapping[str, str],
+        tz: str,
+        now: datetime,
     ):
         self.bounds, self.split, self.levels, self.overrides, self.tz = bounds, split, levels, tier_overrides, tz
         self.zone = ZoneInfo(tz)

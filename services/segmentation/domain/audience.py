@@ -10,7 +10,7 @@ Validated here (pure); compiled to SQL by adapters/audience_sql.py.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -137,24 +137,29 @@ class Not(_Strict):
     not_: Filter = Field(alias="not")
 
 
+# One condition: its model, tagged with the one key that names it (in the order of the error
+# message's list of kinds).
+_Condition = (
+    Annotated[And, Tag("and")]
+    | Annotated[Or, Tag("or")]
+    | Annotated[Not, Tag("not")]
+    | Annotated[Tier, Tag("tier")]
+    | Annotated[Cell, Tag("cell")]
+    | Annotated[RfmClassIs, Tag("rfm_class")]
+    | Annotated[HasTag, Tag("tag")]
+    | Annotated[Recency, Tag("recency_days")]
+    | Annotated[Frequency, Tag("frequency")]
+    | Annotated[Monetary, Tag("monetary_fen")]
+    | Annotated[FirstOrder, Tag("first_order_at")]
+    | Annotated[LastOrder, Tag("last_order_at")]
+    | Annotated[Region, Tag("region")]
+    | Annotated[MemberLevel, Tag("member_level")]
+    | Annotated[BoughtCategory, Tag("bought_category")]
+    | Annotated[Interested, Tag("interested_not_bought")]
+    | Annotated[OrderedUnpaid, Tag("ordered_unpaid")]
+)
 _KINDS: dict[str, type[BaseModel]] = {
-    "and": And,
-    "or": Or,
-    "not": Not,
-    "tier": Tier,
-    "cell": Cell,
-    "rfm_class": RfmClassIs,
-    "tag": HasTag,
-    "recency_days": Recency,
-    "frequency": Frequency,
-    "monetary_fen": Monetary,
-    "first_order_at": FirstOrder,
-    "last_order_at": LastOrder,
-    "region": Region,
-    "member_level": MemberLevel,
-    "bought_category": BoughtCategory,
-    "interested_not_bought": Interested,
-    "ordered_unpaid": OrderedUnpaid,
+    member.__metadata__[0].tag: get_args(member)[0] for member in get_args(_Condition)
 }
 _KIND_OF = {model: kind for kind, model in _KINDS.items()}
 
@@ -163,11 +168,11 @@ def _kind(value: object) -> str | None:
     """A condition is an object with exactly one key, which names it."""
     if isinstance(value, dict):
         return next(iter(value)) if len(value) == 1 and next(iter(value)) in _KINDS else None
-    return _KIND_OF.get(type(value))  # type: ignore[arg-type]
+    return _KIND_OF.get(type(value)) if isinstance(value, BaseModel) else None
 
 
 Filter = Annotated[
-    Union[tuple(Annotated[model, Tag(kind)] for kind, model in _KINDS.items())],  # type: ignore[misc]  # noqa: UP007
+    _Condition,
     Discriminator(
         _kind,
         custom_error_type="invalid_filter",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -86,7 +87,7 @@ class RfmConfig(BaseModel):
                     raise ValueError(
                         f"boundaries.{dim}: {self.levels} levels need {self.levels - 1} boundaries, got {len(bounds)}"
                     )
-                if any(b <= a for a, b in zip(bounds, bounds[1:])):
+                if any(b <= a for a, b in pairwise(bounds)):
                     raise ValueError(f"boundaries.{dim}: boundaries overlap; they must be strictly ascending")
         return self
 

@@ -96,11 +96,11 @@ def fold(events: Iterable[Any]) -> Folded:
     for e in events:
         t, d = e.type, e.data
         if t in BEHAVIOUR_KINDS:
-            key = (e.merchant_id, e.customer_id, BEHAVIOUR_KINDS[t], d.sku)
-            b = out.behaviours.get(key)
+            bkey = (e.merchant_id, e.customer_id, BEHAVIOUR_KINDS[t], d.sku)
+            b = out.behaviours.get(bkey)
             if b is None:
-                out.behaviours[key] = Behaviour(
-                    e.merchant_id, e.customer_id, key[2], d.sku, d.category, 1, e.occurred_at, e.occurred_at
+                out.behaviours[bkey] = Behaviour(
+                    e.merchant_id, e.customer_id, bkey[2], d.sku, d.category, 1, e.occurred_at, e.occurred_at
                 )
             else:
                 b.count += 1
@@ -109,10 +109,10 @@ def fold(events: Iterable[Any]) -> Folded:
             continue
         if t not in ORDER_TYPES:
             continue
-        key = (e.merchant_id, d.order_id)
-        facts = out.orders.get(key)
+        okey = (e.merchant_id, d.order_id)  # an order is one per merchant, as its table's primary key
+        facts = out.orders.get(okey)
         if facts is None:
-            facts = out.orders[key] = OrderFacts(e.merchant_id, d.order_id, e.customer_id)
+            facts = out.orders[okey] = OrderFacts(e.merchant_id, d.order_id, e.customer_id)
         at = e.occurred_at
         if t == "order.paid":
             if facts.paid_at is None or at < facts.paid_at:

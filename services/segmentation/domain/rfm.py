@@ -10,6 +10,7 @@ recency is a high level. Boundaries are ascending numbers, one fewer than the le
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 DIMENSIONS = ("recency_days", "frequency", "monetary_fen")
@@ -85,7 +86,7 @@ class Score:
     rfm_class: RfmClass
 
 
-def tier_of(r: int, f: int, m: int, levels: int, tier_overrides: dict[str, str] | None = None) -> str:
+def tier_of(r: int, f: int, m: int, levels: int, tier_overrides: Mapping[str, str] | None = None) -> str:
     """The tier of a cell: the merchant's override of its 27-cell fold, else the default."""
     r3, f3, m3 = to_three(r, levels), to_three(f, levels), to_three(m, levels)
     return (tier_overrides or {}).get(f"{r3}-{f3}-{m3}") or default_tier(r3, f3, m3)
@@ -99,7 +100,7 @@ def score(
     boundaries: Boundaries,
     levels: int,
     split: Split,
-    tier_overrides: dict[str, str] | None = None,
+    tier_overrides: Mapping[str, str] | None = None,
 ) -> Score:
     r = level_recency(recency_days, boundaries.recency_days)
     f = level_up(frequency, boundaries.frequency)

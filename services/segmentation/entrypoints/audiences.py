@@ -8,13 +8,14 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segmentation.adapters.audience_sql import Compiler
@@ -367,9 +368,9 @@ async def list_tag_rules(merchant: AdminMerchant, session: Session) -> list[TagR
 @router.delete("/v1/tags/{name}", status_code=204, tags=["audiences"], summary="Delete a custom tag")
 async def delete_tag_rule(name: TagName, merchant: AdminMerchant, session: Session) -> None:
     async with session.begin():
-        result = await session.execute(
-            tag_rules.delete().where(tag_rules.c.merchant_id == merchant.merchant_id, tag_rules.c.name == name)
-        )
+        stmt = tag_rules.delete().where(tag_rules.c.merchant_id == merchant.merchant_id, tag_rules.c.name == name)
+        # A DELETE runs on a cursor: its result is a CursorResult (AsyncSession.execute says Result).
+        result = cast("CursorResult[Any]", await session.execute(stmt))
     if not result.rowcount:
         raise ApiError(404, "not_found", f"no custom tag {name!r}", field="path.name")
     custom_requested.set()

@@ -57,6 +57,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from services.segmentation.adapters.aggregates import recompute_categories, recompute_customers
 from services.segmentation.adapters.tables import customers, import_jobs, messaging, orders, rescore_jobs, rfm_configs
 from shared import clock, faults
+from shared.cli import process_settings
 from shared.db import UTCDateTime, create_engine, insert_for
 from shared.runtime import migrate
 from shared.settings import Settings
@@ -474,7 +475,7 @@ def _run(conn: Connection, job: _Job, result: ImportResult) -> None:
                             parsed = _parse(
                                 row, i_order, i_customer, i_paid, i_amount, i_status, zone, latest, is_sqlite
                             )
-                            if type(parsed) is tuple:
+                            if isinstance(parsed, tuple):
                                 append(parsed)
                             elif parsed is None:
                                 result.not_paid += 1
@@ -723,10 +724,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stderr(f"line {line}: {reason}")
 
     try:
+        # The process's settings, with its logging and its clock (FUGOU_CLOCK_OFFSET) from them:
+        # "now" (the time an import is stamped with, a paid_at too far ahead) is the services'.
+        settings = process_settings()
         result = import_orders(
             args.csv,
             args.merchant,
-            database_url=args.database_url,
+            database_url=args.database_url or settings.database_url("segmentation"),
             timezone_name=args.timezone,
             chunk=args.chunk,
             restart=args.restart,

@@ -77,18 +77,18 @@ async def apply_profiles(session: AsyncSession, events: list[EnvelopeBase]) -> N
     latest: dict[tuple[str, str], EnvelopeBase] = {}
     registered: dict[tuple[str, str], datetime] = {}
     for e in events:
-        key = (e.merchant_id, e.customer_id)  # type: ignore[arg-type]
+        key = (e.merchant_id, e.customer_id or "")  # customer.* events always name their customer
         cur = latest.get(key)
         if cur is None or (e.occurred_at, e.event_id) > (cur.occurred_at, cur.event_id):
             latest[key] = e
-        if e.type == "customer.registered":  # type: ignore[attr-defined]
+        if e.type == "customer.registered":
             registered[key] = min(registered.get(key, e.occurred_at), e.occurred_at)
     await bulk_insert(
         session,
         profiles,
         ["merchant_id", "customer_id", "region", "birthday", "registered_at", "updated_at"],
         [
-            (m, c, e.data.region, e.data.birthday, registered.get((m, c)), e.occurred_at)  # type: ignore[attr-defined]
+            (m, c, e.data.region, e.data.birthday, registered.get((m, c)), e.occurred_at)  # type: ignore[attr-defined]  # data's model is its type's (CustomerData)
             for (m, c), e in latest.items()
         ],
         conflict=["merchant_id", "customer_id"],
@@ -115,7 +115,7 @@ async def apply_levels(session: AsyncSession, events: list[EnvelopeBase]) -> Non
         session,
         member_levels,
         ["merchant_id", "customer_id", "level", "changed_at"],
-        [(m, c, e.data.to_level, e.occurred_at) for (m, c), e in latest.items()],  # type: ignore[attr-defined]
+        [(m, c, e.data.to_level, e.occurred_at) for (m, c), e in latest.items()],  # type: ignore[attr-defined]  # data's model is its type's (LevelChangedData)
         conflict=["merchant_id", "customer_id"],
         update={
             "level": "CASE WHEN excluded.changed_at >= {t}.changed_at THEN excluded.level ELSE {t}.level END",
@@ -126,12 +126,12 @@ async def apply_levels(session: AsyncSession, events: list[EnvelopeBase]) -> Non
 
 async def handle(session: AsyncSession, events: list[EnvelopeBase]) -> None:
     """The consumer's entry: one transaction per batch (the consumer's), facts first."""
-    levels = [e for e in events if e.type == "level.changed"]  # type: ignore[attr-defined]
+    levels = [e for e in events if e.type == "level.changed"]
     if levels:
         await apply_levels(session, levels)
-    said = [e for e in events if e.type in PROFILE_TYPES]  # type: ignore[attr-defined]
+    said = [e for e in events if e.type in PROFILE_TYPES]
     if said:
         await apply_profiles(session, said)
-    facts = [e for e in events if e.type in FACT_TYPES]  # type: ignore[attr-defined]
+    facts = [e for e in events if e.type in FACT_TYPES]
     if facts:
         await apply_order_events(session, facts)

@@ -125,7 +125,7 @@ async def customer_values(
             )
         )
     ).all()
-    period: dict[str, tuple[int, int]] | None = None
+    period: dict[str, tuple[int, int, datetime | None]] | None = None  # F, M and the oldest order in the period
     if config.period_days is not None and rows:
         since = now - timedelta(days=config.period_days)
         o = orders

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import ARRAY, String, and_, any_, bindparam, exists, false, func, or_, select
+from sqlalchemy import ARRAY, BindParameter, String, and_, any_, bindparam, exists, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.segmentation.adapters.tables import (
@@ -84,7 +84,8 @@ class Seen(NamedTuple):
 def _stored_query(ids: Any) -> Any:
     """The columns of Stored, in its order, for the given customers of a merchant, then those of
     Seen (each computed once per statement)."""
-    c, s, m = customers.c, segments.c, bindparam("merchant_id")
+    c, s = customers.c, segments.c
+    m: BindParameter[str] = bindparam("merchant_id")
     jobs = rescore_jobs.c
     return (
         select(

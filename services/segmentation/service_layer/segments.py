@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
@@ -292,6 +293,7 @@ async def rescore(
                 gone.append(cid)
                 events.append(_changed(merchant_id, cid, _state(before, prev.tags), None, scoring.version))
             continue
+        moments: tuple[datetime | None, ...]
         if v is None:
             after, fm, period_change, moments = nothing, (None, None), None, (tags_change,)
         else:
@@ -301,11 +303,13 @@ async def rescore(
             moments = (tags_change, v.recency_change, period_change)
         next_change = min((m for m in moments if m is not None), default=None)
         moved = prev is None or after != before or prev.tags != tags_json
-        if (
-            moved
-            or (prev.next_change_at, prev.tags_change_at, prev.period_change_at)
-            != (next_change, tags_change, period_change)
-            or (prev.frequency, prev.monetary_fen) != fm
+        if moved or (
+            prev is not None  # (else moved)
+            and (
+                (prev.next_change_at, prev.tags_change_at, prev.period_change_at)
+                != (next_change, tags_change, period_change)
+                or (prev.frequency, prev.monetary_fen) != fm
+            )
         ):
             rows.append(
                 (
@@ -423,7 +427,7 @@ async def sweep(session: AsyncSession, now: datetime, limit: int = JOB_CHUNK) ->
             await score_in_sql(
                 session,
                 merchant_id,
-                lambda t: [t.c.merchant_id == merchant_id, in_values(t.c.customer_id, recency_only)],
+                partial(_of_customers, merchant_id, recency_only),
                 scoring,
                 now,
             )
@@ -432,9 +436,14 @@ async def sweep(session: AsyncSession, now: datetime, limit: int = JOB_CHUNK) ->
     return len(due)
 
 
+def _of_customers(merchant_id: str, customer_ids: list[str], t: Any) -> list[Any]:
+    """The rows of table ``t`` of these customers of a merchant (the ``rows`` of score_in_sql)."""
+    return [t.c.merchant_id == merchant_id, in_values(t.c.customer_id, customer_ids)]
+
+
 def _state(fields: tuple[Any, ...] | None, tags: str | list[str]) -> dict[str, Any]:
     """A segment as segment.changed tells it (stored tags are already JSON)."""
-    state = dict(zip(FIELDS, fields or (None,) * len(FIELDS)))
+    state = dict(zip(FIELDS, fields or (None,) * len(FIELDS), strict=True))
     state["tags"] = orjson.Fragment(tags) if isinstance(tags, str) else tags
     return state
 
