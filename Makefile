@@ -14,6 +14,7 @@ help:
 	@echo "make demo   - make run, filled with a synthetic shop (10,000 customers, six months) through the event API"
 	@echo "make lint   - ruff (lint and format) and mypy, as CI runs them first"
 	@echo "make test   - unit, integration and end-to-end tests against real Kafka and PostgreSQL"
+	@echo "make test-unit - the unit tier alone: no Kafka, PostgreSQL or browser, a few minutes"
 	@echo "make bench  - benchmarks (starts Kafka and PostgreSQL), figures with their peers"
 	@echo "make up     - distributed mode: Kafka, PostgreSQL and one process per service; make down stops it"
 
@@ -36,11 +37,18 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The tiers: tests/unit needs nothing but Python (no Kafka, PostgreSQL, browser or network) and
+# runs on every core; tests/integration, tests/e2e and tests/browser share one Kafka broker and one
+# PostgreSQL cluster that the session starts, so they run in one process.
+UNIT := -m pytest -p no:cacheprovider tests/unit -n auto --dist loadfile
+REAL := -m pytest -p no:cacheprovider tests/integration tests/e2e tests/browser
+
 test: venv
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) $(UNIT) $(PYTEST_ARGS)
+	$(PY) $(REAL) $(PYTEST_ARGS)
 
 test-unit: venv
-	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+	$(PY) $(UNIT) $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)

@@ -3,6 +3,8 @@ types every service uses, and the few statements whose SQL differs between the t
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
@@ -11,6 +13,7 @@ from time import monotonic as time_monotonic
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiosqlite
 from sqlalchemy import ARRAY, BigInteger, Boolean, DateTime, Integer, MetaData, any_, bindparam, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -64,13 +67,50 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+class SqliteConnection(aiosqlite.Connection):
+    """aiosqlite's connection, whose ``stop()`` may be called more than once.
+
+    aiosqlite's ``stop()`` queues "close, then end the worker thread" each time it is called, and
+    ``close()`` ends by calling it and awaiting that step. After a first ``stop()`` has ended the
+    thread, a second step is never run, and whoever awaits it waits forever. SQLAlchemy does exactly
+    this when a task is cancelled while its connection waits for SQLite's write lock (``BEGIN
+    IMMEDIATE``, up to the busy timeout): its terminate starts a shielded graceful ``close()``, and
+    on the cancellation calls ``stop()``; the graceful close then ends on a second ``stop()``. An
+    app stopped while a worker waited on the lock left such a task behind, and the event loop never
+    finished closing (the test session's 300 s teardown hang). Here every ``stop()`` after the
+    first answers with the first one's step, which the thread does run."""
+
+    _stopped: bool = False
+    _stopping: asyncio.Future[Any] | None = None
+
+    def stop(self) -> asyncio.Future[Any] | None:
+        if not self._stopped:
+            self._stopped = True
+            self._stopping = super().stop()
+        return self._stopping
+
+
+def _sqlite_connector(database: str) -> Any:
+    """SQLAlchemy's ``async_creator`` for SQLite: ``aiosqlite.connect`` with ``SqliteConnection``, the
+    arguments SQLAlchemy's dialect would pass, and its worker thread a daemon as the dialect makes it."""
+
+    def connect() -> SqliteConnection:
+        connection = SqliteConnection(
+            lambda: sqlite3.connect(database, check_same_thread=False, timeout=30), iter_chunk_size=64
+        )
+        connection._thread.daemon = True
+        return connection
+
+    return connect
+
+
 def create_engine(url: str, *, pool_size: int = 10, app_name: str = "fugou") -> AsyncEngine:
     """Build an engine; call it in a lifespan, never at import time."""
     if is_sqlite(url):
-        database = make_url(url).database
-        if database and database != ":memory:":
+        database = make_url(url).database or ":memory:"
+        if database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, async_creator=_sqlite_connector(database))
         _sqlite_pragmas(engine)
         return engine
     engine = create_async_engine(

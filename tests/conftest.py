@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -107,7 +110,9 @@ def pg_urls(postgres: Postgres) -> dict[str, str]:
 
 
 def embedded_settings(tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(
+    """Settings of the embedded system for a test, its SQLite files (those of services without a
+    database URL of their own) already migrated to the latest schema."""
+    settings = Settings(
         env="test",
         data_dir=tmp_path / "data",
         admin_token=ADMIN_TOKEN,  # type: ignore[arg-type]
@@ -115,6 +120,36 @@ def embedded_settings(tmp_path: Path, **overrides: object) -> Settings:
         relay_idle_ms=20,
         **overrides,
     )
+    if not settings.data_dir.exists():
+        settings.data_dir.mkdir(parents=True)
+        for name in SERVICES:
+            if not getattr(settings, f"{name}_database_url"):
+                shutil.copyfile(_migrated_sqlite() / f"{name}.sqlite", settings.data_dir / f"{name}.sqlite")
+    return settings
+
+
+@functools.cache
+def _migrated_sqlite() -> Path:
+    """Each service's SQLite database at the latest migration, made once per session. Starting a
+    service runs its migrations (a no-op at head), so a copy of these is what a fresh one would
+    build, in a fraction of the time; tests/integration/test_migrations.py checks the migrations."""
+    from services.registry import SPECS
+    from shared.db import create_engine
+    from shared.runtime import migrate
+
+    folder = Path(tempfile.mkdtemp(prefix="fugou-migrated-"))
+
+    async def build() -> None:
+        for name, spec in SPECS.items():
+            engine = create_engine(f"sqlite+aiosqlite:///{folder / f'{name}.sqlite'}")
+            try:
+                await migrate(engine, spec)
+            finally:
+                await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:  # its own loop, whatever loop the caller runs in
+        pool.submit(asyncio.run, build()).result()
+    return folder
 
 
 def kafka_pg_settings(tmp_path: Path, kafka: Kafka, pg_urls: dict[str, str], **overrides: object) -> Settings:
@@ -166,7 +201,6 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Setti
     return lambda **overrides: kafka_pg_settings(tmp_path, kafka, urls, **overrides)
 
 
-_ENFORCE_TIERS = False  # TODO(tiers): on once tests/unit holds no such test
 _INFRASTRUCTURE = {"kafka": "kafka", "postgres": "postgres", "pg_urls": "postgres"}
 
 
@@ -181,9 +215,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for fixture, marker in _INFRASTRUCTURE.items():
             if fixture in names:
                 item.add_marker(getattr(pytest.mark, marker))
-        if item.path.is_relative_to(unit) and any(item.iter_markers(name=m) for m in ("kafka", "postgres", "browser")):
+        if item.path.is_relative_to(unit) and any(item.get_closest_marker(m) for m in ("kafka", "postgres", "browser")):
             misplaced.append(item.nodeid)
-    if misplaced and _ENFORCE_TIERS:
+    if misplaced:
         raise pytest.UsageError(
             "tests/unit needs no Kafka, PostgreSQL or browser; move these to tests/integration, tests/e2e or "
             "tests/browser:\n  " + "\n  ".join(misplaced)

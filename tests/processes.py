@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,14 +27,17 @@ class ServiceProcess:
 
     def start(self, extra_env: dict[str, str] | None = None) -> ServiceProcess:
         mod, *cmd = self.module.split()
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", mod, *cmd, *self.args, "--port", str(self.port)],
-            cwd=ROOT,
-            env={**os.environ, **self.env, **(extra_env or {})},
-            stdout=log,
-            stderr=log,
-        )
+        # The child keeps its own copy of the log's descriptor; ours is closed once it is started.
+        # Its environment is the suite's (FUGOU_CLOCK_OFFSET included: the process keeps the
+        # suite's date) with the service's settings on top.
+        with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", mod, *cmd, *self.args, "--port", str(self.port)],
+                cwd=ROOT,
+                env={**os.environ, **self.env, **(extra_env or {})},
+                stdout=log,
+                stderr=log,
+            )
         return self
 
     @property

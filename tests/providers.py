@@ -64,6 +64,8 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from services.notifications.adapters.channels.sms import aliyun_signature
 from services.notifications.adapters.channels.webhook import verify_webhook_signature
+from shared import clock
+from shared.settings import Settings
 
 WECHAT_APP_ID = "wx0fake0app0id0001"
 WECHAT_APP_SECRET = "wechat-fake-app-secret"
@@ -221,7 +223,7 @@ class FakeProviderApp:
         try:
             skew = abs(
                 (
-                    datetime.strptime(params["Timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
+                    datetime.strptime(params["Timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - clock.now()
                 ).total_seconds()
             )
         except (KeyError, ValueError):
@@ -539,6 +541,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="request bodies kept per kind")
     args = parser.parse_args(argv)
+    # Aliyun refuses a request whose Timestamp is 15 minutes off its own clock: the fake's clock is
+    # the one the services run on (moved by FUGOU_CLOCK_OFFSET, like theirs).
+    clock.install(clock.SystemClock(Settings(env="test").clock_offset))
     sock = _listening_socket(args.port)
     print(f"READY http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     _server(FakeProviderApp(keep=args.keep)).run(sockets=[sock])
@@ -582,7 +587,7 @@ class _SmtpHandler:
         rcpt_options: list[str],
     ) -> str:
         if address.lower() in self.fake.rejected:
-            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

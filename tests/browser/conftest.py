@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, async_playwright
 
 from demo import feed, shop
@@ -72,7 +73,7 @@ def chromium() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser(chromium: str) -> AsyncIterator[Browser]:
     # The system Chromium, never one Playwright downloads (no `playwright install`).
     async with async_playwright() as pw:
@@ -99,7 +100,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, f"report_{report.when}", report)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def tab(
     browser: Browser, console: Console, artifacts: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Tab]:
@@ -164,7 +165,7 @@ async def until_known(url: str, key: str, timeout: float = 30) -> None:
         await asyncio.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def console(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> AsyncIterator[Console]:
     """`make run` as a merchant's browser meets it: python -m services.embedded on a free loopback
     port (SQLite, in-process bus), the demo shop fed through POST /v1/events and scored."""

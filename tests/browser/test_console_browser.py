@@ -13,7 +13,8 @@ import pytest
 
 from tests.browser.tab import EN, FEN, INT, PCT, Console, Tab, t, until_equal
 
-pytestmark = pytest.mark.browser
+# One browser for the session: its pages, and the tests that drive them, live in the session's loop.
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
 # What each page says when the merchant has no data (pages not listed must still show an empty state).
 EMPTY_TEXT = {

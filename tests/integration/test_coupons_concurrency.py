@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from services.coupons.service_layer import wallet
 from services.coupons.service_layer.issue import issue
 from services.coupons.service_layer.templates import create_template, get_template
 from services.coupons.spec import SPEC
+from shared import clock
 from shared.cli import build_service_app
 from shared.events import parse_event
 from shared.runtime import ServiceRuntime
@@ -58,7 +59,7 @@ class Api:
         async with self.rt.sessions() as session, session.begin():
             stored = await get_template(session, MERCHANT, template_id)
             assert stored is not None
-            result = await issue(session, MERCHANT, stored, [customer_id], count=count, now=datetime.now(UTC))
+            result = await issue(session, MERCHANT, stored, [customer_id], count=count, now=clock.now())
         return [c for _, c in result.issued]
 
     async def scalar(self, statement: Any) -> Any:
@@ -88,7 +89,7 @@ async def api(tmp_path: Path, pg_urls: dict[str, str]) -> AsyncIterator[Api]:
                     timezone="Asia/Shanghai",
                     jwt_secret=SECRET.encode(),
                     active=True,
-                    updated_at=datetime.now(UTC),
+                    updated_at=clock.now(),
                 )
             )
         yield Api(client, rt)
@@ -146,7 +147,7 @@ def paid(customer_id: str, order_id: str, coupon_ids: list[str]) -> Any:
             "type": "order.paid",
             "merchant_id": MERCHANT,
             "customer_id": customer_id,
-            "occurred_at": datetime.now(UTC).isoformat(),
+            "occurred_at": clock.now().isoformat(),
             "data": {
                 "order_id": order_id,
                 "amount_fen": 2400,
@@ -243,7 +244,7 @@ async def test_concurrent_expiry_sweeps_expire_each_coupon_once(api: Api) -> Non
     ids = []
     for i in range(10):
         ids += await api.issue(tid, f"u-{i}", count=300)
-    later = datetime.now(UTC) + timedelta(days=8)
+    later = clock.now() + timedelta(days=8)
     results = await asyncio.gather(*(wallet.run_clock(api.rt.sessions, later, chunk=250) for _ in range(3)))
     assert sum(expired for expired, _ in results) == len(ids) == 3000
     assert await api.scalar(select(func.count()).select_from(coupons).where(coupons.c.state == "expired")) == 3000

@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from services.loyalty.adapters.tables import accounts, entries, messaging, order
 from services.loyalty.service_layer.clock import run_clock
 from services.loyalty.service_layer.handlers import handle
 from services.loyalty.spec import SPEC
+from shared import clock
 from shared.cli import build_service_app
 from shared.events import parse_event
 from shared.runtime import ServiceRuntime
@@ -78,7 +79,7 @@ async def api(tmp_path: Path, pg_urls: dict[str, str]) -> AsyncIterator[Api]:
                     timezone="Asia/Shanghai",
                     jwt_secret=SECRET.encode(),
                     active=True,
-                    updated_at=datetime.now(UTC),
+                    updated_at=clock.now(),
                 )
             )
             await session.execute(
@@ -185,7 +186,7 @@ def _paid(customer_id: str, order_id: str, amount_fen: int, at: datetime) -> Any
 
 
 async def test_two_clocks_at_once_mature_each_order_exactly_once(api: Api) -> None:
-    now = datetime.now(UTC)
+    now = clock.now()
     async with api.rt.sessions() as session, session.begin():
         await handle(session, [_paid(f"u-{i % 50}", f"o-{i}", 1_000, now) for i in range(300)])
     later = now + timedelta(days=8)
@@ -204,7 +205,7 @@ async def test_two_clocks_at_once_mature_each_order_exactly_once(api: Api) -> No
 
 
 async def test_the_consumer_and_customers_on_the_same_accounts_at_once_keep_every_ledger_reconciled(api: Api) -> None:
-    now = datetime.now(UTC)
+    now = clock.now()
     customers = [f"u-{i}" for i in range(10)]
     for cid in customers:
         r = await api.client.post(

@@ -25,11 +25,23 @@ from shared.db import create_engine, session_factory
 from shared.events import EnvelopeBase, new_event
 from shared.runtime import migrate
 from shared.settings import Settings
+from tests.conftest import Backend
+from tests.factories import local_day
 from tests.providers import FakeProviders
 
 M = "m-notify"
+# The merchant's clock is Asia/Shanghai (CST). The tests run on this week's Tuesday (the most recent
+# one, today if today is one), read from the suite's clock: caps count a calendar day and an ISO week.
+TUESDAY = local_day(-((local_day().weekday() - 1) % 7))
+
+
+def shanghai(days: int, hour: int, minute: int = 0) -> datetime:
+    """``hour:minute`` in Shanghai, ``days`` after that Tuesday."""
+    return TUESDAY + timedelta(days=days, hours=hour, minutes=minute)
+
+
 # 11:00 in Shanghai: outside the default quiet hours (21:00–09:00).
-NOON = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
+NOON = shanghai(0, 11)
 
 
 @dataclass
@@ -38,12 +50,10 @@ class Store:
     dialect: str
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'n.sqlite'}"
-    else:
-        url = request.getfixturevalue("pg_urls")["notifications"]
+@pytest.fixture
+async def store(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]:
+    """The notifications store, once on SQLite and once on PostgreSQL (the shared ``backend``)."""
+    url = backend.database_url("notifications") or f"sqlite+aiosqlite:///{tmp_path / 'n.sqlite'}"
     engine = create_engine(url)
     await migrate(engine, SPEC)
     sessions = session_factory(engine)
@@ -58,7 +68,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                 updated_at=NOON,
             )
         )
-    yield Store(sessions, request.param)
+    yield Store(sessions, backend.name)
     await engine.dispose()
 
 
@@ -238,7 +248,7 @@ async def test_a_provider_outage_holds_messages_and_loses_none(store: Store, fak
 async def test_quiet_hours_hold_marketing_until_the_window_opens_and_let_transactional_through(
     store: Store, fake: Any
 ) -> None:
-    night = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)  # 22:30 in Shanghai
+    night = shanghai(0, 22, 30)
     await setup(store)  # console channel, default quiet hours 21:00–09:00
     await feed(store, [customer("c1"), coupon("c1")], now=night)
     n = notifier()
@@ -247,7 +257,7 @@ async def test_quiet_hours_hold_marketing_until_the_window_opens_and_let_transac
     async with store.sessions() as s:
         row = (await s.execute(select(messages.c.status, messages.c.due_at))).one()
     assert row.status == "held"
-    assert row.due_at == datetime(2026, 11, 25, 1, 0, tzinfo=UTC)  # 09:00 the next morning
+    assert row.due_at == shanghai(1, 9)  # 09:00 the next morning
     # Not before the window opens …
     assert (await dispatch.dispatch_once(n, store.sessions, now=row.due_at - timedelta(seconds=1))).claimed == 0
     # … and then, once.
@@ -276,6 +286,7 @@ async def test_quiet_hours_hold_marketing_until_the_window_opens_and_let_transac
 
 async def test_marketing_caps_count_across_triggers_and_days_on_the_merchants_clock(store: Store) -> None:
     await setup(store)  # sms: 1 a day, 3 a week
+    assert NOON.weekday() == 1  # a Tuesday, so the five days below are one ISO week
     await feed(store, [customer("c1")])
     n = notifier()
     sent = []
@@ -404,26 +415,37 @@ async def test_birthdays_are_wished_on_the_merchants_own_day_once_a_year(store: 
             NOON,
         )
         await config.save_policy(s, M, config.Policy(marketing_requires_explicit_consent=False), NOON)
+    today, tomorrow = NOON.date(), shanghai(1, 0).date()
+    born_on = tomorrow.replace(year=tomorrow.year - 36)  # with the year (a leap year if tomorrow is 29 February)
     born = new_event(
-        "customer.registered", M, {"phone": "13800138000", "birthday": "1990-11-25"}, customer_id="c1", occurred_at=NOON
+        "customer.registered",
+        M,
+        {"phone": "13800138000", "birthday": born_on.isoformat()},
+        customer_id="c1",
+        occurred_at=NOON,
     )
     other = new_event(
-        "customer.registered", M, {"phone": "13800138001", "birthday": "11-24"}, customer_id="c2", occurred_at=NOON
+        "customer.registered",
+        M,
+        {"phone": "13800138001", "birthday": f"{today:%m-%d}"},
+        customer_id="c2",
+        occurred_at=NOON,
     )
     await feed(store, [born, other])
-    # 2026-11-24 17:00 UTC is already the 25th in Shanghai: c1's birthday there, not c2's.
-    evening = datetime(2026, 11, 24, 17, 0, tzinfo=UTC)
+    # 17:00 UTC on Tuesday is already Wednesday in Shanghai: c1's birthday there, not c2's.
+    evening = shanghai(1, 1)
+    assert (evening.astimezone(UTC).date(), evening.astimezone(UTC).hour) == (today, 17)
     assert await birthdays_once(store.sessions, "http://fugou.test", evening) == 1
     assert await birthdays_once(store.sessions, "http://fugou.test", evening + timedelta(hours=2)) == 0  # once
     async with store.sessions() as s:
         rows = (await s.execute(select(messages.c.customer_id, messages.c.trigger_key))).all()
-    assert [(r.customer_id, r.trigger_key) for r in rows] == [("c1", "birthday:2026")]
+    assert [(r.customer_id, r.trigger_key) for r in rows] == [("c1", f"birthday:{tomorrow.year}")]
     n = notifier()
     await dispatch.dispatch_once(n, store.sessions, now=evening + timedelta(hours=10))  # 11:00 local
     await n.aclose()
     async with store.sessions() as s:
         rendered = (await s.execute(select(messages.c.rendered))).scalar()
-    assert "11月25日生日快乐" in rendered
+    assert f"{tomorrow.month}月{tomorrow.day}日生日快乐" in rendered
 
 
 async def test_a_dormant_customer_gets_the_recall_and_a_due_category_its_replenishment(store: Store) -> None:

@@ -21,8 +21,9 @@ import pytest
 from tests.conftest import create_databases
 from tests.factories import eventually, order_paid
 from tests.infra import Kafka, Postgres, running_kafka, running_postgres
-from tests.integration.test_reliability import env_for, expected_totals, plain_dsn, publish, scalar, totals
+from tests.infra import pg_scalar as scalar
 from tests.processes import ServiceProcess
+from tests.real_stack import env_for, expected_totals, plain_dsn, publish, totals
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(240)]
 KEY = "fg_outage_key"

@@ -138,7 +138,7 @@ def test_a_cart_is_validated() -> None:
     with pytest.raises(ValidationError, match="paid_orders_today"):
         Cart.model_validate({"lines": [{"sku": "a", "quantity": 1, "amount_fen": 100}], "paid_orders_today": -1})
     with pytest.raises(ValueError, match="timezone-aware"):
-        Held("c", tpl(pct(80)), expires_at=datetime(2026, 12, 1))
+        Held("c", tpl(pct(80)), expires_at=NOW.replace(tzinfo=None))
 
 
 # --- combinations -------------------------------------------------------------------------------
@@ -335,5 +335,5 @@ def test_every_pick_adds_up_over_its_lines(coupons: list[Held], c: Cart) -> None
     for p in best.chosen:
         if p.on == "goods":
             assert sum(p.lines_fen) == p.discount_fen
-            per_line = [a + b for a, b in zip(per_line, p.lines_fen)]
-    assert all(0 <= taken <= line.amount_fen for taken, line in zip(per_line, c.lines))
+            per_line = [a + b for a, b in zip(per_line, p.lines_fen, strict=True)]
+    assert all(0 <= taken <= line.amount_fen for taken, line in zip(per_line, c.lines, strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import subprocess
@@ -36,6 +37,8 @@ from services.coupons.domain.rules import (
     schedule_trigger_key,
 )
 from services.coupons.domain.templates import CategoryScope, FreeShipping, PercentOff
+from shared import clock
+from tests.factories import local_day, month_start
 from tests.infra import ROOT
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -144,8 +147,16 @@ def test_a_schedule_that_never_fires_is_refused_with_that_reason() -> None:
         schedule("0 0 31 4,6,9,11 *")
 
 
-def test_a_leap_day_schedule_fires_within_five_years() -> None:
-    assert next_fire(schedule("0 0 29 2 *"), datetime(2026, 1, 1, tzinfo=UTC)) == datetime(2028, 2, 28, 16, tzinfo=UTC)
+def test_a_leap_day_schedule_fires_within_five_years(frozen_clock: clock.ManualClock) -> None:
+    now = frozen_clock.now()
+    s = schedule("0 0 29 2 *")  # validated against now: accepted whatever today is
+    year = now.astimezone(SH).year
+    while not (calendar.isleap(year) and datetime(year, 2, 29, tzinfo=SH) > now):
+        year += 1
+    fire = next_fire(s, now)
+    assert fire == datetime(year, 2, 29, tzinfo=SH)  # the next leap day after today, at midnight in Shanghai
+    assert (fire.tzinfo, fire.month, fire.day, fire.hour) == (UTC, 2, 28, 16)  # its instant in UTC
+    assert fire - now < timedelta(days=5 * 365)
 
 
 def test_the_never_fires_check_is_against_the_validation_moment() -> None:
@@ -168,40 +179,53 @@ def test_bad_crons_and_time_zones_are_refused() -> None:
     assert loc == "trigger.schedule.timezone" and "unknown time zone 'Asia/Beijing'" in msg
 
 
-def test_the_monthly_schedule_fires_at_nine_on_the_merchants_clock() -> None:
+def test_the_monthly_schedule_fires_at_nine_on_the_merchants_clock(frozen_clock: clock.ManualClock) -> None:
     s = schedule("0 9 1 * *")
-    assert next_fire(s, datetime(2026, 11, 15, tzinfo=SH)) == datetime(2026, 12, 1, 1, tzinfo=UTC)
-    fire = datetime(2026, 12, 1, 9, tzinfo=SH)
-    assert next_fire(s, fire) == datetime(2027, 1, 1, 1, tzinfo=UTC)  # strictly after
-    fires = fires_between(s, datetime(2026, 9, 1, 9, tzinfo=SH), datetime(2026, 12, 1, 9, tzinfo=SH))
-    assert fires == [datetime(2026, m, 1, 1, tzinfo=UTC) for m in (10, 11, 12)]  # (start, end]
-    assert all(f.tzinfo == UTC for f in fires)
+
+    def nine_on_the_1st(months: int) -> datetime:
+        """09:00 on the 1st of the month ``months`` after this one, in Shanghai (01:00 UTC)."""
+        return month_start(months, SH) + timedelta(hours=9)
+
+    assert next_fire(s, month_start(0, SH) + timedelta(days=14)) == nine_on_the_1st(1)  # from the 15th
+    assert next_fire(s, nine_on_the_1st(1)) == nine_on_the_1st(2)  # strictly after
+    fires = fires_between(s, nine_on_the_1st(-2), nine_on_the_1st(1))
+    assert fires == [nine_on_the_1st(m) for m in (-1, 0, 1)]  # (start, end]
+    assert all(f.tzinfo == UTC and (f.day, f.hour, f.minute) == (1, 1, 0) for f in fires)
 
 
-def test_fires_between_is_bounded_and_resumable() -> None:
+def test_fires_between_is_bounded_and_resumable(frozen_clock: clock.ManualClock) -> None:
     every_minute = schedule("* * * * *")
-    start = datetime(2026, 11, 1, tzinfo=UTC)
+    start = local_day(0, tz=UTC)
     first = fires_between(every_minute, start, start + timedelta(days=1), limit=100)
     assert len(first) == 100
     rest = fires_between(every_minute, first[-1], start + timedelta(days=1), limit=2000)
     assert len(first) + len(rest) == 24 * 60 and rest[0] == first[-1] + timedelta(minutes=1)
 
 
-def test_a_wall_time_repeated_when_clocks_turn_back_fires_once() -> None:
+def test_a_wall_time_repeated_when_clocks_turn_back_fires_once(frozen_clock: clock.ManualClock) -> None:
+    new_york = ZoneInfo("America/New_York")
     s = schedule("30 1 * * *", "America/New_York")
-    fires = fires_between(s, datetime(2026, 10, 31, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
+    # The next day New York turns its clocks back an hour (01:00-02:00 happens twice), after today.
+    day = frozen_clock.now().astimezone(new_york).date()
+    while True:
+        day += timedelta(days=1)
+        midnight = datetime(day.year, day.month, day.day, tzinfo=new_york)
+        if (midnight + timedelta(days=1)).utcoffset() < midnight.utcoffset():
+            break
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(days=1)
+    fires = fires_between(s, start, start + timedelta(days=3))
     assert fires == [
-        datetime(2026, 10, 31, 5, 30, tzinfo=UTC),
-        datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
-        datetime(2026, 11, 2, 6, 30, tzinfo=UTC),
+        start + timedelta(hours=5, minutes=30),  # 01:30 EDT (UTC-4)
+        start + timedelta(days=1, hours=5, minutes=30),  # the first 01:30 of the day, still EDT
+        start + timedelta(days=2, hours=6, minutes=30),  # 01:30 EST (UTC-5): the repeated one did not fire
     ]
-    assert next_fire(s, datetime(2026, 11, 1, 5, 30, tzinfo=UTC)) == datetime(2026, 11, 2, 6, 30, tzinfo=UTC)
+    assert next_fire(s, fires[1]) == fires[2]
 
 
 def test_schedule_trigger_keys_are_the_utc_instant() -> None:
     assert schedule_trigger_key(datetime(2026, 12, 1, 9, tzinfo=SH)) == "schedule:2026-12-01T01:00:00+00:00"
     with pytest.raises(ValueError, match="timezone-aware"):
-        next_fire(schedule("0 9 1 * *"), datetime(2026, 12, 1))
+        next_fire(schedule("0 9 1 * *"), local_day(0).replace(tzinfo=None))
 
 
 # --- audience, action, caps, holdout ------------------------------------------------------------
@@ -349,7 +373,7 @@ def test_audience_winback_targets_lapsed_tier_b_daily_with_an_85_coupon_once_eac
     assert PRESETS["audience_winback"](tiers=("C", "B", "C")).rule.audience.filter["and"][0] == {"tier": ["B", "C"]}
     with pytest.raises(ValueError, match="tiers must be some of S, A, B, C"):
         PRESETS["audience_winback"](tiers=("X",))
-    with pytest.raises(ValueError, match="inactive_days must be 1..3650"):
+    with pytest.raises(ValueError, match=r"inactive_days must be 1\.\.3650"):
         PRESETS["audience_winback"](inactive_days=0)
 
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from services.coupons.domain.rules import PRESETS, in_holdout
-from tests.unit.test_coupons_issuance import H, cash_template, paid, percent_template, shop
+from tests.coupons_shop import H, cash_template, paid, percent_template, shop
+from tests.factories import month_start
 
 
 def refusal(r: httpx.Response) -> tuple[str, str]:
@@ -166,8 +167,8 @@ async def test_an_invalid_rule_is_refused_naming_the_field_and_the_reason(tmp_pa
                         "type": "goal",
                         "metric": "paid_orders",
                         "threshold": 5,
-                        "window_start": "2025-01-01T00:00:00+08:00",
-                        "window_end": "2025-02-01T00:00:00+08:00",
+                        "window_start": month_start(-2).isoformat(),  # last month but one: ended
+                        "window_end": month_start(-1).isoformat(),
                     },
                 ),
                 "body.trigger.window_end",
@@ -229,18 +230,17 @@ async def test_presets_describe_their_parameters_defaults_and_what_they_create(t
         assert welcome["creates"]["templates"]["repurchase"]["kind"]["pay_percent"] == 85
         month = next(p for p in listed if p["name"] == "goal_orders_in_month")
         assert {p["name"] for p in month["params"] if p["required"]} == {"year", "month"}
-        assert month["example_params"] == {"year": 2026, "month": 11}
+        nxt = month_start(1)  # the example is next month on the merchant's calendar: one the API takes
+        assert month["example_params"] == {"year": nxt.year, "month": nxt.month}
+        window = next(p for p in listed if p["name"] == "goal_spend_in_window")["example_params"]
+        assert window == {"window_start": nxt.isoformat(), "window_end": month_start(2).isoformat()}
 
 
-async def test_every_preset_is_enabled_with_one_call(tmp_path: Path) -> None:
-    params: dict[str, dict[str, Any]] = {
-        "goal_orders_in_month": {"year": 2027, "month": 1},
-        "goal_spend_in_window": {
-            "window_start": "2027-06-01T00:00:00+08:00",
-            "window_end": "2027-07-01T00:00:00+08:00",
-        },
-    }
+async def test_every_preset_is_enabled_with_one_call_with_the_catalogues_own_example(tmp_path: Path) -> None:
     async with shop(tmp_path) as s:
+        listed = (await s.client.get("/v1/coupons/presets", headers=H)).json()
+        params: dict[str, dict[str, Any]] = {p["name"]: p["example_params"] or {} for p in listed}
+        assert params["goal_orders_in_month"] and params["goal_spend_in_window"]  # examples a user can copy
         for name in PRESETS:
             made = await s.preset(name, **params.get(name, {}))
             assert made["preset"] == name and made["rule"]["preset"] == name and made["rule"]["enabled"]
@@ -270,7 +270,9 @@ async def test_bad_preset_parameters_are_refused_with_the_reason_and_create_noth
         )
         assert field == "body" and "a discount above 100%" in message
         field, message = refusal(
-            await s.client.post("/v1/coupons/presets/goal_orders_in_month", json={"year": 2027}, headers=H)
+            await s.client.post(
+                "/v1/coupons/presets/goal_orders_in_month", json={"year": month_start(1).year}, headers=H
+            )
         )
         assert field == "body.month" and "required" in message
         field, message = refusal(

@@ -120,7 +120,7 @@ def test_naive_times_are_refused() -> None:
     loc, msg = rejection(valid_days=None, valid_from="2026-11-01T00:00:00", valid_until="2026-11-12T00:00:00+08:00")
     assert loc == "valid_from" and "timezone" in msg
     with pytest.raises(ValueError, match="timezone-aware"):
-        validity_window(template(), datetime(2026, 11, 1))
+        validity_window(template(), datetime.fromtimestamp(0, UTC).replace(tzinfo=None))  # naive
 
 
 def test_weekdays_and_hours_are_validated() -> None:

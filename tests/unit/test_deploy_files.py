@@ -30,6 +30,7 @@ from fastapi import FastAPI
 import shared.cli as cli
 from services.front_door import PROXIED
 from services.registry import SPECS
+from shared import clock
 from shared.proxy import route_table
 from shared.settings import Settings
 from shared.topics import all_topics, partitions
@@ -398,7 +399,10 @@ def _run_cli(monkeypatch: pytest.MonkeyPatch, call: Invocation, env: dict[str, s
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys, "argv", [f"services.{call.service}", *call.argv])
     try:
-        runpy.run_module(f"services.{call.service}", run_name="__main__", alter_sys=True)
+        # The entry point installs the clock of its settings (the environment above has no
+        # FUGOU_CLOCK_OFFSET): the suite's clock comes back after it.
+        with clock.installed(clock.current()):
+            runpy.run_module(f"services.{call.service}", run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         pytest.fail(f"`python -m services.{call.service} {shlex.join(call.argv)}` exits with {exc.code}")
     except ImportError as exc:
@@ -451,12 +455,13 @@ def test_the_image_exposes_its_port_and_starts_the_embedded_mode_by_default(monk
     assert argv[:3] == ["python", "-m", "services.embedded"], argv
     exposed = re.findall(r"^EXPOSE\s+(\d+)", text, re.M)
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(embedded, "configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda *a, **k: None)
     monkeypatch.setattr(embedded, "build_embedded_app", lambda settings, announce=True: object())
     monkeypatch.setattr(
         embedded, "serve", lambda app, host, port, log_level="warning": seen.update(host=host, port=port)
     )
-    embedded.main(argv[3:])
+    with clock.installed(clock.current()):  # the entry point installs its own clock: the suite's comes back
+        embedded.main(argv[3:])
     assert seen["host"] == "0.0.0.0"
     assert exposed == [str(seen["port"])], f"EXPOSE {exposed}, the default command listens on {seen['port']}"
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
@@ -721,7 +726,7 @@ def test_kubernetes_probes_and_metrics_annotations_name_routes_of_the_app(app_ro
         assert annotations.get("prometheus.io/path", "/metrics") in app_routes, f"{where}: prometheus.io/path"
         assert annotations.get("prometheus.io/path") == "/metrics"
         assert int(annotations.get("prometheus.io/port", 0)) == port, f"{where}: prometheus.io/port"
-        for role, container in containers(pod):
+        for _role, container in containers(pod):
             requests = (container.get("resources") or {}).get("requests") or {}
             assert {"cpu", "memory"} <= set(requests), f"{where}: {container['name']} wants cpu and memory requests"
 

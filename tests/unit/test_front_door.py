@@ -387,14 +387,16 @@ def test_bodies_stream_both_ways_without_being_gathered_first(door: Door) -> Non
         assert rec.first_chunk_in.wait(10), "the upstream did not get the first part before the last was sent"
         yield b"b" * 30_000
 
-    with door.via() as via:
-        with via.stream("POST", "/v1/coupons/templates", content=upload(), headers={**H, "X-Test-Mode": "stream"}) as r:
-            assert r.status_code == 200
-            parts = r.iter_raw()
-            first = next(parts)  # arrives while the upstream still holds the second part back
-            assert first == b"first part\n"
-            rec.release.set()
-            assert first + b"".join(parts) == b"first part\nsecond part\n"
+    with (
+        door.via() as via,
+        via.stream("POST", "/v1/coupons/templates", content=upload(), headers={**H, "X-Test-Mode": "stream"}) as r,
+    ):
+        assert r.status_code == 200
+        parts = r.iter_raw()
+        first = next(parts)  # arrives while the upstream still holds the second part back
+        assert first == b"first part\n"
+        rec.release.set()
+        assert first + b"".join(parts) == b"first part\nsecond part\n"
     sent = rec.seen[-1]
     assert sent["size"] == 100_000
     assert sent["sha256"] == hashlib.sha256(b"a" * 70_000 + b"b" * 30_000).hexdigest()

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 from fastapi import FastAPI
 
 from services.embedded import build_embedded_app
@@ -18,12 +19,15 @@ from services.registry import SPECS
 from tests.conftest import ADMIN_TOKEN, embedded_settings, running
 from tests.factories import eventually, order_paid
 
+# One app for the module, in one event loop for the module (its tasks live as long as it).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
 KEY = "fg_http_test_key"
 AUTH = {"X-Api-Key": KEY}
 ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     # One app for the module: starting one costs more than all these requests together.
     settings = embedded_settings(tmp_path_factory.mktemp("http"), bootstrap_api_key=KEY)

@@ -1,156 +1,59 @@
-"""The CSV importer of historical orders (python -m services.segmentation import-orders)."""
+"""The CSV importer of historical orders (python -m services.segmentation import-orders), on SQLite
+(tests/integration/test_segmentation_importer.py imports into PostgreSQL). Every paid_at is built
+from the suite's clock: an import refuses times in the future, so written dates would go stale."""
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import os
-import random
 import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
-from services.segmentation.adapters.tables import customers, import_jobs, messaging, orders
+from services.segmentation.adapters.tables import messaging
 from services.segmentation.entrypoints import importer
-from services.segmentation.entrypoints.importer import ImportResult, import_orders
-from services.segmentation.service_layer.handlers import apply_order_events
+from services.segmentation.entrypoints.importer import import_orders
 from services.segmentation.spec import SPEC
-from shared.db import create_engine, session_factory
-from shared.events import parse_event
+from shared import clock
+from shared.db import create_engine
 from shared.runtime import migrate
-from tests.factories import order_paid
+from tests.factories import local_day, order_paid
+from tests.order_imports import (
+    Row,
+    expected_customers,
+    generated_rows,
+    job_row,
+    read_state,
+    receive_live,
+    sqlite_url,
+    state,
+    stored_customers,
+    write_csv,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-CST = timezone(timedelta(hours=8))
-SHANGHAI = ZoneInfo("Asia/Shanghai")
-HEADER = ["order_id", "customer_id", "paid_at", "amount_fen", "status"]
+BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
+# 09:00 in Shanghai (01:00 UTC, the same day) two months ago: a time every import takes.
+PAID = local_day(-60, 9)
 
 
-@dataclass(frozen=True)
-class Row:
-    order_id: str
-    customer_id: str
-    paid_at: str
-    amount_fen: int
-    status: str = "paid"
+def naive(at: datetime) -> str:
+    """A wall-clock time without offset, as a shop's export writes it: "YYYY-MM-DD hh:mm:ss"."""
+    return at.replace(tzinfo=None).isoformat(sep=" ")
 
 
-def write_csv(path: Path, rows: list[Row] | list[list[str]], header: list[str] = HEADER) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for r in rows:
-            w.writerow([r.order_id, r.customer_id, r.paid_at, r.amount_fen, r.status] if isinstance(r, Row) else r)
-    return path
-
-
-def generated_rows(n: int, customers_: int, seed: int = 7) -> list[Row]:
-    """Offsets, naive local times, Z, empty and non-paid statuses, duplicates: a realistic export."""
-    rng = random.Random(seed)
-    start = datetime(2025, 1, 1, tzinfo=CST)
-    rows = []
-    for i in range(n):
-        at = start + timedelta(seconds=rng.randrange(400 * 86400), microseconds=rng.randrange(1_000_000))
-        style = i % 4
-        paid_at = (
-            at.isoformat()
-            if style == 0
-            else at.replace(tzinfo=None).isoformat(sep=" ")
-            if style == 1
-            else at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            if style == 2
-            else at.astimezone(timezone(timedelta(hours=-5))).isoformat()
-        )
-        status = rng.choice(["paid", "paid", "paid", "", "PAID", "refunded", "cancelled"])
-        rows.append(Row(f"o-{i}", f"u-{rng.randrange(customers_)}", paid_at, rng.randrange(0, 100_000), status))
-    for i in rng.sample(range(n), n // 20):  # 5% repeats of an earlier order (the first occurrence wins)
-        first = rows[i]
-        rows.append(Row(first.order_id, "u-somebody-else", first.paid_at, first.amount_fen + 1, "paid"))
-    return rows
-
-
-def expected_customers(rows: list[Row], zone: ZoneInfo = SHANGHAI) -> dict[str, tuple[int, int, datetime, datetime]]:
-    """The aggregates computed in plain Python: first occurrence of each order, paid rows only."""
-    seen: set[str] = set()
-    out: dict[str, tuple[int, int, datetime, datetime]] = {}
-    for r in rows:
-        if r.status.lower() not in ("", "paid") or r.order_id in seen:
-            continue
-        seen.add(r.order_id)
-        at = datetime.fromisoformat(r.paid_at)
-        at = (at if at.tzinfo else at.replace(tzinfo=zone)).astimezone(UTC)
-        n, amount, first, last = out.get(r.customer_id, (0, 0, at, at))
-        out[r.customer_id] = (n + 1, amount + r.amount_fen, min(first, at), max(last, at))
-    return out
-
-
-def sqlite_url(tmp_path: Path, name: str = "segmentation") -> str:
-    return f"sqlite+aiosqlite:///{(tmp_path / f'{name}.sqlite').as_posix()}"
-
-
-def stored_customers(url: str) -> dict[str, tuple[int, int, datetime, datetime]]:
-    return {r[1]: r[2:] for r in state(url)["customers"]}
-
-
-def state(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Orders and customers as stored (updated_at left out: it is the time of the write)."""
-    return asyncio.run(_state(url))
-
-
-async def _state(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    engine = create_engine(url)
-    try:
-        async with engine.connect() as conn:
-            o = (
-                await conn.execute(
-                    select(
-                        orders.c.merchant_id,
-                        orders.c.order_id,
-                        orders.c.customer_id,
-                        orders.c.status,
-                        orders.c.amount_fen,
-                        orders.c.paid_at,
-                    ).order_by(orders.c.merchant_id, orders.c.order_id)
-                )
-            ).all()
-            c = (
-                await conn.execute(
-                    select(
-                        customers.c.merchant_id,
-                        customers.c.customer_id,
-                        customers.c.paid_orders,
-                        customers.c.paid_amount_fen,
-                        customers.c.first_order_at,
-                        customers.c.last_order_at,
-                    ).order_by(customers.c.merchant_id, customers.c.customer_id)
-                )
-            ).all()
-        return {"orders": [tuple(r) for r in o], "customers": [tuple(r) for r in c]}
-    finally:
-        await engine.dispose()
-
-
-def job_row(url: str) -> Any:
-    async def read() -> Any:
-        engine = create_engine(url)
-        try:
-            async with engine.connect() as conn:
-                return (await conn.execute(select(import_jobs))).one()
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
+def utc_on(day: datetime, hour: int, minute: int = 0) -> datetime:
+    """``hour:minute`` UTC on the calendar day of ``day`` (its own wall-clock date)."""
+    return datetime.combine(day.date(), time(hour, minute), tzinfo=UTC)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # The command reads its clock from FUGOU_CLOCK_OFFSET, inherited from the suite's environment.
     return subprocess.run(
         [sys.executable, "-m", "services.segmentation", "import-orders", "--no-progress", *args],
         cwd=ROOT,
@@ -159,17 +62,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         timeout=120,
         env={**os.environ, **(env or {})},
     )
-
-
-async def receive_live(url: str, events: list[dict[str, Any]]) -> None:
-    """What the live consumer does with order.paid events (the real handler, one transaction)."""
-    engine = create_engine(url)
-    try:
-        await migrate(engine, SPEC)
-        async with session_factory(engine)() as session, session.begin():
-            await apply_order_events(session, [parse_event(e) for e in events])
-    finally:
-        await engine.dispose()
 
 
 # -- what an import stores --------------------------------------------------------------------------
@@ -194,19 +86,20 @@ def test_an_import_gives_each_customer_the_aggregates_of_their_paid_orders(tmp_p
 
 
 def test_each_stored_order_keeps_its_first_row_in_utc_with_status_paid(tmp_path: Path) -> None:
+    evening = local_day(-35, 21, 30)  # written without offset: 21:30 in Shanghai is 13:30 UTC
     path = write_csv(
         tmp_path / "orders.csv",
         [
-            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 8000),
-            Row("o-2", "u-1", "2026-11-02 21:30:00", 4500, ""),
-            Row("o-1", "u-2", "2026-12-01T09:00:00+08:00", 1),
+            Row("o-1", "u-1", PAID.isoformat(), 8000),
+            Row("o-2", "u-1", naive(evening), 4500, ""),
+            Row("o-1", "u-2", local_day(-5, 9).isoformat(), 1),
         ],
     )
     url = sqlite_url(tmp_path)
     import_orders(path, "demo", database_url=url)
     assert state(url)["orders"] == [
-        ("demo", "o-1", "u-1", "paid", 8000, datetime(2026, 10, 1, 1, 0, tzinfo=UTC)),
-        ("demo", "o-2", "u-1", "paid", 4500, datetime(2026, 11, 2, 13, 30, tzinfo=UTC)),
+        ("demo", "o-1", "u-1", "paid", 8000, utc_on(PAID, 1, 0)),
+        ("demo", "o-2", "u-1", "paid", 4500, utc_on(evening, 13, 30)),
     ]
     assert state(url)["customers"] == [
         (
@@ -214,38 +107,47 @@ def test_each_stored_order_keeps_its_first_row_in_utc_with_status_paid(tmp_path:
             "u-1",
             2,
             12500,
-            datetime(2026, 10, 1, 1, 0, tzinfo=UTC),
-            datetime(2026, 11, 2, 13, 30, tzinfo=UTC),
+            utc_on(PAID, 1, 0),
+            utc_on(evening, 13, 30),
         )
     ]
     # Stored exactly as SQLAlchemy stores UTCDateTime on SQLite, so text comparisons (min/max) hold.
     with sqlite3.connect(tmp_path / "segmentation.sqlite") as conn:
         assert conn.execute("SELECT paid_at FROM orders WHERE order_id = 'o-1'").fetchone() == (
-            "2026-10-01 01:00:00.000000",
+            f"{PAID.date().isoformat()} 01:00:00.000000",
         )
 
 
 def test_an_order_repeated_in_the_file_counts_once_even_across_chunks(tmp_path: Path) -> None:
+    next_day = PAID + timedelta(days=1)
     path = write_csv(
         tmp_path / "orders.csv",
         [
-            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),
-            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),  # same chunk
-            Row("o-2", "u-1", "2026-10-02T09:00:00+08:00", 200),
-            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100),  # a later chunk
-            Row("o-2", "u-2", "2026-10-05T09:00:00+08:00", 999),  # same order under another customer
+            Row("o-1", "u-1", PAID.isoformat(), 100),
+            Row("o-1", "u-1", PAID.isoformat(), 100),  # same chunk
+            Row("o-2", "u-1", next_day.isoformat(), 200),
+            Row("o-1", "u-1", PAID.isoformat(), 100),  # a later chunk
+            Row("o-2", "u-2", (PAID + timedelta(days=4)).isoformat(), 999),  # same order under another customer
         ],
     )
     url = sqlite_url(tmp_path)
     result = import_orders(path, "demo", database_url=url, chunk=3)
     assert (result.imported, result.present) == (2, 3)
-    assert stored_customers(url) == {
-        "u-1": (2, 300, datetime(2026, 10, 1, 1, tzinfo=UTC), datetime(2026, 10, 2, 1, tzinfo=UTC))
-    }
+    assert stored_customers(url) == {"u-1": (2, 300, utc_on(PAID, 1), utc_on(next_day, 1))}
+
+
+def summer_noon() -> datetime:
+    """Noon (naive) of the latest day before the clock's today on which both Berlin and New York
+    keep summer time (CEST +02:00, EDT -04:00): within the last year, whatever the date."""
+    day = local_day(-1, 12).replace(tzinfo=None)
+    while (BERLIN.utcoffset(day), NEW_YORK.utcoffset(day)) != (timedelta(hours=2), timedelta(hours=-4)):
+        day -= timedelta(days=1)
+    return day
 
 
 def test_paid_at_without_offset_is_read_in_the_merchants_time_zone_unless_one_is_given(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", "2026-07-01 12:00:00", 100)])
+    noon = summer_noon()
+    path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", naive(noon), 100)])
     url = sqlite_url(tmp_path)
     asyncio.run(_add_merchant(url, "berlin-shop", "Europe/Berlin"))
 
@@ -254,9 +156,9 @@ def test_paid_at_without_offset_is_read_in_the_merchants_time_zone_unless_one_is
     import_orders(path, "given-zone", database_url=url, timezone_name="America/New_York")
 
     paid = {r[0]: r[5] for r in state(url)["orders"]}
-    assert paid["berlin-shop"] == datetime(2026, 7, 1, 10, 0, tzinfo=UTC)  # CEST, +02:00
-    assert paid["unknown-shop"] == datetime(2026, 7, 1, 4, 0, tzinfo=UTC)  # Asia/Shanghai, +08:00
-    assert paid["given-zone"] == datetime(2026, 7, 1, 16, 0, tzinfo=UTC)  # EDT, -04:00
+    assert paid["berlin-shop"] == utc_on(noon, 10, 0)  # CEST, +02:00
+    assert paid["unknown-shop"] == utc_on(noon, 4, 0)  # Asia/Shanghai, +08:00
+    assert paid["given-zone"] == utc_on(noon, 16, 0)  # EDT, -04:00
 
 
 async def _add_merchant(url: str, merchant_id: str, tz: str) -> None:
@@ -271,7 +173,7 @@ async def _add_merchant(url: str, merchant_id: str, tz: str) -> None:
                     timezone=tz,
                     jwt_secret=b"x",
                     active=True,
-                    updated_at=datetime.now(UTC),
+                    updated_at=clock.now(),
                 )
             )
     finally:
@@ -283,19 +185,21 @@ async def _add_merchant(url: str, merchant_id: str, tz: str) -> None:
 
 def test_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
+    at, day = PAID.isoformat(), PAID.date().isoformat()  # a time with its offset; a date alone
+    ahead = local_day(30).isoformat()  # a month ahead: far beyond the day of slack for clocks
     path.write_text(
         "order_id,customer_id,paid_at,amount_fen,status\n"  # line 1
-        "o-1,u-1,2026-10-01T09:00:00+08:00,8000,paid\n"  # 2 ok
-        "o-2,u-1,2026-10-01T09:00:00+08:00,-5,paid\n"  # 3 negative amount
+        f"o-1,u-1,{at},8000,paid\n"  # 2 ok
+        f"o-2,u-1,{at},-5,paid\n"  # 3 negative amount
         "o-3,u-1,yesterday,100,paid\n"  # 4 bad time
-        '"o-4\nwith a newline",u-2,2026-10-01,100,paid\n'  # 5-6 ok (a quoted newline)
-        "o-5,u-2,2026-10-01,12.50,paid\n"  # 7 not an integer
-        "o-6,,2026-10-01,100,paid\n"  # 8 no customer
+        f'"o-4\nwith a newline",u-2,{day},100,paid\n'  # 5-6 ok (a quoted newline)
+        f"o-5,u-2,{day},12.50,paid\n"  # 7 not an integer
+        f"o-6,,{day},100,paid\n"  # 8 no customer
         "o-7,u-3\n"  # 9 too few fields
         "\n"  # 10 blank: ignored
-        "o-8,u-3,2026-10-01,100,refunded\n"  # 11 not paid: skipped, not bad
-        "o-9,u-3,2999-01-01T00:00:00+08:00,100,paid\n"  # 12 in the future
-        "o-10,u-3,2026-10-01,7,paid\n",  # 13 ok
+        f"o-8,u-3,{day},100,refunded\n"  # 11 not paid: skipped, not bad
+        f"o-9,u-3,{ahead},100,paid\n"  # 12 in the future
+        f"o-10,u-3,{day},7,paid\n",  # 13 ok
         encoding="utf-8",
     )
     url = sqlite_url(tmp_path)
@@ -314,7 +218,7 @@ def test_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp_path: Pat
 
 def test_the_command_prints_the_first_ten_reasons_and_still_succeeds(tmp_path: Path) -> None:
     rows = [[f"o-{i}", "u-1", "not a time", "1", "paid"] for i in range(15)]
-    rows.append(["o-ok", "u-1", "2026-10-01T09:00:00+08:00", "1", "paid"])
+    rows.append(["o-ok", "u-1", PAID.isoformat(), "1", "paid"])
     path = write_csv(tmp_path / "orders.csv", rows)
 
     proc = cli("--merchant", "demo", str(path), "--database-url", sqlite_url(tmp_path))
@@ -342,8 +246,7 @@ def test_a_file_missing_a_required_column_is_refused_with_a_non_zero_exit(tmp_pa
 def test_a_header_with_a_byte_order_mark_and_other_columns_in_any_order_is_understood(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     path.write_bytes(
-        "\ufeffAmount_Fen,channel,Paid_At,customer_id,order_id\r\n"
-        "100,wechat,2026-10-01T09:00:00+08:00,u-1,o-1\r\n".encode()
+        f"\ufeffAmount_Fen,channel,Paid_At,customer_id,order_id\r\n100,wechat,{PAID.isoformat()},u-1,o-1\r\n".encode()
     )
     url = sqlite_url(tmp_path)
     result = import_orders(path, "demo", database_url=url)
@@ -389,8 +292,8 @@ def test_line_numbers_stay_right_after_a_resume(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path / "orders.csv",
         [
-            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 1),
-            Row("o-2\nx", "u-1", "2026-10-01T09:00:00+08:00", 1),  # lines 3-4
+            Row("o-1", "u-1", PAID.isoformat(), 1),
+            Row("o-2\nx", "u-1", PAID.isoformat(), 1),  # lines 3-4
             Row("o-3", "u-1", "never", 1),  # line 5
         ],
     )
@@ -443,7 +346,7 @@ def test_a_changed_file_is_a_new_job_that_adds_only_the_new_orders(tmp_path: Pat
     path = write_csv(tmp_path / "orders.csv", rows)
     url = sqlite_url(tmp_path)
     import_orders(path, "demo", database_url=url)
-    more = rows + [Row("o-new", "u-1", "2026-10-01T09:00:00+08:00", 5)]
+    more = [*rows, Row("o-new", "u-1", PAID.isoformat(), 5)]
     write_csv(path, more)
 
     result = import_orders(path, "demo", database_url=url)
@@ -457,61 +360,63 @@ def test_a_changed_file_is_a_new_job_that_adds_only_the_new_orders(tmp_path: Pat
 
 async def test_orders_already_received_live_are_not_counted_twice(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
+    older, later = local_day(-90, 9), local_day(-25, 9)
     live = [
-        order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, 0, tzinfo=CST)),
-        order_paid("demo", "u-2", "o-9", 500, at=datetime(2026, 11, 5, 9, 0, tzinfo=CST)),
+        order_paid("demo", "u-1", "o-1", 8000, at=PAID),
+        order_paid("demo", "u-2", "o-9", 500, at=later),
     ]
     await receive_live(url, live)
     path = write_csv(
         tmp_path / "orders.csv",
         [
-            Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 8000),  # the order the consumer stored
-            Row("o-2", "u-1", "2026-09-01T09:00:00+08:00", 300),  # an older one, only in history
+            Row("o-1", "u-1", PAID.isoformat(), 8000),  # the order the consumer stored
+            Row("o-2", "u-1", older.isoformat(), 300),  # an older one, only in history
         ],
     )
 
     result = await asyncio.to_thread(import_orders, path, "demo", database_url=url)
 
     assert (result.imported, result.present) == (1, 1)
-    customers_ = {r[1]: r[2:] for r in (await _state(url))["customers"]}
+    customers_ = {r[1]: r[2:] for r in (await read_state(url))["customers"]}
     assert customers_["u-1"] == (
         2,
         8300,
-        datetime(2026, 9, 1, 1, tzinfo=UTC),
-        datetime(2026, 10, 1, 1, tzinfo=UTC),
+        utc_on(older, 1),
+        utc_on(PAID, 1),
     )
     assert customers_["u-2"] == (
         1,
         500,
-        datetime(2026, 11, 5, 1, tzinfo=UTC),
-        datetime(2026, 11, 5, 1, tzinfo=UTC),
+        utc_on(later, 1),
+        utc_on(later, 1),
     )
 
 
 async def test_an_imported_order_received_live_afterwards_adds_nothing(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
-    path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 8000)])
+    path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", PAID.isoformat(), 8000)])
     await asyncio.to_thread(import_orders, path, "demo", database_url=url)
+    later = local_day(-5, 9)
 
     await receive_live(
         url,
         [
-            order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, 0, tzinfo=CST)),
-            order_paid("demo", "u-1", "o-2", 100, at=datetime(2026, 12, 1, 9, 0, tzinfo=CST)),
+            order_paid("demo", "u-1", "o-1", 8000, at=PAID),
+            order_paid("demo", "u-1", "o-2", 100, at=later),
         ],
     )
 
-    customers_ = {r[1]: r[2:] for r in (await _state(url))["customers"]}
+    customers_ = {r[1]: r[2:] for r in (await read_state(url))["customers"]}
     assert customers_["u-1"] == (
         2,
         8100,
-        datetime(2026, 10, 1, 1, tzinfo=UTC),
-        datetime(2026, 12, 1, 1, tzinfo=UTC),
+        utc_on(PAID, 1),
+        utc_on(later, 1),
     )
 
 
 def test_another_merchants_orders_with_the_same_ids_are_left_alone(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100)])
+    path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", PAID.isoformat(), 100)])
     url = sqlite_url(tmp_path)
     import_orders(path, "shop-a", database_url=url)
     import_orders(path, "shop-b", database_url=url)
@@ -525,7 +430,7 @@ def test_another_merchants_orders_with_the_same_ids_are_left_alone(tmp_path: Pat
 
 
 def test_the_postgresql_statements_render(tmp_path: Path) -> None:
-    """The PostgreSQL path shares the SQL; its full run is the postgres-marked test below."""
+    """The PostgreSQL path shares the SQL; its full run is in tests/integration/test_segmentation_importer.py."""
     from sqlalchemy.dialects import postgresql
 
     class _Conn:
@@ -538,24 +443,8 @@ def test_the_postgresql_statements_render(tmp_path: Path) -> None:
     assert sql.lock and "orders" in sql.lock
 
 
-@pytest.mark.postgres
-def test_an_import_into_postgresql_stores_what_sqlite_stores(tmp_path: Path, pg_urls: dict[str, str]) -> None:
-    rows = generated_rows(1500, 100, seed=3)
-    path = write_csv(tmp_path / "orders.csv", rows)
-    pg, lite = pg_urls["segmentation"], sqlite_url(tmp_path)
-    asyncio.run(receive_live(pg, [order_paid("demo", "u-1", "o-1", 8000)]))
-    asyncio.run(receive_live(lite, [order_paid("demo", "u-1", "o-1", 8000)]))
-
-    on_pg: ImportResult = import_orders(path, "demo", database_url=pg, chunk=400)
-    import_orders(path, "demo", database_url=lite, chunk=400)
-
-    assert state(pg) == state(lite)
-    assert on_pg.imported == len(state(pg)["orders"]) - 1
-    assert import_orders(path, "demo", database_url=pg).already_imported
-
-
 def test_an_unknown_merchant_is_imported_with_a_warning(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", "2026-10-01T09:00:00+08:00", 100)])
+    path = write_csv(tmp_path / "orders.csv", [Row("o-1", "u-1", PAID.isoformat(), 100)])
     proc = cli("--merchant", "nobody", str(path), "--database-url", sqlite_url(tmp_path))
     assert proc.returncode == 0
     assert "warning: merchant 'nobody' is not known" in proc.stderr

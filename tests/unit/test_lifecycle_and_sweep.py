@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,10 +17,11 @@ from services.segmentation.domain.lifecycle import (
     next_recency_change,
 )
 from services.segmentation.service_layer.segments import sweep
+from shared.clock import ManualClock
 from tests.conftest import embedded_settings, running
-from tests.factories import CST, eventually, order_paid
+from tests.factories import eventually, local_day, order_paid
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=CST)
+NOW = local_day(0, 12)  # noon today in Shanghai: the rules are given their now
 CFG = LifecycleConfig(
     interest_days=7,
     new_days=30,
@@ -85,16 +86,18 @@ def test_category_cycles_come_from_the_merchant_or_the_customers_own_rhythm() ->
 
 
 def test_recency_passes_a_boundary_at_the_merchants_midnight() -> None:
-    last = datetime(2026, 11, 1, 23, 30, tzinfo=CST)  # the 1st in Shanghai, the 1st 15:30 UTC
-    at = next_recency_change(last, datetime(2026, 11, 5, tzinfo=CST), "Asia/Shanghai", [30, 90])
-    assert at == datetime(2026, 12, 2, 0, 0, tzinfo=CST)  # recency becomes 31 days
-    assert next_recency_change(last, datetime(2027, 3, 1, tzinfo=CST), "Asia/Shanghai", [30, 90]) is None
+    last = local_day(-40, 23, 30)  # day D in Shanghai, though 15:30 UTC on D as well
+    at = next_recency_change(last, local_day(-36), "Asia/Shanghai", [30, 90])  # D + 4 days
+    assert at == local_day(-9, 0, 0)  # 00:00 on D + 31 days in Shanghai: recency becomes 31 days
+    assert next_recency_change(last, local_day(80), "Asia/Shanghai", [30, 90]) is None  # D + 120: past both
 
 
-async def test_the_sweep_moves_exactly_the_customers_who_crossed_and_is_idempotent(tmp_path: Path) -> None:
+async def test_the_sweep_moves_exactly_the_customers_who_crossed_and_is_idempotent(
+    tmp_path: Path, frozen_clock: ManualClock
+) -> None:
     key = "fg_sweep_key"
     app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=key), announce=False)
-    now = datetime.now(UTC)
+    now = frozen_clock.now()  # the service scores at this instant; the sweep is told its own
     config = {
         "period_days": None,
         "levels": 3,

@@ -7,12 +7,13 @@ and the ledger stays reconciled after it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.unit.test_loyalty_service_support import Shop, cancelled, error, open_shop, paid, refunded
+from shared import clock
+from tests.loyalty_shop import Shop, cancelled, error, open_shop, paid, refunded
 
 GIFT = {"item_id": "mug", "name": "保温杯", "points": 300, "reward": {"type": "gift", "sku": "mug-500ml"}, "stock": 2}
 COUPON = {
@@ -406,7 +407,7 @@ async def test_rules_are_validated_as_a_whole_naming_the_field(shop: Shop) -> No
     ]
     for body, field in bad:
         r = await shop.client.put("/v1/loyalty/rules", json=body, headers=shop.headers)
-        code, at = error(r, 422)
+        _, at = error(r, 422)
         assert at is not None and at.startswith(field), (body, r.text)
     assert (await shop.client.get("/v1/loyalty/rules", headers=shop.headers)).json()["version"] == 1
 
@@ -422,10 +423,10 @@ async def test_a_customer_token_of_another_shop_sees_nothing_here(shop: Shop) ->
     assert history["entries"] == []
 
 
-async def test_points_history_pages_newest_first(shop: Shop) -> None:
+async def test_points_history_pages_newest_first(shop: Shop, frozen_clock: clock.ManualClock) -> None:
     await shop.rules(earn={"return_window_days": 7})  # one entry per order: pending
     me = await shop.token("u-1")
-    now = datetime.now(UTC)
+    now = frozen_clock.now()
     await shop.send(*[paid(shop, "u-1", f"o-{i}", 100 * (i + 1), at=now - timedelta(minutes=10 - i)) for i in range(5)])
     first = (await shop.client.get("/v1/me/points/history?limit=3", headers=me)).json()
     assert [e["order_id"] for e in first["entries"]] == ["o-4", "o-3", "o-2"]

@@ -90,7 +90,7 @@ def test_the_return_window_is_zero_to_ninety_days() -> None:
     assert matures_at(rules(return_window_days=0), T0) == T0
     assert matures_at(EarnRules(), T0) == T0 + timedelta(days=7)
     with pytest.raises(ValueError, match="naive"):
-        matures_at(EarnRules(), datetime(2026, 11, 1, 10))
+        matures_at(EarnRules(), T0.replace(tzinfo=None))
 
 
 # --- order points -------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_the_clock_is_the_merchants() -> None:
     with pytest.raises(ValueError, match="unknown time zone"):
         zone("Mars/Olympus")
     with pytest.raises(ValueError, match="naive"):
-        require_aware("at", datetime(2026, 1, 1))
+        require_aware("at", T0.replace(tzinfo=None))
     with pytest.raises(TypeError):
         require_aware("at", "2026-01-01")  # type: ignore[arg-type]
 

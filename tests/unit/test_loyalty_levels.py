@@ -259,7 +259,7 @@ def test_a_late_sweep_decides_the_latest_boundary_counted_from_the_anchor() -> N
 
 def test_review_refuses_naive_times_and_non_integer_growth() -> None:
     with pytest.raises(ValueError, match="naive"):
-        review(RULES, "gold", 0, now=datetime(2027, 1, 1), last_review=T0, tz=SH)
+        review(RULES, "gold", 0, now=(T0 + timedelta(days=365)).replace(tzinfo=None), last_review=T0, tz=SH)
     with pytest.raises(LoyaltyError) as info:
         review(RULES, "gold", 1.5, now=datetime(2027, 1, 1, tzinfo=SH), last_review=T0, tz=SH)  # type: ignore[arg-type]
     assert (info.value.code, info.value.field) == ("invalid_amount", "growth_in_window")

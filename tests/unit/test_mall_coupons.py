@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.factories import eventually
-from tests.unit.test_loyalty_service_support import open_shop, paid
+from tests.loyalty_shop import open_shop, paid
 
 TEMPLATE = {
     "name": "10元无门槛",

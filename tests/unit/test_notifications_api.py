@@ -13,13 +13,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -27,10 +27,14 @@ from services.embedded import build_embedded_app
 from services.gateway.bootstrap import wait_until_known
 from services.notifications.service_layer.enqueue import Shop as EnqueueShop
 from services.notifications.service_layer.enqueue import unsubscribe_url
+from shared import clock
 from shared.bus.base import Message
 from shared.events import REGISTRY, EnvelopeBase, new_event
 from tests.conftest import ADMIN_TOKEN, embedded_settings, running
-from tests.factories import eventually
+from tests.factories import CST, eventually, local_day
+
+# One app for the module, in one event loop for the module (its tasks live as long as it).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 COUPON_SMS = "{{ shop.name }}送您{{ coupon.name }}，{{ coupon.expires_at | date }}前有效。退订回T"
 OPEN_POLICY = {"quiet_hours": None, "marketing_requires_explicit_consent": False, "caps": {}}
@@ -90,7 +94,7 @@ class Shop:
             "type": "customer.registered",
             "merchant_id": self.merchant_id,
             "customer_id": customer_id,
-            "occurred_at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+            "occurred_at": (clock.now() - timedelta(minutes=1)).isoformat(),
             "data": {"phone": phone, "consents": consents, **data},
         }
         r = await self.client.post("/v1/events", json=[event], headers=self.headers)
@@ -102,7 +106,7 @@ class Shop:
     def coupon(
         self, customer_id: str, n: int = 0, rule_id: str = "welcome", template_id: str = "tpl-100-20"
     ) -> EnvelopeBase:
-        at = datetime.now(UTC)
+        at = clock.now()
         return new_event(
             "coupon.issued",
             self.merchant_id,
@@ -114,7 +118,7 @@ class Shop:
                 "kind": "amount_off",
                 "face_value_fen": 2000,
                 "starts_at": at.isoformat(),
-                "expires_at": datetime(2030, 1, 31, 12, tzinfo=UTC).isoformat(),
+                "expires_at": local_day(90, 20).isoformat(),  # 20:00 in Shanghai, in three months
             },
             customer_id=customer_id,
         )
@@ -165,7 +169,7 @@ def fields_of(r: httpx.Response, status: int = 422) -> dict[str, str]:
     return {f["field"]: f["message"] for f in r.json()["error"].get("fields", [])}
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
     app = build_embedded_app(embedded_settings(tmp_path_factory.mktemp("notify")), announce=False)
     async with running(app) as client:
@@ -186,7 +190,7 @@ async def open_shop(served: App, name: str = "贝贝母婴") -> Shop:
     return Shop(served.app, served.client, merchant_id, name, made["jwt_secret"], {"X-Api-Key": made["api_key"]})
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def shop(served: App) -> Shop:
     return await open_shop(served)
 
@@ -323,7 +327,11 @@ async def test_a_coupon_issued_event_becomes_one_delivered_message_explained_and
         lambda ms: len(ms) == 1 and ms[0]["status"] == "delivered",
         timeout=15,
     )
-    assert shown["content"]["text"] == "贝贝母婴送您满100减20券，2030年1月31日前有效。退订回T"
+    expires = event.data.expires_at.astimezone(CST)  # type: ignore[attr-defined]  # on the merchant's clock
+    assert (
+        shown["content"]["text"]
+        == f"贝贝母婴送您满100减20券，{expires.year}年{expires.month}月{expires.day}日前有效。退订回T"
+    )
     assert (shown["channel"], shown["recipient"], shown["provider"], shown["trigger_key"], shown["rule_id"]) == (
         "sms",
         "+8613800138000",
@@ -362,7 +370,7 @@ async def test_a_coupon_issued_event_becomes_one_delivered_message_explained_and
 
     funnel = await shop.ok("GET", "/v1/notifications/funnel")
     assert (funnel["total"], funnel["sent"], funnel["delivered"], funnel["skipped"]) == (1, 1, 1, 0)
-    since = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    since = (clock.now() + timedelta(minutes=1)).isoformat()
     assert (await shop.ok("GET", "/v1/notifications/funnel", params={"since": since}))["total"] == 0
 
 
@@ -595,7 +603,7 @@ async def test_campaign_pause_resume_and_cancel(shop: Shop, served: App) -> None
         201,
         json={"key": "promo", "channel": "sms", "trigger": "campaign", "parts": {"text": "{{ campaign.name }}"}},
     )
-    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    later = (clock.now() + timedelta(days=30)).isoformat()
     cid = (
         await shop.ok(
             "POST",
@@ -631,7 +639,7 @@ async def test_campaign_pause_resume_and_cancel(shop: Shop, served: App) -> None
 
 
 async def test_quiet_hours_hold_marketing_while_transactional_goes_out(shop: Shop) -> None:
-    local = datetime.now(ZoneInfo("Asia/Shanghai"))
+    local = clock.now().astimezone(CST)  # the merchant's zone, Asia/Shanghai
     window = {
         "start": (local - timedelta(hours=1)).strftime("%H:%M"),
         "end": (local + timedelta(hours=1)).strftime("%H:%M"),
@@ -655,7 +663,7 @@ async def test_quiet_hours_hold_marketing_while_transactional_goes_out(shop: Sho
     }
     held, sent = found["a-marketing"], found["b-transactional"]
     assert (held["reason"], sent["content"]["text"]) == ("quiet_hours", "满100减20券已到账")
-    assert datetime.fromisoformat(held["due_at"]) > datetime.now(UTC)
+    assert datetime.fromisoformat(held["due_at"]) > clock.now()
     why = {
         m["rule_id"]: m["why"]
         for m in (

@@ -4,7 +4,7 @@ addresses and opt-outs, and retries: pure decisions with an explicit clock and z
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -167,23 +167,36 @@ def test_quiet_hours_inside_one_day_and_never() -> None:
     assert QuietHours(time(9), time(9)).release_at(NOON, SH) is None
 
 
+def dst_changes(tz: ZoneInfo, year: int) -> tuple[date, date]:
+    """The days of ``year`` on which the clocks of ``tz`` spring forward and fall back, read from the
+    zone's rules rather than written down."""
+    days = [date(year, 1, 1) + timedelta(days=n) for n in range(366)]
+    offset = [datetime.combine(day, time(12), tz).utcoffset() or timedelta(0) for day in days]
+    [spring] = [days[i] for i in range(1, len(days)) if offset[i] > offset[i - 1]]
+    [fall] = [days[i] for i in range(1, len(days)) if offset[i] < offset[i - 1]]
+    return spring, fall
+
+
 def test_quiet_hours_across_spring_forward_release_at_the_exact_local_opening() -> None:
-    # 8 March 2026, 02:00 EST → 03:00 EDT: the night is an hour shorter.
-    release = QuietHours().release_at(datetime(2026, 3, 7, 22, 0, tzinfo=NY), NY)
-    assert release == datetime(2026, 3, 8, 9, 0, tzinfo=NY)
-    assert release.astimezone(UTC) == datetime(2026, 3, 8, 13, 0, tzinfo=UTC)  # 09:00 EDT, not 09:00 EST
+    spring, fall = dst_changes(NY, NOON.year)  # 02:00 EST → 03:00 EDT: the night is an hour shorter
+    assert (spring.month, spring.weekday(), fall.month, fall.weekday()) == (3, 6, 11, 6)  # Sundays
+    release = QuietHours().release_at(datetime.combine(spring - timedelta(days=1), time(22), NY), NY)
+    assert release == datetime.combine(spring, time(9), NY)
+    assert release.astimezone(UTC) == datetime.combine(spring, time(13), UTC)  # 09:00 EDT, not 09:00 EST
 
 
 def test_quiet_hours_across_fall_back_release_at_the_exact_local_opening() -> None:
-    release = QuietHours().release_at(datetime(2026, 10, 31, 23, 0, tzinfo=NY), NY)
-    assert release.astimezone(UTC) == datetime(2026, 11, 1, 14, 0, tzinfo=UTC)  # 09:00 EST
+    _, fall = dst_changes(NY, NOON.year)  # 02:00 EDT → 01:00 EST: the night is an hour longer
+    release = QuietHours().release_at(datetime.combine(fall - timedelta(days=1), time(23), NY), NY)
+    assert release.astimezone(UTC) == datetime.combine(fall, time(14), UTC)  # 09:00 EST
 
 
 def test_a_window_opening_inside_a_dst_gap_opens_when_the_clock_jumps() -> None:
-    q = QuietHours(time(1), time(2, 30))  # 02:30 does not exist on 8 March in New York
-    release = q.release_at(datetime(2026, 3, 8, 1, 15, tzinfo=NY), NY)
-    assert release is not None and release.astimezone(UTC) == datetime(2026, 3, 8, 7, 0, tzinfo=UTC)  # 03:00 EDT
-    assert local_instant(datetime(2026, 11, 1).date(), time(1, 30), NY).astimezone(UTC).hour == 5  # first 01:30
+    spring, fall = dst_changes(NY, NOON.year)
+    q = QuietHours(time(1), time(2, 30))  # 02:30 does not exist in New York the night clocks spring forward
+    release = q.release_at(datetime.combine(spring, time(1, 15), NY), NY)
+    assert release is not None and release.astimezone(UTC) == datetime.combine(spring, time(7), UTC)  # 03:00 EDT
+    assert local_instant(fall, time(1, 30), NY).astimezone(UTC).hour == 5  # the first 01:30
 
 
 def test_transactional_messages_bypass_quiet_hours_and_caps() -> None:

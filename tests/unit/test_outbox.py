@@ -165,4 +165,4 @@ async def test_the_relay_loop_rides_out_an_outage_and_publishes_everything_once(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     got = await read_all(bus, "fugou.segments")
-    assert [e.event_id for e in got] == [e.event_id for e in events + [late]]
+    assert [e.event_id for e in got] == [e.event_id for e in [*events, late]]

@@ -6,7 +6,6 @@ them). These are the calls playbooks.js makes, in its order; the browser test cl
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,15 @@ import httpx
 import pytest
 
 from demo import feed
-from demo.shop import SUBSCRIBE_TEMPLATE, TZ, generate
+from demo.shop import SUBSCRIBE_TEMPLATE, generate
 from services.coupons.domain.rules import in_holdout
 from services.embedded import build_embedded_app
+from shared import clock
 from tests.conftest import embedded_settings, running
 from tests.factories import eventually
 
 KEY = "fg_test_playbook_key"
 H = {"X-Api-Key": KEY}
-NOW = datetime(2026, 11, 20, 20, 0, tzinfo=TZ)
 WINBACK = {"and": [{"tier": ["B"]}, {"recency_days": {"gte": 30}}]}
 OPEN_POLICY = {"quiet_hours": None, "marketing_requires_explicit_consent": False, "caps": {}}
 
@@ -51,7 +50,7 @@ async def members(client: httpx.AsyncClient, f: dict[str, Any]) -> set[str]:
 
 async def test_a_playbook_issues_to_its_audience_once_and_reminds_only_for_its_own_coupons(tmp_path: Path) -> None:
     app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=KEY), announce=False)
-    shop = generate(customers=400, months=6, seed=11, now=NOW)
+    shop = generate(customers=400, months=6, seed=11, now=clock.now())  # the six months up to today
     async with running(app) as client:
         await ok(
             client,
@@ -67,7 +66,9 @@ async def test_a_playbook_issues_to_its_audience_once_and_reminds_only_for_its_o
         welcome = (await ok(client, "POST", "/v1/coupons/presets/first_order_welcome", 201))["rule"]["rule_id"]
         report = await feed.post_events(client, KEY, shop.events, progress=False)
         assert report.rejected == 0
-        await feed.wait_until_scored(client, KEY, len(shop.customers), timeout=120, settle=5, progress=False)
+        # Every buyer scored (not a pause in scoring): the audience below is complete.
+        scored = await feed.wait_until_scored(client, KEY, shop.buyers(), timeout=120, settle=5, progress=False)
+        assert scored == shop.buyers()
         lapsed_b = await members(client, WINBACK)
         assert len(lapsed_b) >= 20, "the shop must have lapsed tier B customers for this test to mean anything"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from services.segmentation.domain.rfm import (
     score,
     to_three,
 )
+from shared.clock import ManualClock
 from tests.conftest import embedded_settings, running
 from tests.factories import eventually, order_paid
 
@@ -103,9 +104,9 @@ def test_an_invalid_configuration_is_refused_with_the_reason(body: dict, says: s
     assert says in str(err.value)
 
 
-async def test_the_configuration_is_versioned_and_decides_the_score(tmp_path: Path) -> None:
+async def test_the_configuration_is_versioned_and_decides_the_score(tmp_path: Path, frozen_clock: ManualClock) -> None:
     app = build_embedded_app(embedded_settings(tmp_path, bootstrap_api_key=KEY), announce=False)
-    now = datetime.now(UTC)
+    now = frozen_clock.now()  # the service's clock stands still: "200 days ago" stays 200 days
     async with running(app) as client:
         events = [order_paid("demo", "vip", f"v-{i}", 30_000, at=now - timedelta(days=3 + i)) for i in range(5)]
         events += [order_paid("demo", "once", "x-1", 5_000, at=now - timedelta(days=200))]

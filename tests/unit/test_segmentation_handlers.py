@@ -3,7 +3,6 @@ events it stages (which must be valid envelopes of the registered schema)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -16,7 +15,7 @@ from shared.bus.inprocess import InProcessBus
 from shared.events import parse_event
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings
-from tests.factories import CST, order_paid
+from tests.factories import local_day, order_paid
 
 
 async def runtime(tmp_path: Path) -> tuple[ServiceRuntime, InProcessBus]:
@@ -28,9 +27,10 @@ async def runtime(tmp_path: Path) -> tuple[ServiceRuntime, InProcessBus]:
 
 
 def test_recency_counts_calendar_days_in_the_merchants_time_zone() -> None:
-    # 23:30 on the 1st in Shanghai is still the 1st there, though it is the 1st 15:30 UTC.
-    last = datetime(2026, 11, 1, 23, 30, tzinfo=CST)
-    now = datetime(2026, 11, 2, 0, 10, tzinfo=CST)
+    # 23:30 yesterday in Shanghai is still yesterday there, though it is 15:30 UTC: 40 minutes
+    # later, just past midnight in Shanghai, it is a day ago there and still the same day in UTC.
+    last = local_day(-1, 23, 30)
+    now = local_day(0, 0, 10)
     assert recency_days(last, now, "Asia/Shanghai") == 1
     assert recency_days(last, now, "UTC") == 0
 
@@ -38,9 +38,9 @@ def test_recency_counts_calendar_days_in_the_merchants_time_zone() -> None:
 async def test_the_same_order_paid_under_two_event_ids_counts_once_and_stages_valid_events(tmp_path: Path) -> None:
     rt, bus = await runtime(tmp_path)
     try:
-        first = parse_event(order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, tzinfo=CST)))
-        second = parse_event(order_paid("demo", "u-1", "o-2", 2000, at=datetime(2026, 10, 5, 9, tzinfo=CST)))
-        again = parse_event(order_paid("demo", "u-1", "o-1", 8000, at=datetime(2026, 10, 1, 9, tzinfo=CST)))
+        first = parse_event(order_paid("demo", "u-1", "o-1", 8000, at=local_day(-60, 9)))
+        second = parse_event(order_paid("demo", "u-1", "o-2", 2000, at=local_day(-56, 9)))
+        again = parse_event(order_paid("demo", "u-1", "o-1", 8000, at=local_day(-60, 9)))
         async with rt.sessions() as session, session.begin():
             await handle(session, [first, second])
         async with rt.sessions() as session, session.begin():

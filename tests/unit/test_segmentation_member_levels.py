@@ -5,7 +5,7 @@ customers with no level)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,13 @@ from sqlalchemy import func, select
 from services.segmentation.adapters.audience_sql import Compiler
 from services.segmentation.adapters.tables import member_levels
 from services.segmentation.domain.audience import Filter
+from shared import clock
 from tests.factories import order_paid
 from tests.segmentation_history import feed, segmentation
 
 FILTER: TypeAdapter[Any] = TypeAdapter(Filter)
 M = "demo"
-NOW = datetime.now(UTC)
+NOW = clock.now()
 
 
 def level_changed(customer: str, to: str, at: datetime) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 day replaced by a later snapshot of it), and GET /v1/segments/trend reading them oldest first with
 today's counts computed live. The API runs alone (no worker): the tests take the snapshots with
 explicit instants on either side of the merchant's midnight; the last test starts the consumer
-role to see the clock registered and snapshotting at start-up."""
+role to see the clock registered and snapshotting at start-up. The service's clock stands still at
+the instant the days below are counted from, so no midnight can pass between the two."""
 
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ from sqlalchemy import select
 from services.segmentation.adapters.tables import customer_tags, segment_snapshots, segments
 from services.segmentation.service_layer.snapshots import snapshot_worker, take_snapshots
 from services.segmentation.spec import SPEC
+from shared import clock
 from shared.cli import build_service_app
+from shared.clock import ManualClock
 from tests.conftest import embedded_settings, running
 from tests.factories import CST, eventually, order_paid
-from tests.unit.test_segmentation_read_rfm import FIXED, Service, Shop, add_shop, serving
+from tests.segmentation_service import FIXED, Service, Shop, add_shop, serving
 
 PEPPER = "fugou-development-only"
-NOW = datetime.now(UTC)
+NOW = clock.now()  # the suite's now at import; each test's clock is set to it
 TODAY = NOW.astimezone(CST).date()  # Asia/Shanghai has no DST: CST is its zone
 # Yesterday's midnight in Shanghai (16:00 UTC the day before): one minute either side are two days.
 MIDNIGHT = datetime.combine(TODAY - timedelta(days=1), time(0, 0), tzinfo=CST).astimezone(UTC)
@@ -104,7 +107,8 @@ def as_point(row: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frozen_clock: ManualClock) -> Any:
+    frozen_clock.set(NOW)
     async with serving(tmp_path, monkeypatch) as s:
         yield s
 
@@ -224,11 +228,14 @@ async def test_the_clock_snapshots_at_start_up(service: Service) -> None:
         worker.cancel()
         with pytest.raises(asyncio.CancelledError):
             await worker
-    assert rows[0].day == datetime.now(UTC).astimezone(CST).date().isoformat()
+    assert rows[0].day == TODAY.isoformat()
     assert_point_is_the_summary(as_point(rows[0]), await summary(service, shop), await lifecycle_tags(service, "m-a"))
 
 
-async def test_the_segmentation_runtime_runs_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_segmentation_runtime_runs_the_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frozen_clock: ManualClock
+) -> None:
+    frozen_clock.set(NOW)
     async with serving(tmp_path, monkeypatch) as s:  # the merchant exists before the worker starts
         await add_shop(s.rt, "m-a", PEPPER)
     app = build_service_app(SPEC, embedded_settings(tmp_path), {"api", "migrate", "consumer"})
@@ -245,6 +252,4 @@ async def test_the_segmentation_runtime_runs_the_clock(tmp_path: Path, monkeypat
                     ).scalars()
                 )
 
-        assert await eventually(days, lambda d: len(d) == 1, timeout=10) == [
-            datetime.now(UTC).astimezone(CST).date().isoformat()
-        ]
+        assert await eventually(days, lambda d: len(d) == 1, timeout=10) == [TODAY.isoformat()]

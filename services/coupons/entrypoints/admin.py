@@ -345,7 +345,7 @@ async def decisions(
 
 @router.get("/v1/coupons/presets", summary="The merchants' playbooks: parameters, defaults and what each creates")
 async def presets(merchant: AdminMerchant) -> list[dict[str, Any]]:
-    return rules_svc.describe_presets()
+    return rules_svc.describe_presets(clock.now(), ZoneInfo(merchant.timezone))
 
 
 class PresetApplied(BaseModel):

@@ -10,7 +10,7 @@ import inspect
 import typing
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
@@ -279,11 +279,18 @@ async def enabled_rules(
 
 # ---------------------------------------------------------------- presets
 
-# Presets whose parameters have no default are described with these (e.g. the month of a goal).
-EXAMPLES: dict[str, dict[str, Any]] = {
-    "goal_orders_in_month": {"year": 2026, "month": 11},
-    "goal_spend_in_window": {"window_start": "2026-06-01T00:00:00+08:00", "window_end": "2026-07-01T00:00:00+08:00"},
-}
+
+def preset_examples(now: datetime, tz: tzinfo) -> dict[str, dict[str, Any]]:
+    """Parameters for the presets that have none by default (a goal's month or window): next month
+    on the merchant's calendar, so that an example copied from the catalogue is one the API takes."""
+    here = now.astimezone(tz)
+    index = here.year * 12 + here.month  # next month, counted from year 0 month 0
+    start = datetime(index // 12, index % 12 + 1, 1, tzinfo=tz)
+    end = datetime((index + 1) // 12, (index + 1) % 12 + 1, 1, tzinfo=tz)
+    return {
+        "goal_orders_in_month": {"year": start.year, "month": start.month},
+        "goal_spend_in_window": {"window_start": start.isoformat(), "window_end": end.isoformat()},
+    }
 
 
 def _hints(name: str) -> tuple[inspect.Signature, dict[str, Any]]:
@@ -324,9 +331,10 @@ def preset_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def describe_presets() -> list[dict[str, Any]]:
+def describe_presets(now: datetime, tz: tzinfo) -> list[dict[str, Any]]:
     """Each preset: what it is for, its parameters with their defaults, and what it creates
     (with the defaults, or the example parameters when some have none)."""
+    examples = preset_examples(now, tz)
     out = []
     for name, make in PRESETS.items():
         sig, hints = _hints(name)
@@ -339,7 +347,7 @@ def describe_presets() -> list[dict[str, Any]]:
             }
             for p in sig.parameters.values()
         ]
-        example = EXAMPLES.get(name, {})
+        example = examples.get(name, {})
         preset = make(**preset_params(name, example))
         doc = inspect.getdoc(make) or ""
         out.append(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,18 +16,15 @@ from services.coupons.domain.templates import CouponTemplate
 from services.coupons.service_layer.reports import roi_reports, rule_report
 from services.coupons.service_layer.templates import create_template
 from services.coupons.spec import SPEC
+from shared import clock
 from shared.bus.inprocess import InProcessBus
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings
+from tests.conftest import Backend
 
 M = "m-roi"
-NOW = datetime.now(UTC)
+NOW = clock.now()
 DECIDED = NOW - timedelta(days=10)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres])])
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "sqlite" else request.getfixturevalue("pg_urls")["coupons"]
 
 
 @asynccontextmanager
@@ -55,8 +52,8 @@ def order(order_id: str, customer_id: str, amount: int, paid_at: datetime, cance
     }
 
 
-async def test_roi_baseline_and_holdout_lift(tmp_path: Path, database_url: str | None) -> None:
-    async with coupons_runtime(tmp_path, database_url) as rt:
+async def test_roi_baseline_and_holdout_lift(tmp_path: Path, backend: Backend) -> None:
+    async with coupons_runtime(tmp_path, backend.database_url("coupons")) as rt:
         async with rt.sessions() as session, session.begin():
             tpl = await create_template(
                 session,
@@ -113,7 +110,7 @@ async def test_roi_baseline_and_holdout_lift(tmp_path: Path, database_url: str |
                         "order_amount_fen": 8000,
                         "version": 2,
                     }
-                    for c, d in zip(treated, (2000, 2000, 1000))
+                    for c, d in zip(treated, (2000, 2000, 1000), strict=True)
                 ],
             )
             await session.execute(

@@ -1,7 +1,8 @@
-"""Support for the loyalty tests (no tests here): a shop on the embedded app (every service, the
-in-process bus), with loyalty on SQLite or on a real PostgreSQL database. Events go in through
-POST /v1/events, the mini-program and the merchant call the HTTP API, and the clock is run by hand
-at any moment."""
+"""The loyalty scenarios' shop (no tests here): the embedded app (every service, the in-process
+bus), with loyalty on SQLite or on a real PostgreSQL database. Events go in through POST
+/v1/events, the mini-program and the merchant call the HTTP API, and loyalty's clock (maturing,
+expiry, reviews) is run by hand at any moment. Used by the unit tests (SQLite) and the
+integration tests (the same scenarios on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import func, select
@@ -19,12 +21,34 @@ from sqlalchemy import func, select
 from services.embedded import build_embedded_app
 from services.loyalty.adapters.tables import messaging
 from services.loyalty.service_layer.clock import run_clock
+from shared import clock
 from shared.events import parse_event
 from shared.runtime import ServiceRuntime
 from tests.conftest import ADMIN_TOKEN, embedded_settings, running
 from tests.factories import eventually
 
 KEY = "fg_loyalty_key"
+SH = ZoneInfo("Asia/Shanghai")
+DAY = timedelta(days=1)
+LADDER = {
+    "levels": [
+        {"code": "silver", "name": "白银会员", "threshold": 0},
+        {
+            "code": "gold",
+            "name": "黄金会员",
+            "threshold": 1000,
+            "keep_threshold": 600,
+            "benefits": {"pay_percent": 95, "points_multiplier_permille": 1500},
+        },
+    ],
+    "review": {"every_months": 1, "grace_days": 7},
+}
+
+
+def local_midnight_after(moment: datetime, days: int) -> datetime:
+    """The local midnight starting the day ``days`` days after ``moment``'s local day."""
+    d = moment.astimezone(SH).date() + timedelta(days=days)
+    return datetime(d.year, d.month, d.day, tzinfo=SH)
 
 
 @dataclass
@@ -133,7 +157,7 @@ def event(shop: Shop, type_: str, customer_id: str, at: datetime | None = None, 
         "type": type_,
         "merchant_id": shop.merchant_id,
         "customer_id": customer_id,
-        "occurred_at": (at or datetime.now(UTC)).isoformat(),
+        "occurred_at": (at or clock.now()).isoformat(),
         "data": data,
     }
 

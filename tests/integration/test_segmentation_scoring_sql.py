@@ -1,19 +1,22 @@
 """The score computed in SQL (adapters/scoring_sql.py) equals the pure domain rules it is built
 from (domain/rfm.score and domain/lifecycle.next_recency_change) on random configurations,
-customers, instants and time zones (with and without DST), on SQLite and PostgreSQL."""
+customers, instants (over the two years before the clock's now) and time zones (with and without
+DST), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from pathlib import Path
 
-import pytest
 from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, insert, select
 
 from services.segmentation.adapters.scoring_sql import ScoreSql
 from services.segmentation.domain.lifecycle import next_recency_change
 from services.segmentation.domain.rfm import TIERS, Boundaries, Split, score
+from shared import clock
 from shared.db import UTCDateTime, create_engine
+from tests.conftest import Backend
 
 ZONES = ["Asia/Shanghai", "America/New_York", "Europe/London", "UTC", "Australia/Lord_Howe"]
 metadata = MetaData()
@@ -36,15 +39,10 @@ def ascending(rng: random.Random, n: int, low: float, high: float, integral: boo
     return tuple(float(p) for p in picks)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres])])
-def url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/cases.sqlite"
-    return request.getfixturevalue("pg_urls")["segmentation"].replace("postgresql://", "postgresql+asyncpg://")
-
-
-async def test_sql_scores_equal_the_domain_rules(url: str) -> None:
+async def test_sql_scores_equal_the_domain_rules(backend: Backend, tmp_path: Path) -> None:
+    url = backend.database_url("segmentation") or f"sqlite+aiosqlite:///{tmp_path}/cases.sqlite"
     rng = random.Random(20261124)
+    start = clock.now() - timedelta(days=730)  # the instants scored: any in the last two years
     engine = create_engine(url)
     checked = 0
     try:
@@ -67,7 +65,7 @@ async def test_sql_scores_equal_the_domain_rules(url: str) -> None:
                 for _ in range(rng.randint(0, 6))
             }
             tz = rng.choice(ZONES)
-            now = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randint(0, 730 * 86400))
+            now = start + timedelta(seconds=rng.randint(0, 730 * 86400))
             sql = ScoreSql(bounds, split, levels, overrides, tz, now)
             # Half anywhere, half on the edges: a local midnight around a boundary, or just before.
             edges = [int(b) + d for b in (*bounds.recency_days, split.recency_days) for d in (-1, 0, 1)]
@@ -76,7 +74,10 @@ async def test_sql_scores_equal_the_domain_rules(url: str) -> None:
             values = [(rng.randint(0, 14), rng.randint(0, 400_000)) for _ in range(60)]
             for k in range(0, 60, 3):  # F and M on their boundaries too
                 values[k] = (int(rng.choice(bounds.frequency)), int(rng.choice(bounds.monetary_fen)))
-            rows = [{"i": i, "last": last, "f": f, "m": m} for i, (last, (f, m)) in enumerate(zip(lasts, values))]
+            rows = [
+                {"i": i, "last": last, "f": f, "m": m}
+                for i, (last, (f, m)) in enumerate(zip(lasts, values, strict=True))
+            ]
             r, f, m = sql.r_level(cases.c.last), sql.f_level(cases.c.f), sql.m_level(cases.c.m)
             cell = ScoreSql.cell(r, f, m)
             q = select(
@@ -94,7 +95,7 @@ async def test_sql_scores_equal_the_domain_rules(url: str) -> None:
                 await conn.execute(insert(cases), rows)
                 got = (await conn.execute(q)).all()
             thresholds = (*bounds.recency_days, split.recency_days)
-            for row, case in zip(got, rows):
+            for row, case in zip(got, rows, strict=True):
                 days = (now.astimezone(sql.zone).date() - case["last"].astimezone(sql.zone).date()).days
                 want = score(
                     days, case["f"], case["m"], boundaries=bounds, levels=levels, split=split, tier_overrides=overrides

@@ -1,6 +1,9 @@
-"""Segmentation's aggregates on PostgreSQL against a plain pandas computation from the raw events
-(issue 3, item 7): a generated history of a thousand customers fed through handle() in batches,
-in order, then shuffled, duplicated and cut into uneven batches; both end exactly as pandas says."""
+"""Segmentation's aggregates against a plain pandas computation from the raw events (issue 3,
+item 7), at a scale that is no unit test's: on SQLite, a history of two thousand customers fed
+through handle() in batches, and fifty Hypothesis examples of reordered, duplicated and re-batched
+delivery; on PostgreSQL, a history of a thousand customers fed in order, then shuffled, duplicated
+and cut into uneven batches, both ending exactly as pandas says. tests/unit/
+test_segmentation_correctness.py runs the same checks on smaller histories and fewer examples."""
 
 from __future__ import annotations
 
@@ -11,22 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.runtime import ServiceRuntime
 from tests.segmentation_history import (
+    COMPARED,
     MERCHANT,
+    assert_the_history_exercises_every_rule,
     batches,
+    check_redelivery_leaves_the_tables_unchanged,
     diff,
     expected_tables,
     feed,
     generate_history,
+    in_batches,
     read_tables,
     redeliver,
     segmentation,
+    tables,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(600)]
-COMPARED = ("customers", "customer_categories")
+pytestmark = [pytest.mark.timeout(600)]
 HISTORIES = pytest.mark.parametrize(
     "refunds",
     [
@@ -48,6 +57,47 @@ async def compare(rt: ServiceRuntime, expected: dict[str, Any], names: Sequence[
     assert not problems, "\n".join(problems)
 
 
+# ---------------------------------------------------------------- SQLite, at scale
+
+
+async def test_thousands_of_customers_equal_a_plain_pandas_computation(tmp_path: Path) -> None:
+    customers = 2000
+    events = generate_history(customers, seed=301)
+    started = time.perf_counter()
+    expected = expected_tables(events)
+    pandas_s = time.perf_counter() - started
+    async with segmentation(tmp_path) as rt:
+        started = time.perf_counter()
+        await feed(rt, in_batches(events, 500))
+        feed_s = time.perf_counter() - started
+        actual = await tables(rt)
+    # The history exercises every rule, not only the happy path.
+    assert_the_history_exercises_every_rule(events, expected, customers)
+    problems = [p for name in (*COMPARED, "behaviours") for p in diff(name, expected[name], actual[name])]
+    assert not problems, "\n".join(problems)
+    c = expected["customers"]
+    print(f"\n{len(events)} events, {len(c)} customers: handle() {feed_s:.2f}s on SQLite, pandas {pandas_s:.2f}s")
+
+
+@pytest.mark.timeout(900)  # a failure's shrinking replays hundreds of examples; let it finish and report
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    customers=st.integers(3, 6),
+    rnd=st.randoms(use_true_random=False),
+    duplicate=st.sampled_from([0.0, 0.2, 0.5]),
+    max_batch=st.sampled_from([1, 3, 10, 40, 1000]),
+)
+def test_reordering_duplicating_and_rebatching_leave_the_tables_unchanged(
+    seed: int, customers: int, rnd: random.Random, duplicate: float, max_batch: int
+) -> None:
+    check_redelivery_leaves_the_tables_unchanged(seed, customers, rnd, duplicate, max_batch)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.postgres
 @HISTORIES
 async def test_a_thousand_customers_equal_a_plain_pandas_computation(
     pg_urls: dict[str, str], tmp_path: Path, refunds: bool
@@ -63,6 +113,7 @@ async def test_a_thousand_customers_equal_a_plain_pandas_computation(
     print(f"\n{len(events)} events in batches of 500 on PostgreSQL: {elapsed:.2f}s")
 
 
+@pytest.mark.postgres
 @HISTORIES
 async def test_shuffled_duplicated_rebatched_delivery_ends_equal(
     pg_urls: dict[str, str], tmp_path: Path, refunds: bool

@@ -1,16 +1,20 @@
-"""Issuance exactly once on real PostgreSQL and Kafka: a trigger replayed concurrently (by the
-shop over HTTP, and by consumers applying the same order at once) issues one bundle; caps hold
-when many transactions decide for one referrer or one budget at once; and a scheduled rule to a
-few thousand customers issues exactly once per customer, run twice at once, after a crash in the
-middle, and run again."""
+"""Issuance on both stacks, and exactly once on real PostgreSQL and Kafka.
+
+On both stacks (the in-process bus with SQLite as ``make run`` runs it, and Kafka with
+PostgreSQL): a preset issues its bundle once and announces each coupon; a local audience filter
+means the same on one customer and in SQL (SQLite and PostgreSQL).
+
+On Kafka and PostgreSQL: a trigger replayed concurrently (by the shop over HTTP, and by consumers
+applying the same order at once) issues one bundle; caps hold when many transactions decide for
+one referrer or one budget at once; and a scheduled rule to a few thousand customers issues
+exactly once per customer, run twice at once, after a crash in the middle, and run again."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,33 +23,33 @@ import pytest
 from sqlalchemy import func, select, update
 
 from services.coupons.adapters import segmentation as seg
-from services.coupons.adapters.tables import coupons, issuances, messaging, rules
+from services.coupons.adapters.tables import coupons, issuances, rules
 from services.coupons.service_layer import issuance
 from services.coupons.service_layer.handlers import handle
-from services.embedded import build_embedded_app
+from shared import clock
 from shared.events import parse_event
-from tests.conftest import kafka_pg_settings, running
-from tests.factories import eventually
-from tests.unit.test_coupons_issuance import (
+from shared.settings import Settings
+from tests.conftest import Backend, kafka_pg_settings
+from tests.coupons_shop import (
     KEY,
+    T0,
     H,
     Shop,
     cash_template,
     check_local_filters,
+    open_shop,
     paid,
     percent_template,
     referred,
     registered,
 )
+from tests.factories import eventually
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.timeout(300)]
 
 
-@asynccontextmanager
-async def shop(tmp_path: Path, kafka: Any, pg_urls: dict[str, str]) -> AsyncIterator[Shop]:
-    app = build_embedded_app(kafka_pg_settings(tmp_path, kafka, pg_urls, bootstrap_api_key=KEY), announce=False)
-    async with running(app) as client:
-        yield Shop(app, client)
+def on_kafka_and_postgres(tmp_path: Path, kafka: Any, pg_urls: dict[str, str]) -> AbstractAsyncContextManager[Shop]:
+    return open_shop(kafka_pg_settings(tmp_path, kafka, pg_urls, bootstrap_api_key=KEY))
 
 
 async def count(s: Shop, table: Any, *where: Any) -> int:
@@ -63,8 +67,51 @@ async def applied(s: Shop, events: list[dict[str, Any]]) -> None:
     await asyncio.gather(*(one(e) for e in events))
 
 
+# ---------------------------------------------------------------- on both stacks
+
+
+async def test_the_first_order_preset_gives_one_8_zhe_and_two_85_coupons_once(
+    stack: Callable[..., Settings],
+) -> None:
+    async with open_shop(stack(bootstrap_api_key=KEY)) as s:
+        made = await s.preset("first_order_welcome", holdout_percent=0)
+        welcome, repurchase = made["template_ids"]["welcome"], made["template_ids"]["repurchase"]
+        rule_id = made["rule"]["rule_id"]
+        for tid, pay in ((welcome, 80), (repurchase, 85)):
+            body = (await s.client.get(f"/v1/coupons/templates/{tid}", headers=H)).json()
+            assert body["template"]["kind"]["pay_percent"] == pay
+
+        await s.send(paid("u-1", "o-1"))
+        await s.settled()
+        assert await s.wallet("u-1", rule_id) == Counter({welcome: 1, repurchase: 2})
+
+        async def announced() -> list[Any]:
+            return [e for e in await s.issued_events() if e.customer_id == "u-1"]
+
+        events = await eventually(announced, lambda v: len(v) == 3)
+        assert Counter(e.data.template_id for e in events) == Counter({welcome: 1, repurchase: 2})
+        assert {e.data.rule_id for e in events} == {rule_id}
+        assert all(
+            e.data.kind == "percent" and e.data.expires_at - e.data.starts_at == timedelta(days=30) for e in events
+        )
+
+        await s.send(paid("u-1", "o-2", at=T0 + timedelta(days=3)))  # a second order is not a first
+        await s.settled()
+        assert sum((await s.wallet("u-1")).values()) == 3
+        assert await s.decisions(rule_id) == [("u-1", "paid_orders:1", "issued")]
+
+
+async def test_local_filters_mean_the_same_on_one_customer_and_in_sql(tmp_path: Path, backend: Backend) -> None:
+    await check_local_filters(
+        backend.database_url("coupons") or f"sqlite+aiosqlite:///{tmp_path / 'local.sqlite'}",
+    )
+
+
+# ---------------------------------------------------------------- on Kafka and PostgreSQL
+
+
 async def test_a_trigger_replayed_concurrently_issues_once(tmp_path: Path, kafka: Any, pg_urls: dict[str, str]) -> None:
-    async with shop(tmp_path, kafka, pg_urls) as s:
+    async with on_kafka_and_postgres(tmp_path, kafka, pg_urls) as s:
         tid = await s.template(percent_template())  # no per-customer limit: only the issuance key holds
         rule_id = await s.rule(
             {
@@ -82,42 +129,15 @@ async def test_a_trigger_replayed_concurrently_issues_once(tmp_path: Path, kafka
         assert await count(s, issuances, issuances.c.rule_id == rule_id) == 2
 
         async def staged_or_published() -> int:
-            return len([e for e in await _issued(s) if e.data.rule_id == rule_id])
+            return len([e for e in await s.issued_events() if e.data.rule_id == rule_id])
 
         assert await eventually(staged_or_published, lambda n: n >= 4) == 4
-
-
-async def _issued(s: Shop) -> list[Any]:
-    """coupon.issued events still in the outbox or already on Kafka."""
-    from aiokafka import AIOKafkaConsumer
-
-    bus = s.app.state.bus
-    consumer = AIOKafkaConsumer(
-        bus.prefix + "fugou.coupons",
-        bootstrap_servers=bus.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    found = []
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=1500)
-            if not batch:
-                break
-            found += [parse_event(m.value) for msgs in batch.values() for m in msgs]
-    finally:
-        await consumer.stop()
-    async with s.rt.sessions() as session:
-        found += [parse_event(p) for p in (await session.execute(select(messaging.outbox.c.payload))).scalars()]
-    return [e for e in found if e.type == "coupon.issued"]
 
 
 async def test_caps_hold_when_many_transactions_decide_at_once(
     tmp_path: Path, kafka: Any, pg_urls: dict[str, str]
 ) -> None:
-    async with shop(tmp_path, kafka, pg_urls) as s:
+    async with on_kafka_and_postgres(tmp_path, kafka, pg_urls) as s:
         ten = await s.template(cash_template(1000))
         # Referees are other customers (other partitions): their conversions reward one referrer at once.
         per_referrer = await s.rule(
@@ -146,10 +166,14 @@ async def test_caps_hold_when_many_transactions_decide_at_once(
 
 
 async def test_a_scheduled_rule_to_thousands_issues_exactly_once_per_customer(
-    tmp_path: Path, kafka: Any, pg_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    kafka: Any,
+    pg_urls: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    frozen_clock: clock.ManualClock,  # the background scheduler never reaches the fire this test runs by hand
 ) -> None:
     n = 3000
-    async with shop(tmp_path, kafka, pg_urls) as s:
+    async with on_kafka_and_postgres(tmp_path, kafka, pg_urls) as s:
         people = [f"c-{i:05d}" for i in range(n)]
         for i in range(0, n, 500):
             await s.send(*[registered(c, "Shanghai") for c in people[i : i + 500]])
@@ -214,18 +238,3 @@ async def test_a_scheduled_rule_to_thousands_issues_exactly_once_per_customer(
         assert per_customer == Counter({c: 1 for c in people})
         assert await count(s, issuances, issuances.c.rule_id == rule_id) == n
         assert moved_on > at
-
-
-async def test_a_preset_works_end_to_end_on_kafka_and_postgres(
-    tmp_path: Path, kafka: Any, pg_urls: dict[str, str]
-) -> None:
-    async with shop(tmp_path, kafka, pg_urls) as s:
-        made = await s.preset("first_order_welcome", holdout_percent=0)
-        ids = made["template_ids"]
-        await s.send(paid("u-1", f"o-{uuid.uuid4().hex[:6]}"))
-        await s.settled()
-        assert await s.wallet("u-1", made["rule"]["rule_id"]) == Counter({ids["welcome"]: 1, ids["repurchase"]: 2})
-
-
-async def test_local_filters_mean_the_same_on_one_customer_and_in_postgresql(pg_urls: dict[str, str]) -> None:
-    await check_local_filters(pg_urls["coupons"])
