@@ -32,10 +32,6 @@ RuleId = Annotated[str, Path(min_length=1, max_length=64)]
 router = APIRouter(tags=["coupons: admin"])
 
 
-def _now() -> datetime:
-    return clock.now()
-
-
 def _client(request: Request) -> seg.SegmentationClient:
     return seg.client_for(runtime_of(request, SERVICE))
 
@@ -183,7 +179,7 @@ async def create_rule(body: CampaignRule, request: Request, merchant: AdminMerch
     try:
         async with session.begin():
             stored = await rules_svc.create_rule(
-                session, merchant.merchant_id, body, now=_now(), client=_client(request)
+                session, merchant.merchant_id, body, now=clock.now(), client=_client(request)
             )
     except rules_svc.RuleRefused as e:
         raise _refused(e) from None
@@ -200,7 +196,7 @@ async def list_rules(merchant: AdminMerchant, session: Session) -> list[RuleView
 @router.get("/v1/coupons/rules/{rule_id}", response_model=RuleDetail, summary="One campaign rule, with its spend")
 async def get_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -> RuleDetail:
     stored = await _rule(session, merchant.merchant_id, rule_id)
-    today = _now().astimezone(ZoneInfo(merchant.timezone)).date().isoformat()
+    today = clock.now().astimezone(ZoneInfo(merchant.timezone)).date().isoformat()
     rs = rule_spend.c
     spent = {
         p: (fen, n)
@@ -227,7 +223,7 @@ class RuleState(BaseModel):
 @router.patch("/v1/coupons/rules/{rule_id}", response_model=RuleView, summary="Enable or disable a rule")
 async def patch_rule(rule_id: RuleId, body: RuleState, merchant: AdminMerchant, session: Session) -> RuleView:
     async with session.begin():
-        stored = await rules_svc.set_enabled(session, merchant.merchant_id, rule_id, body.enabled, now=_now())
+        stored = await rules_svc.set_enabled(session, merchant.merchant_id, rule_id, body.enabled, now=clock.now())
     if stored is None:
         raise ApiError(404, "not_found", f"no rule {rule_id!r}", field="path.rule_id")
     return _rule_view(stored)
@@ -247,7 +243,7 @@ async def patch_rule(rule_id: RuleId, body: RuleState, merchant: AdminMerchant, 
 async def run_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -> RuleView:
     try:
         async with session.begin():
-            stored = await rules_svc.run_now(session, merchant.merchant_id, rule_id, now=_now())
+            stored = await rules_svc.run_now(session, merchant.merchant_id, rule_id, now=clock.now())
     except rules_svc.RuleRefused as e:
         raise ApiError(409, "not_runnable", e.message, field=e.field) from None
     if stored is None:
@@ -262,7 +258,7 @@ async def run_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -
 )
 async def delete_rule(rule_id: RuleId, merchant: AdminMerchant, session: Session) -> None:
     async with session.begin():
-        stored = await rules_svc.set_enabled(session, merchant.merchant_id, rule_id, False, now=_now())
+        stored = await rules_svc.set_enabled(session, merchant.merchant_id, rule_id, False, now=clock.now())
     if stored is None:
         raise ApiError(404, "not_found", f"no rule {rule_id!r}", field="path.rule_id")
 
@@ -373,7 +369,7 @@ async def apply_preset(
     try:
         async with session.begin():
             stored, made = await rules_svc.apply_preset(
-                session, merchant.merchant_id, name, params or {}, now=_now(), client=_client(request)
+                session, merchant.merchant_id, name, params or {}, now=clock.now(), client=_client(request)
             )
     except rules_svc.RuleRefused as e:
         raise _refused(e) from None

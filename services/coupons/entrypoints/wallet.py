@@ -163,10 +163,6 @@ def _view(c: wallet.WalletCoupon, cls: type[_V]) -> _V:
     )
 
 
-def _now() -> datetime:
-    return clock.now()
-
-
 # ---------------------------------------------------------------- the customer's calls
 
 StateQuery = Annotated[
@@ -216,7 +212,7 @@ async def my_coupons(request: Request, me: MeCustomer, state: StateQuery = None,
             reads.cache,
             me.merchant_id,
             me.customer_id,
-            now=_now(),
+            now=clock.now(),
             states=(state,) if state else wallet.WALLET_STATES,
             limit=limit,
         )
@@ -242,7 +238,7 @@ class ClaimRequest(BaseModel):
     },
 )
 async def claim(body: ClaimRequest, request: Request, me: MeCustomer, session: Session) -> CouponView:
-    now = _now()
+    now = clock.now()
     with _answering():
         async with session.begin():
             coupon_id = await wallet.claim(session, me.merchant_id, me.customer_id, body.template_id, now=now)
@@ -301,7 +297,7 @@ async def applicable(cart: Cart, request: Request, me: MeCustomer) -> Applicable
     assert engine is not None
     async with reads.gate, engine.connect() as conn:
         priced, best = await wallet.applicable(
-            conn, reads.cache, me.merchant_id, me.customer_id, cart, now=_now(), tz=me.merchant.timezone
+            conn, reads.cache, me.merchant_id, me.customer_id, cart, now=clock.now(), tz=me.merchant.timezone
         )
     return ApplicableView(
         coupons=[
@@ -361,7 +357,7 @@ LOCK_ERRORS: dict[int | str, dict[str, Any]] = {
 async def lock(
     coupon_id: CouponId, body: LockRequest, request: Request, me: MeCustomer, session: Session
 ) -> CouponView:
-    now = _now()
+    now = clock.now()
     cache = _reads(request).cache
     with _answering():
         async with session.begin():
@@ -396,7 +392,7 @@ class ReleaseRequest(BaseModel):
 async def release(
     coupon_id: CouponId, body: ReleaseRequest, request: Request, me: MeCustomer, session: Session
 ) -> CouponView:
-    now = _now()
+    now = clock.now()
     with _answering():
         async with session.begin():
             await wallet.unlock(session, me.merchant_id, me.customer_id, coupon_id, body.order_id, now=now)
@@ -424,7 +420,7 @@ async def customer_coupons(
 ) -> CustomerWalletView:
     states = (state,) if state else (*wallet.WALLET_STATES, "revoked")
     found, more = await wallet.list_wallet(
-        session, _reads(request).cache, merchant.merchant_id, customer_id, now=_now(), states=states, limit=limit
+        session, _reads(request).cache, merchant.merchant_id, customer_id, now=clock.now(), states=states, limit=limit
     )
     refused = await wallet.refusals_of(session, merchant.merchant_id, customer_id)
     return CustomerWalletView(

@@ -32,7 +32,6 @@ from services.loyalty.entrypoints.common import (
     committed,
     entry_view,
     item_view,
-    now,
     plan_view,
     points_view,
     reads_of,
@@ -42,6 +41,7 @@ from services.loyalty.entrypoints.common import (
 from services.loyalty.service_layer import catalogue, reads, spending, stored_value
 from services.loyalty.service_layer import rules as rules_svc
 from services.loyalty.service_layer.rules import LoyaltyRules, in_force
+from shared import clock
 from shared.events import Id
 from shared.web import ApiError
 
@@ -127,7 +127,7 @@ async def adjust(
                 reason=body.reason,
                 operator=body.operator,
                 adjustment_id=body.adjustment_id,
-                now=now(),
+                now=clock.now(),
             )
     committed(request)
     return AdjustmentView(
@@ -160,7 +160,7 @@ async def write_off(
     async with session.begin():
         rules = await in_force(session, merchant.merchant_id)
         forgiven = await spending.write_off_debt(
-            session, rules, customer_id, reason=body.reason, operator=body.operator, now=now()
+            session, rules, customer_id, reason=body.reason, operator=body.operator, now=clock.now()
         )
     return WriteOffView(customer_id=customer_id, forgiven=forgiven)
 
@@ -187,7 +187,7 @@ awarded once per once-key (sign-in per local day, review per order); a second re
     summary="Report a sign-in or a review: its bonus, once",
 )
 async def report_bonus(body: BonusRequest, request: Request, merchant: AdminMerchant, session: Session) -> AwardView:
-    at = body.occurred_at or now()
+    at = body.occurred_at or clock.now()
     with answering():
         async with session.begin():
             rules = await in_force(session, merchant.merchant_id)
@@ -199,7 +199,7 @@ async def report_bonus(body: BonusRequest, request: Request, merchant: AdminMerc
                 at=at,
                 ref=body.ref,
                 cause=body.event_id or f"{body.event}:{body.customer_id}:{at.isoformat()}",
-                now=now(),
+                now=clock.now(),
             )
     committed(request)
     if got is None:
@@ -217,7 +217,7 @@ async def report_bonus(body: BonusRequest, request: Request, merchant: AdminMerc
 )
 async def customer_points(customer_id: CustomerId, merchant: AdminMerchant, session: Session) -> PointsView:
     rules = await in_force(session, merchant.merchant_id)
-    summary = await reads.summary(session, rules, customer_id, now())
+    summary = await reads.summary(session, rules, customer_id, clock.now())
     names = {lv.code: lv.name for lv in rules.levels.levels} if rules.levels is not None else {}
     return points_view(customer_id, summary, names)
 
@@ -335,7 +335,7 @@ class LiabilityView(BaseModel):
     summary="Points liability and the expiry forecast; stored value outstanding",
 )
 async def liability(merchant: AdminMerchant, session: Session) -> LiabilityView:
-    at = now()
+    at = clock.now()
     rules = await in_force(session, merchant.merchant_id)
     r = await reads.liability(session, rules, at)
     return LiabilityView(
@@ -374,7 +374,7 @@ async def list_items(merchant: AdminMerchant, session: Session) -> list[MallItem
 async def create_item(body: MallItem, merchant: AdminMerchant, session: Session) -> MallItemView:
     with answering():
         async with session.begin():
-            return item_view(await catalogue.create(session, merchant.merchant_id, body, now()))
+            return item_view(await catalogue.create(session, merchant.merchant_id, body, clock.now()))
 
 
 @router.get("/v1/loyalty/mall/items/{item_id}", response_model=MallItemView, summary="One mall item")
@@ -401,7 +401,7 @@ async def put_item(item_id: ItemId, body: MallItem, merchant: AdminMerchant, ses
         )
     with answering(path=("item_id",)):
         async with session.begin():
-            return item_view(await catalogue.replace(session, merchant.merchant_id, body, now()))
+            return item_view(await catalogue.replace(session, merchant.merchant_id, body, clock.now()))
 
 
 @router.delete("/v1/loyalty/mall/items/{item_id}", status_code=204, summary="Remove a mall item")
@@ -441,7 +441,7 @@ async def create_plan(body: PlanRequest, merchant: AdminMerchant, session: Sessi
     with answering():
         async with session.begin():
             await stored_value.save_plan(
-                session, merchant.merchant_id, _plan(body), active=body.active, create=True, now=now()
+                session, merchant.merchant_id, _plan(body), active=body.active, create=True, now=clock.now()
             )
     return plan_view(_plan(body), body.active)
 
@@ -458,7 +458,7 @@ async def put_plan(plan_id: PlanId, body: PlanRequest, merchant: AdminMerchant, 
     with answering(path=("plan_id",)):
         async with session.begin():
             await stored_value.save_plan(
-                session, merchant.merchant_id, _plan(body), active=body.active, create=False, now=now()
+                session, merchant.merchant_id, _plan(body), active=body.active, create=False, now=clock.now()
             )
     return plan_view(_plan(body), body.active)
 
@@ -506,9 +506,9 @@ async def admin_top_up(
                 plan_id=body.plan_id,
                 pay_fen=body.pay_fen,
                 payment_ref=body.payment_ref,
-                now=now(),
+                now=clock.now(),
             )
-            view = await stored_value.confirm_top_up(session, merchant.merchant_id, view.top_up_id, now())
+            view = await stored_value.confirm_top_up(session, merchant.merchant_id, view.top_up_id, clock.now())
     if not new:
         response.status_code = 200
     committed(request)
@@ -526,7 +526,7 @@ TopUpId = Annotated[str, Path(min_length=1, max_length=64)]
 async def confirm(top_up_id: TopUpId, request: Request, merchant: AdminMerchant, session: Session) -> TopUpView:
     with answering(path=("top_up_id",)):
         async with session.begin():
-            view = await stored_value.confirm_top_up(session, merchant.merchant_id, top_up_id, now())
+            view = await stored_value.confirm_top_up(session, merchant.merchant_id, top_up_id, clock.now())
     committed(request)
     return top_up_view(view)
 
@@ -553,7 +553,7 @@ async def refund_top_up(
                 top_up_id,
                 refund_id=body.refund_id,
                 amount_fen=body.amount_fen,
-                now=now(),
+                now=clock.now(),
             )
     committed(request)
     return top_up_view(view)
@@ -605,7 +605,7 @@ async def spend(
                 body.customer_id,
                 order_id=body.order_id,
                 amount_fen=body.amount_fen,
-                now=now(),
+                now=clock.now(),
             )
     if v.replayed:
         response.status_code = 200
@@ -634,7 +634,12 @@ async def refund_spend(
     with answering(path=("order_id",)):
         async with session.begin():
             v = await stored_value.refund_spend(
-                session, merchant.merchant_id, order_id, refund_id=body.refund_id, amount_fen=body.amount_fen, now=now()
+                session,
+                merchant.merchant_id,
+                order_id,
+                refund_id=body.refund_id,
+                amount_fen=body.amount_fen,
+                now=clock.now(),
             )
     committed(request)
     return _spend_view(v)

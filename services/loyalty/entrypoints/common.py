@@ -17,7 +17,6 @@ from services.loyalty.domain.common import MAX_FEN, MAX_POINTS, LoyaltyError
 from services.loyalty.service_layer import reads
 from services.loyalty.service_layer.rules import RulesCache
 from services.loyalty.service_layer.spending import Conflict
-from shared import clock
 from shared.tenancy import Customer, Merchant
 from shared.web import ApiError, customer_dependency, merchant_dependency, runtime_of, session_dependency
 
@@ -32,10 +31,6 @@ SignedPoints = Annotated[StrictInt, Field(ge=-MAX_POINTS, le=MAX_POINTS, descrip
 Fen = Annotated[StrictInt, Field(ge=0, le=MAX_FEN)]
 PositiveFen = Annotated[StrictInt, Field(gt=0, le=MAX_FEN)]
 Text = Annotated[str, Field(min_length=1, max_length=128)]
-
-
-def now() -> datetime:
-    return clock.now()
 
 
 class Reads:

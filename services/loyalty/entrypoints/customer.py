@@ -35,7 +35,6 @@ from services.loyalty.entrypoints.common import (
     committed,
     entry_view,
     item_view,
-    now,
     plan_view,
     points_json,
     progress_view,
@@ -45,6 +44,7 @@ from services.loyalty.entrypoints.common import (
 )
 from services.loyalty.service_layer import catalogue, reads, spending, stored_value
 from services.loyalty.service_layer.rules import in_force
+from shared import clock
 from shared.events import Id
 from shared.web import ApiError, runtime_of
 
@@ -57,7 +57,7 @@ async def my_points(request: Request, me: MeCustomer) -> Response:
     engine = state.engine(runtime_of(request, SERVICE))
     async with state.gate, engine.connect() as conn:  # one statement, no transaction to begin or end
         rules = await state.rules.get(conn, me.merchant_id)
-        summary = await reads.summary(conn, rules, me.customer_id, now())
+        summary = await reads.summary(conn, rules, me.customer_id, clock.now())
     # Encoded by hand (the hot read): exactly PointsView's JSON (a test compares them).
     return Response(orjson.dumps(points_json(me.customer_id, summary, rules)), media_type="application/json")
 
@@ -101,7 +101,7 @@ async def my_level(me: MeCustomer, session: Session) -> LevelView:
     rules = await in_force(session, me.merchant_id)
     if rules.levels is None:
         raise ApiError(404, "no_levels", "this shop has no member levels")
-    summary = await reads.summary(session, rules, me.customer_id, now())
+    summary = await reads.summary(session, rules, me.customer_id, clock.now())
     a = accounts.c
     row = (
         await session.execute(
@@ -153,7 +153,7 @@ async def offset_quote(body: QuoteRequest, me: MeCustomer, session: Session) -> 
     rules = await in_force(session, me.merchant_id)
     with answering():
         q = await spending.quote(
-            session, rules, me.customer_id, order_fen=body.order_fen, points=body.points, now=now()
+            session, rules, me.customer_id, order_fen=body.order_fen, points=body.points, now=clock.now()
         )
     return QuoteView(
         balance=q.balance,
@@ -208,7 +208,7 @@ async def offset_redeem(
                 order_id=body.order_id,
                 order_fen=body.order_fen,
                 points=body.points,
-                now=now(),
+                now=clock.now(),
             )
     if done.replayed:
         response.status_code = 200
@@ -221,7 +221,7 @@ async def offset_redeem(
 
 @router.post("/v1/me/sign-in", response_model=AwardView, summary="Daily sign-in (签到): the sign-in bonus, once a day")
 async def sign_in(request: Request, me: MeCustomer, session: Session) -> AwardView:
-    at = now()
+    at = clock.now()
     async with session.begin():
         rules = await in_force(session, me.merchant_id)
         got = await spending.award(
@@ -249,7 +249,7 @@ class CatalogueView(BaseModel):
 
 @router.get("/v1/mall/items", response_model=CatalogueView, summary="The points mall: what is on sale now")
 async def mall_catalogue(me: MeCustomer, session: Session) -> CatalogueView:
-    found = catalogue.on_sale(await catalogue.items(session, me.merchant_id), now())
+    found = catalogue.on_sale(await catalogue.items(session, me.merchant_id), clock.now())
     return CatalogueView(items=[item_view(i) for i in found])
 
 
@@ -286,7 +286,7 @@ async def mall_redeem(body: RedeemRequest, request: Request, me: MeCustomer, ses
         async with session.begin():
             rules = await in_force(session, me.merchant_id)
             done = await spending.redeem_item(
-                session, rules, me.customer_id, body.item_id, quantity=body.quantity, now=now()
+                session, rules, me.customer_id, body.item_id, quantity=body.quantity, now=clock.now()
             )
     committed(request)
     return MallRedemptionView(
@@ -346,7 +346,7 @@ async def top_up(body: TopUpRequest, response: Response, me: MeCustomer, session
                 plan_id=body.plan_id,
                 pay_fen=None,
                 payment_ref=body.payment_ref,
-                now=now(),
+                now=clock.now(),
             )
     if not new:
         response.status_code = 200

@@ -62,10 +62,6 @@ MESSAGES: list[str | Enum] = ["notifications: messages"]
 CONSENTS: list[str | Enum] = ["notifications: consents"]
 
 
-def now() -> datetime:
-    return clock.now()
-
-
 def refused(problems: list[tuple[str, str]]) -> RequestValidationError:
     """A 422 naming every field at fault (``error.fields``), in the shape of any validation error."""
     return RequestValidationError(
@@ -99,7 +95,7 @@ async def get_policy(merchant: AdminMerchant, session: Session) -> Policy:
 )
 async def put_policy(body: Policy, merchant: AdminMerchant, session: Session) -> Policy:
     async with session.begin():
-        await config.save_policy(session, merchant.merchant_id, body, now())
+        await config.save_policy(session, merchant.merchant_id, body, clock.now())
     return body
 
 
@@ -176,7 +172,7 @@ async def put_channel(
 ) -> ChannelView:
     try:
         async with session.begin():
-            await config.save_channel(session, merchant.merchant_id, channel, body, now())
+            await config.save_channel(session, merchant.merchant_id, channel, body, clock.now())
     except ValidationError as e:  # the provider's own settings model
         raise refused(
             [
@@ -321,7 +317,7 @@ async def save_template(
     try:
         async with session.begin():
             st, created = await templates_svc.save(
-                session, merchant.merchant_id, body.key, body.spec(), list(body.vars), now()
+                session, merchant.merchant_id, body.key, body.spec(), list(body.vars), clock.now()
             )
     except templates_svc.TemplateRefused as e:
         raise _problems(e) from None
@@ -572,7 +568,7 @@ async def put_rule(rule_id: RuleId, body: RuleBody, merchant: AdminMerchant, ses
     except ValidationError as e:  # the path's rule_id is not a key
         raise ApiError(422, "validation_error", e.errors(include_url=False)[0]["msg"], field="path.rule_id") from None
     async with session.begin():
-        await config.save_rule(session, merchant.merchant_id, rule, now())
+        await config.save_rule(session, merchant.merchant_id, rule, clock.now())
     return rule
 
 
@@ -657,7 +653,7 @@ async def create_campaign(
 ) -> CampaignCreated:
     async with session.begin():
         await _check_campaign(session, merchant.merchant_id, body)
-        campaign_id = await campaigns_svc.create(session, merchant.merchant_id, body, now())
+        campaign_id = await campaigns_svc.create(session, merchant.merchant_id, body, clock.now())
     return CampaignCreated(campaign_id=campaign_id, status="scheduled")
 
 
@@ -708,7 +704,7 @@ async def campaign_action(
 ) -> CampaignCreated:
     try:
         async with session.begin():
-            status = await campaigns_svc.set_status(session, merchant.merchant_id, campaign_id, action, now())
+            status = await campaigns_svc.set_status(session, merchant.merchant_id, campaign_id, action, clock.now())
     except campaigns_svc.Conflict as e:
         raise ApiError(409, "conflict", str(e), field="path.action") from None
     if status is None:
@@ -972,7 +968,7 @@ async def write_consents(
     given = body.given()
     if not given:
         raise ApiError(422, "validation_error", "state at least one channel: sms, email or wechat", field="body")
-    at = now()
+    at = clock.now()
     async with session.begin():
         granted = [(merchant_id, customer_id, ch, "granted", source, at) for ch, s in given.items() if s == "granted"]
         if granted:

@@ -35,12 +35,12 @@ from services.notifications.entrypoints.admin import (
     ConsentsBody,
     ConsentsView,
     Session,
-    now,
     read_consents,
     refused,
     write_consents,
 )
 from services.notifications.service_layer import profiles, reads
+from shared import clock
 from shared.tenancy import Customer, Merchant
 from shared.web import ApiError, customer_dependency, runtime_of
 
@@ -101,7 +101,7 @@ async def receipts(
     except ValueError as e:
         raise ApiError(422, "invalid_receipt", str(e), field="body") from None
     async with session.begin():
-        matched = await reads.apply_receipts(session, merchant.merchant_id, provider, found, now())
+        matched = await reads.apply_receipts(session, merchant.merchant_id, provider, found, clock.now())
     if provider == "wechat":
         return PlainTextResponse("success")
     body: dict[str, Any] = {"matched": matched}
@@ -189,7 +189,7 @@ async def sms_replies(
         async with session.begin():
             for phone in sorted(phones):
                 who = await profiles.customers_by_phone(session, merchant.merchant_id, phone)
-                await reads.opt_out(session, merchant.merchant_id, who, "sms", "sms_reply", now())
+                await reads.opt_out(session, merchant.merchant_id, who, "sms", "sms_reply", clock.now())
                 out.update(who)
     answer: dict[str, Any] = {"opted_out": sorted(out)}
     if isinstance(body, list):  # Aliyun's batch push expects this back, or it pushes again
@@ -237,7 +237,7 @@ async def _unsubscribe(request: Request, session: Any, token: str) -> tuple[Merc
     if mid != merchant.merchant_id or channel not in ADDRESS_FIELD:
         return None
     async with session.begin():
-        await reads.opt_out(session, mid, [customer_id], channel, "unsubscribe_link", now())
+        await reads.opt_out(session, mid, [customer_id], channel, "unsubscribe_link", clock.now())
     return merchant, channel
 
 
