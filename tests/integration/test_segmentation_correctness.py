@@ -21,18 +21,16 @@ from shared.runtime import ServiceRuntime
 from tests.segmentation_history import (
     COMPARED,
     MERCHANT,
-    assert_the_history_exercises_every_rule,
     batches,
+    check_equal_to_pandas,
     check_redelivery_leaves_the_tables_unchanged,
     diff,
     expected_tables,
     feed,
     generate_history,
-    in_batches,
     read_tables,
     redeliver,
     segmentation,
-    tables,
 )
 
 pytestmark = [pytest.mark.timeout(600)]
@@ -61,22 +59,7 @@ async def compare(rt: ServiceRuntime, expected: dict[str, Any], names: Sequence[
 
 
 async def test_thousands_of_customers_equal_a_plain_pandas_computation(tmp_path: Path) -> None:
-    customers = 2000
-    events = generate_history(customers, seed=301)
-    started = time.perf_counter()
-    expected = expected_tables(events)
-    pandas_s = time.perf_counter() - started
-    async with segmentation(tmp_path) as rt:
-        started = time.perf_counter()
-        await feed(rt, in_batches(events, 500))
-        feed_s = time.perf_counter() - started
-        actual = await tables(rt)
-    # The history exercises every rule, not only the happy path.
-    assert_the_history_exercises_every_rule(events, expected, customers)
-    problems = [p for name in (*COMPARED, "behaviours") for p in diff(name, expected[name], actual[name])]
-    assert not problems, "\n".join(problems)
-    c = expected["customers"]
-    print(f"\n{len(events)} events, {len(c)} customers: handle() {feed_s:.2f}s on SQLite, pandas {pandas_s:.2f}s")
+    await check_equal_to_pandas(tmp_path, customers=2000, seed=301)
 
 
 @pytest.mark.timeout(900)  # a failure's shrinking replays hundreds of examples; let it finish and report

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,15 +29,11 @@ from services.segmentation.domain.orders import fold
 from shared.events import parse_event
 from tests.factories import local_day
 from tests.segmentation_history import (
-    COMPARED,
     MERCHANT,
-    assert_the_history_exercises_every_rule,
+    check_equal_to_pandas,
     check_redelivery_leaves_the_tables_unchanged,
-    diff,
-    expected_tables,
     feed,
     generate_history,
-    in_batches,
     records,
     redeliver,
     segmentation,
@@ -49,22 +44,8 @@ from tests.segmentation_history import (
 
 
 async def test_hundreds_of_customers_equal_a_plain_pandas_computation(tmp_path: Path) -> None:
-    customers = 300  # 2,000 in tests/integration/test_segmentation_correctness.py
-    events = generate_history(customers, seed=301)
-    started = time.perf_counter()
-    expected = expected_tables(events)
-    pandas_s = time.perf_counter() - started
-    async with segmentation(tmp_path) as rt:
-        started = time.perf_counter()
-        await feed(rt, in_batches(events, 500))
-        feed_s = time.perf_counter() - started
-        actual = await tables(rt)
-    # The history exercises every rule, not only the happy path.
-    assert_the_history_exercises_every_rule(events, expected, customers)
-    problems = [p for name in (*COMPARED, "behaviours") for p in diff(name, expected[name], actual[name])]
-    assert not problems, "\n".join(problems)
-    c = expected["customers"]
-    print(f"\n{len(events)} events, {len(c)} customers: handle() {feed_s:.2f}s on SQLite, pandas {pandas_s:.2f}s")
+    # 2,000 in tests/integration/test_segmentation_correctness.py
+    await check_equal_to_pandas(tmp_path, customers=300, seed=301)
 
 
 # ---------------------------------------------------------------- order and duplicates do not matter
