@@ -4,6 +4,7 @@ started once per session on free loopback ports and stopped at the end."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import faulthandler
 import functools
 import os
@@ -138,6 +139,7 @@ def _migrated_sqlite() -> Path:
     from shared.runtime import migrate
 
     folder = Path(tempfile.mkdtemp(prefix="fugou-migrated-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
     async def build() -> None:
         for name, spec in SPECS.items():
