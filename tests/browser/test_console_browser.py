@@ -192,7 +192,7 @@ async def test_the_messages_page_shows_the_funnel_for_the_period_it_asked_for(ta
     async with tab.page.expect_request(lambda r: urlsplit(r.url).path == "/v1/notifications/funnel") as asked:
         await tab.open("messages")
     query = urlsplit((await asked.value).url).query
-    assert "since=" in query, "the page asks for the last 30 days by default"
+    assert "days=30" in query, "the page asks for the last 30 days by default, by the service's clock"
     async with console.api() as api:
         f = (await api.get(f"/v1/notifications/funnel?{query}")).raise_for_status().json()
     assert f["total"] > 0, "the demo shop's coupons are announced"

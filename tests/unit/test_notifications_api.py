@@ -372,6 +372,15 @@ async def test_a_coupon_issued_event_becomes_one_delivered_message_explained_and
     assert (funnel["total"], funnel["sent"], funnel["delivered"], funnel["skipped"]) == (1, 1, 1, 0)
     since = (clock.now() + timedelta(minutes=1)).isoformat()
     assert (await shop.ok("GET", "/v1/notifications/funnel", params={"since": since}))["total"] == 0
+    # The last N days by the service's clock (the console asks so, not by the browser's clock).
+    assert (await shop.ok("GET", "/v1/notifications/funnel", params={"days": 1}))["total"] == 1
+    with clock.installed(clock.ManualClock(clock.now() + timedelta(days=2))):
+        assert (await shop.ok("GET", "/v1/notifications/funnel", params={"days": 1}))["total"] == 0
+    both = await shop.client.get("/v1/notifications/funnel", params={"days": 1, "since": since}, headers=shop.headers)
+    assert set(fields_of(both)) == {"query.days"}
+    for bad in (0, 3661, "x"):
+        r = await shop.client.get("/v1/notifications/funnel", params={"days": bad}, headers=shop.headers)
+        assert set(fields_of(r)) == {"query.days"}, r.text
 
 
 async def test_a_rule_for_one_coupon_rule_or_template_answers_only_its_coupons(shop: Shop) -> None:

@@ -226,9 +226,9 @@ async function pageLoyalty(view, { signal }) {
 let messagesSince = "30";
 
 async function pageMessages(view, { signal, rerender }) {
-  const since = messagesSince === "all" ? undefined
-    : new Date(Date.now() - Number(messagesSince) * 86_400_000).toISOString();
-  const f = await call("funnel", { query: { since }, signal });
+  // The last N days by the service's clock, not the browser's (which may be set wrong).
+  const days = messagesSince === "all" ? undefined : messagesSince;
+  const f = await call("funnel", { query: { days }, signal });
   const select = h("select", { onchange: (e) => { messagesSince = e.target.value; rerender(); } },
     [["7", t("messages.since_7")], ["30", t("messages.since_30")], ["90", t("messages.since_90")],
      ["all", t("messages.since_all")]].map(([v, label]) => h("option", { value: v, selected: v === messagesSince },

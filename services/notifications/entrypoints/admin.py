@@ -6,7 +6,7 @@ channel's record, and a customer's consents. Thin: JSON in, a service-layer call
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Annotated, Any, Literal, cast, get_args
 from urllib.parse import urlencode
@@ -895,8 +895,18 @@ async def funnel(
     merchant: AdminMerchant,
     session: Session,
     since: Annotated[AwareDatetime | None, Query(description="Messages created since")] = None,
+    days: Annotated[
+        int | None,
+        Query(
+            ge=1, le=3660, description="Messages created in the last N days, by the service's clock (not with since)"
+        ),
+    ] = None,
     campaign_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
 ) -> FunnelView:
+    if days is not None:
+        if since is not None:
+            raise ApiError(422, "invalid_query", "give since or days, not both", field="query.days")
+        since = clock.now() - timedelta(days=days)
     return FunnelView.model_validate(await reads.funnel(session, merchant.merchant_id, since, campaign_id))
 
 
