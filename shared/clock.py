@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -70,11 +70,6 @@ _current: Clock = SystemClock()
 def now() -> datetime:
     """The current instant from the process's clock (UTC, aware)."""
     return _current.now()
-
-
-def today(tz: tzinfo) -> date:
-    """Today's date on a wall clock in ``tz`` (a merchant's own day)."""
-    return _current.now().astimezone(tz).date()
 
 
 def timestamp() -> float:
